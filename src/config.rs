@@ -1,0 +1,616 @@
+//! One validated configuration, from a TOML file plus `DUALTRUST_*`
+//! environment overrides.
+//!
+//! Loading has two phases (as in ripgrep's flags): the raw TOML table is
+//! collected and overridden from the environment, then deserialized and
+//! validated once into [`Config`], the only value the rest of the program
+//! reads. Every error names the key that is wrong.
+//!
+//! Environment overrides use `DUALTRUST_<SECTION>__<KEY>`, for example
+//! `DUALTRUST_DATABASE__URL=sqlite:///srv/app.db` or `DUALTRUST_MODE=production`.
+//! `DUALTRUST_TOKEN`, `DUALTRUST_DATA_DIR`, `DUALTRUST_CONFIG` and
+//! `DUALTRUST_LOG` are not configuration keys; any other unknown
+//! `DUALTRUST_*` variable is an error, so a typo cannot silently do nothing.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variables that carry inputs other than configuration keys.
+pub const NON_CONFIG_ENV: &[&str] = &[
+    "DUALTRUST_TOKEN",
+    "DUALTRUST_DATA_DIR",
+    "DUALTRUST_CONFIG",
+    "DUALTRUST_LOG",
+];
+
+pub const CONFIG_FILE_NAME: &str = "dualtrust.toml";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("configuration key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error(
+        "unknown environment variable {name}: expected DUALTRUST_<SECTION>__<KEY> naming a configuration key"
+    )]
+    UnknownEnv { name: String },
+}
+
+impl ConfigError {
+    fn key(key: &str, message: impl Into<String>) -> Self {
+        Self::Key {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Generated keys and locally minted tokens are allowed, loudly.
+    #[default]
+    Development,
+    /// Everything must be provisioned; there is no bypass of any kind.
+    Production,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Required `iss` of access tokens.
+    pub issuer: String,
+    /// Required `aud` of access tokens: this server (RFC 8707 resource).
+    pub audience: String,
+    /// Accept tokens signed by the data directory's development issuer key
+    /// (`dualtrust token`). Refused in production.
+    pub dev_tokens: bool,
+    /// A JWKS file holding the identity provider's public keys.
+    pub jwks_file: Option<PathBuf>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_s: u64,
+    /// Larger bearer tokens are rejected before any parsing.
+    pub max_token_bytes: usize,
+    /// Lifetime of tokens minted by `dualtrust token` when none is given.
+    pub dev_token_ttl_s: u64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "dualtrust-dev".into(),
+            audience: "dualtrust".into(),
+            dev_tokens: true,
+            jwks_file: None,
+            leeway_s: 30,
+            max_token_bytes: 8 * 1024,
+            dev_token_ttl_s: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub bind: String,
+    /// The URL clients use to reach this server; defaults to `http://<bind>`.
+    pub public_url: Option<String>,
+    /// `Host` values accepted (DNS-rebinding defence).
+    pub allowed_hosts: Vec<String>,
+    /// Browser `Origin` values accepted; any other `Origin` gets 403.
+    /// Empty means no browser origin is accepted.
+    pub allowed_origins: Vec<String>,
+    /// OAuth authorization servers advertised in RFC 9728 metadata.
+    pub authorization_servers: Vec<String>,
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            public_url: None,
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            allowed_origins: Vec::new(),
+            authorization_servers: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (relative to the data directory).
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://state.db".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// The database `db.query` runs against: `sqlite://PATH`.
+    pub url: String,
+    /// Rows returned by one query at most; more set `truncated`.
+    pub row_cap: usize,
+    /// Bytes of result cells returned by one query at most.
+    pub max_result_bytes: usize,
+    pub statement_timeout_ms: u64,
+    /// Largest SQL text accepted.
+    pub max_sql_bytes: usize,
+    /// Bound parameters accepted per statement.
+    pub max_params: usize,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://demo.db".into(),
+            row_cap: 500,
+            max_result_bytes: 1024 * 1024,
+            statement_timeout_ms: 5_000,
+            max_sql_bytes: 64 * 1024,
+            max_params: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TerminalConfig {
+    /// Directories a command may run in (relative to the data directory).
+    pub roots: Vec<PathBuf>,
+    /// Directories programs are looked up in; the child's `PATH` too.
+    pub path: Vec<PathBuf>,
+    /// Programs that may be run at all. Destructive ones still need quorum.
+    pub allow: Vec<String>,
+    /// Allow shells and interpreters (each call is then destructive).
+    pub allow_shell: bool,
+    pub default_timeout_ms: u64,
+    pub max_timeout_ms: u64,
+    /// Bytes kept of stdout and of stderr each.
+    pub output_cap_bytes: usize,
+}
+
+impl Default for TerminalConfig {
+    fn default() -> Self {
+        Self {
+            roots: vec![PathBuf::from("workspace")],
+            path: vec!["/usr/local/bin".into(), "/usr/bin".into(), "/bin".into()],
+            allow: [
+                "ls",
+                "cat",
+                "head",
+                "tail",
+                "wc",
+                "grep",
+                "echo",
+                "pwd",
+                "date",
+                "true",
+                "false",
+                "sort",
+                "uniq",
+                "cut",
+                "find",
+                "stat",
+                "du",
+                "df",
+                "uname",
+                "whoami",
+                "id",
+                "git",
+                "cargo",
+                "rustc",
+                "sleep",
+                "rm",
+                "rmdir",
+                "dd",
+                "kill",
+                "pkill",
+                "killall",
+                "shutdown",
+                "reboot",
+                "halt",
+                "poweroff",
+                "mkfs",
+                "mkfs.ext4",
+                "chmod",
+                "chown",
+                "truncate",
+                "shred",
+                "mkdir",
+                "touch",
+                "cp",
+                "mv",
+            ]
+            .map(String::from)
+            .to_vec(),
+            allow_shell: false,
+            default_timeout_ms: 10_000,
+            max_timeout_ms: 60_000,
+            output_cap_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassportConfig {
+    /// `iss` of passports.
+    pub issuer: String,
+    pub default_ttl_s: u64,
+    pub max_ttl_s: u64,
+}
+
+impl Default for PassportConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "dualtrust".into(),
+            default_ttl_s: 300,
+            max_ttl_s: 3600,
+        }
+    }
+}
+
+/// Scope names required per operation class: policy, in one place.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScopeConfig {
+    pub db_read: String,
+    pub db_write: String,
+    pub db_admin: String,
+    pub terminal_execute: String,
+    pub terminal_admin: String,
+    pub passport_issue: String,
+    pub audit_read: String,
+}
+
+impl Default for ScopeConfig {
+    fn default() -> Self {
+        Self {
+            db_read: "db:read".into(),
+            db_write: "db:write".into(),
+            db_admin: "db:admin".into(),
+            terminal_execute: "terminal:execute".into(),
+            terminal_admin: "terminal:admin".into(),
+            passport_issue: "passport:issue".into(),
+            audit_read: "audit:read".into(),
+        }
+    }
+}
+
+impl ScopeConfig {
+    pub fn all(&self) -> Vec<String> {
+        vec![
+            self.db_read.clone(),
+            self.db_write.clone(),
+            self.db_admin.clone(),
+            self.terminal_execute.clone(),
+            self.terminal_admin.clone(),
+            self.passport_issue.clone(),
+            self.audit_read.clone(),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub mode: Mode,
+    pub identity: IdentityConfig,
+    pub http: HttpConfig,
+    pub store: StoreConfig,
+    pub database: DatabaseConfig,
+    pub terminal: TerminalConfig,
+    pub passport: PassportConfig,
+    pub scopes: ScopeConfig,
+}
+
+/// The validated configuration. Paths are absolute.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub mode: Mode,
+    pub identity: IdentityConfig,
+    pub http: HttpConfig,
+    pub store_path: PathBuf,
+    pub database: DatabaseConfig,
+    pub database_path: PathBuf,
+    pub terminal: TerminalConfig,
+    pub passport: PassportConfig,
+    pub scopes: ScopeConfig,
+}
+
+impl Config {
+    pub fn server_key_path(&self) -> PathBuf {
+        self.data_dir.join("server.key")
+    }
+
+    pub fn dev_issuer_key_path(&self) -> PathBuf {
+        self.data_dir.join("dev-issuer.key")
+    }
+
+    /// Loads `config_file` (or `<data_dir>/dualtrust.toml` when present),
+    /// applies the `DUALTRUST_*` variables from `env`, and validates.
+    pub fn load(
+        data_dir: &Path,
+        config_file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let default_file = data_dir.join(CONFIG_FILE_NAME);
+        let file = match config_file {
+            Some(path) => Some(path.to_path_buf()),
+            None => default_file.exists().then_some(default_file),
+        };
+        let mut table = match &file {
+            Some(path) => {
+                let shown = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                    path: shown.clone(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: shown,
+                        message: e.message().to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let raw: FileConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::key(&e.path().to_string(), e.inner().to_string()))?;
+        Self::validate(data_dir, raw)
+    }
+
+    fn validate(data_dir: &Path, raw: FileConfig) -> Result<Self, ConfigError> {
+        let data_dir = absolute(data_dir);
+        let store_path = sqlite_path(&data_dir, "store.url", &raw.store.url)?;
+        let database_path = sqlite_path(&data_dir, "database.url", &raw.database.url)?;
+        let positive = |key: &str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::key(key, "must be greater than zero"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("database.row_cap", raw.database.row_cap as u64)?;
+        positive(
+            "database.max_result_bytes",
+            raw.database.max_result_bytes as u64,
+        )?;
+        positive(
+            "database.statement_timeout_ms",
+            raw.database.statement_timeout_ms,
+        )?;
+        positive("database.max_sql_bytes", raw.database.max_sql_bytes as u64)?;
+        positive(
+            "terminal.default_timeout_ms",
+            raw.terminal.default_timeout_ms,
+        )?;
+        positive(
+            "terminal.output_cap_bytes",
+            raw.terminal.output_cap_bytes as u64,
+        )?;
+        positive("passport.default_ttl_s", raw.passport.default_ttl_s)?;
+        positive(
+            "identity.max_token_bytes",
+            raw.identity.max_token_bytes as u64,
+        )?;
+        positive("identity.dev_token_ttl_s", raw.identity.dev_token_ttl_s)?;
+        positive("http.max_body_bytes", raw.http.max_body_bytes as u64)?;
+        if raw.terminal.default_timeout_ms > raw.terminal.max_timeout_ms {
+            return Err(ConfigError::key(
+                "terminal.default_timeout_ms",
+                "must not exceed terminal.max_timeout_ms",
+            ));
+        }
+        if raw.passport.default_ttl_s > raw.passport.max_ttl_s {
+            return Err(ConfigError::key(
+                "passport.default_ttl_s",
+                "must not exceed passport.max_ttl_s",
+            ));
+        }
+        if raw.identity.audience.trim().is_empty() {
+            return Err(ConfigError::key("identity.audience", "must not be empty"));
+        }
+        if raw.identity.issuer.trim().is_empty() {
+            return Err(ConfigError::key("identity.issuer", "must not be empty"));
+        }
+        if raw.terminal.roots.is_empty() {
+            return Err(ConfigError::key(
+                "terminal.roots",
+                "must name at least one directory",
+            ));
+        }
+        for (i, dir) in raw.terminal.path.iter().enumerate() {
+            if !dir.is_absolute() {
+                return Err(ConfigError::key(
+                    &format!("terminal.path[{i}]"),
+                    "program directories must be absolute",
+                ));
+            }
+        }
+        if raw.http.allowed_origins.iter().any(|o| o.trim() == "*") {
+            return Err(ConfigError::key(
+                "http.allowed_origins",
+                "a wildcard origin is never accepted; list the origins",
+            ));
+        }
+        if raw.mode == Mode::Production {
+            if raw.identity.dev_tokens {
+                return Err(ConfigError::key(
+                    "identity.dev_tokens",
+                    "development tokens are refused in production; set it to false and configure identity.jwks_file",
+                ));
+            }
+            if raw.identity.jwks_file.is_none() {
+                return Err(ConfigError::key(
+                    "identity.jwks_file",
+                    "production needs the identity provider's keys",
+                ));
+            }
+        }
+        let terminal = TerminalConfig {
+            roots: raw
+                .terminal
+                .roots
+                .iter()
+                .map(|r| data_dir.join(r))
+                .collect(),
+            ..raw.terminal
+        };
+        let identity = IdentityConfig {
+            jwks_file: raw.identity.jwks_file.map(|p| data_dir.join(p)),
+            ..raw.identity
+        };
+        Ok(Self {
+            data_dir,
+            mode: raw.mode,
+            identity,
+            http: raw.http,
+            store_path,
+            database: raw.database,
+            database_path,
+            terminal,
+            passport: raw.passport,
+            scopes: raw.scopes,
+        })
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+fn sqlite_path(data_dir: &Path, key: &str, url: &str) -> Result<PathBuf, ConfigError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .ok_or_else(|| ConfigError::key(key, "only sqlite://PATH is supported by this build"))?;
+    if rest.is_empty() {
+        return Err(ConfigError::key(key, "sqlite:// needs a file path"));
+    }
+    Ok(data_dir.join(rest))
+}
+
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("DUALTRUST_") else {
+            continue;
+        };
+        if NON_CONFIG_ENV.contains(&name.as_str()) {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(ConfigError::UnknownEnv { name });
+        }
+        let value = parse_env_value(&value);
+        let (last, parents) = path
+            .split_last()
+            .ok_or(ConfigError::UnknownEnv { name: name.clone() })?;
+        let mut cursor = &mut *table;
+        for part in parents {
+            let entry = cursor
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cursor = entry
+                .as_table_mut()
+                .ok_or_else(|| ConfigError::UnknownEnv { name: name.clone() })?;
+        }
+        cursor.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+/// An override is read as a TOML value when it parses as one (numbers,
+/// booleans, arrays), and as a plain string otherwise.
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, text).expect("write");
+        Config::load(
+            dir.path(),
+            Some(&file),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid_development() {
+        let c = load("", &[]).expect("defaults");
+        assert_eq!(c.mode, Mode::Development);
+        assert!(c.store_path.ends_with("state.db"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load("[database]\nrow_capp = 3\n", &[]).expect_err("typo");
+        assert!(err.to_string().contains("row_capp"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = load("[database]\nrow_cap = \"many\"\n", &[]).expect_err("type");
+        assert!(err.to_string().contains("database.row_cap"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_typos_fail() {
+        let c = load(
+            "[database]\nrow_cap = 3\n",
+            &[("DUALTRUST_DATABASE__ROW_CAP", "7")],
+        )
+        .expect("override");
+        assert_eq!(c.database.row_cap, 7);
+        let err = load("", &[("DUALTRUST_DATABASE__ROWCAP", "7")]).expect_err("typo");
+        assert!(err.to_string().contains("rowcap"), "{err}");
+        load("", &[("DUALTRUST_TOKEN", "x")]).expect("token var is not config");
+    }
+
+    #[test]
+    fn production_refuses_dev_tokens_and_wildcard_origins() {
+        let err = load("mode = \"production\"\n", &[]).expect_err("dev tokens");
+        assert!(err.to_string().contains("identity.dev_tokens"), "{err}");
+        let err = load("[http]\nallowed_origins = [\"*\"]\n", &[]).expect_err("wildcard");
+        assert!(err.to_string().contains("allowed_origins"), "{err}");
+    }
+}

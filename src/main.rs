@@ -1,0 +1,256 @@
+//! The `dualtrust` command line.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use dualtrust::config::{Config, Mode};
+use dualtrust::identity::DevTokenClaims;
+use dualtrust::server::{self, App};
+
+/// dualtrust: an MCP server that gates SQL and shell access for AI agents
+/// behind a verified identity, single-use leases and signed quorum approval,
+/// and leaves a verifiable receipt for every decision.
+#[derive(Parser)]
+#[command(name = "dualtrust", version, propagate_version = true)]
+struct Cli {
+    /// Directory holding keys, the state store, the demo database and dualtrust.toml.
+    #[arg(
+        long,
+        env = "DUALTRUST_DATA_DIR",
+        default_value = "./dualtrust-data",
+        global = true
+    )]
+    data_dir: PathBuf,
+    /// Configuration file (default: DATA_DIR/dualtrust.toml when present).
+    #[arg(long, env = "DUALTRUST_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the data directory: keys, state store, demo database.
+    Init,
+    /// Serve MCP over stdio or streamable HTTP.
+    Serve {
+        /// Speak MCP on stdin/stdout; the token comes from DUALTRUST_TOKEN.
+        #[arg(long, conflicts_with = "http")]
+        stdio: bool,
+        /// Listen for streamable HTTP on ADDR (MCP at /mcp), e.g. 127.0.0.1:8080.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
+        http: Option<String>,
+    },
+    /// Mint a short-lived development token (development mode only).
+    Token {
+        /// The token's subject.
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes, e.g. "db:read audit:read".
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Lifetime in seconds (default: identity.dev_token_ttl_s).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Revoke a token by its `jti`; checked on every call.
+    Revoke {
+        #[arg(long)]
+        jti: String,
+    },
+    /// Print the server's public keys as a JWK Set.
+    Keys,
+    /// Create the server signing key if it does not exist, and print its JWK.
+    Keygen,
+    /// Work with the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Write the whole log as JSON lines, one receipt per line.
+    Export {
+        /// Output file (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify an exported log offline: signatures, sequence and chain.
+    Verify {
+        /// The JSONL file written by `audit export`.
+        #[arg(long)]
+        log: PathBuf,
+        /// The server's JWKS (from `dualtrust keys` or /.well-known/jwks.json).
+        #[arg(long)]
+        jwks: PathBuf,
+    },
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DUALTRUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr: stdout belongs to the MCP stdio transport.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), BoxError> {
+    let config = Config::load(&cli.data_dir, cli.config.as_deref(), std::env::vars())?;
+    match cli.command {
+        Command::Init => {
+            let app = App::build(config).await?;
+            println!("data directory: {}", app.config.data_dir.display());
+            println!("server key id:  {}", app.server_key.kid());
+            println!("state store:    {}", app.config.store_path.display());
+            println!("database:       {}", app.config.database_path.display());
+        }
+        Command::Serve { stdio, http } => {
+            let app = Arc::new(App::build(config).await?);
+            if stdio {
+                let token = std::env::var("DUALTRUST_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty());
+                dualtrust::transport::stdio::serve(app, token).await?;
+            } else {
+                let bind = match http.as_deref() {
+                    Some("") | None => app.config.http.bind.clone(),
+                    Some(addr) => addr.to_string(),
+                };
+                dualtrust::transport::http::serve(app, &bind).await?;
+            }
+        }
+        Command::Token { sub, scope, ttl } => {
+            if config.mode != Mode::Development || !config.identity.dev_tokens {
+                return Err("development tokens are disabled (production mode or identity.dev_tokens = false)".into());
+            }
+            server::ensure_data_dir(&config)?;
+            let issuer = server::load_dev_issuer(&config)?;
+            let now = dualtrust::now_unix();
+            let jti = dualtrust::random_id()?;
+            let claims = DevTokenClaims {
+                iss: &config.identity.issuer,
+                aud: &config.identity.audience,
+                sub: &sub,
+                scope: &scope,
+                iat: now,
+                nbf: now,
+                exp: now + ttl.unwrap_or(config.identity.dev_token_ttl_s),
+                jti: &jti,
+            };
+            println!("{}", issuer.sign_jws("JWT", &claims)?);
+        }
+        Command::Revoke { jti } => {
+            server::ensure_data_dir(&config)?;
+            let store = dualtrust::store::Store::open_sqlite(&config.store_path).await?;
+            store.revoke(&jti, dualtrust::now_unix()).await?;
+            println!("revoked {jti}");
+        }
+        Command::Keys => {
+            let key = server::load_server_key(&config)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&dualtrust::keys::jwks(&[&key.verifying_key()]))?
+            );
+        }
+        Command::Keygen => {
+            server::ensure_data_dir(&config)?;
+            let (key, created) =
+                dualtrust::keys::KeyPair::load_or_create(&config.server_key_path(), true)?;
+            eprintln!(
+                "{} {}",
+                if created {
+                    "created"
+                } else {
+                    "existing key kept:"
+                },
+                config.server_key_path().display()
+            );
+            println!("{}", serde_json::to_string_pretty(&key.public_jwk())?);
+        }
+        Command::Audit { command } => audit(config, command).await?,
+    }
+    Ok(())
+}
+
+async fn audit(config: Config, command: AuditCommand) -> Result<(), BoxError> {
+    use std::io::Write;
+    match command {
+        AuditCommand::Export { out } => {
+            let store = dualtrust::store::Store::open_sqlite(&config.store_path).await?;
+            let mut sink: Box<dyn Write> = match out {
+                Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let mut next = 0u64;
+            loop {
+                let batch = store.receipts(next, 1000).await?;
+                let Some(last) = batch.last() else { break };
+                next = last.body.seq + 1;
+                for receipt in &batch {
+                    serde_json::to_writer(&mut sink, receipt)?;
+                    sink.write_all(b"\n")?;
+                }
+            }
+            sink.flush()?;
+        }
+        AuditCommand::Verify { log, jwks } => {
+            let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&jwks)?)?;
+            let keys = dualtrust::keys::ed25519_keys_from_jwks(&doc);
+            if keys.is_empty() {
+                return Err("the JWKS holds no Ed25519 key".into());
+            }
+            let text = std::fs::read_to_string(&log)?;
+            let mut receipts = Vec::new();
+            for (n, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                receipts.push(
+                    serde_json::from_str(line)
+                        .map_err(|e| format!("line {}: not a receipt: {e}", n + 1))?,
+                );
+            }
+            match dualtrust::audit::verify_chain(receipts, &keys) {
+                Ok(count) => {
+                    println!("ok: {count} receipts verified (signatures, sequence, chain)")
+                }
+                Err((seq, error)) => return Err(format!("receipt {seq}: {error}").into()),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! The four tools. Each implements [`crate::gate::Tool`]; [`ToolSet`] is the
+//! only place that maps a tool name to a tool, and it can only reach a tool
+//! through [`Gate::run`].
+
+pub mod audit_verify;
+pub mod db_query;
+pub mod passport;
+pub mod sql_classify;
+pub mod terminal;
+
+use std::sync::Arc;
+
+use rmcp::model::{JsonObject, ToolAnnotations};
+use serde_json::{Map, Value, json};
+
+use crate::gate::{Caller, Gate, GateOutcome, Tool};
+
+pub use audit_verify::AuditVerify;
+pub use db_query::DbQuery;
+pub use passport::PassportIssuer;
+pub use terminal::Terminal;
+
+pub struct ToolSet {
+    pub db_query: DbQuery,
+    pub terminal: Terminal,
+    pub passport: PassportIssuer,
+    pub audit_verify: AuditVerify,
+}
+
+/// The structured content every tool returns: the gate's envelope.
+fn output_schema() -> Arc<JsonObject> {
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {
+            "status": { "type": "string", "enum": ["ok", "denied", "error", "approval_required"] },
+            "result": { "description": "The tool's result when status is ok." },
+            "error": {
+                "type": "object",
+                "properties": { "code": { "type": "string" }, "message": { "type": "string" } },
+                "required": ["code", "message"]
+            },
+            "approval": { "type": "object", "description": "What approvers must sign, when status is approval_required." },
+            "receipt": {
+                "type": "object",
+                "description": "The signed audit receipt for this decision.",
+                "properties": {
+                    "body": { "type": "object" },
+                    "hash": { "type": "string" },
+                    "sig": { "type": "string" }
+                },
+                "required": ["body", "hash", "sig"]
+            }
+        },
+        "required": ["status"]
+    });
+    match schema {
+        Value::Object(map) => Arc::new(map),
+        _ => Arc::new(Map::new()),
+    }
+}
+
+fn definition<T: Tool>() -> rmcp::model::Tool {
+    let annotations = ToolAnnotations::with_title(T::TITLE)
+        .read_only(T::READ_ONLY)
+        .destructive(!T::READ_ONLY)
+        .open_world(false);
+    rmcp::model::Tool::new(
+        T::NAME,
+        T::DESCRIPTION,
+        rmcp::handler::server::common::schema_for_type::<T::Args>(),
+    )
+    .with_title(T::TITLE)
+    .with_raw_output_schema(output_schema())
+    .with_annotations(annotations)
+}
+
+impl ToolSet {
+    pub fn definitions() -> Vec<rmcp::model::Tool> {
+        vec![
+            definition::<DbQuery>(),
+            definition::<Terminal>(),
+            definition::<PassportIssuer>(),
+            definition::<AuditVerify>(),
+        ]
+    }
+
+    /// Runs the named tool through the gate; `None` for an unknown name.
+    pub async fn call(
+        &self,
+        gate: &Gate,
+        name: &str,
+        transport: &'static str,
+        caller: Caller,
+        arguments: Option<Map<String, Value>>,
+    ) -> Option<GateOutcome> {
+        Some(match name {
+            DbQuery::NAME => gate.run(&self.db_query, transport, caller, arguments).await,
+            Terminal::NAME => gate.run(&self.terminal, transport, caller, arguments).await,
+            PassportIssuer::NAME => gate.run(&self.passport, transport, caller, arguments).await,
+            AuditVerify::NAME => {
+                gate.run(&self.audit_verify, transport, caller, arguments)
+                    .await
+            }
+            _ => return None,
+        })
+    }
+}

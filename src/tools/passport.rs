@@ -1,0 +1,303 @@
+//! `passport.issue`: a signed, short-lived attestation of an agent's
+//! identity, session and redacted health.
+//!
+//! A passport is an RFC 7515 compact JWS (`alg: EdDSA`, `typ: passport+jwt`)
+//! signed by the server key and verifiable with the server's published JWKS
+//! by any JOSE library. Its claims are RFC 7519 registered claims (`iss`,
+//! `sub`, `iat`, `nbf`, `exp`, `jti`) plus `sid` (session), `act` (RFC 8693:
+//! who requested it) and `health`. `exp` is fixed at issue time and covered
+//! by the signature; the key that verifies it is never taken from the
+//! passport itself.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::{Signature, VerifyingKey};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::config::{PassportConfig, ScopeConfig};
+use crate::gate::{Authorized, Class, Classification, Executed, Refusal, Tool};
+use crate::keys::KeyPair;
+
+pub const PASSPORT_TYP: &str = "passport+jwt";
+const MAX_ID_LEN: usize = 128;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Ok,
+    Degraded,
+    Unknown,
+}
+
+/// The agent's health, redacted to what a relying party may see.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub status: HealthStatus,
+    /// The agent's software version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PassportArgs {
+    /// The agent the passport is about (becomes `sub`).
+    pub agent_id: String,
+    /// The agent's session (becomes `sid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Lifetime in seconds (capped by policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+pub struct PassportIssuer {
+    key: Arc<KeyPair>,
+    config: PassportConfig,
+    scopes: ScopeConfig,
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ID_LEN
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:@/".contains(c))
+}
+
+impl PassportIssuer {
+    pub fn new(key: Arc<KeyPair>, config: PassportConfig, scopes: ScopeConfig) -> Self {
+        Self {
+            key,
+            config,
+            scopes,
+        }
+    }
+}
+
+impl Tool for PassportIssuer {
+    const NAME: &'static str = "passport.issue";
+    const TITLE: &'static str = "Issue an agent passport";
+    const DESCRIPTION: &'static str = "Issues a short-lived passport: a compact JWS (EdDSA) signed by this server \
+        attesting an agent's id, session and redacted health, verifiable by anyone with the server's JWKS \
+        (/.well-known/jwks.json). Needs `passport:issue`.";
+    const READ_ONLY: bool = false;
+    type Args = PassportArgs;
+
+    fn classify(&self, args: &PassportArgs) -> Result<Classification, Refusal> {
+        if !valid_id(&args.agent_id) {
+            return Err(Refusal::new(
+                "invalid_agent_id",
+                format!("agent_id must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 - _ . : @ /"),
+            ));
+        }
+        if let Some(sid) = &args.session_id
+            && !valid_id(sid)
+        {
+            return Err(Refusal::new(
+                "invalid_session_id",
+                format!("session_id must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 - _ . : @ /"),
+            ));
+        }
+        if let Some(version) = args.health.as_ref().and_then(|h| h.version.as_ref())
+            && (version.len() > 64 || version.chars().any(char::is_control))
+        {
+            return Err(Refusal::new(
+                "invalid_health",
+                "health.version is limited to 64 printable characters",
+            ));
+        }
+        let ttl = args.ttl_s.unwrap_or(self.config.default_ttl_s);
+        if ttl == 0 || ttl > self.config.max_ttl_s {
+            return Err(Refusal::new(
+                "invalid_ttl",
+                format!("ttl_s must be between 1 and {}", self.config.max_ttl_s),
+            ));
+        }
+        Ok(Classification {
+            class: Class::Write,
+            scope: self.scopes.passport_issue.clone(),
+            summary: format!("issue a {ttl} s passport for agent `{}`", args.agent_id),
+        })
+    }
+
+    async fn execute(&self, call: Authorized<'_, PassportArgs>) -> Result<Executed, Refusal> {
+        let args = call.args();
+        let now = crate::now_unix();
+        let ttl = args.ttl_s.unwrap_or(self.config.default_ttl_s);
+        let jti = crate::random_id()
+            .map_err(|_| Refusal::new("internal", "random source unavailable"))?;
+        let claims = json!({
+            "iss": self.config.issuer,
+            "sub": args.agent_id,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+            "jti": jti,
+            "sid": args.session_id,
+            "act": { "sub": call.principal().subject() },
+            "health": args.health.clone().unwrap_or(Health { status: HealthStatus::Unknown, version: None }),
+        });
+        let passport = self
+            .key
+            .sign_jws(PASSPORT_TYP, &claims)
+            .map_err(|_| Refusal::new("internal", "the passport could not be signed"))?;
+        let outcome = json!({ "jti": jti, "sub": args.agent_id, "exp": now + ttl });
+        Ok(Executed {
+            result: json!({ "passport": passport, "claims": claims, "kid": self.key.kid(), "jwks_uri": "/.well-known/jwks.json" }),
+            outcome,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PassportError {
+    #[error("not a compact JWS")]
+    Malformed,
+    #[error("not a passport: wrong `alg` or `typ`")]
+    WrongType,
+    #[error("signed by a key that is not this server's")]
+    UnknownKey,
+    #[error("the signature does not verify")]
+    BadSignature,
+    #[error("issued by another issuer")]
+    WrongIssuer,
+    #[error("the passport has expired")]
+    Expired,
+    #[error("the passport is not valid yet")]
+    NotYetValid,
+}
+
+impl PassportError {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::WrongType => "wrong_type",
+            Self::UnknownKey => "unknown_key",
+            Self::BadSignature => "signature",
+            Self::WrongIssuer => "issuer",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+        }
+    }
+}
+
+/// Verifies a passport against this server's keys; returns its claims.
+pub fn verify_passport(
+    token: &str,
+    keys: &[(String, VerifyingKey)],
+    issuer: &str,
+    now: u64,
+) -> Result<Value, PassportError> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(PassportError::Malformed);
+    };
+    let decode_json = |part: &str| -> Result<Value, PassportError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|_| PassportError::Malformed)?;
+        serde_json::from_slice(&bytes).map_err(|_| PassportError::Malformed)
+    };
+    let header = decode_json(h)?;
+    if header.get("alg").and_then(Value::as_str) != Some("EdDSA")
+        || header.get("typ").and_then(Value::as_str) != Some(PASSPORT_TYP)
+    {
+        return Err(PassportError::WrongType);
+    }
+    let kid = header
+        .get("kid")
+        .and_then(Value::as_str)
+        .ok_or(PassportError::UnknownKey)?;
+    let (_, key) = keys
+        .iter()
+        .find(|(k, _)| k == kid)
+        .ok_or(PassportError::UnknownKey)?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
+        .ok_or(PassportError::Malformed)?;
+    let signing_input = &token[..h.len() + 1 + p.len()];
+    key.verify_strict(signing_input.as_bytes(), &Signature::from_bytes(&sig))
+        .map_err(|_| PassportError::BadSignature)?;
+    let claims = decode_json(p)?;
+    if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
+        return Err(PassportError::WrongIssuer);
+    }
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .ok_or(PassportError::Malformed)?;
+    if exp <= now {
+        return Err(PassportError::Expired);
+    }
+    if claims
+        .get("nbf")
+        .and_then(Value::as_u64)
+        .is_some_and(|nbf| nbf > now)
+    {
+        return Err(PassportError::NotYetValid);
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passport_verification_catches_tampering() {
+        let key = KeyPair::generate().expect("key");
+        let keys = vec![(key.kid().to_string(), key.verifying_key())];
+        let claims = json!({"iss": "dualtrust", "sub": "agent-1", "exp": 2000, "nbf": 1000});
+        let token = key.sign_jws(PASSPORT_TYP, &claims).expect("sign");
+        assert!(verify_passport(&token, &keys, "dualtrust", 1500).is_ok());
+        assert_eq!(
+            verify_passport(&token, &keys, "dualtrust", 2000),
+            Err(PassportError::Expired)
+        );
+        assert_eq!(
+            verify_passport(&token, &keys, "dualtrust", 500),
+            Err(PassportError::NotYetValid)
+        );
+        assert_eq!(
+            verify_passport(&token, &keys, "other", 1500),
+            Err(PassportError::WrongIssuer)
+        );
+        // Extending the expiry after signing breaks the signature.
+        let parts: Vec<&str> = token.split('.').collect();
+        let later = URL_SAFE_NO_PAD
+            .encode(json!({"iss": "dualtrust", "sub": "agent-1", "exp": 9999}).to_string());
+        let forged = format!("{}.{later}.{}", parts[0], parts[2]);
+        assert_eq!(
+            verify_passport(&forged, &keys, "dualtrust", 1500),
+            Err(PassportError::BadSignature)
+        );
+        let other = KeyPair::generate().expect("key");
+        let other_keys = vec![(key.kid().to_string(), other.verifying_key())];
+        assert_eq!(
+            verify_passport(&token, &other_keys, "dualtrust", 1500),
+            Err(PassportError::BadSignature)
+        );
+        assert_eq!(
+            verify_passport("a.b", &keys, "dualtrust", 1500),
+            Err(PassportError::Malformed)
+        );
+        // An access token (typ JWT) is not a passport.
+        let jwt = key.sign_jws("JWT", &claims).expect("sign");
+        assert_eq!(
+            verify_passport(&jwt, &keys, "dualtrust", 1500),
+            Err(PassportError::WrongType)
+        );
+    }
+}

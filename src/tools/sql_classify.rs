@@ -1,0 +1,347 @@
+//! SQL classification with a real parser.
+//!
+//! The input must parse as exactly one statement. Every statement in the
+//! tree is visited — not only the top one — so a data-modifying CTE
+//! (`WITH x AS (DELETE … RETURNING *) SELECT …`), `SELECT … INTO`, a locking
+//! read or `EXPLAIN ANALYZE DELETE` is classified by what it really does.
+//! The class of a statement is the strictest class found anywhere in it;
+//! anything the classifier does not recognise is `admin`, never `read`.
+//!
+//! The classifier is one of two walls: reads also run on a read-only
+//! connection with `query_only`, so a misclassified write still fails in
+//! the engine.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{Expr, ObjectName, Query, SetExpr, Statement, Visit, Visitor};
+use sqlparser::dialect::SQLiteDialect;
+use sqlparser::parser::Parser;
+
+use crate::gate::{Class, Refusal};
+
+/// Functions that reach outside the query: files, extensions, other
+/// sessions, sequences, sleeps. Calling one makes a statement `admin`.
+const SIDE_EFFECT_FUNCTIONS: &[&str] = &[
+    "load_extension",
+    "readfile",
+    "writefile",
+    "edit",
+    "fts3_tokenizer",
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_stat_file",
+    "lo_import",
+    "lo_export",
+    "dblink",
+    "dblink_exec",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "set_config",
+    "nextval",
+    "setval",
+    "pg_sleep",
+    "pg_sleep_for",
+    "pg_sleep_until",
+    "pg_advisory_lock",
+];
+
+/// One classified statement, and the canonical text that will execute.
+#[derive(Debug, Clone)]
+pub struct ClassifiedSql {
+    pub class: Class,
+    /// What the statement does, for receipts and approvers.
+    pub summary: String,
+    /// The statement re-rendered from its syntax tree: exactly what was
+    /// classified, so the engine cannot be handed a second statement the
+    /// parser did not see.
+    pub canonical_sql: String,
+}
+
+pub fn classify_sql(sql: &str) -> Result<ClassifiedSql, Refusal> {
+    if sql.trim().is_empty() {
+        return Err(Refusal::new("empty_sql", "the SQL text is empty"));
+    }
+    let statements = Parser::parse_sql(&SQLiteDialect {}, sql).map_err(|e| {
+        Refusal::new(
+            "unparseable_sql",
+            format!("the SQL could not be parsed, so it is not run: {e}"),
+        )
+    })?;
+    let statement = match statements.as_slice() {
+        [one] => one,
+        [] => return Err(Refusal::new("empty_sql", "the SQL text holds no statement")),
+        _ => {
+            return Err(Refusal::new(
+                "multiple_statements",
+                format!(
+                    "one statement per call; this text holds {}",
+                    statements.len()
+                ),
+            ));
+        }
+    };
+    if matches!(
+        statement,
+        Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { .. }
+            | Statement::Savepoint { .. }
+            | Statement::ReleaseSavepoint { .. }
+    ) {
+        return Err(Refusal::new(
+            "transaction_control",
+            "transaction control is managed by the server: each call runs in its own transaction",
+        ));
+    }
+    let mut walker = Walker {
+        class: Class::Read,
+        reasons: Vec::new(),
+    };
+    let _ = statement.visit(&mut walker);
+    let class = walker.class;
+    let verb = statement_verb(statement);
+    let summary = if walker.reasons.is_empty() {
+        format!("{} SQL statement: {verb}", class.as_str())
+    } else {
+        format!(
+            "{} SQL statement: {verb} ({})",
+            class.as_str(),
+            walker.reasons.join(", ")
+        )
+    };
+    Ok(ClassifiedSql {
+        class,
+        summary,
+        canonical_sql: statement.to_string(),
+    })
+}
+
+struct Walker {
+    class: Class,
+    reasons: Vec<String>,
+}
+
+impl Walker {
+    fn raise(&mut self, class: Class, reason: impl Into<String>) {
+        if class > self.class {
+            self.class = class;
+        }
+        let reason = reason.into();
+        if !self.reasons.contains(&reason) {
+            self.reasons.push(reason);
+        }
+    }
+}
+
+fn last_ident(name: &ObjectName) -> String {
+    name.0
+        .last()
+        .map(|part| part.to_string().trim_matches('"').to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+impl Visitor for Walker {
+    type Break = ();
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        match statement {
+            Statement::Query(_) => {}
+            Statement::Insert(_) => self.raise(Class::Write, "INSERT"),
+            Statement::Merge(_) => self.raise(Class::Write, "MERGE"),
+            Statement::Update(update) => {
+                if update.selection.is_none() {
+                    self.raise(Class::Destructive, "UPDATE without WHERE")
+                } else {
+                    self.raise(Class::Write, "UPDATE")
+                }
+            }
+            Statement::Delete(delete) => {
+                if delete.selection.is_none() {
+                    self.raise(Class::Destructive, "DELETE without WHERE")
+                } else {
+                    self.raise(Class::Write, "DELETE")
+                }
+            }
+            Statement::Drop { .. } => self.raise(Class::Destructive, "DROP"),
+            Statement::Truncate(_) => self.raise(Class::Destructive, "TRUNCATE"),
+            Statement::AlterTable(_) => self.raise(Class::Destructive, "ALTER TABLE"),
+            Statement::Grant(_) => self.raise(Class::Destructive, "GRANT"),
+            Statement::Revoke(_) => self.raise(Class::Destructive, "REVOKE"),
+            // EXPLAIN without ANALYZE does not run its statement; the inner
+            // statement is still visited, which can only make it stricter.
+            Statement::Explain { analyze, .. } => {
+                if *analyze {
+                    self.raise(Class::Admin, "EXPLAIN ANALYZE")
+                }
+            }
+            Statement::ExplainTable { .. } => {}
+            other => {
+                let verb = statement_verb(other);
+                self.raise(Class::Admin, verb)
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if !query.locks.is_empty() {
+            self.raise(Class::Write, "locking read");
+        }
+        if let SetExpr::Select(select) = query.body.as_ref()
+            && select.into.is_some()
+        {
+            self.raise(Class::Write, "SELECT INTO");
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if let Expr::Function(function) = expr {
+            let name = last_ident(&function.name);
+            if SIDE_EFFECT_FUNCTIONS.contains(&name.as_str()) {
+                self.raise(Class::Admin, format!("calls {name}()"));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+        let name = last_ident(relation);
+        if SIDE_EFFECT_FUNCTIONS.contains(&name.as_str()) {
+            self.raise(Class::Admin, format!("calls {name}()"));
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// The statement's leading keywords, e.g. `SELECT`, `CREATE TABLE`, `PRAGMA`.
+fn statement_verb(statement: &Statement) -> String {
+    let text = statement.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(2).collect();
+    match words.as_slice() {
+        [first, second]
+            if matches!(
+                first.to_ascii_uppercase().as_str(),
+                "CREATE" | "DROP" | "ALTER" | "ATTACH" | "DETACH" | "EXPLAIN"
+            ) =>
+        {
+            format!(
+                "{} {}",
+                first.to_ascii_uppercase(),
+                second.to_ascii_uppercase()
+            )
+        }
+        [first, ..] => first.to_ascii_uppercase(),
+        [] => "statement".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(sql: &str) -> Class {
+        classify_sql(sql)
+            .map(|c| c.class)
+            .unwrap_or_else(|r| panic!("{sql}: {}", r.message))
+    }
+
+    fn refused(sql: &str) -> &'static str {
+        classify_sql(sql)
+            .map(|c| c.class.as_str())
+            .err()
+            .map(|r| r.code)
+            .unwrap_or("accepted")
+    }
+
+    #[test]
+    fn reads() {
+        for sql in [
+            "SELECT * FROM customers",
+            "select name, count(*) from orders join customers using (id) group by name",
+            "WITH t AS (SELECT 1) SELECT * FROM t",
+            "SELECT 1 UNION SELECT 2",
+            "EXPLAIN SELECT 1",
+        ] {
+            assert_eq!(class(sql), Class::Read, "{sql}");
+        }
+    }
+
+    #[test]
+    fn writes() {
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "UPDATE t SET a = 1 WHERE id = 2",
+            "DELETE FROM t WHERE id = 2",
+            "REPLACE INTO t VALUES (1)",
+        ] {
+            assert_eq!(class(sql), Class::Write, "{sql}");
+        }
+    }
+
+    #[test]
+    fn admin_and_unknown_are_never_read() {
+        for sql in [
+            "CREATE TABLE x (a INT)",
+            "PRAGMA writable_schema = 1",
+            "PRAGMA table_info('customers')",
+            "ATTACH DATABASE '/tmp/x.db' AS x",
+            "VACUUM",
+            "SELECT load_extension('/tmp/evil.so')",
+            "SELECT writefile('/tmp/x', 'data')",
+            "CREATE TRIGGER tr AFTER INSERT ON t BEGIN DELETE FROM u; END",
+        ] {
+            assert!(class(sql) >= Class::Admin, "{sql}");
+        }
+    }
+
+    #[test]
+    fn destructive() {
+        for sql in [
+            "DROP TABLE customers",
+            "DELETE FROM customers",
+            "UPDATE customers SET email = NULL",
+            "ALTER TABLE customers ADD COLUMN x INT",
+        ] {
+            assert_eq!(class(sql), Class::Destructive, "{sql}");
+        }
+    }
+
+    #[test]
+    fn hidden_writes_are_found() {
+        assert_eq!(
+            class("WITH gone AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM gone"),
+            Class::Write
+        );
+        assert_eq!(
+            class("WITH gone AS (DELETE FROM t RETURNING *) SELECT * FROM gone"),
+            Class::Destructive
+        );
+        assert!(class("SELECT * FROM (SELECT load_extension('x'))") >= Class::Admin);
+    }
+
+    #[test]
+    fn batches_garbage_and_transaction_control_are_refused() {
+        assert_eq!(
+            refused("SELECT 1; DROP TABLE customers"),
+            "multiple_statements"
+        );
+        assert_eq!(
+            refused("SELECT 1; COMMIT; DROP TABLE t"),
+            "multiple_statements"
+        );
+        assert_eq!(refused("SELEKT * FROM t"), "unparseable_sql");
+        assert_eq!(refused("   "), "empty_sql");
+        assert_eq!(refused(";"), "empty_sql");
+        assert_eq!(refused("COMMIT"), "transaction_control");
+        assert_eq!(refused("BEGIN"), "transaction_control");
+    }
+
+    #[test]
+    fn canonical_text_is_one_statement() {
+        let c = classify_sql("select 1 -- ; drop table t").expect("parses");
+        assert!(!c.canonical_sql.to_ascii_lowercase().contains("drop"));
+    }
+}

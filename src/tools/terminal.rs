@@ -1,0 +1,684 @@
+//! `terminal.execute`: a program run from an argv vector, never through a
+//! shell unless policy grants one.
+//!
+//! Programs come from an allow-list resolved once, at start-up, in the
+//! configured program directories (never the caller's or the server's
+//! `PATH`). A program named by path must resolve to the same file as the
+//! allow-listed one. Each call is classified on its parsed argv: wrappers
+//! (`env`, `sudo`, `xargs`, …) are refused, shells are refused or — when
+//! policy allows them — destructive, known-dangerous flags are refused, and
+//! destructive programs (`rm`, `dd`, `mkfs`, `kill`, …) are held for quorum.
+//! A name the rules do not know is not allowed.
+//!
+//! The child gets an environment built from scratch, a working directory
+//! confined to the configured roots (after resolving symlinks and `..`), its
+//! own process group (killed whole on timeout and after exit, so background
+//! children do not survive the call), closed stdin, and capped output.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::config::{ScopeConfig, TerminalConfig};
+use crate::gate::{Authorized, Class, Classification, Executed, Refusal, Tool};
+
+const MAX_ARGS: usize = 256;
+const MAX_ARG_BYTES: usize = 16 * 1024;
+/// How long output readers may run after the process group was killed.
+const READER_GRACE: Duration = Duration::from_millis(500);
+
+const SHELLS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "csh", "tcsh", "busybox", "python",
+    "python3", "perl", "ruby", "node", "php", "lua", "awk", "gawk", "mawk", "tclsh",
+];
+
+const WRAPPERS: &[&str] = &[
+    "env", "sudo", "doas", "su", "xargs", "nice", "ionice", "timeout", "nohup", "command", "exec",
+    "setsid", "stdbuf", "chroot", "strace", "ltrace", "taskset", "time", "watch", "unshare",
+    "nsenter", "flock", "script", "parallel",
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalArgs {
+    /// Program and arguments, e.g. `["git", "status"]`. No shell parses them.
+    pub argv: Vec<String>,
+    /// Working directory, inside one of the configured roots (default: the first root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Wall-clock limit in milliseconds (capped by policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+struct Program {
+    path: PathBuf,
+    canonical: PathBuf,
+}
+
+pub struct Terminal {
+    config: TerminalConfig,
+    scopes: ScopeConfig,
+    programs: HashMap<String, Program>,
+    roots: Vec<PathBuf>,
+    child_path: String,
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Which rule a program falls under.
+enum Verdict {
+    Ordinary,
+    Destructive(String),
+}
+
+fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal::new(code, message)
+}
+
+/// Splits `-abc` into `a`, `b`, `c`; long options are returned whole.
+fn short_flags(args: &[String]) -> impl Iterator<Item = char> + '_ {
+    args.iter()
+        .take_while(|a| a.as_str() != "--")
+        .filter(|a| a.starts_with('-') && !a.starts_with("--") && a.len() > 1)
+        .flat_map(|a| a.chars().skip(1))
+}
+
+fn has_long(args: &[String], names: &[&str]) -> bool {
+    args.iter().take_while(|a| a.as_str() != "--").any(|a| {
+        names
+            .iter()
+            .any(|n| a == n || a.starts_with(&format!("{n}=")))
+    })
+}
+
+fn judge(name: &str, args: &[String], allow_shell: bool) -> Result<Verdict, Refusal> {
+    if WRAPPERS.contains(&name) {
+        return Err(refuse(
+            "wrapper_not_allowed",
+            format!("`{name}` runs another program and is not allowed; call the program directly"),
+        ));
+    }
+    if SHELLS.contains(&name) {
+        return if allow_shell {
+            Ok(Verdict::Destructive(format!(
+                "runs the interpreter `{name}`, whose effect cannot be checked"
+            )))
+        } else {
+            Err(refuse(
+                "shell_not_allowed",
+                format!("`{name}` is a shell or interpreter; policy does not allow shells"),
+            ))
+        };
+    }
+    if name.starts_with("mkfs") {
+        return Ok(Verdict::Destructive(format!(
+            "`{name}` formats a filesystem"
+        )));
+    }
+    let verdict = match name {
+        "rm" => {
+            let recursive = short_flags(args).any(|c| matches!(c, 'r' | 'R'))
+                || has_long(args, &["--recursive"]);
+            let force = short_flags(args).any(|c| c == 'f') || has_long(args, &["--force"]);
+            Verdict::Destructive(match (recursive, force) {
+                (true, true) => "deletes files recursively and without confirmation".into(),
+                (true, false) => "deletes files recursively".into(),
+                (false, true) => "deletes files without confirmation".into(),
+                (false, false) => "deletes files".into(),
+            })
+        }
+        "rmdir" => Verdict::Destructive("removes directories".into()),
+        "shred" => Verdict::Destructive("overwrites files irrecoverably".into()),
+        "truncate" => Verdict::Destructive("truncates files".into()),
+        "dd" => Verdict::Destructive("copies raw blocks and can overwrite devices".into()),
+        "shutdown" | "reboot" | "halt" | "poweroff" => {
+            Verdict::Destructive(format!("`{name}` stops or restarts the host"))
+        }
+        "kill" | "pkill" | "killall" => Verdict::Destructive("sends signals to processes".into()),
+        "chmod" | "chown" => {
+            if short_flags(args).any(|c| c == 'R') || has_long(args, &["--recursive"]) {
+                Verdict::Destructive(format!(
+                    "changes ownership or modes recursively (`{name} -R`)"
+                ))
+            } else {
+                Verdict::Ordinary
+            }
+        }
+        "find" => {
+            const FORBIDDEN: &[&str] = &[
+                "-exec", "-execdir", "-ok", "-okdir", "-delete", "-fprint", "-fprint0", "-fprintf",
+                "-fls",
+            ];
+            if let Some(bad) = args.iter().find(|a| FORBIDDEN.contains(&a.as_str())) {
+                return Err(refuse(
+                    "forbidden_flag",
+                    format!("`find {bad}` runs programs or writes files and is not allowed"),
+                ));
+            }
+            Verdict::Ordinary
+        }
+        "git" => judge_git(args)?,
+        "cargo" | "rustc" => {
+            if matches!(args, [only] if only == "--version" || only == "-V" || only == "version") {
+                Verdict::Ordinary
+            } else {
+                Verdict::Destructive(format!(
+                    "`{name}` with these arguments compiles and may run arbitrary build code"
+                ))
+            }
+        }
+        "ls" | "cat" | "head" | "tail" | "wc" | "grep" | "echo" | "pwd" | "date" | "true"
+        | "false" | "sort" | "uniq" | "cut" | "stat" | "du" | "df" | "uname" | "whoami" | "id"
+        | "sleep" | "mkdir" | "touch" | "cp" | "mv" => Verdict::Ordinary,
+        other => {
+            return Err(refuse(
+                "program_not_allowed",
+                format!("no rule classifies `{other}`, so it is not allowed"),
+            ));
+        }
+    };
+    Ok(verdict)
+}
+
+fn judge_git(args: &[String]) -> Result<Verdict, Refusal> {
+    // Global options that run programs, change configuration or leave the root.
+    const FORBIDDEN: &[&str] = &[
+        "-c",
+        "--config-env",
+        "--exec-path",
+        "--upload-pack",
+        "--receive-pack",
+        "-C",
+        "--git-dir",
+        "--work-tree",
+        "--namespace",
+        "--super-prefix",
+        "--ext-diff",
+        "--output",
+        "-o",
+    ];
+    if let Some(bad) = args.iter().find(|a| {
+        FORBIDDEN
+            .iter()
+            .any(|f| a.as_str() == *f || a.starts_with(&format!("{f}=")))
+    }) {
+        return Err(refuse(
+            "forbidden_flag",
+            format!("`git {bad}` can run programs or escape the working root and is not allowed"),
+        ));
+    }
+    let subcommand = args
+        .iter()
+        .find(|a| !a.starts_with('-'))
+        .map(String::as_str);
+    match subcommand {
+        Some(
+            "status" | "log" | "diff" | "show" | "rev-parse" | "ls-files" | "blame" | "describe"
+            | "shortlog" | "grep",
+        ) => Ok(Verdict::Ordinary),
+        None if matches!(args, [only] if only == "--version") => Ok(Verdict::Ordinary),
+        Some(
+            "reset" | "clean" | "push" | "checkout" | "restore" | "rebase" | "branch" | "tag"
+            | "stash" | "gc" | "prune" | "reflog" | "filter-branch" | "rm" | "commit" | "merge"
+            | "pull" | "fetch" | "clone" | "init" | "add" | "switch" | "cherry-pick" | "revert",
+        ) => Ok(Verdict::Destructive(format!(
+            "`git {}` changes the repository or its history",
+            subcommand.unwrap_or_default()
+        ))),
+        Some(other) => Err(refuse(
+            "program_not_allowed",
+            format!("no rule classifies `git {other}`, so it is not allowed"),
+        )),
+        None => Err(refuse("program_not_allowed", "`git` needs a subcommand")),
+    }
+}
+
+impl Terminal {
+    /// Resolves the allow-list in the configured program directories and
+    /// creates the roots.
+    pub fn new(config: TerminalConfig, scopes: ScopeConfig) -> std::io::Result<Self> {
+        let mut roots = Vec::new();
+        for root in &config.roots {
+            std::fs::create_dir_all(root)?;
+            roots.push(std::fs::canonicalize(root)?);
+        }
+        let mut names: Vec<&str> = config.allow.iter().map(String::as_str).collect();
+        if config.allow_shell {
+            names.extend(SHELLS);
+        }
+        let mut programs = HashMap::new();
+        for name in names {
+            if name.contains('/') {
+                continue;
+            }
+            let found = config
+                .path
+                .iter()
+                .map(|dir| dir.join(name))
+                .find(|p| is_executable_file(p));
+            if let Some(path) = found {
+                let canonical = std::fs::canonicalize(&path)?;
+                programs.insert(name.to_string(), Program { path, canonical });
+            }
+        }
+        let child_path = config
+            .path
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        Ok(Self {
+            config,
+            scopes,
+            programs,
+            roots,
+            child_path,
+        })
+    }
+
+    fn resolve_program(&self, argv0: &str) -> Result<(&str, &Program), Refusal> {
+        let name = Path::new(argv0)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| refuse("program_not_allowed", "the program name is empty"))?;
+        let (name, program) = self
+            .programs
+            .get_key_value(name)
+            .map(|(k, v)| (k.as_str(), v))
+            .ok_or_else(|| {
+                if WRAPPERS.contains(&name) {
+                    refuse(
+                        "wrapper_not_allowed",
+                        format!("`{name}` runs another program and is not allowed; call the program directly"),
+                    )
+                } else if SHELLS.contains(&name) && !self.config.allow_shell {
+                    refuse(
+                        "shell_not_allowed",
+                        format!("`{name}` is a shell or interpreter; policy does not allow shells"),
+                    )
+                } else {
+                    refuse("program_not_allowed", format!("`{name}` is not on the allow-list"))
+                }
+            })?;
+        if argv0.contains('/') {
+            let same = std::fs::canonicalize(argv0)
+                .map(|c| c == program.canonical)
+                .unwrap_or(false);
+            if !same {
+                return Err(refuse(
+                    "program_not_allowed",
+                    format!("`{argv0}` is not the allow-listed `{name}`"),
+                ));
+            }
+        }
+        Ok((name, program))
+    }
+
+    fn resolve_cwd(&self, cwd: Option<&str>) -> Result<PathBuf, Refusal> {
+        let first = self
+            .roots
+            .first()
+            .ok_or_else(|| refuse("cwd_not_allowed", "no working root is configured"))?;
+        let Some(requested) = cwd else {
+            return Ok(first.clone());
+        };
+        if requested.contains('\0') {
+            return Err(refuse(
+                "cwd_not_allowed",
+                "the working directory contains a NUL byte",
+            ));
+        }
+        let joined = first.join(requested);
+        let canonical = std::fs::canonicalize(&joined)
+            .map_err(|_| refuse("cwd_not_allowed", "the working directory does not exist"))?;
+        if !canonical.is_dir() {
+            return Err(refuse(
+                "cwd_not_allowed",
+                "the working directory is not a directory",
+            ));
+        }
+        if !self.roots.iter().any(|root| canonical.starts_with(root)) {
+            return Err(refuse(
+                "cwd_not_allowed",
+                "the working directory is outside the allowed roots",
+            ));
+        }
+        Ok(canonical)
+    }
+
+    fn timeout(&self, requested: Option<u64>) -> Result<Duration, Refusal> {
+        let ms = requested.unwrap_or(self.config.default_timeout_ms);
+        if ms == 0 || ms > self.config.max_timeout_ms {
+            return Err(refuse(
+                "invalid_timeout",
+                format!(
+                    "timeout_ms must be between 1 and {}",
+                    self.config.max_timeout_ms
+                ),
+            ));
+        }
+        Ok(Duration::from_millis(ms))
+    }
+}
+
+async fn read_capped(mut pipe: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let mut buf = [0u8; 8192];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                if n > room {
+                    truncated = true;
+                }
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    (kept, truncated)
+}
+
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        // ESRCH (group already gone) is the normal case after a clean exit.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+impl Tool for Terminal {
+    const NAME: &'static str = "terminal.execute";
+    const TITLE: &'static str = "Run a program";
+    const DESCRIPTION: &'static str = "Runs one allow-listed program from an argv vector, without a shell, \
+        in a working directory inside the configured roots, with a timeout, capped output and a clean environment. \
+        Needs `terminal:execute`. Destructive commands (rm, dd, mkfs, kill, shutdown, git reset …) need `terminal:admin` \
+        and quorum approval; wrappers such as env, sudo or xargs are refused. The result holds the exit code, \
+        stdout, stderr, truncation flags and a signed audit receipt.";
+    const READ_ONLY: bool = false;
+    type Args = TerminalArgs;
+
+    fn classify(&self, args: &TerminalArgs) -> Result<Classification, Refusal> {
+        let Some(argv0) = args.argv.first() else {
+            return Err(refuse("empty_argv", "argv must name a program"));
+        };
+        if args.argv.len() > MAX_ARGS {
+            return Err(refuse(
+                "too_many_args",
+                format!("at most {MAX_ARGS} arguments"),
+            ));
+        }
+        if args
+            .argv
+            .iter()
+            .any(|a| a.len() > MAX_ARG_BYTES || a.contains('\0'))
+        {
+            return Err(refuse(
+                "invalid_argument",
+                format!("arguments must be under {MAX_ARG_BYTES} bytes and contain no NUL"),
+            ));
+        }
+        self.timeout(args.timeout_ms)?;
+        self.resolve_cwd(args.cwd.as_deref())?;
+        let (name, _) = self.resolve_program(argv0)?;
+        let rest = &args.argv[1..];
+        let shown = shell_words(&args.argv);
+        match judge(name, rest, self.config.allow_shell)? {
+            Verdict::Ordinary => Ok(Classification {
+                class: Class::Write,
+                scope: self.scopes.terminal_execute.clone(),
+                summary: format!("run `{shown}`"),
+            }),
+            Verdict::Destructive(why) => Ok(Classification {
+                class: Class::Destructive,
+                scope: self.scopes.terminal_admin.clone(),
+                summary: format!("run `{shown}`: {why}"),
+            }),
+        }
+    }
+
+    async fn execute(&self, call: Authorized<'_, TerminalArgs>) -> Result<Executed, Refusal> {
+        let args = call.args();
+        let (name, program) = self.resolve_program(&args.argv[0])?;
+        let cwd = self.resolve_cwd(args.cwd.as_deref())?;
+        let timeout = self.timeout(args.timeout_ms)?;
+        let cap = self.config.output_cap_bytes;
+
+        let mut command = tokio::process::Command::new(&program.path);
+        command
+            .arg0(name)
+            .args(&args.argv[1..])
+            .current_dir(&cwd)
+            .env_clear()
+            .env("PATH", &self.child_path)
+            .env("HOME", &cwd)
+            .env("LANG", "C.UTF-8")
+            .env("TERM", "dumb")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let started = Instant::now();
+        let mut child = command
+            .spawn()
+            .map_err(|_| refuse("spawn_failed", format!("`{name}` could not be started")))?;
+        let pid = child.id();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let out_reader = tokio::spawn(async move {
+            match stdout {
+                Some(p) => read_capped(p, cap).await,
+                None => (Vec::new(), false),
+            }
+        });
+        let err_reader = tokio::spawn(async move {
+            match stderr {
+                Some(p) => read_capped(p, cap).await,
+                None => (Vec::new(), false),
+            }
+        });
+        let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(status) => (status.ok(), false),
+            Err(_) => {
+                kill_group(pid);
+                (child.wait().await.ok(), true)
+            }
+        };
+        // Whatever the program left running in its group goes with it.
+        kill_group(pid);
+        let collect = |handle: tokio::task::JoinHandle<(Vec<u8>, bool)>| async move {
+            let abort = handle.abort_handle();
+            match tokio::time::timeout(READER_GRACE, handle).await {
+                Ok(Ok(v)) => v,
+                _ => {
+                    abort.abort();
+                    (Vec::new(), true)
+                }
+            }
+        };
+        let (out, out_truncated) = collect(out_reader).await;
+        let (err, err_truncated) = collect(err_reader).await;
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let exit_code = status.and_then(|s| s.code());
+        let signal = status.and_then(|s| s.signal());
+        let result = json!({
+            "exit_code": exit_code,
+            "signal": signal,
+            "timed_out": timed_out,
+            "duration_ms": duration_ms,
+            "stdout": String::from_utf8_lossy(&out),
+            "stderr": String::from_utf8_lossy(&err),
+            "stdout_truncated": out_truncated,
+            "stderr_truncated": err_truncated,
+        });
+        let outcome = json!({
+            "exit_code": exit_code,
+            "signal": signal,
+            "timed_out": timed_out,
+            "duration_ms": duration_ms,
+        });
+        Ok(Executed { result, outcome })
+    }
+}
+
+/// The argv as a human would type it, for summaries only (never executed).
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn terminal(dir: &Path) -> Terminal {
+        let config = TerminalConfig {
+            roots: vec![dir.join("root")],
+            ..TerminalConfig::default()
+        };
+        Terminal::new(config, ScopeConfig::default()).expect("terminal")
+    }
+
+    fn classify(t: &Terminal, argv: &[&str]) -> Result<Class, &'static str> {
+        t.classify(&TerminalArgs {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            cwd: None,
+            timeout_ms: None,
+        })
+        .map(|c| c.class)
+        .map_err(|r| r.code)
+    }
+
+    #[test]
+    fn ordinary_commands_are_ordinary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = terminal(dir.path());
+        for argv in [
+            &["ls", "-la"][..],
+            &["cat", "notes.txt"],
+            &["git", "status"],
+            &["grep", "-r", "TODO", "."],
+            &["/bin/ls"],
+            &["/usr/bin/ls"],
+        ] {
+            assert_eq!(classify(&t, argv), Ok(Class::Write), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn destructive_in_any_spelling() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = terminal(dir.path());
+        for argv in [
+            &["rm", "-rf", "/"][..],
+            &["rm", "-fr", "x"],
+            &["rm", "-r", "-f", "x"],
+            &["rm", "--recursive", "--force", "x"],
+            &["rm", "-Rf", "x"],
+            &["/bin/rm", "x"],
+            &["dd", "if=/dev/zero", "of=/dev/sda"],
+            &["kill", "-9", "1"],
+            &["kill", "-s", "KILL", "1"],
+            &["chmod", "-R", "777", "."],
+            &["git", "reset", "--hard"],
+            &["git", "clean", "-fdx"],
+        ] {
+            assert_eq!(classify(&t, argv), Ok(Class::Destructive), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn build_tools_run_code_so_only_version_queries_are_ordinary() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(matches!(
+            judge("cargo", &args(&["--version"]), false),
+            Ok(Verdict::Ordinary)
+        ));
+        assert!(matches!(
+            judge("cargo", &args(&["build"]), false),
+            Ok(Verdict::Destructive(_))
+        ));
+        assert!(matches!(
+            judge("rustc", &args(&["x.rs"]), false),
+            Ok(Verdict::Destructive(_))
+        ));
+    }
+
+    #[test]
+    fn bypasses_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = terminal(dir.path());
+        for (argv, code) in [
+            (&["sh", "-c", "rm -rf /"][..], "shell_not_allowed"),
+            (&["bash", "-c", "ls"], "shell_not_allowed"),
+            (&["/bin/sh", "-c", "ls"], "shell_not_allowed"),
+            (&["python3", "-c", "import os"], "shell_not_allowed"),
+            (&["env", "rm", "-rf", "/"], "wrapper_not_allowed"),
+            (&["sudo", "ls"], "wrapper_not_allowed"),
+            (&["xargs", "rm"], "wrapper_not_allowed"),
+            (&["nice", "rm", "-rf", "/"], "wrapper_not_allowed"),
+            (&["find", ".", "-exec", "rm", "{}", ";"], "forbidden_flag"),
+            (&["find", ".", "-delete"], "forbidden_flag"),
+            (&["git", "-c", "core.pager=sh", "log"], "forbidden_flag"),
+            (&["git", "--upload-pack=evil", "status"], "forbidden_flag"),
+            (&["ls; rm -rf /"], "program_not_allowed"),
+            (&["$(rm -rf /)"], "program_not_allowed"),
+            (&["curl", "http://x"], "program_not_allowed"),
+            (&[], "empty_argv"),
+        ] {
+            assert_eq!(classify(&t, argv), Err(code), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn a_copied_binary_is_not_the_allow_listed_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = terminal(dir.path());
+        let fake = dir.path().join("ls");
+        std::fs::copy("/usr/bin/rm", &fake).expect("copy");
+        let fake = fake.display().to_string();
+        assert_eq!(classify(&t, &[fake.as_str()]), Err("program_not_allowed"));
+    }
+
+    #[test]
+    fn cwd_is_confined() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = terminal(dir.path());
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("sub")).expect("mkdir");
+        std::os::unix::fs::symlink("/etc", root.join("escape")).expect("symlink");
+        assert!(t.resolve_cwd(Some("sub")).is_ok());
+        assert!(t.resolve_cwd(Some("..")).is_err());
+        assert!(t.resolve_cwd(Some("/etc")).is_err());
+        assert!(t.resolve_cwd(Some("escape")).is_err());
+        assert!(t.resolve_cwd(Some("sub/../../")).is_err());
+    }
+}
