@@ -1,0 +1,110 @@
+use serde_json::json;
+
+use crate::common::{DataDir, call};
+
+#[test]
+fn help_names_every_subcommand() {
+    let out = std::process::Command::new(crate::common::BIN)
+        .arg("--help")
+        .output()
+        .expect("help");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for sub in [
+        "init", "serve", "token", "revoke", "keys", "keygen", "audit",
+    ] {
+        assert!(text.contains(sub), "{sub} missing from --help:\n{text}");
+    }
+}
+
+#[test]
+fn bad_configuration_names_the_key() {
+    let data = DataDir::new();
+    std::fs::write(
+        data.path.join("dualtrust.toml"),
+        "[database]\nrow_cap = \"lots\"\n",
+    )
+    .expect("write");
+    let out = data.cli(&["keys"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("database.row_cap"), "{err}");
+}
+
+#[test]
+fn production_mode_refuses_dev_tokens() {
+    let data = DataDir::new();
+    let out = std::process::Command::new(crate::common::BIN)
+        .arg("--data-dir")
+        .arg(&data.path)
+        .args(["token", "--sub", "x"])
+        .env("DUALTRUST_MODE", "production")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("identity.dev_tokens"));
+}
+
+#[tokio::test]
+async fn exported_log_verifies_offline_and_tampering_is_detected() {
+    let data = DataDir::new();
+    let client = data
+        .stdio_client(Some(&data.token("alice", "db:read")))
+        .await;
+    for sql in [
+        "SELECT 1",
+        "DELETE FROM orders",
+        "SELECT count(*) FROM products",
+    ] {
+        call(&client, "db.query", json!({ "sql": sql })).await;
+    }
+    client.cancel().await.expect("close");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log.jsonl");
+    let jwks = dir.path().join("jwks.json");
+    let out = data.cli(&["audit", "export", "--out", log.to_str().expect("utf8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys = data.cli(&["keys"]);
+    std::fs::write(&jwks, &keys.stdout).expect("write jwks");
+
+    let verify = |log: &std::path::Path| {
+        data.cli(&[
+            "audit",
+            "verify",
+            "--log",
+            log.to_str().expect("utf8"),
+            "--jwks",
+            jwks.to_str().expect("utf8"),
+        ])
+    };
+    let out = verify(&log);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 receipts"));
+
+    let text = std::fs::read_to_string(&log).expect("read");
+    let lines: Vec<&str> = text.lines().collect();
+    let tampered = dir.path().join("tampered.jsonl");
+    for edit in [lines[1].replace("\"denied\"", "\"allowed\""), String::new()] {
+        let mut copy: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        if edit.is_empty() {
+            copy.remove(1);
+        } else {
+            copy[1] = edit;
+        }
+        std::fs::write(&tampered, copy.join("\n")).expect("write");
+        let out = verify(&tampered);
+        assert!(!out.status.success(), "tampering went unnoticed");
+    }
+    let mut reordered: Vec<&str> = lines.clone();
+    reordered.swap(0, 2);
+    std::fs::write(&tampered, reordered.join("\n")).expect("write");
+    assert!(!verify(&tampered).status.success());
+}

@@ -1,0 +1,187 @@
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+pub type Client = RunningService<RoleClient, ()>;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dualtrust");
+
+/// A fresh data directory, initialised by `dualtrust init`.
+pub struct DataDir {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl DataDir {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("data");
+        let out = std::process::Command::new(BIN)
+            .args(["--data-dir"])
+            .arg(&path)
+            .arg("init")
+            .output()
+            .expect("run init");
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { _dir: dir, path }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.path)
+            .args(args)
+            .env_remove("DUALTRUST_TOKEN")
+            .output()
+            .expect("run dualtrust")
+    }
+
+    /// A development token minted by `dualtrust token`.
+    pub fn token(&self, sub: &str, scope: &str) -> String {
+        let out = self.cli(&["token", "--sub", sub, "--scope", scope]);
+        assert!(
+            out.status.success(),
+            "token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_string()
+    }
+
+    /// A token signed by the development issuer key with hand-edited claims,
+    /// for the attacks `dualtrust token` would never mint.
+    pub fn forged_token(&self, edit: impl FnOnce(&mut Value)) -> String {
+        let (issuer, _) =
+            dualtrust::keys::KeyPair::load_or_create(&self.path.join("dev-issuer.key"), false)
+                .expect("dev issuer key");
+        let now = dualtrust::now_unix();
+        let mut claims = json!({
+            "iss": "dualtrust-dev", "aud": "dualtrust", "sub": "mallory",
+            "scope": "db:read db:write db:admin terminal:execute terminal:admin passport:issue audit:read",
+            "iat": now, "exp": now + 600, "jti": dualtrust::random_id().expect("id"),
+        });
+        edit(&mut claims);
+        issuer.sign_jws("JWT", &claims).expect("sign")
+    }
+
+    pub fn workspace(&self) -> PathBuf {
+        self.path.join("workspace")
+    }
+
+    pub async fn stdio_client(&self, token: Option<&str>) -> Client {
+        let data = self.path.clone();
+        let token = token.map(String::from);
+        let transport =
+            TokioChildProcess::new(tokio::process::Command::new(BIN).configure(|cmd| {
+                cmd.arg("--data-dir").arg(&data).args(["serve", "--stdio"]);
+                cmd.env_remove("DUALTRUST_TOKEN");
+                cmd.env("DUALTRUST_LOG", "warn");
+                if let Some(t) = &token {
+                    cmd.env("DUALTRUST_TOKEN", t);
+                }
+            }))
+            .expect("spawn stdio server");
+        ().serve(transport).await.expect("initialize over stdio")
+    }
+
+    pub async fn http_server(&self) -> HttpServer {
+        HttpServer::start(&self.path).await
+    }
+}
+
+/// `dualtrust serve --http 127.0.0.1:0`, killed on drop.
+pub struct HttpServer {
+    child: tokio::process::Child,
+    pub base: String,
+}
+
+impl HttpServer {
+    pub async fn start(data: &Path) -> Self {
+        let mut child = tokio::process::Command::new(BIN)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["serve", "--http", "127.0.0.1:0"])
+            .env("DUALTRUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn http server");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let base = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.expect("read stderr") {
+                if let Some(rest) = line.strip_prefix("dualtrust listening on ") {
+                    return rest.trim_end_matches("/mcp").to_string();
+                }
+            }
+            panic!("server exited before listening");
+        })
+        .await
+        .expect("server did not start in time");
+        // Keep draining stderr so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, base }
+    }
+
+    pub fn mcp_url(&self) -> String {
+        format!("{}/mcp", self.base)
+    }
+
+    pub async fn client(&self, token: &str) -> Client {
+        let config =
+            StreamableHttpClientTransportConfig::with_uri(self.mcp_url()).auth_header(token);
+        let transport = StreamableHttpClientTransport::from_config(config);
+        ().serve(transport).await.expect("initialize over http")
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Calls a tool; returns the structured envelope and whether it was an error.
+pub async fn call(client: &Client, tool: &str, args: Value) -> (Value, bool) {
+    let Value::Object(arguments) = args else {
+        panic!("arguments must be an object")
+    };
+    let result: CallToolResult = client
+        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(arguments))
+        .await
+        .expect("tools/call answered");
+    let envelope = result
+        .structured_content
+        .clone()
+        .expect("structured content");
+    (envelope, result.is_error.unwrap_or(false))
+}
+
+pub fn status(envelope: &Value) -> &str {
+    envelope["status"].as_str().unwrap_or("missing")
+}
+
+pub fn error_code(envelope: &Value) -> &str {
+    envelope["error"]["code"].as_str().unwrap_or("none")
+}
+
+/// Every answer carries a receipt naming the decision.
+pub fn receipt(envelope: &Value) -> &Value {
+    let r = &envelope["receipt"];
+    assert!(r.is_object(), "no receipt in {envelope}");
+    r
+}

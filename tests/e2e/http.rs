@@ -1,0 +1,192 @@
+use serde_json::{Value, json};
+
+use crate::common::{DataDir, call, error_code, receipt, status};
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+
+async fn post_mcp(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(INIT);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    request.send().await.expect("http request")
+}
+
+#[tokio::test]
+async fn unauthenticated_requests_get_401_with_resource_metadata() {
+    let data = DataDir::new();
+    let server = data.http_server().await;
+    let url = server.mcp_url();
+
+    let response = post_mcp(&url, &[]).await;
+    assert_eq!(response.status(), 401);
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(challenge.starts_with("Bearer "), "{challenge}");
+    assert!(
+        challenge.contains(&format!(
+            r#"resource_metadata="{}/.well-known/oauth-protected-resource""#,
+            server.base
+        )),
+        "{challenge}"
+    );
+    assert!(
+        !challenge.contains("error="),
+        "no error code without credentials: {challenge}"
+    );
+
+    let now = dualtrust::now_unix();
+    let expired = data.forged_token(|c| c["exp"] = json!(now - 3600));
+    let other_audience = data.forged_token(|c| c["aud"] = json!("not-us"));
+    for token in [expired.as_str(), other_audience.as_str(), "not-a-jwt"] {
+        let response = post_mcp(&url, &[("authorization", &format!("Bearer {token}"))]).await;
+        assert_eq!(response.status(), 401);
+        let challenge = response.headers()["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        assert!(
+            challenge.contains(r#"error="invalid_token""#),
+            "{challenge}"
+        );
+        let body: Value = response.json().await.expect("json body");
+        assert_eq!(body["error"], "invalid_token");
+        assert!(
+            !body.to_string().contains("jsonwebtoken"),
+            "no verifier internals: {body}"
+        );
+    }
+
+    // A token in the query string is never accepted (RFC 6750 section 2.3 is off).
+    let good = data.token("alice", "db:read");
+    let response = post_mcp(&format!("{url}?access_token={good}"), &[]).await;
+    assert_eq!(response.status(), 401);
+
+    // Wrong scheme.
+    let response = post_mcp(&url, &[("authorization", &format!("Basic {good}"))]).await;
+    assert_eq!(response.status(), 401);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dns_rebinding_defences_answer_403() {
+    let data = DataDir::new();
+    let server = data.http_server().await;
+    let token = data.token("alice", "db:read");
+    let auth = format!("Bearer {token}");
+    let response = post_mcp(
+        &server.mcp_url(),
+        &[("authorization", &auth), ("origin", "http://evil.example")],
+    )
+    .await;
+    assert_eq!(response.status(), 403);
+    let response = post_mcp(
+        &server.mcp_url(),
+        &[("authorization", &auth), ("host", "evil.example")],
+    )
+    .await;
+    assert_eq!(response.status(), 403);
+    let response = post_mcp(&server.mcp_url(), &[("authorization", &auth)]).await;
+    assert_eq!(response.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn well_known_documents_are_served() {
+    let data = DataDir::new();
+    let server = data.http_server().await;
+    let http = reqwest::Client::new();
+    let meta: Value = http
+        .get(format!(
+            "{}/.well-known/oauth-protected-resource",
+            server.base
+        ))
+        .send()
+        .await
+        .expect("metadata")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(meta["resource"], server.mcp_url());
+    assert!(
+        meta["scopes_supported"]
+            .as_array()
+            .is_some_and(|s| s.contains(&json!("db:read")))
+    );
+    assert_eq!(meta["bearer_methods_supported"], json!(["header"]));
+
+    let jwks: Value = http
+        .get(format!("{}/.well-known/jwks.json", server.base))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(jwks["keys"][0]["kty"], "OKP");
+    assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
+
+    for path in ["/healthz", "/readyz"] {
+        let response = http
+            .get(format!("{}{path}", server.base))
+            .send()
+            .await
+            .expect("probe");
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn mcp_over_http_with_a_token_and_receipts_verify_against_the_jwks() {
+    let data = DataDir::new();
+    let server = data.http_server().await;
+    let client = server
+        .client(&data.token("alice", "db:read audit:read"))
+        .await;
+    let tools = client.list_all_tools().await.expect("tools/list");
+    assert_eq!(tools.len(), 4);
+
+    let (env, is_error) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "SELECT sku, price_cents FROM products ORDER BY price_cents DESC LIMIT 2" }),
+    )
+    .await;
+    assert!(!is_error, "{env}");
+    assert_eq!(
+        env["result"]["rows"],
+        json!([["MN-003", 32900], ["HD-004", 19900]])
+    );
+    let r = receipt(&env).clone();
+    assert_eq!(r["body"]["transport"], "http");
+
+    let (verdict, _) = call(&client, "audit.verify", json!({ "receipt": r.clone() })).await;
+    assert_eq!(verdict["result"]["valid"], true, "{verdict}");
+
+    // Independently: the receipt verifies with the published JWKS alone.
+    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", server.base))
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    let keys = dualtrust::keys::ed25519_keys_from_jwks(&jwks);
+    let receipt: dualtrust::audit::Receipt = serde_json::from_value(r).expect("receipt");
+    receipt
+        .check_signature(&keys)
+        .expect("verifies with the JWKS");
+
+    // Missing scope over HTTP: the call is denied inside MCP, with a receipt.
+    let (env, _) = call(&client, "terminal.execute", json!({ "argv": ["ls"] })).await;
+    assert_eq!(status(&env), "denied");
+    assert_eq!(error_code(&env), "insufficient_scope");
+    client.cancel().await.expect("close");
+    server.stop().await;
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: the built `dualtrust` binary as a real process, driven
+//! by rmcp's own MCP client over stdio and streamable HTTP.
+//!
+//! Modules:
+//! - `common`: data directories, tokens, spawning servers and clients.
+//! - `stdio`: the gate through the stdio transport, allowed and denied calls.
+//! - `http`: the HTTP front door (401/403 answers, metadata, JWKS) and MCP over it.
+//! - `cli`: the command line: init, token, keys, audit export and offline verify.
+
+mod cli;
+mod common;
+mod http;
+mod stdio;

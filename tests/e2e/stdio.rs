@@ -1,0 +1,425 @@
+use serde_json::json;
+
+use crate::common::{DataDir, call, error_code, receipt, status};
+
+const ALL_READ: &str = "db:read audit:read passport:issue terminal:execute";
+
+#[tokio::test]
+async fn lists_the_four_tools_with_schemas() {
+    let data = DataDir::new();
+    let client = data
+        .stdio_client(Some(&data.token("alice", "db:read")))
+        .await;
+    let tools = client.list_all_tools().await.expect("tools/list");
+    let mut names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "audit.verify",
+            "db.query",
+            "passport.issue",
+            "terminal.execute"
+        ]
+    );
+    for tool in &tools {
+        assert_eq!(
+            tool.input_schema.get("type"),
+            Some(&json!("object")),
+            "{}",
+            tool.name
+        );
+        assert!(tool.output_schema.is_some(), "{}", tool.name);
+    }
+    let db = tools
+        .iter()
+        .find(|t| t.name == "db.query")
+        .expect("db.query");
+    assert_eq!(db.input_schema["required"], json!(["sql"]));
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn read_query_returns_rows_and_a_receipt_that_verifies() {
+    let data = DataDir::new();
+    let client = data
+        .stdio_client(Some(&data.token("alice", ALL_READ)))
+        .await;
+    let (env, is_error) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "SELECT name FROM customers WHERE country = ? ORDER BY id", "params": ["GB"] }),
+    )
+    .await;
+    assert!(!is_error, "{env}");
+    assert_eq!(status(&env), "ok");
+    assert_eq!(env["result"]["columns"], json!(["name"]));
+    assert_eq!(
+        env["result"]["rows"],
+        json!([["Ada Lovelace"], ["Alan Turing"], ["Tony Hoare"]])
+    );
+    let r = receipt(&env).clone();
+    assert_eq!(r["body"]["decision"], "allowed");
+    assert_eq!(r["body"]["subject"], "alice");
+    assert_eq!(r["body"]["scope"], "db:read");
+    assert!(
+        r["body"]["lease"].is_string(),
+        "the consumed lease is named"
+    );
+
+    let (verdict, _) = call(&client, "audit.verify", json!({ "receipt": r })).await;
+    assert_eq!(verdict["result"]["valid"], true, "{verdict}");
+    assert_eq!(
+        verdict["result"]["checks"].as_array().map(Vec::len),
+        Some(3)
+    );
+
+    // Tampering with any signed field is caught and named.
+    let mut forged = r.clone();
+    forged["body"]["subject"] = json!("mallory");
+    let (verdict, _) = call(&client, "audit.verify", json!({ "receipt": forged })).await;
+    assert_eq!(verdict["result"]["valid"], false);
+    assert_eq!(verdict["result"]["failed"], "hash");
+
+    let mut resigned = r.clone();
+    resigned["body"]["subject"] = json!("mallory");
+    let canonical = serde_json_canonicalizer::to_vec(&resigned["body"]).expect("jcs");
+    resigned["hash"] = json!(dualtrust::sha256_hex(&canonical));
+    let (verdict, _) = call(&client, "audit.verify", json!({ "receipt": resigned })).await;
+    assert_eq!(verdict["result"]["failed"], "signature");
+
+    let mut elsewhere = r.clone();
+    elsewhere["body"]["seq"] = json!(999);
+    let (verdict, _) = call(&client, "audit.verify", json!({ "receipt": elsewhere })).await;
+    assert_eq!(verdict["result"]["failed"], "hash");
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn write_sql_with_read_scope_is_denied_and_changes_nothing() {
+    let data = DataDir::new();
+    let client = data
+        .stdio_client(Some(&data.token("alice", "db:read")))
+        .await;
+    for sql in [
+        "DELETE FROM orders WHERE id = 1",
+        "INSERT INTO customers (name, email, country, created_at) VALUES ('x', 'x@x', 'XX', 'now')",
+        "WITH gone AS (DELETE FROM orders WHERE id = 2 RETURNING *) SELECT * FROM gone",
+    ] {
+        let (env, is_error) = call(&client, "db.query", json!({ "sql": sql })).await;
+        assert!(is_error, "{sql}");
+        assert_eq!(status(&env), "denied", "{sql}");
+        assert_eq!(error_code(&env), "insufficient_scope", "{sql}");
+        assert_eq!(receipt(&env)["body"]["decision"], "denied");
+        assert!(
+            receipt(&env)["body"]["lease"].is_null(),
+            "no lease for a denial"
+        );
+    }
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "SELECT count(*) AS n FROM orders" }),
+    )
+    .await;
+    assert_eq!(env["result"]["rows"], json!([[15]]));
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "SELECT count(*) FROM customers" }),
+    )
+    .await;
+    assert_eq!(env["result"]["rows"], json!([[10]]));
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn writes_run_with_write_scope_and_batches_never_run() {
+    let data = DataDir::new();
+    let client = data
+        .stdio_client(Some(&data.token("bob", "db:read db:write db:admin")))
+        .await;
+    let (env, is_error) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "UPDATE products SET stock = stock - ? WHERE sku = ?", "params": [2, "KB-001"] }),
+    )
+    .await;
+    assert!(!is_error, "{env}");
+    assert_eq!(env["result"]["rows_affected"], 1);
+    assert_eq!(receipt(&env)["body"]["class"], "write");
+
+    for (sql, code) in [
+        ("SELECT 1; DROP TABLE customers", "multiple_statements"),
+        ("SELECT 1; COMMIT; DROP TABLE t", "multiple_statements"),
+        ("SELEKT nonsense", "unparseable_sql"),
+        ("COMMIT", "transaction_control"),
+    ] {
+        let (env, _) = call(&client, "db.query", json!({ "sql": sql })).await;
+        assert_eq!(error_code(&env), code, "{sql}");
+        assert_eq!(receipt(&env)["body"]["decision"], "denied");
+    }
+    // Destructive SQL is held for approval, even with db:admin.
+    let (env, _) = call(&client, "db.query", json!({ "sql": "DROP TABLE orders" })).await;
+    assert_eq!(status(&env), "approval_required", "{env}");
+    assert_eq!(receipt(&env)["body"]["decision"], "approval_required");
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "SELECT stock FROM products WHERE sku = 'KB-001'" }),
+    )
+    .await;
+    assert_eq!(env["result"]["rows"], json!([[40]]));
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "SELECT count(*) FROM orders" }),
+    )
+    .await;
+    assert_eq!(env["result"]["rows"], json!([[15]]), "DROP did not run");
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn destructive_command_is_held_for_approval_and_not_run() {
+    let data = DataDir::new();
+    let victim = data.workspace().join("precious.txt");
+    std::fs::write(&victim, "keep me").expect("write");
+    let client = data
+        .stdio_client(Some(
+            &data.token("carol", "terminal:execute terminal:admin"),
+        ))
+        .await;
+    for argv in [
+        json!(["rm", "-rf", "precious.txt"]),
+        json!(["rm", "-f", "-r", "precious.txt"]),
+        json!(["/bin/rm", "precious.txt"]),
+    ] {
+        let (env, is_error) = call(&client, "terminal.execute", json!({ "argv": argv })).await;
+        assert!(is_error);
+        assert_eq!(status(&env), "approval_required", "{env}");
+        assert!(
+            env["approval"]["summary"]
+                .as_str()
+                .unwrap_or("")
+                .contains("deletes"),
+            "{env}"
+        );
+        assert_eq!(receipt(&env)["body"]["class"], "destructive");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("still there"),
+        "keep me"
+    );
+
+    // Without terminal:admin the same call is simply denied.
+    let client2 = data
+        .stdio_client(Some(&data.token("dave", "terminal:execute")))
+        .await;
+    let (env, _) = call(
+        &client2,
+        "terminal.execute",
+        json!({ "argv": ["rm", "-rf", "precious.txt"] }),
+    )
+    .await;
+    assert_eq!(error_code(&env), "insufficient_scope");
+    for (argv, code) in [
+        (
+            json!(["sh", "-c", "rm -rf precious.txt"]),
+            "shell_not_allowed",
+        ),
+        (json!(["env", "rm", "precious.txt"]), "wrapper_not_allowed"),
+        (json!(["find", ".", "-delete"]), "forbidden_flag"),
+    ] {
+        let (env, _) = call(&client2, "terminal.execute", json!({ "argv": argv })).await;
+        assert_eq!(error_code(&env), code, "{env}");
+    }
+    assert!(victim.exists());
+    client.cancel().await.expect("close");
+    client2.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn ordinary_commands_run_confined_with_limits() {
+    let data = DataDir::new();
+    std::fs::write(
+        data.workspace().join("notes.txt"),
+        "hello from the workspace\n",
+    )
+    .expect("write");
+    let client = data
+        .stdio_client(Some(&data.token("erin", "terminal:execute")))
+        .await;
+    let (env, is_error) = call(
+        &client,
+        "terminal.execute",
+        json!({ "argv": ["cat", "notes.txt"] }),
+    )
+    .await;
+    assert!(!is_error, "{env}");
+    assert_eq!(env["result"]["stdout"], "hello from the workspace\n");
+    assert_eq!(env["result"]["exit_code"], 0);
+
+    // The environment is built from scratch.
+    let (env, _) = call(&client, "terminal.execute", json!({ "argv": ["pwd"] })).await;
+    let pwd = env["result"]["stdout"]
+        .as_str()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    assert!(pwd.ends_with("workspace"), "{pwd}");
+
+    let (env, _) = call(
+        &client,
+        "terminal.execute",
+        json!({ "argv": ["ls"], "cwd": "../" }),
+    )
+    .await;
+    assert_eq!(error_code(&env), "cwd_not_allowed");
+
+    let (env, _) = call(
+        &client,
+        "terminal.execute",
+        json!({ "argv": ["sleep", "30"], "timeout_ms": 300 }),
+    )
+    .await;
+    assert_eq!(env["result"]["timed_out"], true, "{env}");
+    assert!(env["result"]["duration_ms"].as_u64().unwrap_or(u64::MAX) < 5_000);
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn identity_failures_are_denied_with_receipts() {
+    let data = DataDir::new();
+    let now = dualtrust::now_unix();
+    let cases = [
+        (None, "missing_token"),
+        (Some("garbage".to_string()), "malformed_token"),
+        (
+            Some(data.forged_token(|c| c["exp"] = json!(now - 3600))),
+            "expired",
+        ),
+        (
+            Some(data.forged_token(|c| c["aud"] = json!("another-server"))),
+            "wrong_audience",
+        ),
+        (
+            Some(data.forged_token(|c| c["iss"] = json!("someone-else"))),
+            "wrong_issuer",
+        ),
+    ];
+    for (token, reason) in cases {
+        let client = data.stdio_client(token.as_deref()).await;
+        let (env, is_error) = call(&client, "db.query", json!({ "sql": "SELECT 1" })).await;
+        assert!(is_error);
+        assert_eq!(error_code(&env), "unauthenticated", "{reason}");
+        assert_eq!(receipt(&env)["body"]["reason"], reason);
+        assert!(receipt(&env)["body"]["subject"].is_null());
+        client.cancel().await.expect("close");
+    }
+}
+
+#[tokio::test]
+async fn revoked_token_is_refused_on_the_next_call() {
+    let data = DataDir::new();
+    let token = data.forged_token(|c| c["jti"] = json!("revoke-me"));
+    let client = data.stdio_client(Some(&token)).await;
+    let (env, _) = call(&client, "db.query", json!({ "sql": "SELECT 1" })).await;
+    assert_eq!(status(&env), "ok");
+    let out = data.cli(&["revoke", "--jti", "revoke-me"]);
+    assert!(out.status.success());
+    let (env, _) = call(&client, "db.query", json!({ "sql": "SELECT 1" })).await;
+    assert_eq!(receipt(&env)["body"]["reason"], "revoked");
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn passport_is_issued_and_verified() {
+    let data = DataDir::new();
+    let client = data
+        .stdio_client(Some(&data.token("frank", "passport:issue audit:read")))
+        .await;
+    let (env, is_error) = call(
+        &client,
+        "passport.issue",
+        json!({ "agent_id": "agent-7", "session_id": "s-1", "ttl_s": 120, "health": { "status": "ok", "version": "1.2.3" } }),
+    )
+    .await;
+    assert!(!is_error, "{env}");
+    let passport = env["result"]["passport"]
+        .as_str()
+        .expect("passport")
+        .to_string();
+    let claims = &env["result"]["claims"];
+    assert_eq!(claims["sub"], "agent-7");
+    assert_eq!(claims["act"]["sub"], "frank");
+    assert_eq!(
+        claims["exp"].as_u64().unwrap_or(0) - claims["iat"].as_u64().unwrap_or(0),
+        120
+    );
+
+    let (verdict, _) = call(&client, "audit.verify", json!({ "passport": passport })).await;
+    assert_eq!(verdict["result"]["valid"], true, "{verdict}");
+
+    // Stretching the expiry breaks the signature.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = passport.split('.').collect();
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&b64.decode(parts[1]).expect("b64")).expect("json");
+    payload["exp"] = json!(payload["exp"].as_u64().unwrap_or(0) + 86_400);
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64.encode(payload.to_string()),
+        parts[2]
+    );
+    let (verdict, _) = call(&client, "audit.verify", json!({ "passport": forged })).await;
+    assert_eq!(verdict["result"]["failed"], "signature");
+
+    for bad in [
+        json!({ "agent_id": "" }),
+        json!({ "agent_id": "a b" }),
+        json!({ "agent_id": "a", "ttl_s": 999_999 }),
+    ] {
+        let (env, _) = call(&client, "passport.issue", bad.clone()).await;
+        assert_eq!(status(&env), "denied", "{bad}");
+    }
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn malformed_arguments_get_clear_denials() {
+    let data = DataDir::new();
+    let client = data
+        .stdio_client(Some(&data.token("gina", "db:read terminal:execute")))
+        .await;
+    for (tool, args) in [
+        ("db.query", json!({})),
+        ("db.query", json!({ "sql": 42 })),
+        ("db.query", json!({ "sql": "SELECT 1", "extra": true })),
+        (
+            "db.query",
+            json!({ "sql": "SELECT ?", "params": [{ "nested": 1 }] }),
+        ),
+        ("terminal.execute", json!({ "argv": "ls -la" })),
+        ("terminal.execute", json!({ "argv": [] })),
+    ] {
+        let (env, is_error) = call(&client, tool, args.clone()).await;
+        assert!(is_error, "{args}");
+        assert_eq!(status(&env), "denied", "{args}");
+        assert!(
+            env["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        receipt(&env);
+    }
+    let unknown = client
+        .call_tool(rmcp::model::CallToolRequestParams::new(
+            "db.drop_everything",
+        ))
+        .await;
+    assert!(unknown.is_err(), "unknown tools are protocol errors");
+    client.cancel().await.expect("close");
+}
