@@ -107,7 +107,9 @@ pub struct HttpConfig {
     /// `Host` values accepted (DNS-rebinding defence).
     pub allowed_hosts: Vec<String>,
     /// Browser `Origin` values accepted; any other `Origin` gets 403.
-    /// Empty means no browser origin is accepted.
+    /// Entries are `scheme://host[:port]`, with `:*` for any port. Empty means
+    /// no browser origin is accepted. The default admits loopback pages only,
+    /// which is what a DNS-rebinding attack cannot forge.
     pub allowed_origins: Vec<String>,
     /// OAuth authorization servers advertised in RFC 9728 metadata.
     pub authorization_servers: Vec<String>,
@@ -120,7 +122,11 @@ impl Default for HttpConfig {
             bind: "127.0.0.1:8080".into(),
             public_url: None,
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
-            allowed_origins: Vec::new(),
+            allowed_origins: vec![
+                "http://localhost:*".into(),
+                "http://127.0.0.1:*".into(),
+                "http://[::1]:*".into(),
+            ],
             authorization_servers: Vec::new(),
             max_body_bytes: 1024 * 1024,
         }
