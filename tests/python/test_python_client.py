@@ -1,0 +1,152 @@
+"""Smoke tests with the official Python MCP SDK (PyPI `mcp` 2.3) over both
+transports, plus verification of dualtrust's artifacts with independent,
+standard tools: PyJWT for passports (JWS/EdDSA), rfc8785 + cryptography for
+receipts (RFC 8785 canonical JSON, SHA-256, Ed25519).
+
+Needs DT_BINARY pointing at a built `dualtrust` binary.
+"""
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+
+import httpx2
+import jwt
+import pytest
+import rfc8785
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from mcp import Client, StdioServerParameters
+
+BIN = os.environ.get("DT_BINARY", "target/debug/dualtrust")
+SCOPES = "db:read audit:read passport:issue terminal:execute"
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@pytest.fixture()
+def data_dir():
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "data")
+        subprocess.run([BIN, "--data-dir", path, "init"], check=True, capture_output=True)
+        yield path
+
+
+def mint(data: str, scope: str = SCOPES) -> str:
+    out = subprocess.run(
+        [BIN, "--data-dir", data, "token", "--sub", "py-agent", "--scope", scope],
+        check=True, capture_output=True, text=True,
+    )
+    return out.stdout.strip()
+
+
+def jwks(data: str) -> dict:
+    out = subprocess.run([BIN, "--data-dir", data, "keys"], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def verify_receipt_independently(receipt: dict, keyset: dict) -> None:
+    """RFC 8785 canonical body -> SHA-256 must equal `hash`; Ed25519 over the same bytes."""
+    canonical = rfc8785.dumps(receipt["body"])
+    assert hashlib.sha256(canonical).hexdigest() == receipt["hash"]
+    key = next(k for k in keyset["keys"] if k["kid"] == receipt["body"]["kid"])
+    Ed25519PublicKey.from_public_bytes(b64url_decode(key["x"])).verify(b64url_decode(receipt["sig"]), canonical)
+
+
+async def exercise(client: Client, keyset: dict) -> str:
+    tools = await client.list_tools()
+    assert sorted(t.name for t in tools.tools) == ["audit.verify", "db.query", "passport.issue", "terminal.execute"]
+
+    result = await client.call_tool("db.query", {"sql": "SELECT name FROM customers WHERE id = ?", "params": [1]})
+    assert not result.is_error, result
+    envelope = result.structured_content
+    assert envelope["status"] == "ok"
+    assert envelope["result"]["rows"] == [["Ada Lovelace"]]
+    receipt = envelope["receipt"]
+    verify_receipt_independently(receipt, keyset)
+
+    verdict = await client.call_tool("audit.verify", {"receipt": receipt})
+    assert verdict.structured_content["result"]["valid"] is True
+
+    denied = await client.call_tool("db.query", {"sql": "DELETE FROM orders WHERE id = 1"})
+    assert denied.is_error
+    assert denied.structured_content["error"]["code"] == "insufficient_scope"
+    verify_receipt_independently(denied.structured_content["receipt"], keyset)
+
+    issued = await client.call_tool("passport.issue", {"agent_id": "py-agent-1", "ttl_s": 60})
+    assert not issued.is_error, issued
+    passport = issued.structured_content["result"]["passport"]
+    # A standard JOSE library verifies the passport with the published key alone.
+    header = jwt.get_unverified_header(passport)
+    key = next(k for k in keyset["keys"] if k["kid"] == header["kid"])
+    claims = jwt.decode(passport, jwt.PyJWK(key).key, algorithms=["EdDSA"], issuer="dualtrust",
+                        options={"require": ["exp", "iat", "sub", "jti"]})
+    assert claims["sub"] == "py-agent-1"
+    assert claims["exp"] - claims["iat"] == 60
+
+    ran = await client.call_tool("terminal.execute", {"argv": ["echo", "hello", "from python"]})
+    assert ran.structured_content["result"]["stdout"] == "hello from python\n"
+    return client.session.protocol_version if client.session else "?"
+
+
+def test_stdio(data_dir):
+    keyset = jwks(data_dir)
+    params = StdioServerParameters(
+        command=BIN,
+        args=["--data-dir", data_dir, "serve", "--stdio"],
+        env={"DUALTRUST_TOKEN": mint(data_dir), "DUALTRUST_LOG": "warn", "PATH": os.environ.get("PATH", "")},
+    )
+
+    async def run():
+        async with Client(params) as client:
+            return await exercise(client, keyset)
+
+    version = asyncio.run(run())
+    print(f"stdio negotiated protocol {version}")
+
+
+def test_streamable_http(data_dir):
+    keyset = jwks(data_dir)
+    server = subprocess.Popen(
+        [BIN, "--data-dir", data_dir, "serve", "--http", "127.0.0.1:0"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "DUALTRUST_LOG": "warn"},
+    )
+    try:
+        url = None
+        deadline = time.time() + 30
+        while time.time() < deadline and url is None:
+            line = server.stderr.readline()
+            match = re.match(r"dualtrust listening on (\S+)", line)
+            if match:
+                url = match.group(1)
+        assert url, "server did not start"
+        token = mint(data_dir)
+
+        async def run():
+            from mcp.client.streamable_http import streamable_http_client
+
+            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
+            async with Client(streamable_http_client(url, http_client=http)) as client:
+                return await exercise(client, keyset)
+
+        version = asyncio.run(run())
+        print(f"http negotiated protocol {version}")
+
+        async def unauthenticated():
+            async with httpx2.AsyncClient() as http:
+                return await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                                       headers={"accept": "application/json, text/event-stream"})
+
+        response = asyncio.run(unauthenticated())
+        assert response.status_code == 401
+        assert "resource_metadata=" in response.headers["www-authenticate"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
