@@ -156,7 +156,7 @@ impl HttpServer {
 }
 
 /// Calls a tool; returns the structured envelope and whether it was an error.
-pub async fn call(client: &Client, tool: &str, args: Value) -> (Value, bool) {
+pub async fn call(client: &rmcp::Peer<RoleClient>, tool: &str, args: Value) -> (Value, bool) {
     let Value::Object(arguments) = args else {
         panic!("arguments must be an object")
     };

@@ -190,3 +190,34 @@ async fn mcp_over_http_with_a_token_and_receipts_verify_against_the_jwks() {
     client.cancel().await.expect("close");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn each_supported_protocol_version_is_negotiated_over_http() {
+    use rmcp::ServiceExt;
+    use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, ProtocolVersion};
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+    let data = DataDir::new();
+    let server = data.http_server().await;
+    let token = data.token("alice", "db:read");
+    for version in [ProtocolVersion::V_2025_06_18, ProtocolVersion::V_2025_11_25] {
+        let config = StreamableHttpClientTransportConfig::with_uri(server.mcp_url())
+            .auth_header(token.clone());
+        let transport = StreamableHttpClientTransport::from_config(config);
+        let client = ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("e2e", "1"),
+        )
+        .with_protocol_version(version.clone())
+        .serve(transport)
+        .await
+        .expect("initialize");
+        let agreed = client.peer_info().map(|i| i.protocol_version.clone());
+        assert_eq!(agreed, Some(version.clone()));
+        let (env, _) = call(&client, "db.query", json!({ "sql": "SELECT 1 AS one" })).await;
+        assert_eq!(status(&env), "ok", "{version:?}: {env}");
+        client.cancel().await.expect("close");
+    }
+    server.stop().await;
+}
