@@ -36,6 +36,12 @@ pub enum Decision {
     Error,
     /// The call is destructive and lacks quorum approval; nothing ran.
     ApprovalRequired,
+    /// An explicit lease was issued; nothing ran.
+    LeaseIssued,
+    /// A destructive call is about to run (recorded before it does).
+    Intent,
+    /// A registered approver's signed approval was recorded.
+    ApprovalRecorded,
 }
 
 /// What the gate knows about a decision; the log adds position and time.

@@ -286,6 +286,8 @@ pub struct ScopeConfig {
     pub terminal_admin: String,
     pub passport_issue: String,
     pub audit_read: String,
+    /// Held by human approvers submitting approvals over HTTP.
+    pub approvals_write: String,
 }
 
 impl Default for ScopeConfig {
@@ -298,6 +300,7 @@ impl Default for ScopeConfig {
             terminal_admin: "terminal:admin".into(),
             passport_issue: "passport:issue".into(),
             audit_read: "audit:read".into(),
+            approvals_write: "approvals:write".into(),
         }
     }
 }
@@ -312,13 +315,88 @@ impl ScopeConfig {
             self.terminal_admin.clone(),
             self.passport_issue.clone(),
             self.audit_read.clone(),
+            self.approvals_write.clone(),
         ]
+    }
+}
+
+/// A human who can approve destructive calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverConfig {
+    /// Stable name, e.g. `alice`. Letters, digits, `-_.@`.
+    pub id: String,
+    /// Ed25519 public key: base64url of the 32 raw bytes (a JWK's `x`).
+    pub public_key: String,
+    /// The approver's subject at the identity provider, if they also hold
+    /// tokens: they can never approve a call they requested, and over HTTP
+    /// only a token with this subject may submit their approvals.
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+/// k-of-n for one tool's destructive calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuorumRule {
+    pub k: usize,
+    /// Approver ids eligible; empty means every registered approver.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuorumConfig {
+    /// Approvals needed for a destructive call.
+    pub k: usize,
+    /// Approver ids eligible; empty means every registered approver.
+    pub approvers: Vec<String>,
+    /// Per-tool rules, keyed by tool name (`db.query`, `terminal.execute`).
+    pub overrides: std::collections::BTreeMap<String, QuorumRule>,
+}
+
+impl Default for QuorumConfig {
+    fn default() -> Self {
+        Self {
+            k: 3,
+            approvers: Vec::new(),
+            overrides: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseConfig {
+    /// Lifetime of a lease minted and consumed within one ordinary call.
+    pub ordinary_ttl_s: u64,
+    /// Lifetime of a lease issued for later redemption (approval window).
+    pub ttl_s: u64,
+    /// Leases a subject may hold open (pending or ready) at once.
+    pub max_open_per_subject: u32,
+    /// `tool:class` pairs that need an explicit lease: the first call
+    /// returns a lease id, the call runs when repeated with it.
+    pub explicit: Vec<String>,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            ordinary_ttl_s: 60,
+            ttl_s: 900,
+            max_open_per_subject: 20,
+            explicit: Vec::new(),
+        }
     }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
+    pub approvers: Vec<ApproverConfig>,
+    pub quorum: QuorumConfig,
+    pub leases: LeaseConfig,
     pub mode: Mode,
     pub identity: IdentityConfig,
     pub http: HttpConfig,
@@ -342,6 +420,9 @@ pub struct Config {
     pub terminal: TerminalConfig,
     pub passport: PassportConfig,
     pub scopes: ScopeConfig,
+    pub approvers: Vec<ApproverConfig>,
+    pub quorum: QuorumConfig,
+    pub leases: LeaseConfig,
 }
 
 impl Config {
@@ -474,6 +555,24 @@ impl Config {
                 ));
             }
         }
+        validate_quorum(&raw)?;
+        positive("leases.ttl_s", raw.leases.ttl_s)?;
+        positive("leases.ordinary_ttl_s", raw.leases.ordinary_ttl_s)?;
+        positive(
+            "leases.max_open_per_subject",
+            u64::from(raw.leases.max_open_per_subject),
+        )?;
+        for (i, entry) in raw.leases.explicit.iter().enumerate() {
+            let valid = entry.split_once(':').is_some_and(|(tool, class)| {
+                !tool.is_empty() && matches!(class, "read" | "write" | "admin" | "destructive")
+            });
+            if !valid {
+                return Err(ConfigError::key(
+                    &format!("leases.explicit[{i}]"),
+                    "expected TOOL:CLASS, e.g. \"db.query:write\"",
+                ));
+            }
+        }
         let terminal = TerminalConfig {
             roots: raw
                 .terminal
@@ -498,8 +597,77 @@ impl Config {
             terminal,
             passport: raw.passport,
             scopes: raw.scopes,
+            approvers: raw.approvers,
+            quorum: raw.quorum,
+            leases: raw.leases,
         })
     }
+}
+
+fn validate_quorum(raw: &FileConfig) -> Result<(), ConfigError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, approver) in raw.approvers.iter().enumerate() {
+        let valid_id = !approver.id.is_empty()
+            && approver.id.len() <= 64
+            && approver
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+        if !valid_id {
+            return Err(ConfigError::key(
+                &format!("approvers[{i}].id"),
+                "1-64 characters of A-Z a-z 0-9 - _ . @",
+            ));
+        }
+        if !seen.insert(approver.id.as_str()) {
+            return Err(ConfigError::key(
+                &format!("approvers[{i}].id"),
+                format!("`{}` is registered twice", approver.id),
+            ));
+        }
+        if crate::gate::quorum::parse_public_key(&approver.public_key).is_none() {
+            return Err(ConfigError::key(
+                &format!("approvers[{i}].public_key"),
+                "not a base64url-encoded 32-byte Ed25519 public key",
+            ));
+        }
+    }
+    let mut rules: Vec<(String, usize, &Vec<String>)> =
+        vec![("quorum".into(), raw.quorum.k, &raw.quorum.approvers)];
+    for (tool, rule) in &raw.quorum.overrides {
+        rules.push((
+            format!("quorum.overrides.\"{tool}\""),
+            rule.k,
+            &rule.approvers,
+        ));
+    }
+    for (key, k, eligible) in rules {
+        if k == 0 {
+            return Err(ConfigError::key(
+                &format!("{key}.k"),
+                "must be at least 1: destructive calls always need approval",
+            ));
+        }
+        if let Some(unknown) = eligible.iter().find(|id| !seen.contains(id.as_str())) {
+            return Err(ConfigError::key(
+                &format!("{key}.approvers"),
+                format!("`{unknown}` is not a registered approver"),
+            ));
+        }
+        let n = if eligible.is_empty() {
+            seen.len()
+        } else {
+            eligible.len()
+        };
+        // With no approvers at all, destructive calls simply cannot run.
+        if !seen.is_empty() && k > n {
+            return Err(ConfigError::key(
+                &format!("{key}.k"),
+                format!("{k} approvals can never be reached with {n} eligible approvers"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn absolute(path: &Path) -> PathBuf {

@@ -71,6 +71,33 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Create an approver's key pair and print its configuration entry.
+    ApproverKeygen {
+        /// The approver's id, as it will appear in [[approvers]].
+        #[arg(long)]
+        id: String,
+        /// Where to write the approver's private key (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// List held calls waiting for approval.
+    Approvals,
+    /// Review a held call, sign it with your approver key and record the
+    /// approval (run beside the server, with its data directory).
+    Approve {
+        /// The lease id from the approval_required result.
+        #[arg(long)]
+        lease: String,
+        /// Your approver id, as registered in [[approvers]].
+        #[arg(long)]
+        approver: String,
+        /// Your approver private key file (from `approver-keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -201,7 +228,137 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             println!("{}", serde_json::to_string_pretty(&key.public_jwk())?);
         }
         Command::Audit { command } => audit(config, command).await?,
+        Command::ApproverKeygen { id, out } => {
+            let (key, created) = dualtrust::keys::KeyPair::load_or_create(&out, true)?;
+            if !created {
+                return Err(format!(
+                    "{} already exists; not overwriting an approver key",
+                    out.display()
+                )
+                .into());
+            }
+            let x = key.public_jwk()["x"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            eprintln!(
+                "wrote {} (keep it secret; it is your approval signature)",
+                out.display()
+            );
+            println!(
+                "[[approvers]]\nid = \"{id}\"\npublic_key = \"{x}\"\n# subject = \"{id}@your-idp\"  # your token subject, if you also call the server"
+            );
+        }
+        Command::Approvals => {
+            let app = App::build(config).await?;
+            let now = dualtrust::now_unix();
+            let pending = app.store.pending_leases(now).await?;
+            if pending.is_empty() {
+                println!("no calls are waiting for approval");
+            }
+            for lease in pending {
+                let stored = app.store.approvals(&lease.id).await?;
+                let approved = app.gate.approvers().tally(&lease, &stored);
+                println!(
+                    "{}  {}/{} approvals  expires in {}s  requested by {}\n    {}",
+                    lease.id,
+                    approved.len(),
+                    lease.quorum_k,
+                    lease.expires_at.saturating_sub(now),
+                    lease.subject,
+                    lease.summary
+                );
+            }
+        }
+        Command::Approve {
+            lease,
+            approver,
+            key,
+            yes,
+        } => approve(config, &lease, &approver, &key, yes).await?,
     }
+    Ok(())
+}
+
+async fn approve(
+    config: Config,
+    lease_id: &str,
+    approver: &str,
+    key: &std::path::Path,
+    yes: bool,
+) -> Result<(), BoxError> {
+    use std::io::Write;
+    let app = App::build(config).await?;
+    let lease = app
+        .store
+        .lease(lease_id)
+        .await?
+        .ok_or("no lease with this id exists")?;
+    let now = dualtrust::now_unix();
+    let stored = app.store.approvals(&lease.id).await?;
+    let approved: Vec<String> = app
+        .gate
+        .approvers()
+        .tally(&lease, &stored)
+        .into_iter()
+        .map(|a| a.approver)
+        .collect();
+    // Show the approver what they are about to sign, from the server's record.
+    let mut out = std::io::stderr().lock();
+    writeln!(out, "lease        {}", lease.id)?;
+    writeln!(
+        out,
+        "state        {} ({} of {} approvals so far{})",
+        lease.state.as_str(),
+        approved.len(),
+        lease.quorum_k,
+        if approved.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", approved.join(", "))
+        }
+    )?;
+    writeln!(out, "requested by {}", lease.subject)?;
+    writeln!(out, "tool         {}", lease.tool)?;
+    writeln!(out, "will         {}", lease.summary)?;
+    writeln!(out, "arguments    {}", lease.args_json)?;
+    writeln!(
+        out,
+        "expires in   {} s (unix {})",
+        lease.expires_at.saturating_sub(now),
+        lease.expires_at
+    )?;
+    if !yes {
+        write!(out, "Approve this exact call? [y/N] ")?;
+        out.flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            return Err("not approved".into());
+        }
+    }
+    let (pair, _) = dualtrust::keys::KeyPair::load_or_create(key, false)?;
+    let signature = {
+        use base64::Engine;
+        let message = dualtrust::gate::quorum::approval_message(&lease);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.sign(message.as_bytes()))
+    };
+    let status = app
+        .gate
+        .submit_approval("cli", None, &lease.id, approver, &signature)
+        .await
+        .map_err(|e| format!("approval not recorded: {e}"))?;
+    println!(
+        "approval recorded: {} of {} for lease {}{}",
+        status.approvals,
+        status.k,
+        status.lease_id,
+        if status.complete {
+            "; the call can now be repeated with this lease_id"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
 

@@ -14,7 +14,8 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 
 use crate::audit::AuditLog;
 use crate::config::{Config, DatabaseConfig, Mode};
-use crate::gate::{Caller, Gate, GateLimits, GateOutcome, Status};
+use crate::gate::quorum::ApproverRegistry;
+use crate::gate::{Caller, Gate, GateOutcome, GatePolicy, Status};
 use crate::identity::{Principal, TokenVerifier};
 use crate::keys::KeyPair;
 use crate::store::Store;
@@ -124,7 +125,10 @@ impl App {
             verifier,
             store.clone(),
             log.clone(),
-            GateLimits::default(),
+            GatePolicy {
+                leases: config.leases.clone(),
+                approvers: ApproverRegistry::new(&config.approvers, &config.quorum),
+            },
         ));
         let tools = ToolSet {
             db_query: DbQuery::open(

@@ -18,8 +18,10 @@ use sqlx::sqlite::{
 
 use crate::audit::Receipt;
 
-const SQLITE_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_quorum.sql")),
+];
 
 /// Store failures. `Display` is safe to show a caller; the underlying
 /// database error goes to the log only.
@@ -35,6 +37,9 @@ pub enum StoreError {
     /// A stored row does not parse: the store was edited outside dualtrust.
     #[error("the state store holds a corrupt record")]
     Corrupt,
+    /// The subject already holds the maximum number of open leases.
+    #[error("too many open leases for this subject; redeem or let some expire first")]
+    TooManyOpenLeases,
 }
 
 fn unavailable(error: sqlx::Error) -> StoreError {
@@ -47,9 +52,42 @@ fn unavailable(error: sqlx::Error) -> StoreError {
     StoreError::Unavailable
 }
 
-/// A lease minted for one exact call.
-#[derive(Debug, Clone)]
-pub struct NewLease {
+/// Where a lease is in its life. Only `ready`/`pending_approval` can be consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    PendingApproval,
+    Ready,
+    Consumed,
+    Expired,
+    Revoked,
+}
+
+impl LeaseState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingApproval => "pending_approval",
+            Self::Ready => "ready",
+            Self::Consumed => "consumed",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending_approval" => Self::PendingApproval,
+            "ready" => Self::Ready,
+            "consumed" => Self::Consumed,
+            "expired" => Self::Expired,
+            "revoked" => Self::Revoked,
+            _ => return None,
+        })
+    }
+}
+
+/// A lease for one exact call: (subject, tool, argument digest) until expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
     pub id: String,
     pub subject: String,
     pub tool: String,
@@ -57,6 +95,54 @@ pub struct NewLease {
     pub scope: String,
     pub issued_at: u64,
     pub expires_at: u64,
+    pub state: LeaseState,
+    /// What the call does, for approvers.
+    pub summary: String,
+    /// The canonical arguments, for approvers to read.
+    pub args_json: String,
+    /// Approvals needed; 0 for an explicit lease without quorum.
+    pub quorum_k: u32,
+}
+
+/// The name under which ordinary calls mint-and-consume.
+pub type NewLease = Lease;
+
+/// An approval as stored: the signature is checked again at every use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredApproval {
+    pub approver_id: String,
+    pub signature: String,
+    pub signed_at: u64,
+}
+
+fn lease_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Lease, StoreError> {
+    let get_u64 = |name: &str| -> Result<u64, StoreError> {
+        let v: i64 = row.try_get(name).map_err(|_| StoreError::Corrupt)?;
+        u64::try_from(v).map_err(|_| StoreError::Corrupt)
+    };
+    let get_str = |name: &str| -> Result<String, StoreError> {
+        row.try_get(name).map_err(|_| StoreError::Corrupt)
+    };
+    Ok(Lease {
+        id: get_str("id")?,
+        subject: get_str("subject")?,
+        tool: get_str("tool")?,
+        args_digest: get_str("args_digest")?,
+        scope: get_str("scope")?,
+        issued_at: get_u64("issued_at")?,
+        expires_at: get_u64("expires_at")?,
+        state: LeaseState::parse(&get_str("state")?).ok_or(StoreError::Corrupt)?,
+        summary: get_str("summary")?,
+        args_json: get_str("args_json")?,
+        quorum_k: u32::try_from(get_u64("quorum_k")?).map_err(|_| StoreError::Corrupt)?,
+    })
+}
+
+// A macro so that queries stay `&'static str` (sqlx refuses built strings).
+macro_rules! lease_columns {
+    () => {
+        "id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k"
+    };
 }
 
 #[derive(Clone)]
@@ -140,18 +226,13 @@ impl Store {
         Ok(())
     }
 
-    /// Records a lease for the exact call and consumes it in the same
-    /// transaction, through the same compare-and-set a later redemption uses.
-    pub async fn mint_and_consume_lease(
-        &self,
-        lease: &NewLease,
-        now: u64,
+    async fn insert_lease_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        lease: &Lease,
     ) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin().await.map_err(unavailable)?;
         sqlx::query(
-            "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'ready')",
+            "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&lease.id)
         .bind(&lease.subject)
@@ -160,9 +241,22 @@ impl Store {
         .bind(&lease.scope)
         .bind(to_i64(lease.issued_at))
         .bind(to_i64(lease.expires_at))
-        .execute(&mut *tx)
+        .bind(lease.state.as_str())
+        .bind(&lease.summary)
+        .bind(&lease.args_json)
+        .bind(i64::from(lease.quorum_k))
+        .execute(&mut **tx)
         .await
         .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Records a lease for the exact call and consumes it in the same
+    /// transaction, through the same compare-and-set a later redemption uses.
+    pub async fn mint_and_consume_lease(&self, lease: &Lease, now: u64) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin().await.map_err(unavailable)?;
+        Self::insert_lease_in(&mut tx, lease).await?;
         let consumed = Self::consume_in(
             &mut tx,
             &lease.id,
@@ -178,9 +272,122 @@ impl Store {
         tx.commit().await.map_err(unavailable)
     }
 
+    /// Issues a lease for later redemption, unless the subject already holds
+    /// `max_open` unexpired, unconsumed leases.
+    pub async fn issue_lease(
+        &self,
+        lease: &Lease,
+        max_open: u32,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin().await.map_err(unavailable)?;
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM leases WHERE subject = ? AND state IN ('pending_approval', 'ready') AND expires_at > ?",
+        )
+        .bind(&lease.subject)
+        .bind(to_i64(now))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if open >= i64::from(max_open) {
+            return Err(StoreError::TooManyOpenLeases);
+        }
+        Self::insert_lease_in(&mut tx, lease).await?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    /// Redeems an issued lease: true only for the single caller that moves
+    /// it to `consumed`, for its own subject, tool and digest, before expiry.
+    pub async fn consume_lease(
+        &self,
+        id: &str,
+        subject: &str,
+        tool: &str,
+        args_digest: &str,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let mut tx = pool.begin().await.map_err(unavailable)?;
+        let consumed = Self::consume_in(&mut tx, id, subject, tool, args_digest, now).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(consumed)
+    }
+
+    pub async fn lease(&self, id: &str) -> Result<Option<Lease>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            lease_columns!(),
+            " FROM leases WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(lease_from_row).transpose()
+    }
+
+    /// Leases waiting for approval and not yet expired, oldest first.
+    pub async fn pending_leases(&self, now: u64) -> Result<Vec<Lease>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            lease_columns!(),
+            " FROM leases WHERE state = 'pending_approval' AND expires_at > ? ORDER BY issued_at"
+        ))
+        .bind(to_i64(now))
+        .fetch_all(pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(lease_from_row).collect()
+    }
+
+    /// Stores an approval; a second one by the same approver is a conflict.
+    pub async fn record_approval(
+        &self,
+        lease_id: &str,
+        approver_id: &str,
+        signature: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        sqlx::query("INSERT INTO approvals (lease_id, approver_id, signature, signed_at) VALUES (?, ?, ?, ?)")
+            .bind(lease_id)
+            .bind(approver_id)
+            .bind(signature)
+            .bind(to_i64(now))
+            .execute(pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    pub async fn approvals(&self, lease_id: &str) -> Result<Vec<StoredApproval>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows = sqlx::query("SELECT approver_id, signature, signed_at FROM approvals WHERE lease_id = ? ORDER BY signed_at, approver_id")
+            .bind(lease_id)
+            .fetch_all(pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                let signed_at: i64 = row.try_get("signed_at").map_err(|_| StoreError::Corrupt)?;
+                Ok(StoredApproval {
+                    approver_id: row
+                        .try_get("approver_id")
+                        .map_err(|_| StoreError::Corrupt)?,
+                    signature: row.try_get("signature").map_err(|_| StoreError::Corrupt)?,
+                    signed_at: u64::try_from(signed_at).map_err(|_| StoreError::Corrupt)?,
+                })
+            })
+            .collect()
+    }
+
     /// The single-use compare-and-set: true only for the one caller that
-    /// moved this lease from `ready` to `consumed`, for its own subject,
-    /// tool and argument digest, before expiry.
+    /// moved this lease to `consumed`, for its own subject, tool and
+    /// argument digest, before expiry. Quorum is checked by the gate before
+    /// it calls this; approvals can only be added, never withdrawn.
     async fn consume_in(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         id: &str,
@@ -191,7 +398,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let result = sqlx::query(
             "UPDATE leases SET state = 'consumed', consumed_at = ? \
-             WHERE id = ? AND state = 'ready' AND subject = ? AND tool = ? AND args_digest = ? AND expires_at > ?",
+             WHERE id = ? AND state IN ('ready', 'pending_approval') AND subject = ? AND tool = ? AND args_digest = ? AND expires_at > ?",
         )
         .bind(to_i64(now))
         .bind(id)
@@ -300,8 +507,8 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn lease(id: &str) -> NewLease {
-        NewLease {
+    fn lease(id: &str) -> Lease {
+        Lease {
             id: id.into(),
             subject: "alice".into(),
             tool: "db.query".into(),
@@ -309,6 +516,10 @@ mod tests {
             scope: "db:read".into(),
             issued_at: 100,
             expires_at: 200,
+            state: LeaseState::Ready,
+            summary: String::new(),
+            args_json: "{}".into(),
+            quorum_k: 0,
         }
     }
 

@@ -14,6 +14,8 @@
 //! tool's `execute` cannot be reached without steps 1–5 (the rustls
 //! "proof value" pattern): adding a tool cannot skip the gate by accident.
 
+pub mod quorum;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -23,8 +25,14 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::audit::{AuditLog, Decision, Receipt, ReceiptDraft};
+use crate::config::LeaseConfig;
 use crate::identity::{IdentityError, Principal, TokenVerifier};
-use crate::store::{NewLease, Store, StoreError};
+use crate::store::{Lease, LeaseState, Store, StoreError};
+use quorum::{ApprovalError, ApprovalProof, ApproverRegistry};
+
+/// The argument that names a previously issued lease when a call is repeated.
+/// It is taken out of the arguments before they are parsed and digested.
+pub const LEASE_ARG: &str = "lease_id";
 
 /// How dangerous a call is. Policy maps each class of each tool to a scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -113,6 +121,7 @@ pub struct Authorized<'a, A> {
     principal: &'a Principal,
     action: &'a Action,
     lease_id: &'a str,
+    approvals: &'a [ApprovalProof],
     args: A,
 }
 
@@ -125,6 +134,10 @@ impl<A> Authorized<'_, A> {
     }
     pub fn lease_id(&self) -> &str {
         self.lease_id
+    }
+    /// The verified approvals that let a destructive call run (empty otherwise).
+    pub fn approvals(&self) -> &[ApprovalProof] {
+        self.approvals
     }
     pub fn args(&self) -> &A {
         &self.args
@@ -162,7 +175,10 @@ pub enum Status {
     Ok,
     Denied,
     Error,
+    /// Held: destructive, needs quorum approval; a lease was issued.
     ApprovalRequired,
+    /// Policy wants an explicit lease; one was issued, repeat the call with it.
+    LeaseIssued,
 }
 
 /// What the gate answers; the server turns it into an MCP tool result.
@@ -185,16 +201,18 @@ pub struct ErrorInfo {
     pub message: String,
 }
 
-/// Limits on the gate's own work.
-#[derive(Debug, Clone)]
-pub struct GateLimits {
-    /// Lifetime of a lease minted for an ordinary call.
-    pub lease_ttl_s: u64,
+/// Lease and quorum policy.
+pub struct GatePolicy {
+    pub leases: LeaseConfig,
+    pub approvers: ApproverRegistry,
 }
 
-impl Default for GateLimits {
-    fn default() -> Self {
-        Self { lease_ttl_s: 60 }
+impl GatePolicy {
+    fn explicit_lease(&self, tool: &str, class: Class) -> bool {
+        self.leases
+            .explicit
+            .iter()
+            .any(|entry| entry.split_once(':') == Some((tool, class.as_str())))
     }
 }
 
@@ -202,7 +220,25 @@ pub struct Gate {
     verifier: Arc<TokenVerifier>,
     store: Store,
     log: Arc<AuditLog>,
-    limits: GateLimits,
+    policy: GatePolicy,
+}
+
+fn valid_lease_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// What happened to an approval submission.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalStatus {
+    pub lease_id: String,
+    pub approvals: usize,
+    pub k: u32,
+    pub complete: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
 }
 
 impl Gate {
@@ -210,14 +246,22 @@ impl Gate {
         verifier: Arc<TokenVerifier>,
         store: Store,
         log: Arc<AuditLog>,
-        limits: GateLimits,
+        policy: GatePolicy,
     ) -> Self {
         Self {
             verifier,
             store,
             log,
-            limits,
+            policy,
         }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn approvers(&self) -> &ApproverRegistry {
+        &self.policy.approvers
     }
 
     pub fn verifier(&self) -> &TokenVerifier {
@@ -325,9 +369,27 @@ impl Gate {
         draft.subject = Some(principal.subject().to_string());
         draft.token_id = principal.token_id().map(String::from);
 
-        // 2. Classify typed arguments.
-        let raw = Value::Object(arguments.unwrap_or_default());
-        let args: T::Args = match serde_json::from_value(raw) {
+        // 2. Classify typed arguments. A lease id is not part of the call.
+        let mut arguments = arguments.unwrap_or_default();
+        let lease_id = match arguments.remove(LEASE_ARG) {
+            None => None,
+            Some(Value::String(id)) if valid_lease_id(&id) => Some(id),
+            Some(_) => {
+                return self
+                    .finish(
+                        draft,
+                        Status::Denied,
+                        None,
+                        Some(ErrorInfo::new(
+                            "invalid_lease_id",
+                            "lease_id must be the 32-character hex id of an issued lease".into(),
+                        )),
+                        Some("invalid_lease_id"),
+                    )
+                    .await;
+            }
+        };
+        let args: T::Args = match serde_json::from_value(Value::Object(arguments)) {
             Ok(a) => a,
             Err(e) => {
                 let message = truncate(&format!("invalid arguments: {e}"), 300);
@@ -399,26 +461,18 @@ impl Gate {
                 .await;
         }
 
-        // 4. Quorum: destructive calls are held, not run.
-        if action.class() == Class::Destructive {
-            let approval = serde_json::json!({
-                "summary": action.summary(),
-                "args_digest": action.args_digest(),
-                "reason": "destructive calls run only after quorum approval by registered approvers",
-            });
-            let message = format!("approval required: {}", action.summary());
+        // 4–5. Lease and quorum.
+        let needs_quorum = action.class() == Class::Destructive;
+        if let Some(id) = lease_id {
             return self
-                .finish(
-                    draft,
-                    Status::ApprovalRequired,
-                    Some(approval),
-                    Some(ErrorInfo::new("approval_required", message)),
-                    Some("approval_required"),
-                )
+                .redeem(tool, draft, &principal, &action, args, id, needs_quorum)
                 .await;
         }
-
-        // 5. Lease, minted and consumed in one compare-and-set.
+        if needs_quorum || self.policy.explicit_lease(T::NAME, action.class()) {
+            return self
+                .issue::<T>(draft, &principal, &action, &args, needs_quorum)
+                .await;
+        }
         let now = crate::now_unix();
         let lease_id = match crate::random_id() {
             Ok(id) => id,
@@ -437,14 +491,18 @@ impl Gate {
                     .await;
             }
         };
-        let lease = NewLease {
+        let lease = Lease {
             id: lease_id.clone(),
             subject: principal.subject().to_string(),
             tool: T::NAME.to_string(),
             args_digest: action.args_digest().to_string(),
             scope: action.scope().to_string(),
             issued_at: now,
-            expires_at: now + self.limits.lease_ttl_s,
+            expires_at: now + self.policy.leases.ordinary_ttl_s,
+            state: LeaseState::Ready,
+            summary: String::new(),
+            args_json: String::new(),
+            quorum_k: 0,
         };
         if let Err(e) = self.store.mint_and_consume_lease(&lease, now).await {
             let code = match e {
@@ -462,21 +520,350 @@ impl Gate {
                 .await;
         }
         draft.lease = Some(lease_id.clone());
+        self.execute(tool, draft, &principal, &action, &lease_id, &[], args)
+            .await
+    }
 
-        // 6. Execute, holding the proof.
+    /// Issues a lease for this exact call: pending approval when the call is
+    /// destructive, ready when policy only wants an explicit lease.
+    async fn issue<T: Tool>(
+        &self,
+        mut draft: ReceiptDraft,
+        principal: &Principal,
+        action: &Action,
+        args: &T::Args,
+        needs_quorum: bool,
+    ) -> GateOutcome {
+        let rule = self.policy.approvers.rule_for(T::NAME);
+        if needs_quorum && self.policy.approvers.is_empty() {
+            let message = format!(
+                "approval required: {}; no approvers are registered on this server, so destructive calls cannot run",
+                action.summary()
+            );
+            return self
+                .finish(
+                    draft,
+                    Status::Denied,
+                    None,
+                    Some(ErrorInfo::new("no_approvers", message)),
+                    Some("no_approvers"),
+                )
+                .await;
+        }
+        let now = crate::now_unix();
+        let Ok(id) = crate::random_id() else {
+            return self
+                .finish(
+                    draft,
+                    Status::Error,
+                    None,
+                    Some(ErrorInfo::new(
+                        "internal",
+                        "random source unavailable".into(),
+                    )),
+                    Some("random_unavailable"),
+                )
+                .await;
+        };
+        let arguments = serde_json::to_value(args).unwrap_or(Value::Null);
+        let lease = Lease {
+            id: id.clone(),
+            subject: principal.subject().to_string(),
+            tool: T::NAME.to_string(),
+            args_digest: action.args_digest().to_string(),
+            scope: action.scope().to_string(),
+            issued_at: now,
+            expires_at: now + self.policy.leases.ttl_s,
+            state: if needs_quorum {
+                LeaseState::PendingApproval
+            } else {
+                LeaseState::Ready
+            },
+            summary: action.summary().to_string(),
+            args_json: crate::audit::canonical_bytes(&arguments)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or_default(),
+            quorum_k: if needs_quorum { rule.k } else { 0 },
+        };
+        if let Err(e) = self
+            .store
+            .issue_lease(&lease, self.policy.leases.max_open_per_subject, now)
+            .await
+        {
+            let code = match e {
+                StoreError::TooManyOpenLeases => "too_many_open_leases",
+                _ => "store_unavailable",
+            };
+            return self
+                .finish(
+                    draft,
+                    Status::Denied,
+                    None,
+                    Some(ErrorInfo::new(code, e.to_string())),
+                    Some(code),
+                )
+                .await;
+        }
+        draft.lease = Some(id.clone());
+        let redeem = format!(
+            "call {} again with the same arguments plus \"{LEASE_ARG}\": \"{id}\"",
+            T::NAME
+        );
+        if needs_quorum {
+            let mut approval = quorum::approval_view(&lease, &rule, &[]);
+            approval["approve_command"] = Value::from(format!(
+                "dualtrust approve --lease {id} --approver <your-approver-id> --key <your-key-file>"
+            ));
+            approval["then"] = Value::from(redeem.clone());
+            let message = format!(
+                "approval required: {}. {} of the registered approvers must approve lease {id} before it expires; then {redeem}",
+                action.summary(),
+                rule.k
+            );
+            self.finish(
+                draft,
+                Status::ApprovalRequired,
+                Some(approval),
+                Some(ErrorInfo::new("approval_required", message)),
+                Some("approval_required"),
+            )
+            .await
+        } else {
+            let issued = serde_json::json!({
+                "lease_id": id,
+                "tool": T::NAME,
+                "summary": action.summary(),
+                "args_digest": action.args_digest(),
+                "expires_at": lease.expires_at,
+                "then": redeem,
+            });
+            let message = format!(
+                "policy requires an explicit lease for this call; lease {id} was issued: {redeem}"
+            );
+            self.finish(
+                draft,
+                Status::LeaseIssued,
+                Some(issued),
+                Some(ErrorInfo::new("lease_issued", message)),
+                Some("lease_issued"),
+            )
+            .await
+        }
+    }
+
+    /// Redeems an issued lease for exactly the call it was issued for.
+    #[allow(clippy::too_many_arguments)]
+    async fn redeem<T: Tool>(
+        &self,
+        tool: &T,
+        mut draft: ReceiptDraft,
+        principal: &Principal,
+        action: &Action,
+        args: T::Args,
+        id: String,
+        needs_quorum: bool,
+    ) -> GateOutcome {
+        draft.lease = Some(id.clone());
+        let deny = |code: &'static str, message: &str| (code, message.to_string());
+        let now = crate::now_unix();
+        let lease = match self.store.lease(&id).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                let (code, message) = deny("lease_not_found", "no lease with this id was issued");
+                return self
+                    .finish(
+                        draft,
+                        Status::Denied,
+                        None,
+                        Some(ErrorInfo::new(code, message)),
+                        Some(code),
+                    )
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .finish(
+                        draft,
+                        Status::Denied,
+                        None,
+                        Some(ErrorInfo::new("store_unavailable", e.to_string())),
+                        Some("store_unavailable"),
+                    )
+                    .await;
+            }
+        };
+        let problem = if lease.subject != principal.subject() {
+            Some(deny(
+                "lease_wrong_subject",
+                "this lease was issued to another subject",
+            ))
+        } else if lease.tool != T::NAME {
+            Some(deny(
+                "lease_wrong_tool",
+                "this lease was issued for another tool",
+            ))
+        } else if lease.args_digest != action.args_digest() {
+            Some(deny(
+                "lease_wrong_arguments",
+                "this lease was issued for other arguments; repeat the call exactly",
+            ))
+        } else if lease.state == LeaseState::Consumed {
+            Some(deny("lease_consumed", "this lease has already been used"))
+        } else if lease.state != LeaseState::Ready && lease.state != LeaseState::PendingApproval {
+            Some(deny("lease_revoked", "this lease is no longer valid"))
+        } else if lease.expires_at <= now {
+            Some(deny(
+                "lease_expired",
+                "this lease has expired; make the call again to get a new one",
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = problem {
+            return self
+                .finish(
+                    draft,
+                    Status::Denied,
+                    None,
+                    Some(ErrorInfo::new(code, message)),
+                    Some(code),
+                )
+                .await;
+        }
+        let rule = self.policy.approvers.rule_for(T::NAME);
+        let k = if needs_quorum {
+            lease.quorum_k.max(rule.k)
+        } else {
+            lease.quorum_k
+        };
+        let approvals = if k > 0 {
+            let stored = match self.store.approvals(&id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    return self
+                        .finish(
+                            draft,
+                            Status::Denied,
+                            None,
+                            Some(ErrorInfo::new("store_unavailable", e.to_string())),
+                            Some("store_unavailable"),
+                        )
+                        .await;
+                }
+            };
+            let valid = self.policy.approvers.tally(&lease, &stored);
+            if valid.len() < k as usize {
+                let approved_by: Vec<String> = valid.iter().map(|a| a.approver.clone()).collect();
+                let approval = quorum::approval_view(&lease, &rule, &approved_by);
+                let message = format!(
+                    "approval required: {} of {k} approvals so far for lease {id}",
+                    valid.len()
+                );
+                return self
+                    .finish(
+                        draft,
+                        Status::ApprovalRequired,
+                        Some(approval),
+                        Some(ErrorInfo::new("approval_required", message)),
+                        Some("insufficient_approvals"),
+                    )
+                    .await;
+            }
+            valid
+        } else {
+            Vec::new()
+        };
+        match self
+            .store
+            .consume_lease(&id, principal.subject(), T::NAME, action.args_digest(), now)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                let (code, message) = deny("lease_consumed", "this lease has already been used");
+                return self
+                    .finish(
+                        draft,
+                        Status::Denied,
+                        None,
+                        Some(ErrorInfo::new(code, message)),
+                        Some(code),
+                    )
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .finish(
+                        draft,
+                        Status::Denied,
+                        None,
+                        Some(ErrorInfo::new("store_unavailable", e.to_string())),
+                        Some("store_unavailable"),
+                    )
+                    .await;
+            }
+        }
+        self.execute(tool, draft, principal, action, &id, &approvals, args)
+            .await
+    }
+
+    /// Step 6: run the tool with its proof; for destructive calls record the
+    /// intent first, so a crash mid-call still leaves a trace.
+    #[allow(clippy::too_many_arguments)]
+    async fn execute<T: Tool>(
+        &self,
+        tool: &T,
+        mut draft: ReceiptDraft,
+        principal: &Principal,
+        action: &Action,
+        lease_id: &str,
+        approvals: &[ApprovalProof],
+        args: T::Args,
+    ) -> GateOutcome {
+        let approvals_json = serde_json::to_value(approvals).unwrap_or(Value::Null);
+        if action.class() == Class::Destructive {
+            let mut intent = draft.clone();
+            intent.decision = Some(Decision::Intent);
+            intent.outcome = Some(serde_json::json!({ "approvals": approvals_json }));
+            if let Err(e) = self.log.append(intent).await {
+                tracing::error!(error = %e, "intent could not be recorded; not executing");
+                return self
+                    .finish(
+                        draft,
+                        Status::Error,
+                        None,
+                        Some(ErrorInfo::new(
+                            "audit_unavailable",
+                            "the audit log is unavailable; the call was not executed".into(),
+                        )),
+                        Some("audit_unavailable"),
+                    )
+                    .await;
+            }
+        }
         let call = Authorized {
-            principal: &principal,
-            action: &action,
-            lease_id: &lease_id,
+            principal,
+            action,
+            lease_id,
+            approvals,
             args,
+        };
+        let with_approvals = |outcome: Value| {
+            if approvals.is_empty() {
+                outcome
+            } else {
+                serde_json::json!({ "result": outcome, "approvals": approvals_json })
+            }
         };
         match tool.execute(call).await {
             Ok(executed) => {
-                draft.outcome = Some(executed.outcome);
+                draft.outcome = Some(with_approvals(executed.outcome));
                 self.finish(draft, Status::Ok, Some(executed.result), None, None)
                     .await
             }
             Err(refusal) => {
+                draft.outcome = (!approvals.is_empty()).then(|| with_approvals(Value::Null));
                 self.finish(
                     draft,
                     Status::Error,
@@ -487,6 +874,110 @@ impl Gate {
                 .await
             }
         }
+    }
+
+    /// Checks and records one approval; `submitter` is the verified token
+    /// subject when it arrived over HTTP. Every outcome leaves a receipt.
+    pub async fn submit_approval(
+        &self,
+        transport: &'static str,
+        submitter: Option<&Principal>,
+        lease_id: &str,
+        approver_id: &str,
+        signature: &str,
+    ) -> Result<ApprovalStatus, ApprovalError> {
+        let mut draft = ReceiptDraft {
+            transport,
+            tool: "approval".into(),
+            subject: Some(
+                submitter
+                    .map(|p| p.subject().to_string())
+                    .unwrap_or_else(|| format!("approver:{approver_id}")),
+            ),
+            token_id: submitter.and_then(|p| p.token_id().map(String::from)),
+            lease: valid_lease_id(lease_id).then(|| lease_id.to_string()),
+            ..Default::default()
+        };
+        let result = self
+            .check_and_record(submitter, lease_id, approver_id, signature)
+            .await;
+        match &result {
+            Ok(status) => {
+                draft.decision = Some(Decision::ApprovalRecorded);
+                draft.outcome = Some(
+                    serde_json::json!({ "approver": approver_id, "signature": signature, "approvals": status.approvals, "k": status.k }),
+                );
+            }
+            Err(e) => {
+                draft.decision = Some(Decision::Denied);
+                draft.reason = Some(e.code().into());
+                draft.outcome = Some(
+                    serde_json::json!({ "approver": approver_id.chars().take(64).collect::<String>() }),
+                );
+            }
+        }
+        let receipt = self.log.append(draft).await;
+        match (result, receipt) {
+            (Ok(mut status), Ok(receipt)) => {
+                status.receipt = Some(receipt);
+                Ok(status)
+            }
+            (Ok(_), Err(_)) => Err(ApprovalError::StoreUnavailable),
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    async fn check_and_record(
+        &self,
+        submitter: Option<&Principal>,
+        lease_id: &str,
+        approver_id: &str,
+        signature: &str,
+    ) -> Result<ApprovalStatus, ApprovalError> {
+        if !valid_lease_id(lease_id) {
+            return Err(ApprovalError::LeaseNotFound);
+        }
+        let lease = self
+            .store
+            .lease(lease_id)
+            .await
+            .map_err(|_| ApprovalError::StoreUnavailable)?
+            .ok_or(ApprovalError::LeaseNotFound)?;
+        let now = crate::now_unix();
+        if lease.state != LeaseState::PendingApproval {
+            return Err(ApprovalError::LeaseNotPending);
+        }
+        if lease.expires_at <= now {
+            return Err(ApprovalError::LeaseExpired);
+        }
+        self.policy.approvers.check(
+            &lease,
+            approver_id,
+            signature,
+            submitter.map(Principal::subject),
+        )?;
+        match self
+            .store
+            .record_approval(lease_id, approver_id, signature, now)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => return Err(ApprovalError::Duplicate),
+            Err(_) => return Err(ApprovalError::StoreUnavailable),
+        }
+        let stored = self
+            .store
+            .approvals(lease_id)
+            .await
+            .map_err(|_| ApprovalError::StoreUnavailable)?;
+        let approvals = self.policy.approvers.tally(&lease, &stored).len();
+        Ok(ApprovalStatus {
+            lease_id: lease_id.to_string(),
+            approvals,
+            k: lease.quorum_k,
+            complete: approvals >= lease.quorum_k as usize,
+            receipt: None,
+        })
     }
 
     async fn finish(
@@ -502,10 +993,11 @@ impl Gate {
             Status::Denied => Decision::Denied,
             Status::Error => Decision::Error,
             Status::ApprovalRequired => Decision::ApprovalRequired,
+            Status::LeaseIssued => Decision::LeaseIssued,
         });
         draft.reason = reason.map(String::from);
         let (result, approval) = match status {
-            Status::ApprovalRequired => (None, payload),
+            Status::ApprovalRequired | Status::LeaseIssued => (None, payload),
             _ => (payload, None),
         };
         match self.log.append(draft).await {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rmcp::model::{JsonObject, ToolAnnotations};
 use serde_json::{Map, Value, json};
 
-use crate::gate::{Caller, Gate, GateOutcome, Tool};
+use crate::gate::{Caller, Gate, GateOutcome, LEASE_ARG, Tool};
 
 pub use audit_verify::AuditVerify;
 pub use db_query::DbQuery;
@@ -33,14 +33,14 @@ fn output_schema() -> Arc<JsonObject> {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
         "properties": {
-            "status": { "type": "string", "enum": ["ok", "denied", "error", "approval_required"] },
+            "status": { "type": "string", "enum": ["ok", "denied", "error", "approval_required", "lease_issued"] },
             "result": { "description": "The tool's result when status is ok." },
             "error": {
                 "type": "object",
                 "properties": { "code": { "type": "string" }, "message": { "type": "string" } },
                 "required": ["code", "message"]
             },
-            "approval": { "type": "object", "description": "What approvers must sign, when status is approval_required." },
+            "approval": { "type": "object", "description": "When status is approval_required or lease_issued: the lease id, what approvers must sign, and how to repeat the call." },
             "receipt": {
                 "type": "object",
                 "description": "The signed audit receipt for this decision.",
@@ -60,6 +60,22 @@ fn output_schema() -> Arc<JsonObject> {
     }
 }
 
+/// Every tool's input schema also accepts the lease id of a held call.
+fn with_lease_argument(schema: Arc<JsonObject>) -> Arc<JsonObject> {
+    let mut schema = (*schema).clone();
+    if let Some(Value::Object(properties)) = schema.get_mut("properties") {
+        properties.insert(
+            LEASE_ARG.to_string(),
+            json!({
+                "type": "string",
+                "pattern": "^[0-9a-f]{32}$",
+                "description": "Repeat a held call: the lease id from an approval_required or lease_issued result, with exactly the same other arguments."
+            }),
+        );
+    }
+    Arc::new(schema)
+}
+
 fn definition<T: Tool>() -> rmcp::model::Tool {
     let annotations = ToolAnnotations::with_title(T::TITLE)
         .read_only(T::READ_ONLY)
@@ -68,7 +84,7 @@ fn definition<T: Tool>() -> rmcp::model::Tool {
     rmcp::model::Tool::new(
         T::NAME,
         T::DESCRIPTION,
-        rmcp::handler::server::common::schema_for_type::<T::Args>(),
+        with_lease_argument(rmcp::handler::server::common::schema_for_type::<T::Args>()),
     )
     .with_title(T::TITLE)
     .with_raw_output_schema(output_schema())

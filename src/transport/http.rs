@@ -12,18 +12,20 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::identity::IdentityError;
+use crate::gate::quorum::ApprovalError;
+use crate::identity::{IdentityError, Principal};
 use crate::server::{App, McpServer, Transport};
 
 #[derive(Clone)]
@@ -57,8 +59,13 @@ pub fn router(app: Arc<App>, public_url: String, shutdown: CancellationToken) ->
         mcp_config,
     );
     let state = HttpState { app, public_url };
+    let approvals = Router::new()
+        .route("/approvals", post(submit_approval))
+        .route("/approvals/{lease_id}", get(show_approval))
+        .with_state(state.clone());
     let protected = Router::new()
         .nest_service("/mcp", mcp)
+        .merge(approvals)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -215,6 +222,127 @@ fn unauthorized(state: &HttpState, error: IdentityError) -> Response {
             .insert(header::WWW_AUTHENTICATE, value);
     }
     response
+}
+
+/// 403 for a valid token without the scope (RFC 6750 section 3.1).
+fn insufficient_scope(state: &HttpState, scope: &str) -> Response {
+    let mut response = json_response(
+        StatusCode::FORBIDDEN,
+        json!({ "error": "insufficient_scope", "error_description": format!("this needs the `{scope}` scope") }),
+    );
+    let challenge = format!(
+        r#"Bearer realm="dualtrust", resource_metadata="{}", error="insufficient_scope", scope="{scope}""#,
+        state.resource_metadata_url()
+    );
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// `GET /approvals/{lease_id}`: what an approver is asked to sign, from the
+/// server's own record (never from the agent's copy).
+async fn show_approval(
+    State(state): State<HttpState>,
+    Extension(principal): Extension<Principal>,
+    axum::extract::Path(lease_id): axum::extract::Path<String>,
+) -> Response {
+    let scope = &state.app.config.scopes.approvals_write;
+    if !principal.has_scope(scope) {
+        return insufficient_scope(&state, scope);
+    }
+    let gate = &state.app.gate;
+    let not_found = || {
+        json_response(
+            StatusCode::NOT_FOUND,
+            json!({ "error": "lease_not_found", "error_description": ApprovalError::LeaseNotFound.to_string() }),
+        )
+    };
+    if lease_id.len() != 32 {
+        return not_found();
+    }
+    match gate.store().lease(&lease_id).await {
+        Ok(Some(lease)) => {
+            let rule = gate.approvers().rule_for(&lease.tool);
+            let stored = gate.store().approvals(&lease.id).await.unwrap_or_default();
+            let approved_by: Vec<String> = gate
+                .approvers()
+                .tally(&lease, &stored)
+                .into_iter()
+                .map(|a| a.approver)
+                .collect();
+            let mut view = crate::gate::quorum::approval_view(&lease, &rule, &approved_by);
+            view["state"] = json!(lease.state.as_str());
+            json_response(StatusCode::OK, view)
+        }
+        Ok(None) => not_found(),
+        Err(_) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": "store_unavailable" }),
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalSubmission {
+    lease_id: String,
+    approver_id: String,
+    /// base64url Ed25519 signature over the lease's `sign` statement.
+    signature: String,
+}
+
+/// `POST /approvals`: an approver's signed approval, submitted with the
+/// approver's own token (`approvals:write`, subject bound to the approver).
+async fn submit_approval(
+    State(state): State<HttpState>,
+    Extension(principal): Extension<Principal>,
+    body: axum::body::Bytes,
+) -> Response {
+    let scope = &state.app.config.scopes.approvals_write;
+    if !principal.has_scope(scope) {
+        return insufficient_scope(&state, scope);
+    }
+    let Ok(submission) = serde_json::from_slice::<ApprovalSubmission>(&body) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "invalid_request", "error_description": "expected {\"lease_id\", \"approver_id\", \"signature\"}" }),
+        );
+    };
+    match state
+        .app
+        .gate
+        .submit_approval(
+            "http",
+            Some(&principal),
+            &submission.lease_id,
+            &submission.approver_id,
+            &submission.signature,
+        )
+        .await
+    {
+        Ok(status) => json_response(
+            StatusCode::OK,
+            serde_json::to_value(status).unwrap_or_default(),
+        ),
+        Err(error) => {
+            let code = match error {
+                ApprovalError::LeaseNotFound => StatusCode::NOT_FOUND,
+                ApprovalError::Duplicate
+                | ApprovalError::LeaseNotPending
+                | ApprovalError::LeaseExpired => StatusCode::CONFLICT,
+                ApprovalError::MalformedSignature => StatusCode::BAD_REQUEST,
+                ApprovalError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::FORBIDDEN,
+            };
+            json_response(
+                code,
+                json!({ "error": error.code(), "error_description": error.to_string() }),
+            )
+        }
+    }
 }
 
 /// RFC 9728 section 3.2 protected resource metadata.

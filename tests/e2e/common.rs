@@ -185,3 +185,78 @@ pub fn receipt(envelope: &Value) -> &Value {
     assert!(r.is_object(), "no receipt in {envelope}");
     r
 }
+
+/// An approver created with `dualtrust approver-keygen`.
+pub struct Approver {
+    pub id: String,
+    pub key: PathBuf,
+    pub public_key: String,
+}
+
+impl DataDir {
+    pub fn approver(&self, id: &str) -> Approver {
+        let key = self.path.join(format!("{id}.approver.key"));
+        let out = self.cli(&[
+            "approver-keygen",
+            "--id",
+            id,
+            "--out",
+            key.to_str().expect("utf8"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf8");
+        let public_key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("public_key = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .expect("public_key line")
+            .to_string();
+        Approver {
+            id: id.into(),
+            key,
+            public_key,
+        }
+    }
+
+    /// Writes `dualtrust.toml` registering `approvers` (with optional token
+    /// subjects) plus any extra TOML.
+    pub fn configure(&self, approvers: &[(&Approver, Option<&str>)], extra: &str) {
+        let mut text = String::new();
+        for (a, subject) in approvers {
+            text.push_str(&format!(
+                "[[approvers]]\nid = \"{}\"\npublic_key = \"{}\"\n",
+                a.id, a.public_key
+            ));
+            if let Some(s) = subject {
+                text.push_str(&format!("subject = \"{s}\"\n"));
+            }
+        }
+        text.push_str(extra);
+        std::fs::write(self.path.join("dualtrust.toml"), text).expect("write config");
+    }
+
+    /// `dualtrust approve … --yes`, beside the store.
+    pub fn approve(&self, lease: &str, approver: &Approver) -> std::process::Output {
+        self.cli(&[
+            "approve",
+            "--lease",
+            lease,
+            "--approver",
+            &approver.id,
+            "--key",
+            approver.key.to_str().expect("utf8"),
+            "--yes",
+        ])
+    }
+
+    pub fn sign(&self, approver: &Approver, message: &str) -> String {
+        use base64::Engine;
+        let (key, _) =
+            dualtrust::keys::KeyPair::load_or_create(&approver.key, false).expect("approver key");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.sign(message.as_bytes()))
+    }
+}

@@ -5,9 +5,11 @@
 //! - `common`: data directories, tokens, spawning servers and clients.
 //! - `stdio`: the gate through the stdio transport, allowed and denied calls.
 //! - `http`: the HTTP front door (401/403 answers, metadata, JWKS) and MCP over it.
+//! - `quorum`: leases and k-of-n approval, the happy path and the attacks.
 //! - `cli`: the command line: init, token, keys, audit export and offline verify.
 
 mod cli;
 mod common;
 mod http;
+mod quorum;
 mod stdio;

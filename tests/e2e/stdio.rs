@@ -159,10 +159,10 @@ async fn writes_run_with_write_scope_and_batches_never_run() {
         assert_eq!(error_code(&env), code, "{sql}");
         assert_eq!(receipt(&env)["body"]["decision"], "denied");
     }
-    // Destructive SQL is held for approval, even with db:admin.
+    // Destructive SQL never runs without approvers, even with db:admin.
     let (env, _) = call(&client, "db.query", json!({ "sql": "DROP TABLE orders" })).await;
-    assert_eq!(status(&env), "approval_required", "{env}");
-    assert_eq!(receipt(&env)["body"]["decision"], "approval_required");
+    assert_eq!(error_code(&env), "no_approvers", "{env}");
+    assert_eq!(receipt(&env)["body"]["class"], "destructive");
     let (env, _) = call(
         &client,
         "db.query",
@@ -181,7 +181,7 @@ async fn writes_run_with_write_scope_and_batches_never_run() {
 }
 
 #[tokio::test]
-async fn destructive_command_is_held_for_approval_and_not_run() {
+async fn destructive_command_never_runs_without_registered_approvers() {
     let data = DataDir::new();
     let victim = data.workspace().join("precious.txt");
     std::fs::write(&victim, "keep me").expect("write");
@@ -197,9 +197,9 @@ async fn destructive_command_is_held_for_approval_and_not_run() {
     ] {
         let (env, is_error) = call(&client, "terminal.execute", json!({ "argv": argv })).await;
         assert!(is_error);
-        assert_eq!(status(&env), "approval_required", "{env}");
+        assert_eq!(error_code(&env), "no_approvers", "{env}");
         assert!(
-            env["approval"]["summary"]
+            env["error"]["message"]
                 .as_str()
                 .unwrap_or("")
                 .contains("deletes"),

@@ -1,0 +1,362 @@
+//! k-of-n approval of destructive calls by registered humans.
+//!
+//! An approval is an Ed25519 signature by a registered approver key over a
+//! domain-separated statement built by the server from its own lease record
+//! ([`approval_message`]): the lease id, tool, argument digest, requesting
+//! subject and expiry. Nothing a client sends names what is approved; a
+//! signature made for another lease, other arguments or another expiry does
+//! not verify. Stored approvals are verified again every time they are
+//! counted, so a row written into the store by hand counts for nothing
+//! without a valid signature.
+
+use std::collections::BTreeSet;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde::Serialize;
+
+use crate::config::{ApproverConfig, QuorumConfig};
+use crate::store::{Lease, StoredApproval};
+
+/// The first line of every signed approval statement.
+pub const APPROVAL_DOMAIN: &str = "dualtrust-approval-v1";
+
+/// Parses a base64url (no padding) Ed25519 public key.
+pub fn parse_public_key(b64: &str) -> Option<VerifyingKey> {
+    let bytes = URL_SAFE_NO_PAD.decode(b64.trim()).ok()?;
+    let bytes: [u8; 32] = bytes.as_slice().try_into().ok()?;
+    VerifyingKey::from_bytes(&bytes).ok()
+}
+
+/// The exact bytes an approver signs for `lease`.
+pub fn approval_message(lease: &Lease) -> String {
+    format!(
+        "{APPROVAL_DOMAIN}\nlease={}\ntool={}\nargs_digest={}\nsubject={}\nexpires_at={}\n",
+        lease.id, lease.tool, lease.args_digest, lease.subject, lease.expires_at
+    )
+}
+
+/// What an approver (or the agent) is shown about a held call. Built from
+/// the server's lease record only.
+pub fn approval_view(
+    lease: &Lease,
+    rule: &QuorumRule,
+    approved_by: &[String],
+) -> serde_json::Value {
+    serde_json::json!({
+        "lease_id": lease.id,
+        "tool": lease.tool,
+        "requested_by": lease.subject,
+        "summary": lease.summary,
+        "arguments": serde_json::from_str::<serde_json::Value>(&lease.args_json).unwrap_or(serde_json::Value::Null),
+        "args_digest": lease.args_digest,
+        "expires_at": lease.expires_at,
+        "k": lease.quorum_k,
+        "approvers": rule.approvers,
+        "approvals": approved_by.len(),
+        "approved_by": approved_by,
+        "sign": approval_message(lease),
+    })
+}
+
+/// Why an approval does not count. `Display` is safe to show the submitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApprovalError {
+    #[error("no lease with this id exists")]
+    LeaseNotFound,
+    #[error("the lease is not waiting for approval")]
+    LeaseNotPending,
+    #[error("the lease has expired")]
+    LeaseExpired,
+    #[error("the approver is not registered")]
+    UnknownApprover,
+    #[error("the approver is not eligible to approve this tool")]
+    NotEligible,
+    #[error("the requester of a call cannot approve it")]
+    SelfApproval,
+    #[error("the submitting identity is not this approver")]
+    WrongSubmitter,
+    #[error("the signature is not 64 base64url-encoded bytes")]
+    MalformedSignature,
+    #[error("the signature does not verify for this lease with this approver's key")]
+    BadSignature,
+    #[error("this approver has already approved this lease")]
+    Duplicate,
+    #[error("the state store is unavailable")]
+    StoreUnavailable,
+}
+
+impl ApprovalError {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::LeaseNotFound => "lease_not_found",
+            Self::LeaseNotPending => "lease_not_pending",
+            Self::LeaseExpired => "lease_expired",
+            Self::UnknownApprover => "unknown_approver",
+            Self::NotEligible => "not_eligible",
+            Self::SelfApproval => "self_approval",
+            Self::WrongSubmitter => "wrong_submitter",
+            Self::MalformedSignature => "malformed_signature",
+            Self::BadSignature => "bad_signature",
+            Self::Duplicate => "duplicate_approval",
+            Self::StoreUnavailable => "store_unavailable",
+        }
+    }
+}
+
+struct Approver {
+    id: String,
+    key: VerifyingKey,
+    subject: Option<String>,
+}
+
+/// k and the eligible approver ids for one tool.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuorumRule {
+    pub k: u32,
+    pub approvers: Vec<String>,
+}
+
+/// A counted approval, as listed in receipts.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ApprovalProof {
+    pub approver: String,
+    pub signature: String,
+}
+
+/// The registered approvers and the quorum policy.
+pub struct ApproverRegistry {
+    approvers: Vec<Approver>,
+    quorum: QuorumConfig,
+}
+
+impl ApproverRegistry {
+    /// Built from validated configuration (keys were checked there; an
+    /// unparseable one is skipped rather than trusted).
+    pub fn new(approvers: &[ApproverConfig], quorum: &QuorumConfig) -> Self {
+        Self {
+            approvers: approvers
+                .iter()
+                .filter_map(|a| {
+                    Some(Approver {
+                        id: a.id.clone(),
+                        key: parse_public_key(&a.public_key)?,
+                        subject: a.subject.clone(),
+                    })
+                })
+                .collect(),
+            quorum: quorum.clone(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.approvers.is_empty()
+    }
+
+    pub fn rule_for(&self, tool: &str) -> QuorumRule {
+        let (k, eligible) = match self.quorum.overrides.get(tool) {
+            Some(rule) => (rule.k, &rule.approvers),
+            None => (self.quorum.k, &self.quorum.approvers),
+        };
+        let approvers = if eligible.is_empty() {
+            self.approvers.iter().map(|a| a.id.clone()).collect()
+        } else {
+            eligible.clone()
+        };
+        QuorumRule {
+            k: u32::try_from(k).unwrap_or(u32::MAX),
+            approvers,
+        }
+    }
+
+    /// Checks one approval for `lease`; returns nothing on success.
+    /// `submitter` is the subject of the token that submitted it, if any.
+    pub fn check(
+        &self,
+        lease: &Lease,
+        approver_id: &str,
+        signature_b64: &str,
+        submitter: Option<&str>,
+    ) -> Result<(), ApprovalError> {
+        let approver = self
+            .approvers
+            .iter()
+            .find(|a| a.id == approver_id)
+            .ok_or(ApprovalError::UnknownApprover)?;
+        if !self
+            .rule_for(&lease.tool)
+            .approvers
+            .iter()
+            .any(|id| id == approver_id)
+        {
+            return Err(ApprovalError::NotEligible);
+        }
+        if approver.id == lease.subject
+            || approver.subject.as_deref() == Some(lease.subject.as_str())
+        {
+            return Err(ApprovalError::SelfApproval);
+        }
+        if let Some(submitter) = submitter {
+            match &approver.subject {
+                Some(subject) if subject == submitter => {}
+                _ => return Err(ApprovalError::WrongSubmitter),
+            }
+        }
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature_b64.trim())
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
+            .ok_or(ApprovalError::MalformedSignature)?;
+        approver
+            .key
+            .verify_strict(
+                approval_message(lease).as_bytes(),
+                &Signature::from_bytes(&signature),
+            )
+            .map_err(|_| ApprovalError::BadSignature)
+    }
+
+    /// The stored approvals that verify for `lease`, one per approver.
+    pub fn tally(&self, lease: &Lease, stored: &[StoredApproval]) -> Vec<ApprovalProof> {
+        let mut seen = BTreeSet::new();
+        stored
+            .iter()
+            .filter(|a| {
+                self.check(lease, &a.approver_id, &a.signature, None)
+                    .is_ok()
+            })
+            .filter(|a| seen.insert(a.approver_id.clone()))
+            .map(|a| ApprovalProof {
+                approver: a.approver_id.clone(),
+                signature: a.signature.clone(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyPair;
+    use crate::store::LeaseState;
+
+    fn lease() -> Lease {
+        Lease {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            subject: "agent".into(),
+            tool: "terminal.execute".into(),
+            args_digest: "ab".repeat(32),
+            scope: "terminal:admin".into(),
+            issued_at: 1,
+            expires_at: 2_000_000_000,
+            state: LeaseState::PendingApproval,
+            summary: "run `rm -rf build`".into(),
+            args_json: "{}".into(),
+            quorum_k: 2,
+        }
+    }
+
+    fn registry(keys: &[(&str, &KeyPair, Option<&str>)], k: usize) -> ApproverRegistry {
+        let approvers: Vec<ApproverConfig> = keys
+            .iter()
+            .map(|(id, key, subject)| ApproverConfig {
+                id: id.to_string(),
+                public_key: URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()),
+                subject: subject.map(String::from),
+            })
+            .collect();
+        ApproverRegistry::new(
+            &approvers,
+            &QuorumConfig {
+                k,
+                ..QuorumConfig::default()
+            },
+        )
+    }
+
+    fn sign(key: &KeyPair, lease: &Lease) -> String {
+        URL_SAFE_NO_PAD.encode(key.sign(approval_message(lease).as_bytes()))
+    }
+
+    #[test]
+    fn only_signatures_over_this_lease_by_registered_keys_count() {
+        let (a, b, c, outsider) = (
+            KeyPair::generate().expect("k"),
+            KeyPair::generate().expect("k"),
+            KeyPair::generate().expect("k"),
+            KeyPair::generate().expect("k"),
+        );
+        let reg = registry(
+            &[
+                ("alice", &a, None),
+                ("bob", &b, Some("bob@idp")),
+                ("agent", &c, None),
+            ],
+            2,
+        );
+        let l = lease();
+        assert_eq!(reg.check(&l, "alice", &sign(&a, &l), None), Ok(()));
+        assert_eq!(
+            reg.check(&l, "mallory", &sign(&outsider, &l), None),
+            Err(ApprovalError::UnknownApprover)
+        );
+        assert_eq!(
+            reg.check(&l, "alice", &sign(&outsider, &l), None),
+            Err(ApprovalError::BadSignature)
+        );
+        assert_eq!(
+            reg.check(&l, "agent", &sign(&c, &l), None),
+            Err(ApprovalError::SelfApproval)
+        );
+        assert_eq!(
+            reg.check(&l, "alice", "not base64!", None),
+            Err(ApprovalError::MalformedSignature)
+        );
+        assert_eq!(
+            reg.check(&l, "bob", &sign(&b, &l), Some("mallory@idp")),
+            Err(ApprovalError::WrongSubmitter)
+        );
+        assert_eq!(reg.check(&l, "bob", &sign(&b, &l), Some("bob@idp")), Ok(()));
+
+        let mut other_digest = l.clone();
+        other_digest.args_digest = "cd".repeat(32);
+        assert_eq!(
+            reg.check(&l, "alice", &sign(&a, &other_digest), None),
+            Err(ApprovalError::BadSignature)
+        );
+        let mut other_lease = l.clone();
+        other_lease.id = "f".repeat(32);
+        assert_eq!(
+            reg.check(&l, "alice", &sign(&a, &other_lease), None),
+            Err(ApprovalError::BadSignature)
+        );
+        let mut later = l.clone();
+        later.expires_at += 1;
+        assert_eq!(
+            reg.check(&l, "alice", &sign(&a, &later), None),
+            Err(ApprovalError::BadSignature)
+        );
+
+        let stored = |id: &str, sig: String| StoredApproval {
+            approver_id: id.into(),
+            signature: sig,
+            signed_at: 1,
+        };
+        let tally = reg.tally(
+            &l,
+            &[
+                stored("alice", sign(&a, &l)),
+                stored("alice", sign(&a, &l)),
+                stored("agent", sign(&c, &l)),
+                stored("bob", sign(&a, &l)),
+            ],
+        );
+        assert_eq!(
+            tally.len(),
+            1,
+            "duplicates, self-approval and wrong keys do not count"
+        );
+    }
+}

@@ -1,0 +1,483 @@
+use serde_json::{Value, json};
+
+use crate::common::{Approver, DataDir, call, error_code, receipt, status};
+
+/// Three approvers, 2 of 3 for destructive calls; `carol` is also the
+/// token subject `carol@idp`.
+fn setup(extra: &str) -> (DataDir, Approver, Approver, Approver) {
+    let data = DataDir::new();
+    let (alice, bob, carol) = (
+        data.approver("alice"),
+        data.approver("bob"),
+        data.approver("carol"),
+    );
+    data.configure(
+        &[
+            (&alice, Some("alice@idp")),
+            (&bob, None),
+            (&carol, Some("carol@idp")),
+        ],
+        &format!("[quorum]\nk = 2\n{extra}"),
+    );
+    (data, alice, bob, carol)
+}
+
+fn lease_of(env: &Value) -> String {
+    env["approval"]["lease_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no lease id in {env}"))
+        .to_string()
+}
+
+fn decisions(data: &DataDir) -> Vec<String> {
+    let out = data.cli(&["audit", "export"]);
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("receipt")["body"]["decision"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn destructive_command_runs_once_after_k_approvals() {
+    let (data, alice, bob, _) = setup("");
+    let victim = data.workspace().join("build");
+    std::fs::create_dir_all(victim.join("deep")).expect("mkdir");
+    let client = data
+        .stdio_client(Some(
+            &data.token("agent", "terminal:execute terminal:admin"),
+        ))
+        .await;
+    let args = json!({ "argv": ["rm", "-rf", "build"] });
+
+    let (held, is_error) = call(&client, "terminal.execute", args.clone()).await;
+    assert!(is_error);
+    assert_eq!(status(&held), "approval_required", "{held}");
+    let lease = lease_of(&held);
+    let approval = &held["approval"];
+    assert_eq!(approval["k"], 2);
+    assert_eq!(approval["approvers"], json!(["alice", "bob", "carol"]));
+    assert_eq!(approval["requested_by"], "agent");
+    assert!(
+        approval["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains("recursively"),
+        "{approval}"
+    );
+    assert!(
+        approval["sign"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("dualtrust-approval-v1\n")
+    );
+    assert!(
+        approval["approve_command"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&lease)
+    );
+    assert!(victim.exists());
+
+    let listed = data.cli(&["approvals"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&lease));
+
+    let mut redeem = args.clone();
+    redeem["lease_id"] = json!(lease);
+    // Nothing runs on zero or k-1 approvals.
+    let (env, _) = call(&client, "terminal.execute", redeem.clone()).await;
+    assert_eq!(status(&env), "approval_required");
+    let out = data.approve(&lease, &alice);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 of 2"));
+    let (env, _) = call(&client, "terminal.execute", redeem.clone()).await;
+    assert_eq!(status(&env), "approval_required", "k-1 approvals: {env}");
+    assert_eq!(env["approval"]["approved_by"], json!(["alice"]));
+    assert!(victim.exists());
+    // The same approver twice is one approval.
+    assert!(!data.approve(&lease, &alice).status.success());
+    let (env, _) = call(&client, "terminal.execute", redeem.clone()).await;
+    assert_eq!(status(&env), "approval_required");
+
+    assert!(data.approve(&lease, &bob).status.success());
+    let (env, is_error) = call(&client, "terminal.execute", redeem.clone()).await;
+    assert!(!is_error, "{env}");
+    assert_eq!(env["result"]["exit_code"], 0);
+    assert!(!victim.exists(), "the approved call ran");
+    let approvals = &receipt(&env)["body"]["outcome"]["approvals"];
+    let approvers: Vec<&str> = approvals
+        .as_array()
+        .expect("listed")
+        .iter()
+        .filter_map(|a| a["approver"].as_str())
+        .collect();
+    assert_eq!(approvers, ["alice", "bob"]);
+    assert!(
+        approvals[0]["signature"]
+            .as_str()
+            .is_some_and(|s| s.len() == 86)
+    );
+
+    // Exactly once.
+    let (env, _) = call(&client, "terminal.execute", redeem).await;
+    assert_eq!(error_code(&env), "lease_consumed");
+    client.cancel().await.expect("close");
+
+    // The intent is logged before the outcome.
+    let log = decisions(&data);
+    let intent = log
+        .iter()
+        .position(|d| d == "intent")
+        .expect("intent logged");
+    assert_eq!(log[intent + 1], "allowed");
+    assert_eq!(log.iter().filter(|d| *d == "approval_recorded").count(), 2);
+}
+
+#[tokio::test]
+async fn a_lease_binds_subject_tool_and_arguments() {
+    let (data, alice, bob, _) = setup("");
+    std::fs::write(data.workspace().join("a.txt"), "a").expect("write");
+    std::fs::write(data.workspace().join("b.txt"), "b").expect("write");
+    let scopes = "terminal:execute terminal:admin db:read db:admin";
+    let agent = data.stdio_client(Some(&data.token("agent", scopes))).await;
+    let other = data
+        .stdio_client(Some(&data.token("other-agent", scopes)))
+        .await;
+    let (held, _) = call(
+        &agent,
+        "terminal.execute",
+        json!({ "argv": ["rm", "a.txt"] }),
+    )
+    .await;
+    let lease = lease_of(&held);
+    assert!(data.approve(&lease, &alice).status.success());
+    assert!(data.approve(&lease, &bob).status.success());
+
+    let (env, _) = call(
+        &agent,
+        "terminal.execute",
+        json!({ "argv": ["rm", "b.txt"], "lease_id": lease }),
+    )
+    .await;
+    assert_eq!(error_code(&env), "lease_wrong_arguments");
+    let (env, _) = call(
+        &other,
+        "terminal.execute",
+        json!({ "argv": ["rm", "a.txt"], "lease_id": lease }),
+    )
+    .await;
+    assert_eq!(error_code(&env), "lease_wrong_subject");
+    let (env, _) = call(
+        &agent,
+        "db.query",
+        json!({ "sql": "DROP TABLE orders", "lease_id": lease }),
+    )
+    .await;
+    assert_eq!(error_code(&env), "lease_wrong_tool");
+    for bad in [
+        json!("nope"),
+        json!(7),
+        json!("ffffffffffffffffffffffffffffffff"),
+    ] {
+        let (env, _) = call(
+            &agent,
+            "terminal.execute",
+            json!({ "argv": ["rm", "a.txt"], "lease_id": bad }),
+        )
+        .await;
+        assert!(
+            matches!(error_code(&env), "invalid_lease_id" | "lease_not_found"),
+            "{env}"
+        );
+        receipt(&env);
+    }
+    assert!(data.workspace().join("a.txt").exists() && data.workspace().join("b.txt").exists());
+
+    let (env, _) = call(
+        &agent,
+        "terminal.execute",
+        json!({ "argv": ["rm", "a.txt"], "lease_id": lease }),
+    )
+    .await;
+    assert_eq!(status(&env), "ok", "{env}");
+    assert!(!data.workspace().join("a.txt").exists() && data.workspace().join("b.txt").exists());
+    agent.cancel().await.expect("close");
+    other.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn expired_leases_and_their_approvals_do_not_pass() {
+    let (data, alice, bob, _) = setup("[leases]\nttl_s = 2\n");
+    let client = data
+        .stdio_client(Some(&data.token("agent", "db:read db:admin")))
+        .await;
+    let (held, _) = call(&client, "db.query", json!({ "sql": "DROP TABLE products" })).await;
+    let lease = lease_of(&held);
+    assert!(data.approve(&lease, &alice).status.success());
+    tokio::time::sleep(std::time::Duration::from_millis(2_300)).await;
+    let late = data.approve(&lease, &bob);
+    assert!(!late.status.success());
+    assert!(String::from_utf8_lossy(&late.stderr).contains("expired"));
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "DROP TABLE products", "lease_id": lease }),
+    )
+    .await;
+    assert_eq!(error_code(&env), "lease_expired");
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "SELECT count(*) FROM products" }),
+    )
+    .await;
+    assert_eq!(env["result"]["rows"], json!([[8]]));
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn approvals_over_http_are_bound_to_the_approver_the_lease_and_the_key() {
+    let (data, alice, bob, carol) = setup("");
+    let server = data.http_server().await;
+    let agent = server
+        .client(&data.token("carol@idp", "db:read db:admin"))
+        .await;
+    let (held, _) = call(&agent, "db.query", json!({ "sql": "DELETE FROM orders" })).await;
+    let lease = lease_of(&held);
+    let (held_b, _) = call(&agent, "db.query", json!({ "sql": "DROP TABLE customers" })).await;
+    let other_lease = lease_of(&held_b);
+
+    let http = reqwest::Client::new();
+    let post = |token: String, body: Value| {
+        let http = http.clone();
+        let url = format!("{}/approvals", server.base);
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .expect("post");
+            let code = r.status().as_u16();
+            (code, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let alice_token = data.token("alice@idp", "approvals:write");
+    let view: Value = http
+        .get(format!("{}/approvals/{lease}", server.base))
+        .bearer_auth(&alice_token)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(view["requested_by"], "carol@idp");
+    assert!(
+        view["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains("DELETE without WHERE"),
+        "{view}"
+    );
+    let message = view["sign"].as_str().expect("statement").to_string();
+    let other_message = held_b["approval"]["sign"]
+        .as_str()
+        .expect("statement")
+        .to_string();
+
+    let submit = |approver: &str, sig: String, lease: &str| json!({ "lease_id": lease, "approver_id": approver, "signature": sig });
+    // Without approvals:write.
+    let (code, body) = post(
+        data.token("alice@idp", "db:read"),
+        submit("alice", data.sign(&alice, &message), &lease),
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (403, Some("insufficient_scope"))
+    );
+    // Alice's token cannot submit for bob (bob has no bound subject, so no token may).
+    let (code, body) = post(
+        alice_token.clone(),
+        submit("bob", data.sign(&bob, &message), &lease),
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (403, Some("wrong_submitter"))
+    );
+    // A signature forwarded from another lease, or by another key.
+    let (code, body) = post(
+        alice_token.clone(),
+        submit("alice", data.sign(&alice, &other_message), &lease),
+    )
+    .await;
+    assert_eq!((code, body["error"].as_str()), (403, Some("bad_signature")));
+    let (code, body) = post(
+        alice_token.clone(),
+        submit("alice", data.sign(&alice, &message), &other_lease),
+    )
+    .await;
+    assert_eq!((code, body["error"].as_str()), (403, Some("bad_signature")));
+    let (code, body) = post(
+        alice_token.clone(),
+        submit("alice", data.sign(&bob, &message), &lease),
+    )
+    .await;
+    assert_eq!((code, body["error"].as_str()), (403, Some("bad_signature")));
+    // Unregistered approvers, malformed input.
+    let (code, body) = post(
+        alice_token.clone(),
+        submit("mallory", data.sign(&alice, &message), &lease),
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (403, Some("unknown_approver"))
+    );
+    let (code, body) = post(alice_token.clone(), submit("alice", "!!".into(), &lease)).await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("malformed_signature"))
+    );
+    let (code, _) = post(
+        alice_token.clone(),
+        submit("alice", data.sign(&alice, &message), "../../etc"),
+    )
+    .await;
+    assert_eq!(code, 404);
+    let (code, _) = post(alice_token.clone(), json!({ "lease_id": lease })).await;
+    assert_eq!(code, 400);
+    // The requester cannot approve their own call.
+    let carol_token = data.token("carol@idp", "approvals:write");
+    let (code, body) = post(
+        carol_token,
+        submit("carol", data.sign(&carol, &message), &lease),
+    )
+    .await;
+    assert_eq!((code, body["error"].as_str()), (403, Some("self_approval")));
+
+    let (code, body) = post(
+        alice_token.clone(),
+        submit("alice", data.sign(&alice, &message), &lease),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        (body["approvals"].as_u64(), body["complete"].as_bool()),
+        (Some(1), Some(false))
+    );
+    assert!(body["receipt"].is_object());
+    let (code, body) = post(
+        alice_token.clone(),
+        submit("alice", data.sign(&alice, &message), &lease),
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("duplicate_approval"))
+    );
+
+    // Only one valid approval: still held.
+    let (env, _) = call(
+        &agent,
+        "db.query",
+        json!({ "sql": "DELETE FROM orders", "lease_id": lease }),
+    )
+    .await;
+    assert_eq!(status(&env), "approval_required");
+    assert!(data.approve(&lease, &bob).status.success());
+    let (env, _) = call(
+        &agent,
+        "db.query",
+        json!({ "sql": "DELETE FROM orders", "lease_id": lease }),
+    )
+    .await;
+    assert_eq!(status(&env), "ok", "{env}");
+    assert_eq!(env["result"]["rows_affected"], 15);
+    agent.cancel().await.expect("close");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_forged_approval_row_in_the_store_counts_for_nothing() {
+    let (data, alice, _, _) = setup("");
+    let client = data
+        .stdio_client(Some(&data.token("agent", "db:read db:admin")))
+        .await;
+    let (held, _) = call(&client, "db.query", json!({ "sql": "DROP TABLE orders" })).await;
+    let lease = lease_of(&held);
+    assert!(data.approve(&lease, &alice).status.success());
+    // Someone with write access to the store adds a second approval by hand.
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        data.path.join("state.db").display()
+    ))
+    .await
+    .expect("open store");
+    sqlx::query("INSERT INTO approvals (lease_id, approver_id, signature, signed_at) VALUES (?, 'bob', ?, 0)")
+        .bind(&lease)
+        .bind("A".repeat(86))
+        .execute(&pool)
+        .await
+        .expect("forge");
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "DROP TABLE orders", "lease_id": lease }),
+    )
+    .await;
+    assert_eq!(status(&env), "approval_required", "{env}");
+    assert_eq!(env["approval"]["approved_by"], json!(["alice"]));
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn fifty_concurrent_redemptions_of_one_lease_run_exactly_once() {
+    let (data, _, _, _) = setup("[leases]\nexplicit = [\"db.query:write\"]\n");
+    let server = data.http_server().await;
+    let client = server
+        .client(&data.token("agent", "db:read db:write"))
+        .await;
+    let sql = "UPDATE products SET stock = stock + 1 WHERE sku = 'CB-006'";
+    let (issued, _) = call(&client, "db.query", json!({ "sql": sql })).await;
+    assert_eq!(status(&issued), "lease_issued", "{issued}");
+    let lease = lease_of(&issued);
+    let calls = (0..50).map(|_| {
+        call(
+            &client,
+            "db.query",
+            json!({ "sql": sql, "lease_id": lease }),
+        )
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let ok = results
+        .iter()
+        .filter(|(env, _)| status(env) == "ok")
+        .count();
+    let consumed = results
+        .iter()
+        .filter(|(env, _)| error_code(env) == "lease_consumed")
+        .count();
+    assert_eq!((ok, consumed), (1, 49));
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "SELECT stock FROM products WHERE sku = 'CB-006'" }),
+    )
+    .await;
+    assert_eq!(env["result"]["rows"], json!([[401]]));
+    client.cancel().await.expect("close");
+    server.stop().await;
+}
