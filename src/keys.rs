@@ -108,6 +108,18 @@ impl KeyPair {
         file.sync_all().map_err(io)
     }
 
+    /// A 32-byte secret derived from this key for `label` (SHA-256 over a
+    /// label and the seed), so replicas sharing the key share derived secrets
+    /// without another secret to distribute.
+    pub fn derive_secret(&self, label: &str) -> Zeroizing<[u8; 32]> {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(label.as_bytes());
+        hasher.update([0u8]);
+        hasher.update(self.secret.to_bytes());
+        Zeroizing::new(hasher.finalize().into())
+    }
+
     /// RFC 7638 thumbprint of the public key, used as `kid` everywhere.
     pub fn kid(&self) -> &str {
         &self.kid

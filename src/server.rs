@@ -6,11 +6,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ElicitRequest,
+    ElicitRequestParams, ElicitationSchema, Implementation, InputRequest, InputRequests,
+    InputRequiredResult, ListToolsResult, MetaObject, PaginatedRequestParams, RequestStateCodec,
+    SealOptions, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditLog;
 use crate::config::{Config, DatabaseConfig, Mode};
@@ -55,7 +58,21 @@ pub struct App {
     pub store: Store,
     pub gate: Arc<Gate>,
     pub tools: Arc<ToolSet>,
+    /// Seals `requestState` for 2026-07-28 multi-round-trip calls.
+    request_state: RequestStateCodec,
 }
+
+/// What a sealed `requestState` carries: a handle on a held call. The store,
+/// not this blob, decides whether the lease may still be used.
+#[derive(Serialize, Deserialize)]
+struct HeldCall {
+    lease_id: String,
+    tool: String,
+}
+
+/// The key of the single input request a held call asks the client for.
+const APPROVAL_INPUT: &str = "approval";
+const REQUEST_STATE_LABEL: &str = "dualtrust-request-state-v1";
 
 /// Creates the data directory (mode 0700) if it is missing.
 pub fn ensure_data_dir(config: &Config) -> Result<(), StartupError> {
@@ -151,12 +168,16 @@ impl App {
                 config.scopes.clone(),
             ),
         };
+        let request_state = RequestStateCodec::new_unchecked(
+            server_key.derive_secret(REQUEST_STATE_LABEL).to_vec(),
+        );
         Ok(Self {
             config,
             server_key,
             store,
             gate,
             tools: Arc::new(tools),
+            request_state,
         })
     }
 
@@ -253,22 +274,123 @@ impl ServerHandler for McpServer {
         let caller = self.caller(&context);
         let transport = self.transport_name();
         let gate = &self.app.gate;
-        match self
+        let mut arguments = request.arguments.unwrap_or_default();
+        // A retry of a held call (2026-07-28 multi-round-trip): the sealed
+        // state names the lease; the gate still checks it against the store.
+        let mut declined = false;
+        if let Some(state) = &request.request_state {
+            let held = self
+                .app
+                .request_state
+                .open_json::<HeldCall>(state)
+                .ok()
+                .filter(|held| held.tool == request.name);
+            let Some(held) = held else {
+                return Err(McpError::invalid_params(
+                    "requestState is invalid, expired or for another tool",
+                    None,
+                ));
+            };
+            declined = request
+                .input_responses
+                .as_ref()
+                .and_then(|r| r.get(APPROVAL_INPUT))
+                .and_then(|r| r.get("action"))
+                .and_then(|a| a.as_str())
+                .is_some_and(|action| action != "accept");
+            arguments.insert(crate::gate::LEASE_ARG.into(), held.lease_id.into());
+        }
+        let Some(outcome) = self
             .app
             .tools
-            .call(gate, &request.name, transport, caller, request.arguments)
+            .call(gate, &request.name, transport, caller, Some(arguments))
             .await
+        else {
+            gate.record_unknown_tool(transport, self.caller(&context))
+                .await;
+            return Err(McpError::invalid_params(
+                format!("unknown tool `{}`", truncate_name(&request.name)),
+                None,
+            ));
+        };
+        if outcome.status == Status::ApprovalRequired
+            && !declined
+            && wants_input_required(&context)
+            && let Some(input_required) = self.input_required(&request.name, &outcome)
         {
-            Some(outcome) => Ok(tool_result(&outcome).into()),
-            None => {
-                gate.record_unknown_tool(transport, self.caller(&context))
-                    .await;
-                Err(McpError::invalid_params(
-                    format!("unknown tool `{}`", truncate_name(&request.name)),
-                    None,
-                ))
-            }
+            return Ok(CallToolResponse::InputRequired(input_required));
         }
+        Ok(tool_result(&outcome).into())
+    }
+}
+
+/// Clients on 2026-07-28 or later that can answer elicitation get a held
+/// call as `InputRequiredResult`; everyone else gets an ordinary result.
+fn wants_input_required(context: &RequestContext<RoleServer>) -> bool {
+    let modern = context
+        .protocol_version()
+        .is_some_and(|v| v.as_str() >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str());
+    modern
+        && context
+            .client_capabilities()
+            .is_some_and(|c| c.elicitation.is_some())
+}
+
+impl McpServer {
+    /// A held call as SEP-2322 `InputRequiredResult`: the client asks its
+    /// user to get the approvals, then retries with the sealed state.
+    fn input_required(&self, tool: &str, outcome: &GateOutcome) -> Option<InputRequiredResult> {
+        let approval = outcome.approval.as_ref()?;
+        let lease_id = approval.get("lease_id")?.as_str()?.to_string();
+        let expires_at = approval.get("expires_at")?.as_u64()?;
+        let ttl =
+            std::time::Duration::from_secs(expires_at.saturating_sub(crate::now_unix()).max(1));
+        let state = self
+            .app
+            .request_state
+            .seal_json_with(
+                &HeldCall {
+                    lease_id: lease_id.clone(),
+                    tool: tool.to_string(),
+                },
+                &SealOptions::new().ttl(ttl),
+            )
+            .ok()?;
+        let message = format!(
+            "{}\n\nLease {lease_id} needs {} approval(s) from: {}. Each approver runs:\n  dualtrust approve --lease {lease_id} --approver <your-approver-id> --key <your-key-file>\nAccept once they have approved; the call then runs exactly once.",
+            outcome
+                .error
+                .as_ref()
+                .map(|e| e.message.as_str())
+                .unwrap_or("approval required"),
+            approval.get("k").and_then(|k| k.as_u64()).unwrap_or(0),
+            approval
+                .get("approvers")
+                .and_then(|a| a.as_array())
+                .map(|a| a
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
+        );
+        let elicit = ElicitRequest::new(ElicitRequestParams::FormElicitationParams {
+            meta: None,
+            message,
+            requested_schema: ElicitationSchema::new(std::collections::BTreeMap::new()),
+        });
+        let mut requests = InputRequests::new();
+        requests.insert(
+            APPROVAL_INPUT.to_string(),
+            InputRequest::Elicitation(elicit),
+        );
+        // The decision's receipt travels in `_meta`, as every decision's does.
+        let mut meta = MetaObject::new();
+        meta.insert(
+            "io.dualtrust/outcome".into(),
+            serde_json::to_value(outcome).ok()?,
+        );
+        Some(InputRequiredResult::new(Some(requests), Some(state)).with_meta(meta))
     }
 }
 

@@ -22,6 +22,7 @@ import pytest
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from mcp import Client, StdioServerParameters
+from mcp_types import ElicitResult
 
 BIN = os.environ.get("DT_BINARY", "target/debug/dualtrust")
 SCOPES = "db:read audit:read passport:issue terminal:execute"
@@ -110,6 +111,69 @@ def test_stdio(data_dir):
 
     version = asyncio.run(run())
     print(f"stdio negotiated protocol {version}")
+
+
+def start_http(data_dir):
+    server = subprocess.Popen(
+        [BIN, "--data-dir", data_dir, "serve", "--http", "127.0.0.1:0"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "DUALTRUST_LOG": "warn"},
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        match = re.match(r"dualtrust listening on (\S+)", server.stderr.readline())
+        if match:
+            return server, match.group(1)
+    server.kill()
+    raise AssertionError("server did not start")
+
+
+def test_held_call_round_trips_as_input_required_on_2026_07_28(data_dir):
+    """A destructive call on protocol 2026-07-28: the server answers with an
+    InputRequiredResult (elicitation + sealed requestState); the client's
+    elicitation callback gets two approvers to sign; the retry runs it once."""
+    config, keys = [], {}
+    for approver in ("alice", "bob", "carol"):
+        keys[approver] = os.path.join(data_dir, f"{approver}.key")
+        out = subprocess.run([BIN, "--data-dir", data_dir, "approver-keygen", "--id", approver, "--out", keys[approver]],
+                             check=True, capture_output=True, text=True)
+        config.append(out.stdout)
+    with open(os.path.join(data_dir, "dualtrust.toml"), "w") as f:
+        f.write("\n".join(config) + "\n[quorum]\nk = 2\n")
+    victim = os.path.join(data_dir, "workspace", "build")
+    os.makedirs(os.path.join(victim, "deep"))
+    server, url = start_http(data_dir)
+    asked = []
+
+    async def on_elicit(context, params):
+        asked.append(params.message)
+        lease = re.search(r"Lease ([0-9a-f]{32})", params.message).group(1)
+        for approver in ("alice", "bob"):
+            subprocess.run([BIN, "--data-dir", data_dir, "approve", "--lease", lease, "--approver", approver,
+                            "--key", keys[approver], "--yes"], check=True, capture_output=True)
+        return ElicitResult(action="accept", content={})
+
+    try:
+        token = mint(data_dir, "terminal:execute terminal:admin")
+
+        async def run():
+            from mcp.client.streamable_http import streamable_http_client
+
+            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
+            async with Client(streamable_http_client(url, http_client=http), elicitation_callback=on_elicit) as client:
+                result = await client.call_tool("terminal.execute", {"argv": ["rm", "-rf", "build"]})
+                return result, client.session.protocol_version
+
+        result, version = asyncio.run(run())
+        assert version == "2026-07-28"
+        assert len(asked) == 1 and "deletes files recursively" in asked[0]
+        assert not result.is_error, result
+        envelope = result.structured_content
+        assert envelope["status"] == "ok"
+        assert [a["approver"] for a in envelope["receipt"]["body"]["outcome"]["approvals"]] == ["alice", "bob"]
+        assert not os.path.exists(victim)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def test_streamable_http(data_dir):
