@@ -116,7 +116,13 @@ enum AuditCommand {
         /// The server's JWKS (from `dualtrust keys` or /.well-known/jwks.json).
         #[arg(long)]
         jwks: PathBuf,
+        /// Signed checkpoints you hold (from receipts or `audit checkpoint`):
+        /// the exported log must contain each one as a prefix.
+        #[arg(long)]
+        checkpoint: Vec<PathBuf>,
     },
+    /// Print a signed checkpoint (C2SP signed note) of the log as it is now.
+    Checkpoint,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -383,7 +389,21 @@ async fn audit(config: Config, command: AuditCommand) -> Result<(), BoxError> {
             }
             sink.flush()?;
         }
-        AuditCommand::Verify { log, jwks } => {
+        AuditCommand::Checkpoint => {
+            let store = dualtrust::store::Store::open_sqlite(&config.store_path).await?;
+            let key = Arc::new(server::load_server_key(&config)?);
+            let log = dualtrust::audit::AuditLog::open(store, key.clone()).await?;
+            eprintln!(
+                "verifier key: {}",
+                dualtrust::audit::checkpoint::verifier_key(log.origin(), &key.verifying_key())
+            );
+            print!("{}", log.current_checkpoint().await?);
+        }
+        AuditCommand::Verify {
+            log,
+            jwks,
+            checkpoint,
+        } => {
             let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&jwks)?)?;
             let keys = dualtrust::keys::ed25519_keys_from_jwks(&doc);
             if keys.is_empty() {
@@ -401,11 +421,34 @@ async fn audit(config: Config, command: AuditCommand) -> Result<(), BoxError> {
                         .map_err(|e| format!("line {}: not a receipt: {e}", n + 1))?,
                 );
             }
-            match dualtrust::audit::verify_chain(receipts, &keys) {
-                Ok(count) => {
-                    println!("ok: {count} receipts verified (signatures, sequence, chain)")
+            let tree = dualtrust::audit::verify_log(receipts, &keys)
+                .map_err(|(seq, error)| format!("receipt {seq}: {error}"))?;
+            println!(
+                "ok: {} receipts verified (signatures, sequence, chain); RFC 6962 root {}",
+                tree.len(),
+                tree.root(tree.len()).map(hex::encode).unwrap_or_default()
+            );
+            for path in checkpoint {
+                let note = std::fs::read_to_string(&path)?;
+                let verified = keys.iter().find_map(|(kid, key)| {
+                    dualtrust::audit::checkpoint::Checkpoint::verify(
+                        &note,
+                        &dualtrust::audit::checkpoint::origin_for(kid),
+                        key,
+                    )
+                    .ok()
+                });
+                let cp = verified.ok_or_else(|| {
+                    format!(
+                        "{}: not a checkpoint signed by a key in the JWKS",
+                        path.display()
+                    )
+                })?;
+                match tree.root(cp.size) {
+                    Some(root) if root == cp.root => println!("ok: checkpoint {} (size {}) is a prefix of this log", path.display(), cp.size),
+                    Some(_) => return Err(format!("{}: the log was rewritten: its first {} receipts do not match the checkpoint", path.display(), cp.size).into()),
+                    None => return Err(format!("{}: the log was truncated: it holds {} receipts, the checkpoint {}", path.display(), tree.len(), cp.size).into()),
                 }
-                Err((seq, error)) => return Err(format!("receipt {seq}: {error}").into()),
             }
         }
     }

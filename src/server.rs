@@ -137,7 +137,14 @@ impl App {
         {
             tracing::info!(path = %config.database_path.display(), "created the demo database");
         }
-        let log = Arc::new(AuditLog::new(store.clone(), server_key.clone()));
+        let log = Arc::new(
+            AuditLog::open(store.clone(), server_key.clone())
+                .await
+                .map_err(|source| StartupError::Store {
+                    path: config.store_path.display().to_string(),
+                    source,
+                })?,
+        );
         let gate = Arc::new(Gate::new(
             verifier,
             store.clone(),

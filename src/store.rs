@@ -21,6 +21,7 @@ use crate::audit::Receipt;
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_quorum.sql")),
+    (3, include_str!("../migrations/sqlite/0003_merkle.sql")),
 ];
 
 /// Store failures. `Display` is safe to show a caller; the underlying
@@ -462,17 +463,56 @@ impl Store {
         }
     }
 
-    pub async fn insert_receipt(&self, receipt: &Receipt) -> Result<(), StoreError> {
+    /// Appends receipts (with their RFC 6962 leaf hashes) in one
+    /// transaction: all become durable together or none does. A `seq`
+    /// already taken by another writer is a conflict.
+    pub async fn insert_receipts(&self, batch: &[(Receipt, String)]) -> Result<(), StoreError> {
         let Backend::Sqlite(pool) = &self.backend;
-        let json = serde_json::to_string(receipt).map_err(|_| StoreError::Corrupt)?;
-        sqlx::query("INSERT INTO audit_log (seq, hash, receipt) VALUES (?, ?, ?)")
+        let mut tx = pool.begin().await.map_err(unavailable)?;
+        for (receipt, leaf_hash) in batch {
+            let json = serde_json::to_string(receipt).map_err(|_| StoreError::Corrupt)?;
+            sqlx::query(
+                "INSERT INTO audit_log (seq, hash, receipt, leaf_hash) VALUES (?, ?, ?, ?)",
+            )
             .bind(to_i64(receipt.body.seq))
             .bind(&receipt.hash)
             .bind(json)
-            .execute(pool)
+            .bind(leaf_hash)
+            .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
-        Ok(())
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    /// `(seq, leaf_hash, receipt hash, receipt JSON if the leaf hash is missing)`
+    /// from `from_seq` on, in order, at most `limit`.
+    pub async fn leaf_hashes(
+        &self,
+        from_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, String, String, Option<String>)>, StoreError> {
+        let Backend::Sqlite(pool) = &self.backend;
+        let rows = sqlx::query(
+            "SELECT seq, leaf_hash, hash, CASE WHEN leaf_hash = '' THEN receipt ELSE NULL END AS receipt \
+             FROM audit_log WHERE seq >= ? ORDER BY seq LIMIT ?",
+        )
+        .bind(to_i64(from_seq))
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq").map_err(|_| StoreError::Corrupt)?;
+                Ok((
+                    u64::try_from(seq).map_err(|_| StoreError::Corrupt)?,
+                    row.try_get("leaf_hash").map_err(|_| StoreError::Corrupt)?,
+                    row.try_get("hash").map_err(|_| StoreError::Corrupt)?,
+                    row.try_get("receipt").map_err(|_| StoreError::Corrupt)?,
+                ))
+            })
+            .collect()
     }
 
     pub async fn receipt_at(&self, seq: u64) -> Result<Option<Receipt>, StoreError> {

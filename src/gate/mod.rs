@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::audit::{AuditLog, Decision, Receipt, ReceiptDraft};
+use crate::audit::{AuditLog, Decision, LogProof, Receipt, ReceiptDraft};
 use crate::config::LeaseConfig;
 use crate::identity::{IdentityError, Principal, TokenVerifier};
 use crate::store::{Lease, LeaseState, Store, StoreError};
@@ -193,6 +193,9 @@ pub struct GateOutcome {
     pub approval: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub receipt: Option<Receipt>,
+    /// The receipt's place in the log: leaf index, inclusion proof, checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogProof>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -322,7 +325,7 @@ impl Gate {
             reason: Some("unknown_tool".into()),
             ..Default::default()
         };
-        self.log.append(draft).await.ok()
+        self.log.append(draft).await.ok().map(|a| a.receipt)
     }
 
     async fn identify(&self, caller: Caller) -> Result<Principal, IdentityError> {
@@ -808,8 +811,9 @@ impl Gate {
             .await
     }
 
-    /// Step 6: run the tool with its proof; for destructive calls record the
-    /// intent first, so a crash mid-call still leaves a trace.
+    /// Step 6: run the tool with its proof; for any call that may change
+    /// state, record the intent first, so a crash mid-call still leaves a
+    /// trace of everything that ran.
     #[allow(clippy::too_many_arguments)]
     async fn execute<T: Tool>(
         &self,
@@ -822,7 +826,8 @@ impl Gate {
         args: T::Args,
     ) -> GateOutcome {
         let approvals_json = serde_json::to_value(approvals).unwrap_or(Value::Null);
-        if action.class() == Class::Destructive {
+        // Anything that may change state is recorded before it runs.
+        if action.class() != Class::Read {
             let mut intent = draft.clone();
             intent.decision = Some(Decision::Intent);
             intent.outcome = Some(serde_json::json!({ "approvals": approvals_json }));
@@ -919,7 +924,7 @@ impl Gate {
         let receipt = self.log.append(draft).await;
         match (result, receipt) {
             (Ok(mut status), Ok(receipt)) => {
-                status.receipt = Some(receipt);
+                status.receipt = Some(receipt.receipt);
                 Ok(status)
             }
             (Ok(_), Err(_)) => Err(ApprovalError::StoreUnavailable),
@@ -1001,12 +1006,13 @@ impl Gate {
             _ => (payload, None),
         };
         match self.log.append(draft).await {
-            Ok(receipt) => GateOutcome {
+            Ok(appended) => GateOutcome {
                 status,
                 result,
                 error,
                 approval,
-                receipt: Some(receipt),
+                receipt: Some(appended.receipt),
+                log: Some(appended.proof),
             },
             Err(e) => {
                 tracing::error!(error = %e, "receipt could not be appended");
@@ -1023,6 +1029,7 @@ impl Gate {
                     )),
                     approval,
                     receipt: None,
+                    log: None,
                 }
             }
         }

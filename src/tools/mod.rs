@@ -50,6 +50,17 @@ fn output_schema() -> Arc<JsonObject> {
                     "sig": { "type": "string" }
                 },
                 "required": ["body", "hash", "sig"]
+            },
+            "log": {
+                "type": "object",
+                "description": "Where the receipt sits in the RFC 6962 log: leaf index, inclusion proof, signed checkpoint.",
+                "properties": {
+                    "leaf_index": { "type": "integer" },
+                    "tree_size": { "type": "integer" },
+                    "inclusion": { "type": "array", "items": { "type": "string" } },
+                    "checkpoint": { "type": "string" }
+                },
+                "required": ["leaf_index", "tree_size", "inclusion", "checkpoint"]
             }
         },
         "required": ["status"]

@@ -6,8 +6,10 @@
 //! - `stdio`: the gate through the stdio transport, allowed and denied calls.
 //! - `http`: the HTTP front door (401/403 answers, metadata, JWKS) and MCP over it.
 //! - `quorum`: leases and k-of-n approval, the happy path and the attacks.
+//! - `audit_log`: the RFC 6962 log: proofs, checkpoints, tampering, kill -9.
 //! - `cli`: the command line: init, token, keys, audit export and offline verify.
 
+mod audit_log;
 mod cli;
 mod common;
 mod http;

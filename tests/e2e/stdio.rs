@@ -71,7 +71,7 @@ async fn read_query_returns_rows_and_a_receipt_that_verifies() {
     assert_eq!(verdict["result"]["valid"], true, "{verdict}");
     assert_eq!(
         verdict["result"]["checks"].as_array().map(Vec::len),
-        Some(3)
+        Some(4)
     );
 
     // Tampering with any signed field is caught and named.

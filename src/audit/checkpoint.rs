@@ -1,0 +1,213 @@
+//! Signed checkpoints in the C2SP `tlog-checkpoint` format, signed as a
+//! C2SP `signed-note` with an Ed25519 key — the form transparency logs
+//! (Go's `sumdb/note`, Sigstore, Trillian tessera) use, so their tooling can
+//! check ours:
+//!
+//! ```text
+//! dualtrust/<server kid>        origin
+//! 42                            tree size
+//! <base64 root hash>            RFC 6962 tree head
+//! time 1795413404               extension line: unix seconds
+//!
+//! — dualtrust/<server kid> <base64(key hash[4] || Ed25519 signature[64])>
+//! ```
+//!
+//! The signature covers the note text up to and including the newline before
+//! the blank line. The key hash is the first 4 bytes of
+//! SHA-256(name || "\n" || 0x01 || public key) (signed-note, Ed25519 type 0x01).
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::{Signature, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+use crate::audit::merkle::Hash;
+use crate::keys::KeyPair;
+
+const SIGNATURE_PREFIX: &str = "\u{2014} ";
+const ED25519_TYPE: u8 = 0x01;
+
+/// A verified (or freshly signed) checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub origin: String,
+    pub size: u64,
+    pub root: Hash,
+    pub time: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    #[error("not a signed checkpoint note")]
+    Malformed,
+    #[error("the checkpoint is for another log")]
+    WrongOrigin,
+    #[error("no signature by this server's key")]
+    UnknownKey,
+    #[error("the checkpoint signature does not verify")]
+    BadSignature,
+}
+
+impl CheckpointError {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Malformed => "checkpoint_malformed",
+            Self::WrongOrigin => "checkpoint_origin",
+            Self::UnknownKey => "checkpoint_key",
+            Self::BadSignature => "checkpoint_signature",
+        }
+    }
+}
+
+/// The log's origin line for a server key.
+pub fn origin_for(kid: &str) -> String {
+    format!("dualtrust/{kid}")
+}
+
+fn key_hash(name: &str, key: &VerifyingKey) -> [u8; 4] {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update(b"\n");
+    h.update([ED25519_TYPE]);
+    h.update(key.as_bytes());
+    let digest = h.finalize();
+    [digest[0], digest[1], digest[2], digest[3]]
+}
+
+/// The signed-note verifier key string (`name+hash+base64(0x01||key)`) that
+/// note tooling takes.
+pub fn verifier_key(name: &str, key: &VerifyingKey) -> String {
+    let mut raw = vec![ED25519_TYPE];
+    raw.extend_from_slice(key.as_bytes());
+    format!(
+        "{name}+{}+{}",
+        hex::encode(key_hash(name, key)),
+        STANDARD.encode(raw)
+    )
+}
+
+impl Checkpoint {
+    fn body(&self) -> String {
+        format!(
+            "{}\n{}\n{}\ntime {}\n",
+            self.origin,
+            self.size,
+            STANDARD.encode(self.root),
+            self.time
+        )
+    }
+
+    /// The signed note text.
+    pub fn sign(&self, key: &KeyPair) -> String {
+        let body = self.body();
+        let vk = key.verifying_key();
+        let mut blob = key_hash(&self.origin, &vk).to_vec();
+        blob.extend_from_slice(&key.sign(body.as_bytes()));
+        format!(
+            "{body}\n{SIGNATURE_PREFIX}{} {}\n",
+            self.origin,
+            STANDARD.encode(blob)
+        )
+    }
+
+    /// Parses and verifies a signed checkpoint against `key`, whose log has
+    /// origin `origin`.
+    pub fn verify(note: &str, origin: &str, key: &VerifyingKey) -> Result<Self, CheckpointError> {
+        let (body, signatures) = note.split_once("\n\n").ok_or(CheckpointError::Malformed)?;
+        let body = format!("{body}\n");
+        let mut lines = body.lines();
+        let (Some(note_origin), Some(size), Some(root)) =
+            (lines.next(), lines.next(), lines.next())
+        else {
+            return Err(CheckpointError::Malformed);
+        };
+        if note_origin != origin {
+            return Err(CheckpointError::WrongOrigin);
+        }
+        let size: u64 = size.parse().map_err(|_| CheckpointError::Malformed)?;
+        let root: Hash = STANDARD
+            .decode(root)
+            .ok()
+            .and_then(|r| r.try_into().ok())
+            .ok_or(CheckpointError::Malformed)?;
+        let time = lines
+            .find_map(|l| l.strip_prefix("time "))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        let expected_hash = key_hash(origin, key);
+        let mut found = false;
+        for line in signatures.lines() {
+            let Some(rest) = line.strip_prefix(SIGNATURE_PREFIX) else {
+                return Err(CheckpointError::Malformed);
+            };
+            let (name, blob) = rest.split_once(' ').ok_or(CheckpointError::Malformed)?;
+            let blob = STANDARD
+                .decode(blob)
+                .map_err(|_| CheckpointError::Malformed)?;
+            if name != origin || blob.len() != 68 || blob[..4] != expected_hash {
+                continue;
+            }
+            found = true;
+            let sig = <[u8; 64]>::try_from(&blob[4..]).map_err(|_| CheckpointError::Malformed)?;
+            if key
+                .verify_strict(body.as_bytes(), &Signature::from_bytes(&sig))
+                .is_ok()
+            {
+                return Ok(Self {
+                    origin: origin.to_string(),
+                    size,
+                    root,
+                    time,
+                });
+            }
+        }
+        Err(if found {
+            CheckpointError::BadSignature
+        } else {
+            CheckpointError::UnknownKey
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_checkpoint_round_trips_and_rejects_edits() {
+        let key = KeyPair::generate().expect("key");
+        let origin = origin_for(key.kid());
+        let cp = Checkpoint {
+            origin: origin.clone(),
+            size: 42,
+            root: [7u8; 32],
+            time: 1_700_000_000,
+        };
+        let note = cp.sign(&key);
+        assert!(note.contains("\n\n\u{2014} dualtrust/"));
+        assert_eq!(
+            Checkpoint::verify(&note, &origin, &key.verifying_key()),
+            Ok(cp)
+        );
+        let edited = note.replacen("\n42\n", "\n43\n", 1);
+        assert_eq!(
+            Checkpoint::verify(&edited, &origin, &key.verifying_key()),
+            Err(CheckpointError::BadSignature)
+        );
+        let other = KeyPair::generate().expect("key");
+        assert_eq!(
+            Checkpoint::verify(&note, &origin, &other.verifying_key()),
+            Err(CheckpointError::UnknownKey)
+        );
+        assert_eq!(
+            Checkpoint::verify(&note, "elsewhere", &key.verifying_key()),
+            Err(CheckpointError::WrongOrigin)
+        );
+        assert_eq!(
+            Checkpoint::verify("garbage", &origin, &key.verifying_key()),
+            Err(CheckpointError::Malformed)
+        );
+        assert!(verifier_key(&origin, &key.verifying_key()).starts_with(&format!("{origin}+")));
+    }
+}

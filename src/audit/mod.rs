@@ -1,0 +1,716 @@
+//! Audit receipts: one for every decision, allowed or denied.
+//!
+//! A receipt's body is serialized with RFC 8785 (JSON Canonicalization
+//! Scheme); `hash` is the SHA-256 of those canonical bytes and `sig` is an
+//! Ed25519 signature (RFC 8032) over the same bytes by the server key named
+//! in `body.kid`. Anyone holding the server's JWKS can check a receipt with
+//! standard tools: canonicalize `body`, hash, verify.
+//!
+//! Receipts are chained: `body.prev` is the hash of the receipt before it in
+//! the log and `body.seq` its position. The canonical bodies are also the
+//! leaves of an RFC 6962 Merkle tree ([`merkle`]) whose heads the server
+//! signs as C2SP checkpoints ([`checkpoint`]); a receipt comes with an
+//! inclusion proof against a checkpoint, and two checkpoints with a
+//! consistency proof, so deleting, reordering or editing a past receipt, or
+//! truncating and re-growing the log, is detected by anyone holding an
+//! earlier checkpoint.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::KeyPair;
+use crate::store::{Store, StoreError};
+
+pub mod checkpoint;
+pub mod merkle;
+
+use checkpoint::{Checkpoint, CheckpointError};
+use merkle::MerkleTree;
+
+pub const RECEIPT_TYPE: &str = "dualtrust.receipt.v1";
+/// `prev` of the first receipt in a log.
+pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The call passed the gate and ran.
+    Allowed,
+    /// The gate refused the call; nothing ran.
+    Denied,
+    /// The call passed the gate but the tool failed.
+    Error,
+    /// The call is destructive and lacks quorum approval; nothing ran.
+    ApprovalRequired,
+    /// An explicit lease was issued; nothing ran.
+    LeaseIssued,
+    /// A destructive call is about to run (recorded before it does).
+    Intent,
+    /// A registered approver's signed approval was recorded.
+    ApprovalRecorded,
+}
+
+/// What the gate knows about a decision; the log adds position and time.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiptDraft {
+    pub subject: Option<String>,
+    pub token_id: Option<String>,
+    pub transport: &'static str,
+    pub tool: String,
+    pub class: Option<&'static str>,
+    pub scope: Option<String>,
+    pub args_digest: Option<String>,
+    pub lease: Option<String>,
+    pub decision: Option<Decision>,
+    pub reason: Option<String>,
+    pub outcome: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptBody {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub seq: u64,
+    pub prev: String,
+    pub ts_ms: u64,
+    /// `kid` (RFC 7638 thumbprint) of the server key that signed.
+    pub kid: String,
+    pub subject: Option<String>,
+    pub token_id: Option<String>,
+    pub transport: String,
+    pub tool: String,
+    pub class: Option<String>,
+    pub scope: Option<String>,
+    pub args_digest: Option<String>,
+    pub lease: Option<String>,
+    pub decision: Decision,
+    pub reason: Option<String>,
+    pub outcome: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    /// The signed statement.
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
+    pub body: ReceiptBody,
+    /// SHA-256 (hex) of the RFC 8785 canonical form of `body`.
+    pub hash: String,
+    /// Ed25519 signature (base64url) over the RFC 8785 canonical form of `body`.
+    pub sig: String,
+}
+
+/// Which check on a receipt failed. Each has a fixed, explainable meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiptCheckError {
+    #[error("the receipt body cannot be canonicalized")]
+    Canonicalization,
+    #[error("hash mismatch: the body is not the one that was hashed")]
+    HashMismatch,
+    #[error("the signing key is not one of this server's keys")]
+    UnknownKey,
+    #[error("the signature is not 64 base64url-encoded bytes")]
+    MalformedSignature,
+    #[error("the signature does not verify: the body was altered or signed by another key")]
+    BadSignature,
+    #[error("no receipt with this sequence number is in the log")]
+    NotInLog,
+    #[error("the log holds a different receipt at this sequence number")]
+    LogMismatch,
+    #[error("the receipt's prev does not match the hash of the receipt before it")]
+    ChainBroken,
+    #[error("the checkpoint is not one signed by this server")]
+    CheckpointInvalid,
+    #[error("the inclusion proof does not lead from this receipt to the checkpoint's root")]
+    InclusionFailed,
+}
+
+impl ReceiptCheckError {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Canonicalization => "canonicalization",
+            Self::HashMismatch => "hash",
+            Self::UnknownKey => "unknown_key",
+            Self::MalformedSignature => "malformed_signature",
+            Self::BadSignature => "signature",
+            Self::NotInLog => "not_in_log",
+            Self::LogMismatch => "log_mismatch",
+            Self::ChainBroken => "chain",
+            Self::CheckpointInvalid => "checkpoint",
+            Self::InclusionFailed => "inclusion",
+        }
+    }
+}
+
+pub fn canonical_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, ReceiptCheckError> {
+    serde_json_canonicalizer::to_vec(value).map_err(|_| ReceiptCheckError::Canonicalization)
+}
+
+impl Receipt {
+    pub fn seal(body: ReceiptBody, key: &KeyPair) -> Result<Self, ReceiptCheckError> {
+        let bytes = canonical_bytes(&body)?;
+        Ok(Self {
+            hash: crate::sha256_hex(&bytes),
+            sig: URL_SAFE_NO_PAD.encode(key.sign(&bytes)),
+            body,
+        })
+    }
+
+    /// Checks hash and signature against the given server keys (by `kid`).
+    pub fn check_signature(
+        &self,
+        keys: &[(String, VerifyingKey)],
+    ) -> Result<(), ReceiptCheckError> {
+        let bytes = canonical_bytes(&self.body)?;
+        if crate::sha256_hex(&bytes) != self.hash {
+            return Err(ReceiptCheckError::HashMismatch);
+        }
+        let (_, key) = keys
+            .iter()
+            .find(|(kid, _)| *kid == self.body.kid)
+            .ok_or(ReceiptCheckError::UnknownKey)?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(&self.sig)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
+            .ok_or(ReceiptCheckError::MalformedSignature)?;
+        key.verify_strict(&bytes, &Signature::from_bytes(&sig))
+            .map_err(|_| ReceiptCheckError::BadSignature)
+    }
+}
+
+/// A receipt with what proves it is in the log: its leaf index, an RFC 6962
+/// inclusion proof, and the signed checkpoint that proof is against.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogProof {
+    pub leaf_index: u64,
+    pub tree_size: u64,
+    /// Audit path, hex, leaf to root (RFC 6962 section 2.1.1).
+    pub inclusion: Vec<String>,
+    /// C2SP signed-note checkpoint for `tree_size`.
+    pub checkpoint: String,
+}
+
+/// What `append` returns: the durable receipt and its proof.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub receipt: Receipt,
+    pub proof: LogProof,
+}
+
+/// RFC 6962 leaf of a receipt: its RFC 8785 canonical body.
+pub fn leaf_hash_of(body: &ReceiptBody) -> Result<merkle::Hash, ReceiptCheckError> {
+    Ok(merkle::leaf_hash(&canonical_bytes(body)?))
+}
+
+struct LogState {
+    tree: MerkleTree,
+    /// Hash (receipt `hash`) of the newest receipt, the next one's `prev`.
+    last_hash: String,
+}
+
+type Waiter = tokio::sync::oneshot::Sender<Result<Appended, StoreError>>;
+
+/// The append-only receipt log: a hash chain and an RFC 6962 Merkle tree
+/// over the same receipts.
+///
+/// Appends are group-committed: callers queue their drafts; whoever holds
+/// the writer lock takes every queued draft, writes them in one store
+/// transaction, and answers each caller only after the commit. One
+/// checkpoint signature covers the whole batch. The in-memory tree mirrors
+/// the store and is re-synchronized before each batch, so receipts written
+/// by another process (e.g. `dualtrust approve`) are picked up; the store's
+/// unique `seq` makes a racing writer retry rather than fork the log.
+pub struct AuditLog {
+    store: Store,
+    key: Arc<KeyPair>,
+    origin: String,
+    queue: std::sync::Mutex<Vec<(ReceiptDraft, Waiter)>>,
+    state: tokio::sync::Mutex<LogState>,
+}
+
+const APPEND_ATTEMPTS: usize = 8;
+const SYNC_PAGE: u32 = 10_000;
+
+fn decode_hash(hex_str: &str) -> Result<merkle::Hash, StoreError> {
+    hex::decode(hex_str)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(StoreError::Corrupt)
+}
+
+impl AuditLog {
+    /// Opens the log, rebuilding the tree from the store.
+    pub async fn open(store: Store, key: Arc<KeyPair>) -> Result<Self, StoreError> {
+        let origin = checkpoint::origin_for(key.kid());
+        let log = Self {
+            store,
+            key,
+            origin,
+            queue: std::sync::Mutex::new(Vec::new()),
+            state: tokio::sync::Mutex::new(LogState {
+                tree: MerkleTree::new(),
+                last_hash: GENESIS_PREV.to_string(),
+            }),
+        };
+        {
+            let mut state = log.state.lock().await;
+            log.sync(&mut state).await?;
+        }
+        Ok(log)
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn server_keys(&self) -> Vec<(String, VerifyingKey)> {
+        vec![(self.key.kid().to_string(), self.key.verifying_key())]
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// Brings the in-memory tree up to the store's newest receipt.
+    async fn sync(&self, state: &mut LogState) -> Result<(), StoreError> {
+        loop {
+            let rows = self.store.leaf_hashes(state.tree.len(), SYNC_PAGE).await?;
+            let Some(last) = rows.last() else {
+                return Ok(());
+            };
+            state.last_hash = last.2.clone();
+            for (seq, leaf, _, receipt) in &rows {
+                if *seq != state.tree.len() {
+                    return Err(StoreError::Corrupt);
+                }
+                let hash = match receipt {
+                    Some(json) => {
+                        let r: Receipt =
+                            serde_json::from_str(json).map_err(|_| StoreError::Corrupt)?;
+                        leaf_hash_of(&r.body).map_err(|_| StoreError::Corrupt)?
+                    }
+                    None => decode_hash(leaf)?,
+                };
+                state.tree.push(hash);
+            }
+        }
+    }
+
+    /// Appends and returns the receipt once the store has committed it.
+    pub async fn append(&self, draft: ReceiptDraft) -> Result<Appended, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue
+            .lock()
+            .map_err(|_| StoreError::Unavailable)?
+            .push((draft, tx));
+        {
+            let mut state = self.state.lock().await;
+            let batch =
+                std::mem::take(&mut *self.queue.lock().map_err(|_| StoreError::Unavailable)?);
+            if !batch.is_empty() {
+                self.write_batch(&mut state, batch).await;
+            }
+        }
+        rx.await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    async fn write_batch(&self, state: &mut LogState, batch: Vec<(ReceiptDraft, Waiter)>) {
+        let (drafts, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let result = self.commit(state, &drafts).await;
+        match result {
+            Ok(appended) => {
+                for (waiter, item) in waiters.into_iter().zip(appended) {
+                    let _ = waiter.send(Ok(item));
+                }
+            }
+            Err(e) => {
+                for waiter in waiters {
+                    let _ = waiter.send(Err(match e {
+                        StoreError::Conflict => StoreError::Conflict,
+                        StoreError::Corrupt => StoreError::Corrupt,
+                        _ => StoreError::Unavailable,
+                    }));
+                }
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        state: &mut LogState,
+        drafts: &[ReceiptDraft],
+    ) -> Result<Vec<Appended>, StoreError> {
+        for _ in 0..APPEND_ATTEMPTS {
+            self.sync(state).await?;
+            let base = state.tree.len();
+            let base_hash = state.last_hash.clone();
+            let now = crate::now_unix_ms();
+            let mut rows = Vec::with_capacity(drafts.len());
+            let mut prev = base_hash.clone();
+            for (i, draft) in drafts.iter().enumerate() {
+                let body = ReceiptBody {
+                    kind: RECEIPT_TYPE.into(),
+                    seq: base + i as u64,
+                    prev: prev.clone(),
+                    ts_ms: now,
+                    kid: self.key.kid().to_string(),
+                    subject: draft.subject.clone(),
+                    token_id: draft.token_id.clone(),
+                    transport: draft.transport.into(),
+                    tool: draft.tool.clone(),
+                    class: draft.class.map(String::from),
+                    scope: draft.scope.clone(),
+                    args_digest: draft.args_digest.clone(),
+                    lease: draft.lease.clone(),
+                    decision: draft.decision.unwrap_or(Decision::Error),
+                    reason: draft.reason.clone(),
+                    outcome: draft.outcome.clone(),
+                };
+                let leaf = leaf_hash_of(&body).map_err(|_| StoreError::Corrupt)?;
+                let receipt = Receipt::seal(body, &self.key).map_err(|_| StoreError::Corrupt)?;
+                prev = receipt.hash.clone();
+                state.tree.push(leaf);
+                rows.push((receipt, hex::encode(leaf)));
+            }
+            match self.store.insert_receipts(&rows).await {
+                Ok(()) => {
+                    state.last_hash = prev;
+                    let size = state.tree.len();
+                    let checkpoint = self
+                        .checkpoint_note(&state.tree, size)
+                        .ok_or(StoreError::Corrupt)?;
+                    return rows
+                        .into_iter()
+                        .map(|(receipt, _)| {
+                            let index = receipt.body.seq;
+                            let inclusion = state
+                                .tree
+                                .inclusion_proof(index, size)
+                                .ok_or(StoreError::Corrupt)?
+                                .iter()
+                                .map(hex::encode)
+                                .collect();
+                            Ok(Appended {
+                                receipt,
+                                proof: LogProof {
+                                    leaf_index: index,
+                                    tree_size: size,
+                                    inclusion,
+                                    checkpoint: checkpoint.clone(),
+                                },
+                            })
+                        })
+                        .collect();
+                }
+                Err(StoreError::Conflict) => {
+                    state.tree.truncate(base);
+                    state.last_hash = base_hash;
+                    continue;
+                }
+                Err(e) => {
+                    state.tree.truncate(base);
+                    state.last_hash = base_hash;
+                    return Err(e);
+                }
+            }
+        }
+        Err(StoreError::Conflict)
+    }
+
+    fn checkpoint_note(&self, tree: &MerkleTree, size: u64) -> Option<String> {
+        let root = tree.root(size)?;
+        Some(
+            Checkpoint {
+                origin: self.origin.clone(),
+                size,
+                root,
+                time: crate::now_unix(),
+            }
+            .sign(&self.key),
+        )
+    }
+
+    /// A signed checkpoint of the log as it is now.
+    pub async fn current_checkpoint(&self) -> Result<String, StoreError> {
+        let mut state = self.state.lock().await;
+        self.sync(&mut state).await?;
+        let size = state.tree.len();
+        self.checkpoint_note(&state.tree, size)
+            .ok_or(StoreError::Corrupt)
+    }
+
+    /// Verifies a checkpoint note signed by this server.
+    pub fn open_checkpoint(&self, note: &str) -> Result<Checkpoint, CheckpointError> {
+        Checkpoint::verify(note, &self.origin, &self.key.verifying_key())
+    }
+
+    /// Inclusion proof for `index` against the current tree, with its checkpoint.
+    pub async fn prove_inclusion(&self, index: u64) -> Result<Option<LogProof>, StoreError> {
+        let mut state = self.state.lock().await;
+        self.sync(&mut state).await?;
+        let size = state.tree.len();
+        let Some(path) = state.tree.inclusion_proof(index, size) else {
+            return Ok(None);
+        };
+        let checkpoint = self
+            .checkpoint_note(&state.tree, size)
+            .ok_or(StoreError::Corrupt)?;
+        Ok(Some(LogProof {
+            leaf_index: index,
+            tree_size: size,
+            inclusion: path.iter().map(hex::encode).collect(),
+            checkpoint,
+        }))
+    }
+
+    /// The tree's leaf hashes for `[from, to)` (fewer if the log is shorter).
+    pub async fn leaves(&self, from: u64, to: u64) -> Result<Vec<merkle::Hash>, StoreError> {
+        let mut state = self.state.lock().await;
+        self.sync(&mut state).await?;
+        Ok((from..to.min(state.tree.len()))
+            .filter_map(|i| state.tree.leaf(i))
+            .collect())
+    }
+
+    /// Stored receipts from `from_seq`, at most `limit`.
+    pub async fn receipts(&self, from_seq: u64, limit: u32) -> Result<Vec<Receipt>, StoreError> {
+        self.store.receipts(from_seq, limit).await
+    }
+
+    /// Consistency proof between two sizes of the current tree.
+    pub async fn prove_consistency(
+        &self,
+        old: u64,
+        new: u64,
+    ) -> Result<Option<Vec<merkle::Hash>>, StoreError> {
+        let mut state = self.state.lock().await;
+        self.sync(&mut state).await?;
+        Ok(state.tree.consistency_proof(old, new))
+    }
+
+    /// Checks a receipt: hash and signature, then that the log holds it at
+    /// its sequence number with an intact link to its predecessor, then its
+    /// inclusion proof — the one given (against the checkpoint given) or a
+    /// fresh one against the current checkpoint.
+    pub async fn check(
+        &self,
+        receipt: &Receipt,
+        proof: Option<&LogProof>,
+    ) -> Result<Vec<(&'static str, Result<(), ReceiptCheckError>)>, StoreError> {
+        let mut checks = Vec::new();
+        let signature = receipt.check_signature(&self.server_keys());
+        let signature_ok = signature.is_ok();
+        checks.push(("signature", signature));
+        if !signature_ok {
+            return Ok(checks);
+        }
+        let in_log = match self.store.receipt_at(receipt.body.seq).await? {
+            None => Err(ReceiptCheckError::NotInLog),
+            Some(stored) if stored.hash != receipt.hash => Err(ReceiptCheckError::LogMismatch),
+            Some(_) => Ok(()),
+        };
+        let in_log_ok = in_log.is_ok();
+        checks.push(("in_log", in_log));
+        if !in_log_ok {
+            return Ok(checks);
+        }
+        let chain = if receipt.body.seq == 0 {
+            if receipt.body.prev == GENESIS_PREV {
+                Ok(())
+            } else {
+                Err(ReceiptCheckError::ChainBroken)
+            }
+        } else {
+            match self.store.receipt_at(receipt.body.seq - 1).await? {
+                Some(before) if before.hash == receipt.body.prev => Ok(()),
+                _ => Err(ReceiptCheckError::ChainBroken),
+            }
+        };
+        checks.push(("chain", chain));
+        let fresh;
+        let proof = match proof {
+            Some(p) => p,
+            None => match self.prove_inclusion(receipt.body.seq).await? {
+                Some(p) => {
+                    fresh = p;
+                    &fresh
+                }
+                None => {
+                    checks.push(("inclusion", Err(ReceiptCheckError::NotInLog)));
+                    return Ok(checks);
+                }
+            },
+        };
+        checks.push(("inclusion", self.check_inclusion(receipt, proof)));
+        Ok(checks)
+    }
+
+    /// Offline part of [`Self::check`]: the proof against its checkpoint.
+    pub fn check_inclusion(
+        &self,
+        receipt: &Receipt,
+        proof: &LogProof,
+    ) -> Result<(), ReceiptCheckError> {
+        let checkpoint = self
+            .open_checkpoint(&proof.checkpoint)
+            .map_err(|_| ReceiptCheckError::CheckpointInvalid)?;
+        verify_log_proof(receipt, proof, &checkpoint)
+    }
+}
+
+/// Verifies `proof` for `receipt` against an already verified checkpoint.
+pub fn verify_log_proof(
+    receipt: &Receipt,
+    proof: &LogProof,
+    checkpoint: &Checkpoint,
+) -> Result<(), ReceiptCheckError> {
+    if proof.tree_size != checkpoint.size || proof.leaf_index != receipt.body.seq {
+        return Err(ReceiptCheckError::InclusionFailed);
+    }
+    let path: Option<Vec<merkle::Hash>> = proof
+        .inclusion
+        .iter()
+        .map(|h| hex::decode(h).ok().and_then(|b| b.try_into().ok()))
+        .collect();
+    let path = path.ok_or(ReceiptCheckError::InclusionFailed)?;
+    let leaf = leaf_hash_of(&receipt.body)?;
+    if merkle::verify_inclusion(
+        proof.leaf_index,
+        proof.tree_size,
+        &leaf,
+        &path,
+        &checkpoint.root,
+    ) {
+        Ok(())
+    } else {
+        Err(ReceiptCheckError::InclusionFailed)
+    }
+}
+
+/// Verifies a whole exported log offline: every receipt's signature, the
+/// sequence numbers and the chain; returns the RFC 6962 tree over it, so
+/// callers can compare its heads with checkpoints they hold.
+pub fn verify_log(
+    receipts: impl IntoIterator<Item = Receipt>,
+    keys: &[(String, VerifyingKey)],
+) -> Result<MerkleTree, (u64, ReceiptCheckError)> {
+    let mut expected_prev = GENESIS_PREV.to_string();
+    let mut tree = MerkleTree::new();
+    for receipt in receipts {
+        let count = tree.len();
+        if receipt.body.seq != count {
+            return Err((count, ReceiptCheckError::NotInLog));
+        }
+        receipt.check_signature(keys).map_err(|e| (count, e))?;
+        if receipt.body.prev != expected_prev {
+            return Err((count, ReceiptCheckError::ChainBroken));
+        }
+        tree.push(leaf_hash_of(&receipt.body).map_err(|e| (count, e))?);
+        expected_prev = receipt.hash;
+    }
+    Ok(tree)
+}
+
+/// [`verify_log`], counting receipts.
+pub fn verify_chain(
+    receipts: impl IntoIterator<Item = Receipt>,
+    keys: &[(String, VerifyingKey)],
+) -> Result<u64, (u64, ReceiptCheckError)> {
+    verify_log(receipts, keys).map(|t| t.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(seq: u64, prev: &str) -> ReceiptBody {
+        ReceiptBody {
+            kind: RECEIPT_TYPE.into(),
+            seq,
+            prev: prev.into(),
+            ts_ms: 1,
+            kid: String::new(),
+            subject: Some("alice".into()),
+            token_id: None,
+            transport: "stdio".into(),
+            tool: "db.query".into(),
+            class: Some("read".into()),
+            scope: Some("db:read".into()),
+            args_digest: Some("00".into()),
+            lease: None,
+            decision: Decision::Allowed,
+            reason: None,
+            outcome: Some(serde_json::json!({"rows": 1, "é": "ü"})),
+        }
+    }
+
+    fn chain(key: &KeyPair, n: u64) -> Vec<Receipt> {
+        let mut prev = GENESIS_PREV.to_string();
+        (0..n)
+            .map(|seq| {
+                let mut b = body(seq, &prev);
+                b.kid = key.kid().into();
+                let r = Receipt::seal(b, key).expect("seal");
+                prev = r.hash.clone();
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn honest_chain_verifies_and_every_tamper_is_caught() {
+        let key = KeyPair::generate().expect("key");
+        let keys = vec![(key.kid().to_string(), key.verifying_key())];
+        let honest = chain(&key, 6);
+        assert_eq!(verify_chain(honest.clone(), &keys), Ok(6));
+
+        let mut edited = honest.clone();
+        edited[3].body.subject = Some("mallory".into());
+        assert_eq!(
+            verify_chain(edited, &keys),
+            Err((3, ReceiptCheckError::HashMismatch))
+        );
+
+        let mut deleted = honest.clone();
+        deleted.remove(2);
+        assert!(verify_chain(deleted, &keys).is_err());
+
+        let mut reordered = honest.clone();
+        reordered.swap(1, 2);
+        assert!(verify_chain(reordered, &keys).is_err());
+
+        let mut rehashed = honest.clone();
+        rehashed[4].body.outcome = None;
+        rehashed[4].hash = crate::sha256_hex(&canonical_bytes(&rehashed[4].body).expect("c"));
+        assert_eq!(
+            verify_chain(rehashed, &keys),
+            Err((4, ReceiptCheckError::BadSignature))
+        );
+
+        let other = KeyPair::generate().expect("key");
+        let other_keys = vec![(key.kid().to_string(), other.verifying_key())];
+        assert_eq!(
+            verify_chain(honest, &other_keys),
+            Err((0, ReceiptCheckError::BadSignature))
+        );
+    }
+
+    #[test]
+    fn canonical_form_is_rfc8785() {
+        // Keys sorted by UTF-16 code units, no whitespace, numbers in ES6 form.
+        let v = serde_json::json!({"b": 1.0, "a": [true, null], "\u{e9}": "x"});
+        let bytes = canonical_bytes(&v).expect("canonical");
+        assert_eq!(
+            String::from_utf8(bytes).expect("utf8"),
+            "{\"a\":[true,null],\"b\":1,\"\u{e9}\":\"x\"}"
+        );
+    }
+}
