@@ -61,6 +61,39 @@ def verify_receipt_independently(receipt: dict, keyset: dict) -> None:
     Ed25519PublicKey.from_public_bytes(b64url_decode(key["x"])).verify(b64url_decode(receipt["sig"]), canonical)
 
 
+def verify_log_proof_independently(receipt: dict, log: dict, keyset: dict) -> None:
+    """RFC 9162 section 2.1.3.2 inclusion, recomputed here, against the C2SP
+    signed-note checkpoint, whose Ed25519 signature is checked here too."""
+    note = log["checkpoint"]
+    text, signatures = note.split("\n\n", 1)
+    origin, size, root_b64 = text.split("\n")[:3]
+    assert int(size) == log["tree_size"]
+    key = next(k for k in keyset["keys"] if origin == f"dualtrust/{k['kid']}")
+    public = b64url_decode(key["x"])
+    name, blob = signatures.strip().removeprefix("\u2014 ").split(" ")
+    blob = base64.b64decode(blob)
+    assert name == origin
+    assert blob[:4] == hashlib.sha256(origin.encode() + b"\n\x01" + public).digest()[:4]
+    Ed25519PublicKey.from_public_bytes(public).verify(blob[4:], (text + "\n").encode())
+
+    node = lambda left, right: hashlib.sha256(b"\x01" + left + right).digest()
+    r = hashlib.sha256(b"\x00" + rfc8785.dumps(receipt["body"])).digest()
+    fn, sn = log["leaf_index"], log["tree_size"] - 1
+    assert fn == receipt["body"]["seq"]
+    for p in (bytes.fromhex(h) for h in log["inclusion"]):
+        assert sn != 0
+        if fn & 1 or fn == sn:
+            r = node(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node(r, p)
+        fn >>= 1
+        sn >>= 1
+    assert sn == 0 and r == base64.b64decode(root_b64)
+
+
 async def exercise(client: Client, keyset: dict) -> str:
     tools = await client.list_tools()
     assert sorted(t.name for t in tools.tools) == ["audit.verify", "db.query", "passport.issue", "terminal.execute"]
@@ -72,6 +105,7 @@ async def exercise(client: Client, keyset: dict) -> str:
     assert envelope["result"]["rows"] == [["Ada Lovelace"]]
     receipt = envelope["receipt"]
     verify_receipt_independently(receipt, keyset)
+    verify_log_proof_independently(receipt, envelope["log"], keyset)
 
     verdict = await client.call_tool("audit.verify", {"receipt": receipt})
     assert verdict.structured_content["result"]["valid"] is True
@@ -80,6 +114,7 @@ async def exercise(client: Client, keyset: dict) -> str:
     assert denied.is_error
     assert denied.structured_content["error"]["code"] == "insufficient_scope"
     verify_receipt_independently(denied.structured_content["receipt"], keyset)
+    verify_log_proof_independently(denied.structured_content["receipt"], denied.structured_content["log"], keyset)
 
     issued = await client.call_tool("passport.issue", {"agent_id": "py-agent-1", "ttl_s": 60})
     assert not issued.is_error, issued
