@@ -229,11 +229,23 @@ type Waiter = tokio::sync::oneshot::Sender<Result<Appended, StoreError>>;
 /// by another process (e.g. `dualtrust approve`) are picked up; the store's
 /// unique `seq` makes a racing writer retry rather than fork the log.
 pub struct AuditLog {
+    inner: Arc<LogInner>,
+    appends: tokio::sync::mpsc::UnboundedSender<(ReceiptDraft, Waiter)>,
+}
+
+/// The log's shared state; reached through [`AuditLog`].
+pub struct LogInner {
     store: Store,
     key: Arc<KeyPair>,
     origin: String,
-    queue: std::sync::Mutex<Vec<(ReceiptDraft, Waiter)>>,
     state: tokio::sync::Mutex<LogState>,
+}
+
+impl std::ops::Deref for AuditLog {
+    type Target = LogInner;
+    fn deref(&self) -> &LogInner {
+        &self.inner
+    }
 }
 
 const APPEND_ATTEMPTS: usize = 8;
@@ -247,24 +259,54 @@ fn decode_hash(hex_str: &str) -> Result<merkle::Hash, StoreError> {
 }
 
 impl AuditLog {
-    /// Opens the log, rebuilding the tree from the store.
+    /// Opens the log, rebuilding the tree from the store, and starts its
+    /// writer task.
     pub async fn open(store: Store, key: Arc<KeyPair>) -> Result<Self, StoreError> {
         let origin = checkpoint::origin_for(key.kid());
-        let log = Self {
+        let inner = Arc::new(LogInner {
             store,
             key,
             origin,
-            queue: std::sync::Mutex::new(Vec::new()),
             state: tokio::sync::Mutex::new(LogState {
                 tree: MerkleTree::new(),
                 last_hash: GENESIS_PREV.to_string(),
             }),
-        };
+        });
         {
-            let mut state = log.state.lock().await;
-            log.sync(&mut state).await?;
+            let mut state = inner.state.lock().await;
+            inner.sync(&mut state).await?;
         }
-        Ok(log)
+        let (appends, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(LogInner::writer(inner.clone(), queue));
+        Ok(Self { inner, appends })
+    }
+
+    /// Appends and returns the receipt once the store has committed it.
+    pub async fn append(&self, draft: ReceiptDraft) -> Result<Appended, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.appends
+            .send((draft, tx))
+            .map_err(|_| StoreError::Unavailable)?;
+        rx.await.map_err(|_| StoreError::Unavailable)?
+    }
+}
+
+impl LogInner {
+    /// The single writer: every draft queued while a commit is in flight
+    /// goes into the next commit (group commit), and each caller is answered
+    /// only once its receipt is durable.
+    async fn writer(
+        self: Arc<Self>,
+        mut queue: tokio::sync::mpsc::UnboundedReceiver<(ReceiptDraft, Waiter)>,
+    ) {
+        while let Some(first) = queue.recv().await {
+            let mut batch = vec![first];
+            while let Ok(next) = queue.try_recv() {
+                batch.push(next);
+            }
+            let mut state = self.state.lock().await;
+            self.write_batch(&mut state, batch).await;
+        }
     }
 
     pub fn origin(&self) -> &str {
@@ -302,24 +344,6 @@ impl AuditLog {
                 state.tree.push(hash);
             }
         }
-    }
-
-    /// Appends and returns the receipt once the store has committed it.
-    pub async fn append(&self, draft: ReceiptDraft) -> Result<Appended, StoreError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.queue
-            .lock()
-            .map_err(|_| StoreError::Unavailable)?
-            .push((draft, tx));
-        {
-            let mut state = self.state.lock().await;
-            let batch =
-                std::mem::take(&mut *self.queue.lock().map_err(|_| StoreError::Unavailable)?);
-            if !batch.is_empty() {
-                self.write_batch(&mut state, batch).await;
-            }
-        }
-        rx.await.map_err(|_| StoreError::Unavailable)?
     }
 
     async fn write_batch(&self, state: &mut LogState, batch: Vec<(ReceiptDraft, Waiter)>) {

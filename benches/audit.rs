@@ -1,0 +1,142 @@
+//! Audit log benchmark (a plain program: `cargo bench --bench audit`).
+//!
+//! Prints: receipts appended per second through `AuditLog::append` into a
+//! real SQLite store (WAL, synchronous=FULL, group commit) at several
+//! concurrency levels; and the time to verify an exported log of N receipts
+//! offline (`verify_log`: RFC 8785 hash, Ed25519 signature, chain and RFC
+//! 6962 tree per receipt). N defaults to 1,000,000; set BENCH_RECEIPTS to
+//! change it and BENCH_APPEND_SECS for the append phase length.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dualtrust::audit::{
+    AuditLog, Decision, GENESIS_PREV, RECEIPT_TYPE, Receipt, ReceiptBody, ReceiptDraft,
+};
+use dualtrust::keys::KeyPair;
+use dualtrust::store::Store;
+
+fn draft(i: u64) -> ReceiptDraft {
+    ReceiptDraft {
+        subject: Some("bench".into()),
+        token_id: Some(format!("{i:032x}")),
+        transport: "bench",
+        tool: "db.query".into(),
+        class: Some("read"),
+        scope: Some("db:read".into()),
+        args_digest: Some(format!("{i:064x}")),
+        lease: Some(format!("{i:032x}")),
+        decision: Some(Decision::Allowed),
+        reason: None,
+        outcome: Some(serde_json::json!({ "row_count": 1, "truncated": false })),
+    }
+}
+
+async fn append_rate(concurrency: usize, secs: u64) -> (u64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_sqlite(&dir.path().join("state.db"))
+        .await
+        .expect("store");
+    let key = Arc::new(KeyPair::generate().expect("key"));
+    let log = Arc::new(AuditLog::open(store, key).await.expect("log"));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    log.append(draft(t as u64 * 1_000_000 + n))
+                        .await
+                        .expect("append");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("task");
+    }
+    (total, total as f64 / started.elapsed().as_secs_f64())
+}
+
+fn build_log(n: u64, key: &KeyPair) -> Vec<Receipt> {
+    let mut prev = GENESIS_PREV.to_string();
+    (0..n)
+        .map(|seq| {
+            let d = draft(seq);
+            let body = ReceiptBody {
+                kind: RECEIPT_TYPE.into(),
+                seq,
+                prev: prev.clone(),
+                ts_ms: 1_795_000_000_000 + seq,
+                kid: key.kid().into(),
+                subject: d.subject,
+                token_id: d.token_id,
+                transport: d.transport.into(),
+                tool: d.tool,
+                class: d.class.map(String::from),
+                scope: d.scope,
+                args_digest: d.args_digest,
+                lease: d.lease,
+                decision: Decision::Allowed,
+                reason: None,
+                outcome: d.outcome,
+            };
+            let r = Receipt::seal(body, key).expect("seal");
+            prev = r.hash.clone();
+            r
+        })
+        .collect()
+}
+
+fn main() {
+    let secs: u64 = std::env::var("BENCH_APPEND_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let n: u64 = std::env::var("BENCH_RECEIPTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let cores = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!("audit benchmark on {cores} cores");
+    println!(
+        "{:<34} {:>12} {:>14}",
+        "append (SQLite, synchronous=FULL)", "receipts", "receipts/s"
+    );
+    for concurrency in [1, 16, 64] {
+        let (total, rate) = runtime.block_on(append_rate(concurrency, secs));
+        println!(
+            "{:<34} {:>12} {:>14.0}",
+            format!("  {concurrency} concurrent appenders"),
+            total,
+            rate
+        );
+    }
+    let key = KeyPair::generate().expect("key");
+    let started = Instant::now();
+    let receipts = build_log(n, &key);
+    let built = started.elapsed();
+    let keys = vec![(key.kid().to_string(), key.verifying_key())];
+    let started = Instant::now();
+    let tree = dualtrust::audit::verify_log(receipts, &keys).expect("honest log verifies");
+    let verified = started.elapsed();
+    println!(
+        "verify {} receipts offline: {:.2} s ({:.0} receipts/s; signing them took {:.2} s); root {}",
+        tree.len(),
+        verified.as_secs_f64(),
+        tree.len() as f64 / verified.as_secs_f64(),
+        built.as_secs_f64(),
+        hex::encode(tree.root(tree.len()).unwrap_or_default())
+    );
+}
