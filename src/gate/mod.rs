@@ -396,30 +396,17 @@ impl Gate {
             Ok(a) => a,
             Err(e) => {
                 let message = truncate(&format!("invalid arguments: {e}"), 300);
-                return self
-                    .finish(
-                        draft,
-                        Status::Denied,
-                        None,
-                        Some(ErrorInfo::new("invalid_arguments", message)),
-                        Some("invalid_arguments"),
-                    )
-                    .await;
+                return self.deny(draft, "invalid_arguments", message).await;
             }
         };
         let digest = match args_digest(T::NAME, &args) {
             Some(d) => d,
             None => {
                 return self
-                    .finish(
+                    .deny(
                         draft,
-                        Status::Denied,
-                        None,
-                        Some(ErrorInfo::new(
-                            "invalid_arguments",
-                            "arguments cannot be canonicalized".into(),
-                        )),
-                        Some("invalid_arguments"),
+                        "invalid_arguments",
+                        "arguments cannot be canonicalized",
                     )
                     .await;
             }
@@ -453,15 +440,7 @@ impl Gate {
                 "this call needs the `{}` scope, which the token does not grant",
                 action.scope()
             );
-            return self
-                .finish(
-                    draft,
-                    Status::Denied,
-                    None,
-                    Some(ErrorInfo::new("insufficient_scope", message)),
-                    Some("insufficient_scope"),
-                )
-                .await;
+            return self.deny(draft, "insufficient_scope", message).await;
         }
 
         // 4–5. Lease and quorum.
@@ -512,15 +491,7 @@ impl Gate {
                 StoreError::Conflict => "lease_conflict",
                 _ => "store_unavailable",
             };
-            return self
-                .finish(
-                    draft,
-                    Status::Denied,
-                    None,
-                    Some(ErrorInfo::new(code, e.to_string())),
-                    Some(code),
-                )
-                .await;
+            return self.deny(draft, code, e.to_string()).await;
         }
         draft.lease = Some(lease_id.clone());
         self.execute(tool, draft, &principal, &action, &lease_id, &[], args)
@@ -543,15 +514,7 @@ impl Gate {
                 "approval required: {}; no approvers are registered on this server, so destructive calls cannot run",
                 action.summary()
             );
-            return self
-                .finish(
-                    draft,
-                    Status::Denied,
-                    None,
-                    Some(ErrorInfo::new("no_approvers", message)),
-                    Some("no_approvers"),
-                )
-                .await;
+            return self.deny(draft, "no_approvers", message).await;
         }
         let now = crate::now_unix();
         let Ok(id) = crate::random_id() else {
@@ -598,15 +561,7 @@ impl Gate {
                 StoreError::TooManyOpenLeases => "too_many_open_leases",
                 _ => "store_unavailable",
             };
-            return self
-                .finish(
-                    draft,
-                    Status::Denied,
-                    None,
-                    Some(ErrorInfo::new(code, e.to_string())),
-                    Some(code),
-                )
-                .await;
+            return self.deny(draft, code, e.to_string()).await;
         }
         draft.lease = Some(id.clone());
         let redeem = format!(
@@ -674,26 +629,10 @@ impl Gate {
             Ok(Some(lease)) => lease,
             Ok(None) => {
                 let (code, message) = deny("lease_not_found", "no lease with this id was issued");
-                return self
-                    .finish(
-                        draft,
-                        Status::Denied,
-                        None,
-                        Some(ErrorInfo::new(code, message)),
-                        Some(code),
-                    )
-                    .await;
+                return self.deny(draft, code, message).await;
             }
             Err(e) => {
-                return self
-                    .finish(
-                        draft,
-                        Status::Denied,
-                        None,
-                        Some(ErrorInfo::new("store_unavailable", e.to_string())),
-                        Some("store_unavailable"),
-                    )
-                    .await;
+                return self.deny(draft, "store_unavailable", e.to_string()).await;
             }
         };
         let problem = if lease.subject != principal.subject() {
@@ -724,15 +663,7 @@ impl Gate {
             None
         };
         if let Some((code, message)) = problem {
-            return self
-                .finish(
-                    draft,
-                    Status::Denied,
-                    None,
-                    Some(ErrorInfo::new(code, message)),
-                    Some(code),
-                )
-                .await;
+            return self.deny(draft, code, message).await;
         }
         let rule = self.policy.approvers.rule_for(T::NAME);
         let k = if needs_quorum {
@@ -744,15 +675,7 @@ impl Gate {
             let stored = match self.store.approvals(&id).await {
                 Ok(s) => s,
                 Err(e) => {
-                    return self
-                        .finish(
-                            draft,
-                            Status::Denied,
-                            None,
-                            Some(ErrorInfo::new("store_unavailable", e.to_string())),
-                            Some("store_unavailable"),
-                        )
-                        .await;
+                    return self.deny(draft, "store_unavailable", e.to_string()).await;
                 }
             };
             let valid = self.policy.approvers.tally(&lease, &stored);
@@ -785,26 +708,10 @@ impl Gate {
             Ok(true) => {}
             Ok(false) => {
                 let (code, message) = deny("lease_consumed", "this lease has already been used");
-                return self
-                    .finish(
-                        draft,
-                        Status::Denied,
-                        None,
-                        Some(ErrorInfo::new(code, message)),
-                        Some(code),
-                    )
-                    .await;
+                return self.deny(draft, code, message).await;
             }
             Err(e) => {
-                return self
-                    .finish(
-                        draft,
-                        Status::Denied,
-                        None,
-                        Some(ErrorInfo::new("store_unavailable", e.to_string())),
-                        Some("store_unavailable"),
-                    )
-                    .await;
+                return self.deny(draft, "store_unavailable", e.to_string()).await;
             }
         }
         self.execute(tool, draft, principal, action, &id, &approvals, args)
@@ -983,6 +890,23 @@ impl Gate {
             complete: approvals >= lease.quorum_k as usize,
             receipt: None,
         })
+    }
+
+    /// A refusal: nothing ran; the caller gets `code` and `message`.
+    async fn deny(
+        &self,
+        draft: ReceiptDraft,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> GateOutcome {
+        self.finish(
+            draft,
+            Status::Denied,
+            None,
+            Some(ErrorInfo::new(code, message.into())),
+            Some(code),
+        )
+        .await
     }
 
     async fn finish(
