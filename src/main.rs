@@ -80,8 +80,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// List held calls waiting for approval.
-    Approvals,
+    /// Held calls waiting for approval.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
     /// Review a held call, sign it with your approver key and record the
     /// approval (run beside the server, with its data directory).
     Approve {
@@ -98,6 +101,12 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// List held calls waiting for approval, with what they would do.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -255,7 +264,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 "[[approvers]]\nid = \"{id}\"\npublic_key = \"{x}\"\n# subject = \"{id}@your-idp\"  # your token subject, if you also call the server"
             );
         }
-        Command::Approvals => {
+        Command::Approvals {
+            command: ApprovalsCommand::List,
+        } => {
             let app = App::build(config).await?;
             let now = dualtrust::now_unix();
             let pending = app.store.pending_leases(now).await?;

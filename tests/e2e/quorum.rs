@@ -84,7 +84,7 @@ async fn destructive_command_runs_once_after_k_approvals() {
     );
     assert!(victim.exists());
 
-    let listed = data.cli(&["approvals"]);
+    let listed = data.cli(&["approvals", "list"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains(&lease));
 
     let mut redeem = args.clone();
