@@ -192,6 +192,16 @@ pub struct TerminalConfig {
     pub max_timeout_ms: u64,
     /// Bytes kept of stdout and of stderr each.
     pub output_cap_bytes: usize,
+    /// CPU seconds a command may use (RLIMIT_CPU).
+    pub cpu_limit_s: u64,
+    /// Address space a command may map (RLIMIT_AS).
+    pub memory_limit_bytes: u64,
+    /// Largest file a command may write (RLIMIT_FSIZE).
+    pub max_file_bytes: u64,
+    /// Open files a command may hold (RLIMIT_NOFILE).
+    pub max_open_files: u64,
+    /// Commands one subject may run at the same time.
+    pub max_concurrent_per_subject: usize,
 }
 
 impl Default for TerminalConfig {
@@ -245,6 +255,7 @@ impl Default for TerminalConfig {
                 "touch",
                 "cp",
                 "mv",
+                "yes",
             ]
             .map(String::from)
             .to_vec(),
@@ -252,6 +263,11 @@ impl Default for TerminalConfig {
             default_timeout_ms: 10_000,
             max_timeout_ms: 60_000,
             output_cap_bytes: 64 * 1024,
+            cpu_limit_s: 30,
+            memory_limit_bytes: 2 * 1024 * 1024 * 1024,
+            max_file_bytes: 256 * 1024 * 1024,
+            max_open_files: 256,
+            max_concurrent_per_subject: 4,
         }
     }
 }
@@ -495,6 +511,17 @@ impl Config {
         positive(
             "terminal.output_cap_bytes",
             raw.terminal.output_cap_bytes as u64,
+        )?;
+        positive("terminal.cpu_limit_s", raw.terminal.cpu_limit_s)?;
+        positive(
+            "terminal.memory_limit_bytes",
+            raw.terminal.memory_limit_bytes,
+        )?;
+        positive("terminal.max_file_bytes", raw.terminal.max_file_bytes)?;
+        positive("terminal.max_open_files", raw.terminal.max_open_files)?;
+        positive(
+            "terminal.max_concurrent_per_subject",
+            raw.terminal.max_concurrent_per_subject as u64,
         )?;
         positive("passport.default_ttl_s", raw.passport.default_ttl_s)?;
         positive(

@@ -66,6 +66,23 @@ enum Command {
     Keys,
     /// Create the server signing key if it does not exist, and print its JWK.
     Keygen,
+    /// Internal: the launcher terminal.execute runs commands through
+    /// (applies resource limits and no-new-privileges, then execs).
+    #[command(hide = true)]
+    SandboxExec {
+        #[arg(long)]
+        cpu_s: u64,
+        #[arg(long)]
+        memory_bytes: u64,
+        #[arg(long)]
+        file_bytes: u64,
+        #[arg(long)]
+        open_files: u64,
+        #[arg(long)]
+        argv0: String,
+        program: PathBuf,
+        args: Vec<std::ffi::OsString>,
+    },
     /// Work with the audit log.
     Audit {
         #[command(subcommand)]
@@ -149,6 +166,28 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The launcher runs with a scrubbed environment and must not read
+    // configuration or log: it only limits itself and execs.
+    if let Command::SandboxExec {
+        cpu_s,
+        memory_bytes,
+        file_bytes,
+        open_files,
+        argv0,
+        program,
+        args,
+    } = &cli.command
+    {
+        let limits = dualtrust::sandbox::Limits {
+            cpu_s: *cpu_s,
+            memory_bytes: *memory_bytes,
+            file_bytes: *file_bytes,
+            open_files: *open_files,
+        };
+        let error = dualtrust::sandbox::exec(limits, program, argv0, args);
+        eprintln!("sandbox-exec: cannot run {}: {error}", program.display());
+        return ExitCode::from(126);
+    }
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -242,6 +281,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             );
             println!("{}", serde_json::to_string_pretty(&key.public_jwk())?);
         }
+        Command::SandboxExec { .. } => unreachable_launcher()?,
         Command::Audit { command } => audit(config, command).await?,
         Command::ApproverKeygen { id, out } => {
             let (key, created) = dualtrust::keys::KeyPair::load_or_create(&out, true)?;
@@ -295,6 +335,10 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         } => approve(config, &lease, &approver, &key, yes).await?,
     }
     Ok(())
+}
+
+fn unreachable_launcher() -> Result<(), BoxError> {
+    Err("sandbox-exec is handled before configuration is loaded".into())
 }
 
 async fn approve(

@@ -78,13 +78,18 @@ impl DbQuery {
             .filename(path)
             .create_if_missing(false)
             .busy_timeout(Duration::from_secs(5));
+        let write_pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(base.clone())
+            .await?;
+        // A crash mid-write leaves a hot rollback journal that read-only
+        // connections cannot undo; taking the write lock once recovers it.
+        sqlx::raw_sql("BEGIN IMMEDIATE; ROLLBACK;")
+            .execute(&write_pool)
+            .await?;
         let read_pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(base.clone().read_only(true).pragma("query_only", "ON"))
-            .await?;
-        let write_pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(base)
             .await?;
         Ok(Self {
             read_pool,

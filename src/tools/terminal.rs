@@ -70,7 +70,48 @@ pub struct Terminal {
     programs: HashMap<String, Program>,
     roots: Vec<PathBuf>,
     child_path: String,
+    /// `dualtrust sandbox-exec`: this very binary.
+    launcher: PathBuf,
+    running: std::sync::Mutex<HashMap<String, usize>>,
 }
+
+/// One running command of a subject; releases its slot when dropped.
+struct Slot<'a> {
+    running: &'a std::sync::Mutex<HashMap<String, usize>>,
+    subject: String,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.running.lock()
+            && let Some(n) = running.get_mut(&self.subject)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(&self.subject);
+            }
+        }
+    }
+}
+
+/// Configuration a repository cannot override from the command line side:
+/// no hooks, no fsmonitor or external diff programs, no pager, no prompts.
+/// (A repository's own config can still name filter and textconv drivers;
+/// the launcher's limits and the roots bound what they could do.)
+const GIT_SAFETY: &[&str] = &[
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "diff.external=",
+    "-c",
+    "core.pager=cat",
+    "-c",
+    "core.sshCommand=false",
+    "-c",
+    "protocol.allow=never",
+];
 
 fn is_executable_file(path: &Path) -> bool {
     std::fs::metadata(path)
@@ -181,8 +222,8 @@ fn judge(name: &str, args: &[String], allow_shell: bool) -> Result<Verdict, Refu
             }
         }
         "ls" | "cat" | "head" | "tail" | "wc" | "grep" | "echo" | "pwd" | "date" | "true"
-        | "false" | "sort" | "uniq" | "cut" | "stat" | "du" | "df" | "uname" | "whoami" | "id"
-        | "sleep" | "mkdir" | "touch" | "cp" | "mv" => Verdict::Ordinary,
+        | "yes" | "false" | "sort" | "uniq" | "cut" | "stat" | "du" | "df" | "uname" | "whoami"
+        | "id" | "sleep" | "mkdir" | "touch" | "cp" | "mv" => Verdict::Ordinary,
         other => {
             return Err(refuse(
                 "program_not_allowed",
@@ -286,6 +327,8 @@ impl Terminal {
             programs,
             roots,
             child_path,
+            launcher: std::env::current_exe()?,
+            running: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -357,6 +400,28 @@ impl Terminal {
             ));
         }
         Ok(canonical)
+    }
+
+    fn take_slot(&self, subject: &str) -> Result<Slot<'_>, Refusal> {
+        let mut running = self
+            .running
+            .lock()
+            .map_err(|_| refuse("internal", "the execution table is unavailable"))?;
+        let n = running.entry(subject.to_string()).or_insert(0);
+        if *n >= self.config.max_concurrent_per_subject {
+            return Err(refuse(
+                "too_many_concurrent",
+                format!(
+                    "at most {} commands may run at once for one subject",
+                    self.config.max_concurrent_per_subject
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(Slot {
+            running: &self.running,
+            subject: subject.to_string(),
+        })
     }
 
     fn timeout(&self, requested: Option<u64>) -> Result<Duration, Refusal> {
@@ -459,10 +524,26 @@ impl Tool for Terminal {
         let cwd = self.resolve_cwd(args.cwd.as_deref())?;
         let timeout = self.timeout(args.timeout_ms)?;
         let cap = self.config.output_cap_bytes;
+        let _slot = self.take_slot(call.principal().subject())?;
 
-        let mut command = tokio::process::Command::new(&program.path);
+        let limits = crate::sandbox::Limits {
+            cpu_s: self.config.cpu_limit_s,
+            memory_bytes: self.config.memory_limit_bytes,
+            file_bytes: self.config.max_file_bytes,
+            open_files: self.config.max_open_files,
+        };
+        let mut command = tokio::process::Command::new(&self.launcher);
         command
-            .arg0(name)
+            .arg("sandbox-exec")
+            .args(limits.to_args())
+            .arg("--argv0")
+            .arg(name)
+            .arg("--")
+            .arg(&program.path);
+        if name == "git" {
+            command.args(GIT_SAFETY);
+        }
+        command
             .args(&args.argv[1..])
             .current_dir(&cwd)
             .env_clear()
@@ -470,11 +551,20 @@ impl Tool for Terminal {
             .env("HOME", &cwd)
             .env("LANG", "C.UTF-8")
             .env("TERM", "dumb")
+            .env("PAGER", "cat")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        if name == "git" {
+            command.envs([
+                ("GIT_CONFIG_NOSYSTEM", "1"),
+                ("GIT_CONFIG_GLOBAL", "/dev/null"),
+                ("GIT_TERMINAL_PROMPT", "0"),
+                ("GIT_OPTIONAL_LOCKS", "0"),
+            ]);
+        }
         let started = Instant::now();
         let mut child = command
             .spawn()

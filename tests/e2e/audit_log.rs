@@ -297,7 +297,9 @@ async fn kill_9_mid_stream_leaves_a_verifiable_log_with_every_executed_write() {
         json!({ "sql": "SELECT count(*) FROM products WHERE sku LIKE 'K-%'" }),
     )
     .await;
-    let inserted = head["result"]["rows"][0][0].as_u64().expect("count");
+    let inserted = head["result"]["rows"][0][0]
+        .as_u64()
+        .unwrap_or_else(|| panic!("count: {head}"));
     assert!(inserted > 0, "the stream ran before the kill");
     let size = head["log"]["tree_size"].as_u64().expect("size");
     let (v, _) = call(

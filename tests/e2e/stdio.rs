@@ -423,3 +423,95 @@ async fn malformed_arguments_get_clear_denials() {
     assert!(unknown.is_err(), "unknown tools are protocol errors");
     client.cancel().await.expect("close");
 }
+
+#[tokio::test]
+async fn commands_run_under_resource_limits_without_new_privileges() {
+    let data = DataDir::new();
+    let client = data
+        .stdio_client(Some(&data.token("erin", "terminal:execute")))
+        .await;
+    let (env, _) = call(
+        &client,
+        "terminal.execute",
+        json!({ "argv": ["cat", "/proc/self/status"] }),
+    )
+    .await;
+    let status_text = env["result"]["stdout"].as_str().unwrap_or("").to_string();
+    assert!(status_text.contains("NoNewPrivs:\t1"), "{status_text}");
+    let (env, _) = call(
+        &client,
+        "terminal.execute",
+        json!({ "argv": ["cat", "/proc/self/limits"] }),
+    )
+    .await;
+    let limits = env["result"]["stdout"].as_str().unwrap_or("").to_string();
+    let line = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(line("Max cpu time").contains("30 31 seconds"), "{limits}");
+    assert!(line("Max core file size").contains("0 0 bytes"), "{limits}");
+    assert!(line("Max open files").contains("256 256"), "{limits}");
+
+    // A runaway is cut off: output capped, process group killed at the deadline.
+    let (env, _) = call(
+        &client,
+        "terminal.execute",
+        json!({ "argv": ["yes"], "timeout_ms": 500 }),
+    )
+    .await;
+    assert_eq!(
+        env["result"]["timed_out"], true,
+        "{}",
+        env["result"]["duration_ms"]
+    );
+    assert_eq!(env["result"]["stdout_truncated"], true);
+    assert!(env["result"]["duration_ms"].as_u64().unwrap_or(u64::MAX) < 5_000);
+
+    let (env, _) = call(
+        &client,
+        "terminal.execute",
+        json!({ "argv": ["git", "--version"] }),
+    )
+    .await;
+    assert!(
+        env["result"]["stdout"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("git version"),
+        "{env}"
+    );
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn concurrent_commands_per_subject_are_capped() {
+    let data = DataDir::new();
+    std::fs::write(
+        data.path.join("dualtrust.toml"),
+        "[terminal]\nmax_concurrent_per_subject = 1\n",
+    )
+    .expect("config");
+    let server = data.http_server().await;
+    let client = server.client(&data.token("erin", "terminal:execute")).await;
+    let slow = || {
+        call(
+            &client,
+            "terminal.execute",
+            json!({ "argv": ["sleep", "1"] }),
+        )
+    };
+    let (a, b) = tokio::join!(slow(), slow());
+    let codes = [error_code(&a.0).to_string(), error_code(&b.0).to_string()];
+    assert!(
+        codes.contains(&"none".to_string()) && codes.contains(&"too_many_concurrent".to_string()),
+        "{codes:?}"
+    );
+    client.cancel().await.expect("close");
+    server.stop().await;
+}
