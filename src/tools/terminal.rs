@@ -250,6 +250,7 @@ fn judge_git(args: &[String]) -> Result<Verdict, Refusal> {
         "--ext-diff",
         "--output",
         "-o",
+        "--no-index",
     ];
     if let Some(bad) = args.iter().find(|a| {
         FORBIDDEN
@@ -424,6 +425,68 @@ impl Terminal {
         })
     }
 
+    /// Every argument that can name a file must name one inside the roots,
+    /// after resolving symlinks and `..`: `PATH`, `--opt=PATH`, `-oPATH`,
+    /// `if=PATH`. Programs whose arguments are never paths are exempt.
+    fn confine_paths(&self, name: &str, args: &[String], cwd: &Path) -> Result<(), Refusal> {
+        const NO_PATHS: &[&str] = &[
+            "echo", "date", "true", "false", "uname", "whoami", "id", "sleep", "yes", "pwd", "git",
+            "cargo", "rustc", "kill", "pkill", "killall", "shutdown", "reboot", "halt", "poweroff",
+        ];
+        if NO_PATHS.contains(&name) {
+            return Ok(());
+        }
+        for arg in args {
+            let candidate = if let Some(rest) = arg.strip_prefix("--") {
+                rest.split_once('=').map(|(_, v)| v)
+            } else if arg.starts_with('-') && arg.len() > 2 {
+                Some(&arg[2..]).filter(|v| v.contains('/'))
+            } else if arg.starts_with('-') {
+                None
+            } else if let Some((_, value)) = arg.split_once('=').filter(|(k, _)| !k.contains('/')) {
+                Some(value)
+            } else {
+                Some(arg.as_str())
+            };
+            let Some(path) = candidate.filter(|p| !p.is_empty()) else {
+                continue;
+            };
+            if !self.inside_roots(&cwd.join(path)) {
+                return Err(refuse(
+                    "path_outside_roots",
+                    format!("`{path}` is outside the allowed roots"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves the longest existing ancestor of `path` (symlinks and all)
+    /// and checks the result, plus the not-yet-existing rest, is in a root.
+    fn inside_roots(&self, path: &Path) -> bool {
+        let mut existing = path.to_path_buf();
+        let mut rest = Vec::new();
+        while !existing.exists() {
+            match (existing.file_name(), existing.parent()) {
+                (Some(name), Some(parent)) => {
+                    rest.push(name.to_os_string());
+                    existing = parent.to_path_buf();
+                }
+                _ => return false,
+            }
+        }
+        let Ok(mut resolved) = std::fs::canonicalize(&existing) else {
+            return false;
+        };
+        for part in rest.iter().rev() {
+            if part == ".." || part == "." {
+                return false;
+            }
+            resolved.push(part);
+        }
+        self.roots.iter().any(|root| resolved.starts_with(root))
+    }
+
     fn timeout(&self, requested: Option<u64>) -> Result<Duration, Refusal> {
         let ms = requested.unwrap_or(self.config.default_timeout_ms);
         if ms == 0 || ms > self.config.max_timeout_ms {
@@ -500,11 +563,17 @@ impl Tool for Terminal {
             ));
         }
         self.timeout(args.timeout_ms)?;
-        self.resolve_cwd(args.cwd.as_deref())?;
+        let cwd = self.resolve_cwd(args.cwd.as_deref())?;
         let (name, _) = self.resolve_program(argv0)?;
         let rest = &args.argv[1..];
         let shown = shell_words(&args.argv);
-        match judge(name, rest, self.config.allow_shell)? {
+        let verdict = judge(name, rest, self.config.allow_shell)?;
+        // Ordinary commands stay inside the roots; a destructive one is shown
+        // to the approvers exactly as it would run, and they decide.
+        if matches!(verdict, Verdict::Ordinary) {
+            self.confine_paths(name, rest, &cwd)?;
+        }
+        match verdict {
             Verdict::Ordinary => Ok(Classification {
                 class: Class::Write,
                 scope: self.scopes.terminal_execute.clone(),
@@ -756,6 +825,46 @@ mod tests {
         std::fs::copy("/usr/bin/rm", &fake).expect("copy");
         let fake = fake.display().to_string();
         assert_eq!(classify(&t, &[fake.as_str()]), Err("program_not_allowed"));
+    }
+
+    #[test]
+    fn path_arguments_are_confined_to_the_roots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = terminal(dir.path());
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("sub")).expect("mkdir");
+        std::os::unix::fs::symlink("/etc", root.join("etc-link")).expect("symlink");
+        for argv in [
+            &["cat", "notes.txt"][..],
+            &["touch", "sub/new-file"],
+            &["cp", "a", "sub/b"],
+            &["grep", "-r", "TODO", "."],
+            &["ls", "-la", "sub"],
+            &["find", ".", "-name", "*.rs"],
+        ] {
+            assert_eq!(classify(&t, argv), Ok(Class::Write), "{argv:?}");
+        }
+        for argv in [
+            &["cat", "/etc/shadow"][..],
+            &["touch", "/tmp/owned"],
+            &["cp", "a", "/etc/cron.d/x"],
+            &["mv", "a", "../escape"],
+            &["cat", "etc-link/passwd"],
+            &["mkdir", "sub/../../out"],
+            &["grep", "--file=/etc/shadow", "x"],
+            &["grep", "-f/etc/shadow", "x"],
+            &["find", "/", "-name", "x"],
+            &["ls", "etc-link"],
+            &["git", "diff", "--no-index", "/etc/shadow", "x"],
+        ] {
+            assert!(
+                matches!(
+                    classify(&t, argv),
+                    Err("path_outside_roots" | "forbidden_flag")
+                ),
+                "{argv:?}"
+            );
+        }
     }
 
     #[test]

@@ -276,6 +276,15 @@ async fn ordinary_commands_run_confined_with_limits() {
     )
     .await;
     assert_eq!(error_code(&env), "cwd_not_allowed");
+    for argv in [
+        json!(["cat", "/etc/passwd"]),
+        json!(["touch", "/tmp/dualtrust-escape"]),
+        json!(["cp", "notes.txt", "../notes.txt"]),
+    ] {
+        let (env, _) = call(&client, "terminal.execute", json!({ "argv": argv })).await;
+        assert_eq!(error_code(&env), "path_outside_roots", "{env}");
+    }
+    assert!(!std::path::Path::new("/tmp/dualtrust-escape").exists());
 
     let (env, _) = call(
         &client,
@@ -427,6 +436,12 @@ async fn malformed_arguments_get_clear_denials() {
 #[tokio::test]
 async fn commands_run_under_resource_limits_without_new_privileges() {
     let data = DataDir::new();
+    // /proc is a root here only so the command can show its own limits.
+    std::fs::write(
+        data.path.join("dualtrust.toml"),
+        "[terminal]\nroots = [\"workspace\", \"/proc\"]\n",
+    )
+    .expect("config");
     let client = data
         .stdio_client(Some(&data.token("erin", "terminal:execute")))
         .await;
