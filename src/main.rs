@@ -80,9 +80,15 @@ enum Command {
         open_files: u64,
         #[arg(long)]
         argv0: String,
+        /// Directories the program may write beneath (repeatable).
+        #[arg(long = "write-root")]
+        write_roots: Vec<PathBuf>,
         program: PathBuf,
         args: Vec<std::ffi::OsString>,
     },
+    /// Internal: report whether this kernel enforces the Landlock ruleset.
+    #[command(hide = true)]
+    SandboxProbe,
     /// Work with the audit log.
     Audit {
         #[command(subcommand)]
@@ -168,12 +174,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The launcher runs with a scrubbed environment and must not read
     // configuration or log: it only limits itself and execs.
+    if let Command::SandboxProbe = &cli.command {
+        let roots: [&str; 0] = [];
+        return match dualtrust::sandbox::restrict_writes(&roots) {
+            Ok(status) => {
+                println!("{}", dualtrust::sandbox::landlock_status_name(status));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::SandboxExec {
         cpu_s,
         memory_bytes,
         file_bytes,
         open_files,
         argv0,
+        write_roots,
         program,
         args,
     } = &cli.command
@@ -184,7 +204,7 @@ fn main() -> ExitCode {
             file_bytes: *file_bytes,
             open_files: *open_files,
         };
-        let error = dualtrust::sandbox::exec(limits, program, argv0, args);
+        let error = dualtrust::sandbox::exec(limits, write_roots, program, argv0, args);
         eprintln!("sandbox-exec: cannot run {}: {error}", program.display());
         return ExitCode::from(126);
     }
@@ -281,7 +301,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             );
             println!("{}", serde_json::to_string_pretty(&key.public_jwk())?);
         }
-        Command::SandboxExec { .. } => unreachable_launcher()?,
+        Command::SandboxExec { .. } | Command::SandboxProbe => unreachable_launcher()?,
         Command::Audit { command } => audit(config, command).await?,
         Command::ApproverKeygen { id, out } => {
             let (key, created) = dualtrust::keys::KeyPair::load_or_create(&out, true)?;

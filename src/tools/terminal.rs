@@ -72,6 +72,8 @@ pub struct Terminal {
     child_path: String,
     /// `dualtrust sandbox-exec`: this very binary.
     launcher: PathBuf,
+    /// What the kernel enforces of the launcher's Landlock ruleset.
+    sandbox_status: String,
     running: std::sync::Mutex<HashMap<String, usize>>,
 }
 
@@ -322,15 +324,28 @@ impl Terminal {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(":");
+        let launcher = std::env::current_exe()?;
+        let sandbox_status = probe_sandbox(&launcher);
+        if sandbox_status == "fully_enforced" {
+            tracing::info!("terminal sandbox: Landlock write confinement fully enforced");
+        } else {
+            tracing::warn!(status = %sandbox_status, "terminal sandbox: Landlock write confinement is NOT fully enforced by this kernel; commands rely on argument confinement and resource limits only");
+        }
         Ok(Self {
             config,
             scopes,
             programs,
             roots,
             child_path,
-            launcher: std::env::current_exe()?,
+            launcher,
+            sandbox_status,
             running: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// `fully_enforced`, `partially_enforced`, `not_enforced` or why not known.
+    pub fn sandbox_status(&self) -> &str {
+        &self.sandbox_status
     }
 
     fn resolve_program(&self, argv0: &str) -> Result<(&str, &Program), Refusal> {
@@ -502,6 +517,19 @@ impl Terminal {
     }
 }
 
+/// Asks the launcher, in a throwaway process, what Landlock this kernel enforces.
+fn probe_sandbox(launcher: &Path) -> String {
+    std::process::Command::new(launcher)
+        .arg("sandbox-probe")
+        .env_clear()
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unavailable".into())
+}
+
 async fn read_capped(mut pipe: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
     let mut kept = Vec::new();
     let mut truncated = false;
@@ -607,6 +635,11 @@ impl Tool for Terminal {
             .args(limits.to_args())
             .arg("--argv0")
             .arg(name)
+            .args(
+                self.roots
+                    .iter()
+                    .flat_map(|r| [std::ffi::OsStr::new("--write-root"), r.as_os_str()]),
+            )
             .arg("--")
             .arg(&program.path);
         if name == "git" {

@@ -378,14 +378,15 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
+    let sandbox = state.app.tools.terminal.sandbox_status().to_string();
     match state.app.store.ping().await {
         Ok(()) => json_response(
             StatusCode::OK,
-            json!({ "status": "ready", "store": "ok", "keys": "loaded" }),
+            json!({ "status": "ready", "store": "ok", "keys": "loaded", "terminal_sandbox": sandbox }),
         ),
         Err(_) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "status": "not_ready", "store": "unavailable", "keys": "loaded" }),
+            json!({ "status": "not_ready", "store": "unavailable", "keys": "loaded", "terminal_sandbox": sandbox }),
         ),
     }
 }

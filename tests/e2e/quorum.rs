@@ -481,3 +481,38 @@ async fn fifty_concurrent_redemptions_of_one_lease_run_exactly_once() {
     client.cancel().await.expect("close");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn even_an_approved_command_cannot_write_outside_the_roots() {
+    let (data, alice, bob, _) = setup("");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let target = outside.path().join("keep.txt");
+    std::fs::write(&target, "outside the roots").expect("write");
+    let server = data.http_server().await;
+    let ready: Value = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    let sandbox = ready["terminal_sandbox"].as_str().unwrap_or("").to_string();
+    assert!(!sandbox.is_empty(), "{ready}");
+    let client = server
+        .client(&data.token("agent", "terminal:execute terminal:admin"))
+        .await;
+    let args = json!({ "argv": ["rm", "-f", target.to_str().expect("utf8")] });
+    let (held, _) = call(&client, "terminal.execute", args.clone()).await;
+    let lease = lease_of(&held);
+    assert!(data.approve(&lease, &alice).status.success());
+    assert!(data.approve(&lease, &bob).status.success());
+    let mut redeem = args;
+    redeem["lease_id"] = json!(lease);
+    let (env, _) = call(&client, "terminal.execute", redeem).await;
+    assert_eq!(status(&env), "ok", "{env}");
+    if sandbox == "fully_enforced" {
+        assert_ne!(env["result"]["exit_code"], 0, "{env}");
+        assert!(target.exists(), "Landlock kept the file outside the roots");
+    }
+    client.cancel().await.expect("close");
+    server.stop().await;
+}
