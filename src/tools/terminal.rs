@@ -867,6 +867,8 @@ mod tests {
         let root = dir.path().join("root");
         std::fs::create_dir_all(root.join("sub")).expect("mkdir");
         std::os::unix::fs::symlink("/etc", root.join("etc-link")).expect("symlink");
+        // A sibling whose name merely starts with the root's is outside it.
+        std::fs::create_dir_all(dir.path().join("root-evil")).expect("mkdir");
         for argv in [
             &["cat", "notes.txt"][..],
             &["touch", "sub/new-file"],
@@ -889,6 +891,7 @@ mod tests {
             &["find", "/", "-name", "x"],
             &["ls", "etc-link"],
             &["git", "diff", "--no-index", "/etc/shadow", "x"],
+            &["cat", "../root-evil/secret"],
         ] {
             assert!(
                 matches!(

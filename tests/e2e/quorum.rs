@@ -516,3 +516,43 @@ async fn even_an_approved_command_cannot_write_outside_the_roots() {
     client.cancel().await.expect("close");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_approved_shell_leaves_no_background_children() {
+    let (data, alice, bob, _) = setup("[terminal]\nallow_shell = true\n");
+    let client = data
+        .stdio_client(Some(
+            &data.token("agent", "terminal:execute terminal:admin"),
+        ))
+        .await;
+    // Shells are allowed here, and every shell call is destructive.
+    let marker = "31.4159";
+    // A runaway killed at its deadline, and a shell that exits at once
+    // leaving a child behind: neither child survives the call.
+    for (script, timed_out) in [
+        (
+            format!("sleep {marker} & sleep {marker} & yes > /dev/null"),
+            true,
+        ),
+        (format!("sleep {marker} & echo started"), false),
+    ] {
+        let args = json!({ "argv": ["sh", "-c", script], "timeout_ms": 800 });
+        let (held, _) = call(&client, "terminal.execute", args.clone()).await;
+        assert_eq!(status(&held), "approval_required", "{held}");
+        let lease = lease_of(&held);
+        assert!(data.approve(&lease, &alice).status.success());
+        assert!(data.approve(&lease, &bob).status.success());
+        let mut redeem = args;
+        redeem["lease_id"] = json!(lease);
+        let (env, _) = call(&client, "terminal.execute", redeem).await;
+        assert_eq!(env["result"]["timed_out"], timed_out, "{env}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let survivors = std::fs::read_dir("/proc")
+            .expect("proc")
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .filter(|cmd| String::from_utf8_lossy(cmd).contains(marker))
+            .count();
+        assert_eq!(survivors, 0, "background children outlived the call");
+    }
+    client.cancel().await.expect("close");
+}

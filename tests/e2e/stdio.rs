@@ -488,6 +488,21 @@ async fn commands_run_under_resource_limits_without_new_privileges() {
     assert_eq!(env["result"]["stdout_truncated"], true);
     assert!(env["result"]["duration_ms"].as_u64().unwrap_or(u64::MAX) < 5_000);
 
+    let repo = data.workspace().join("repo");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    let init = std::process::Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(&repo)
+        .status()
+        .expect("git init");
+    assert!(init.success());
+    let (env, _) = call(
+        &client,
+        "terminal.execute",
+        json!({ "argv": ["git", "status", "--short"], "cwd": "repo" }),
+    )
+    .await;
+    assert_eq!(env["result"]["exit_code"], 0, "{env}");
     let (env, _) = call(
         &client,
         "terminal.execute",
