@@ -202,6 +202,9 @@ pub struct TerminalConfig {
     pub max_open_files: u64,
     /// Commands one subject may run at the same time.
     pub max_concurrent_per_subject: usize,
+    /// Processes one command may have alive at once (a pids cgroup per
+    /// command, where the host offers one).
+    pub max_processes: u64,
 }
 
 impl Default for TerminalConfig {
@@ -268,6 +271,7 @@ impl Default for TerminalConfig {
             max_file_bytes: 256 * 1024 * 1024,
             max_open_files: 256,
             max_concurrent_per_subject: 4,
+            max_processes: 64,
         }
     }
 }
@@ -519,6 +523,7 @@ impl Config {
         )?;
         positive("terminal.max_file_bytes", raw.terminal.max_file_bytes)?;
         positive("terminal.max_open_files", raw.terminal.max_open_files)?;
+        positive("terminal.max_processes", raw.terminal.max_processes)?;
         positive(
             "terminal.max_concurrent_per_subject",
             raw.terminal.max_concurrent_per_subject as u64,

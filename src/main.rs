@@ -83,6 +83,9 @@ enum Command {
         /// Directories the program may write beneath (repeatable).
         #[arg(long = "write-root")]
         write_roots: Vec<PathBuf>,
+        /// The command's pids cgroup to join before anything else.
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
         program: PathBuf,
         args: Vec<std::ffi::OsString>,
     },
@@ -194,6 +197,7 @@ fn main() -> ExitCode {
         open_files,
         argv0,
         write_roots,
+        cgroup,
         program,
         args,
     } = &cli.command
@@ -204,7 +208,8 @@ fn main() -> ExitCode {
             file_bytes: *file_bytes,
             open_files: *open_files,
         };
-        let error = dualtrust::sandbox::exec(limits, write_roots, program, argv0, args);
+        let error =
+            dualtrust::sandbox::exec(limits, write_roots, cgroup.as_deref(), program, argv0, args);
         eprintln!("sandbox-exec: cannot run {}: {error}", program.display());
         return ExitCode::from(126);
     }

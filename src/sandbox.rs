@@ -9,6 +9,106 @@
 //! force before the program's first instruction, with no `unsafe` `pre_exec`
 //! hook. Where the kernel lacks Landlock the ruleset is not enforced; the
 //! server probes this at start-up and reports it in `/readyz` and its logs.
+//! Where the host offers a pids cgroup, each command gets its own, capped
+//! with `pids.max`, which the launcher joins before anything else (see
+//! [`PidsCgroups`]).
+
+/// Per-command pids cgroups (cgroup v1 `pids` hierarchy or a cgroup v2
+/// directory with the `pids` controller), under one directory per server.
+#[derive(Debug)]
+pub struct PidsCgroups {
+    base: std::path::PathBuf,
+}
+
+impl PidsCgroups {
+    /// Creates this server's directory, or says why it cannot.
+    pub fn detect() -> Result<Self, String> {
+        let candidates = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"];
+        let root = candidates
+            .iter()
+            .map(Path::new)
+            .find(|p| {
+                p.join("cgroup.procs").exists() && (p.ends_with("pids") || has_pids_controller(p))
+            })
+            .ok_or_else(|| "no pids cgroup hierarchy on this host".to_string())?;
+        remove_stale(root);
+        let base = root.join(format!("dualtrust-{}", std::process::id()));
+        std::fs::create_dir_all(&base)
+            .map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+        if !base.join("pids.max").exists() {
+            let _ = std::fs::remove_dir(&base);
+            return Err("the pids controller is not enabled for dualtrust's cgroup".into());
+        }
+        Ok(Self { base })
+    }
+
+    /// A fresh cgroup for one command, allowing at most `max` processes.
+    pub fn create(&self, id: &str, max: u64) -> std::io::Result<std::path::PathBuf> {
+        let dir = self.base.join(id);
+        std::fs::create_dir(&dir)?;
+        std::fs::write(dir.join("pids.max"), format!("{max}\n"))?;
+        Ok(dir)
+    }
+
+    /// Kills whatever is left in a command's cgroup and removes it.
+    pub fn destroy(dir: &Path) {
+        for _ in 0..100 {
+            let pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            if pids.is_empty() && std::fs::remove_dir(dir).is_ok() {
+                return;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        tracing::warn!(cgroup = %dir.display(), "a command's cgroup could not be emptied");
+    }
+}
+
+impl Drop for PidsCgroups {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.base);
+    }
+}
+
+/// Removes the (empty) directories of dualtrust servers that are gone.
+fn remove_stale(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("dualtrust-")) else {
+            continue;
+        };
+        if Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let dir = entry.path();
+        if let Ok(children) = std::fs::read_dir(&dir) {
+            for child in children.flatten() {
+                if child.path().is_dir() {
+                    PidsCgroups::destroy(&child.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+fn has_pids_controller(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.controllers"))
+        .map(|c| c.split_whitespace().any(|w| w == "pids"))
+        .unwrap_or(false)
+}
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -74,10 +174,21 @@ impl Limits {
 pub fn exec(
     limits: Limits,
     write_roots: &[std::path::PathBuf],
+    cgroup: Option<&Path>,
     program: &Path,
     argv0: &str,
     args: &[OsString],
 ) -> std::io::Error {
+    // Join the command's pids cgroup first: everything it forks is counted
+    // (and later killed) there. Failing to join fails the command.
+    if let Some(dir) = cgroup
+        && let Err(e) = std::fs::write(
+            dir.join("cgroup.procs"),
+            format!("{}\n", std::process::id()),
+        )
+    {
+        return e;
+    }
     let applied = setrlimit(Resource::RLIMIT_CPU, limits.cpu_s, limits.cpu_s + 1)
         .and_then(|()| {
             setrlimit(

@@ -74,6 +74,8 @@ pub struct Terminal {
     launcher: PathBuf,
     /// What the kernel enforces of the launcher's Landlock ruleset.
     sandbox_status: String,
+    /// Per-command process limits, or why the host has none.
+    cgroups: Result<crate::sandbox::PidsCgroups, String>,
     running: std::sync::Mutex<HashMap<String, usize>>,
 }
 
@@ -331,6 +333,16 @@ impl Terminal {
         } else {
             tracing::warn!(status = %sandbox_status, "terminal sandbox: Landlock write confinement is NOT fully enforced by this kernel; commands rely on argument confinement and resource limits only");
         }
+        let cgroups = crate::sandbox::PidsCgroups::detect();
+        match &cgroups {
+            Ok(_) => tracing::info!(
+                max = config.max_processes,
+                "terminal sandbox: per-command pids cgroups"
+            ),
+            Err(why) => {
+                tracing::warn!(%why, "terminal sandbox: no per-command process limit; a process storm is bounded only by the timeout")
+            }
+        }
         Ok(Self {
             config,
             scopes,
@@ -339,6 +351,7 @@ impl Terminal {
             child_path,
             launcher,
             sandbox_status,
+            cgroups,
             running: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -346,6 +359,14 @@ impl Terminal {
     /// `fully_enforced`, `partially_enforced`, `not_enforced` or why not known.
     pub fn sandbox_status(&self) -> &str {
         &self.sandbox_status
+    }
+
+    /// `pids_cgroup` when each command gets a process limit, else why not.
+    pub fn process_limit_status(&self) -> String {
+        match &self.cgroups {
+            Ok(_) => "pids_cgroup".into(),
+            Err(why) => format!("unavailable: {why}"),
+        }
     }
 
     fn resolve_program(&self, argv0: &str) -> Result<(&str, &Program), Refusal> {
@@ -629,9 +650,31 @@ impl Tool for Terminal {
             file_bytes: self.config.max_file_bytes,
             open_files: self.config.max_open_files,
         };
+        let cgroup = match &self.cgroups {
+            Ok(cgroups) => {
+                let id = crate::random_id()
+                    .map_err(|_| refuse("internal", "random source unavailable"))?;
+                Some(
+                    cgroups
+                        .create(&id, self.config.max_processes)
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "cannot create a command cgroup");
+                            refuse(
+                                "sandbox_unavailable",
+                                "the command sandbox could not be prepared",
+                            )
+                        })?,
+                )
+            }
+            Err(_) => None,
+        };
         let mut command = tokio::process::Command::new(&self.launcher);
+        if let Some(dir) = &cgroup {
+            command.arg("sandbox-exec").arg("--cgroup").arg(dir);
+        } else {
+            command.arg("sandbox-exec");
+        }
         command
-            .arg("sandbox-exec")
             .args(limits.to_args())
             .arg("--argv0")
             .arg(name)
@@ -707,6 +750,11 @@ impl Tool for Terminal {
         };
         let (out, out_truncated) = collect(out_reader).await;
         let (err, err_truncated) = collect(err_reader).await;
+        if let Some(dir) = cgroup {
+            // Anything that escaped the process group (setsid) is still here.
+            let _ = tokio::task::spawn_blocking(move || crate::sandbox::PidsCgroups::destroy(&dir))
+                .await;
+        }
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let exit_code = status.and_then(|s| s.code());
         let signal = status.and_then(|s| s.signal());

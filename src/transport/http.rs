@@ -379,14 +379,15 @@ async fn healthz() -> Response {
 
 async fn readyz(State(state): State<HttpState>) -> Response {
     let sandbox = state.app.tools.terminal.sandbox_status().to_string();
+    let processes = state.app.tools.terminal.process_limit_status();
     match state.app.store.ping().await {
         Ok(()) => json_response(
             StatusCode::OK,
-            json!({ "status": "ready", "store": "ok", "keys": "loaded", "terminal_sandbox": sandbox }),
+            json!({ "status": "ready", "store": "ok", "keys": "loaded", "terminal_sandbox": sandbox, "terminal_process_limit": processes }),
         ),
         Err(_) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "status": "not_ready", "store": "unavailable", "keys": "loaded", "terminal_sandbox": sandbox }),
+            json!({ "status": "not_ready", "store": "unavailable", "keys": "loaded", "terminal_sandbox": sandbox, "terminal_process_limit": processes }),
         ),
     }
 }

@@ -556,3 +556,62 @@ async fn an_approved_shell_leaves_no_background_children() {
     }
     client.cancel().await.expect("close");
 }
+
+#[tokio::test]
+async fn an_approved_fork_bomb_is_contained_and_killed() {
+    let (data, alice, bob, _) = setup("[terminal]\nallow_shell = true\nmax_processes = 32\n");
+    let server = data.http_server().await;
+    let ready: Value = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    // Never run a fork bomb without a process limit under it.
+    if ready["terminal_process_limit"] != "pids_cgroup" {
+        eprintln!("skipping the fork bomb: {ready}");
+        server.stop().await;
+        return;
+    }
+    let client = server
+        .client(&data.token("agent", "terminal:execute terminal:admin"))
+        .await;
+    let args = json!({ "argv": ["sh", "-c", "b() { b | b & }; b"], "timeout_ms": 1500 });
+    let (held, _) = call(&client, "terminal.execute", args.clone()).await;
+    let lease = lease_of(&held);
+    assert!(data.approve(&lease, &alice).status.success());
+    assert!(data.approve(&lease, &bob).status.success());
+    let mut redeem = args;
+    redeem["lease_id"] = json!(lease);
+    let started = std::time::Instant::now();
+    let (env, _) = call(&client, "terminal.execute", redeem).await;
+    assert_eq!(status(&env), "ok", "{env}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // The server is still healthy, and nothing of the bomb is left.
+    let (env, _) = call(
+        &client,
+        "terminal.execute",
+        json!({ "argv": ["echo", "alive"] }),
+    )
+    .await;
+    assert_eq!(env["result"]["stdout"], "alive\n", "{env}");
+    let cgroup_root = std::path::Path::new("/sys/fs/cgroup/pids");
+    let leftovers: usize = std::fs::read_dir(cgroup_root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("dualtrust-"))
+                .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten())
+                .filter(|e| e.path().is_dir())
+                .map(|e| {
+                    std::fs::read_to_string(e.path().join("cgroup.procs"))
+                        .unwrap_or_default()
+                        .lines()
+                        .count()
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    assert_eq!(leftovers, 0, "processes survived in a command cgroup");
+    client.cancel().await.expect("close");
+    server.stop().await;
+}
