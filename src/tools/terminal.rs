@@ -216,6 +216,13 @@ fn judge(name: &str, args: &[String], allow_shell: bool) -> Result<Verdict, Refu
             Verdict::Ordinary
         }
         "git" => judge_git(args)?,
+        // Setting the clock changes the host, not a file under the roots.
+        "date" if short_flags(args).any(|c| c == 's') || has_long(args, &["--set"]) => {
+            return Err(refuse(
+                "forbidden_flag",
+                "`date --set` changes the system clock and is not allowed",
+            ));
+        }
         "cargo" | "rustc" => {
             if matches!(args, [only] if only == "--version" || only == "-V" || only == "version") {
                 Verdict::Ordinary
@@ -255,11 +262,16 @@ fn judge_git(args: &[String]) -> Result<Verdict, Refusal> {
         "--output",
         "-o",
         "--no-index",
+        "-O",
+        "--open-files-in-pager",
+        "--contents",
     ];
     if let Some(bad) = args.iter().find(|a| {
-        FORBIDDEN
-            .iter()
-            .any(|f| a.as_str() == *f || a.starts_with(&format!("{f}=")))
+        FORBIDDEN.iter().any(|f| {
+            let short = f.len() == 2 && !a.starts_with("--");
+            // `-Ocmd` and `-c x=y` alike: a short option takes its value attached.
+            a.as_str() == *f || a.starts_with(&format!("{f}=")) || (short && a.starts_with(f))
+        })
     }) {
         return Err(refuse(
             "forbidden_flag",
@@ -889,6 +901,16 @@ mod tests {
             (&["find", ".", "-delete"], "forbidden_flag"),
             (&["git", "-c", "core.pager=sh", "log"], "forbidden_flag"),
             (&["git", "--upload-pack=evil", "status"], "forbidden_flag"),
+            (&["git", "grep", "-Osh", "x"], "forbidden_flag"),
+            (
+                &["git", "grep", "--open-files-in-pager=sh", "x"],
+                "forbidden_flag",
+            ),
+            (&["date", "-s", "2030-01-01"], "forbidden_flag"),
+            (&["date", "--set=2030-01-01"], "forbidden_flag"),
+            (&["ls\nrm", "-rf", "/"], "program_not_allowed"),
+            (&["timeout", "1", "rm", "x"], "wrapper_not_allowed"),
+            (&["nohup", "rm", "x"], "wrapper_not_allowed"),
             (&["ls; rm -rf /"], "program_not_allowed"),
             (&["$(rm -rf /)"], "program_not_allowed"),
             (&["curl", "http://x"], "program_not_allowed"),
