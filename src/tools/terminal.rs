@@ -911,6 +911,23 @@ mod tests {
             (&["ls\nrm", "-rf", "/"], "program_not_allowed"),
             (&["timeout", "1", "rm", "x"], "wrapper_not_allowed"),
             (&["nohup", "rm", "x"], "wrapper_not_allowed"),
+            (
+                &[
+                    "tar",
+                    "--checkpoint=1",
+                    "--checkpoint-action=exec=sh",
+                    "-cf",
+                    "x.tar",
+                    ".",
+                ],
+                "program_not_allowed",
+            ),
+            (
+                &["rsync", "-e", "sh -c id", "a", "b"],
+                "program_not_allowed",
+            ),
+            (&["sed", "-n", "1e id", "notes.txt"], "program_not_allowed"),
+            (&["'ls'"], "program_not_allowed"),
             (&["ls; rm -rf /"], "program_not_allowed"),
             (&["$(rm -rf /)"], "program_not_allowed"),
             (&["curl", "http://x"], "program_not_allowed"),

@@ -413,6 +413,14 @@ async fn malformed_arguments_get_clear_denials() {
         ),
         ("terminal.execute", json!({ "argv": "ls -la" })),
         ("terminal.execute", json!({ "argv": [] })),
+        (
+            "terminal.execute",
+            json!({ "argv": ["ls"], "env": { "LD_PRELOAD": "/tmp/evil.so" } }),
+        ),
+        (
+            "terminal.execute",
+            json!({ "argv": ["git", "status"], "env": { "GIT_SSH_COMMAND": "sh" } }),
+        ),
     ] {
         let (env, is_error) = call(&client, tool, args.clone()).await;
         assert!(is_error, "{args}");
