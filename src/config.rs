@@ -76,6 +76,22 @@ pub struct IdentityConfig {
     pub dev_tokens: bool,
     /// A JWKS file holding the identity provider's public keys.
     pub jwks_file: Option<PathBuf>,
+    /// The identity provider's JWKS URL (`https://`, or `http://` on
+    /// loopback), cached and refreshed on expiry and on an unknown `kid`.
+    pub jwks_url: Option<String>,
+    /// How long fetched JWKS keys are used before they are fetched again.
+    pub jwks_cache_s: u64,
+    /// The JWKS URL is fetched at most once per this many seconds, whatever
+    /// tokens arrive (a flood of unknown `kid`s cannot hammer the provider).
+    pub jwks_min_refresh_s: u64,
+    pub jwks_timeout_ms: u64,
+    /// PEM public keys, each with the one algorithm it verifies.
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// HS256 shared secret (set it with DUALTRUST_IDENTITY__HS256_SECRET);
+    /// at least 32 bytes. Only tokens whose header says HS256 use it.
+    pub hs256_secret: Option<Secret>,
+    /// The `kid` HS256 tokens carry, if the provider sets one.
+    pub hs256_kid: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_s: u64,
     /// Larger bearer tokens are rejected before any parsing.
@@ -91,12 +107,52 @@ impl Default for IdentityConfig {
             audience: "dualtrust".into(),
             dev_tokens: true,
             jwks_file: None,
+            jwks_url: None,
+            jwks_cache_s: 300,
+            jwks_min_refresh_s: 30,
+            jwks_timeout_ms: 5000,
+            public_keys: Vec::new(),
+            hs256_secret: None,
+            hs256_kid: None,
             leeway_s: 30,
             max_token_bytes: 8 * 1024,
             dev_token_ttl_s: 3600,
         }
     }
 }
+
+/// A PEM public key of the identity provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    /// Tokens naming this `kid` use this key; without one, tokens without a
+    /// `kid` do.
+    pub kid: Option<String>,
+    /// `RS256`, `ES256` or `EdDSA`.
+    pub alg: String,
+    pub pem_file: PathBuf,
+}
+
+/// A secret from configuration: never printed, not even by `Debug`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Shortest HS256 secret accepted: RFC 7518 section 3.2 asks for a key at
+/// least as long as the hash output.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -114,6 +170,12 @@ pub struct HttpConfig {
     /// OAuth authorization servers advertised in RFC 9728 metadata.
     pub authorization_servers: Vec<String>,
     pub max_body_bytes: usize,
+    /// Origins that get CORS headers (browser-based MCP clients). Each must
+    /// also be admitted by `allowed_origins`; a wildcard is never accepted.
+    pub cors_origins: Vec<String>,
+    /// On SIGTERM/SIGINT, how long in-flight requests may run before the
+    /// server closes them.
+    pub shutdown_grace_s: u64,
 }
 
 impl Default for HttpConfig {
@@ -129,6 +191,8 @@ impl Default for HttpConfig {
             ],
             authorization_servers: Vec::new(),
             max_body_bytes: 1024 * 1024,
+            cors_origins: Vec::new(),
+            shutdown_grace_s: 10,
         }
     }
 }
@@ -308,6 +372,9 @@ pub struct ScopeConfig {
     pub audit_read: String,
     /// Held by human approvers submitting approvals over HTTP.
     pub approvals_write: String,
+    /// Scope hierarchy: a granted scope implies the listed ones,
+    /// transitively. Replaces the default hierarchy when set.
+    pub implies: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for ScopeConfig {
@@ -321,6 +388,14 @@ impl Default for ScopeConfig {
             passport_issue: "passport:issue".into(),
             audit_read: "audit:read".into(),
             approvals_write: "approvals:write".into(),
+            implies: [
+                ("db:admin", vec!["db:write"]),
+                ("db:write", vec!["db:read"]),
+                ("terminal:admin", vec!["terminal:execute"]),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+            .collect(),
         }
     }
 }
@@ -411,12 +486,39 @@ impl Default for LeaseConfig {
     }
 }
 
+/// Rate limits, each a number of calls per minute (with a burst of the same
+/// size). Zero turns a limit off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Tool calls per subject, all tools together.
+    pub calls_per_minute: u32,
+    /// Tool calls per subject for one tool, by tool name.
+    pub tool_calls_per_minute: std::collections::BTreeMap<String, u32>,
+    /// Failed HTTP authentications per client address; beyond it the
+    /// address gets 429 without its tokens being examined or logged.
+    pub auth_failures_per_minute: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            calls_per_minute: 600,
+            tool_calls_per_minute: [("terminal.execute".to_string(), 120)]
+                .into_iter()
+                .collect(),
+            auth_failures_per_minute: 60,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub approvers: Vec<ApproverConfig>,
     pub quorum: QuorumConfig,
     pub leases: LeaseConfig,
+    pub limits: LimitsConfig,
     pub mode: Mode,
     pub identity: IdentityConfig,
     pub http: HttpConfig,
@@ -443,6 +545,7 @@ pub struct Config {
     pub approvers: Vec<ApproverConfig>,
     pub quorum: QuorumConfig,
     pub leases: LeaseConfig,
+    pub limits: LimitsConfig,
 }
 
 impl Config {
@@ -573,20 +676,23 @@ impl Config {
                 "a wildcard origin is never accepted; list the origins",
             ));
         }
-        if raw.mode == Mode::Production {
-            if raw.identity.dev_tokens {
+        validate_identity(&raw)?;
+        for (i, origin) in raw.http.cors_origins.iter().enumerate() {
+            let key = format!("http.cors_origins[{i}]");
+            if origin.contains('*') {
                 return Err(ConfigError::key(
-                    "identity.dev_tokens",
-                    "development tokens are refused in production; set it to false and configure identity.jwks_file",
+                    &key,
+                    "a wildcard CORS origin is never accepted; list the origins",
                 ));
             }
-            if raw.identity.jwks_file.is_none() {
+            if !origin_matches(&raw.http.allowed_origins, origin) {
                 return Err(ConfigError::key(
-                    "identity.jwks_file",
-                    "production needs the identity provider's keys",
+                    &key,
+                    "must also be admitted by http.allowed_origins",
                 ));
             }
         }
+        positive("http.shutdown_grace_s", raw.http.shutdown_grace_s)?;
         validate_quorum(&raw)?;
         positive("leases.ttl_s", raw.leases.ttl_s)?;
         positive("leases.ordinary_ttl_s", raw.leases.ordinary_ttl_s)?;
@@ -616,6 +722,15 @@ impl Config {
         };
         let identity = IdentityConfig {
             jwks_file: raw.identity.jwks_file.map(|p| data_dir.join(p)),
+            public_keys: raw
+                .identity
+                .public_keys
+                .into_iter()
+                .map(|k| PublicKeyConfig {
+                    pem_file: data_dir.join(&k.pem_file),
+                    ..k
+                })
+                .collect(),
             ..raw.identity
         };
         Ok(Self {
@@ -632,8 +747,101 @@ impl Config {
             approvers: raw.approvers,
             quorum: raw.quorum,
             leases: raw.leases,
+            limits: raw.limits,
         })
     }
+}
+
+/// Whether `origin` is admitted by the `allowed` patterns (`scheme://host`,
+/// `scheme://host:port`, or `scheme://host:*` for any port).
+pub fn origin_matches(allowed: &[String], origin: &str) -> bool {
+    allowed.iter().any(|a| {
+        if let Some(prefix) = a.strip_suffix(":*") {
+            origin.eq_ignore_ascii_case(prefix)
+                || origin
+                    .strip_prefix(prefix)
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    .is_some_and(|port| {
+                        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+                    })
+        } else {
+            a.eq_ignore_ascii_case(origin)
+        }
+    })
+}
+
+fn validate_identity(raw: &FileConfig) -> Result<(), ConfigError> {
+    let identity = &raw.identity;
+    if let Some(secret) = &identity.hs256_secret {
+        let bytes = secret.expose().as_bytes();
+        let distinct = bytes
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if bytes.len() < MIN_HS256_SECRET_BYTES || distinct < 12 {
+            return Err(ConfigError::key(
+                "identity.hs256_secret",
+                format!(
+                    "too weak: use at least {MIN_HS256_SECRET_BYTES} random bytes (e.g. `openssl rand -base64 48`)"
+                ),
+            ));
+        }
+    }
+    if let Some(url) = &identity.jwks_url {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|_| ConfigError::key("identity.jwks_url", "not a URL"))?;
+        let loopback = matches!(
+            uri.host(),
+            Some("localhost" | "127.0.0.1" | "[::1]" | "::1")
+        );
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if loopback => {}
+            _ => {
+                return Err(ConfigError::key(
+                    "identity.jwks_url",
+                    "must be https:// (plain http only on loopback)",
+                ));
+            }
+        }
+    }
+    for (i, key) in identity.public_keys.iter().enumerate() {
+        if !matches!(key.alg.as_str(), "RS256" | "ES256" | "EdDSA") {
+            return Err(ConfigError::key(
+                &format!("identity.public_keys[{i}].alg"),
+                "must be RS256, ES256 or EdDSA",
+            ));
+        }
+    }
+    for (key, value) in [
+        ("identity.jwks_cache_s", identity.jwks_cache_s),
+        ("identity.jwks_min_refresh_s", identity.jwks_min_refresh_s),
+        ("identity.jwks_timeout_ms", identity.jwks_timeout_ms),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::key(key, "must be greater than zero"));
+        }
+    }
+    if raw.mode == Mode::Production {
+        if identity.dev_tokens {
+            return Err(ConfigError::key(
+                "identity.dev_tokens",
+                "development tokens are refused in production; set it to false and configure identity.jwks_url (or jwks_file, public_keys)",
+            ));
+        }
+        let has_keys = identity.jwks_file.is_some()
+            || identity.jwks_url.is_some()
+            || !identity.public_keys.is_empty()
+            || identity.hs256_secret.is_some();
+        if !has_keys {
+            return Err(ConfigError::key(
+                "identity.jwks_url",
+                "production needs the identity provider's keys: set identity.jwks_url, jwks_file, public_keys or hs256_secret",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_quorum(raw: &FileConfig) -> Result<(), ConfigError> {
@@ -818,5 +1026,61 @@ mod tests {
         assert!(err.to_string().contains("identity.dev_tokens"), "{err}");
         let err = load("[http]\nallowed_origins = [\"*\"]\n", &[]).expect_err("wildcard");
         assert!(err.to_string().contains("allowed_origins"), "{err}");
+    }
+
+    #[test]
+    fn identity_sources_are_validated() {
+        let weak = load(
+            "",
+            &[(
+                "DUALTRUST_IDENTITY__HS256_SECRET",
+                "secretsecretsecretsecretsecretsecret",
+            )],
+        )
+        .expect_err("weak secret");
+        assert!(weak.to_string().contains("identity.hs256_secret"), "{weak}");
+        assert!(!weak.to_string().contains("secretsecret"), "{weak}");
+        let ok = load(
+            "",
+            &[(
+                "DUALTRUST_IDENTITY__HS256_SECRET",
+                "q8Vt3LzR0pXw7NcY2mKd5HsJ9bFa6GuE",
+            )],
+        )
+        .expect("strong secret");
+        assert!(
+            !format!("{ok:?}").contains("q8Vt3LzR"),
+            "secret in Debug output"
+        );
+        let plain = load("[identity]\njwks_url = \"http://idp.example/jwks\"\n", &[])
+            .expect_err("plain http");
+        assert!(plain.to_string().contains("identity.jwks_url"), "{plain}");
+        load("[identity]\njwks_url = \"http://127.0.0.1:9/jwks\"\n", &[]).expect("loopback");
+        let alg = load(
+            "[[identity.public_keys]]\nalg = \"HS512\"\npem_file = \"k.pem\"\n",
+            &[],
+        )
+        .expect_err("alg");
+        assert!(alg.to_string().contains("public_keys[0].alg"), "{alg}");
+        let prod = load(
+            "mode = \"production\"\n[identity]\ndev_tokens = false\n",
+            &[],
+        )
+        .expect_err("no keys");
+        assert!(prod.to_string().contains("production needs"), "{prod}");
+    }
+
+    #[test]
+    fn cors_origins_are_explicit() {
+        let wild = load("[http]\ncors_origins = [\"*\"]\n", &[]).expect_err("wildcard");
+        assert!(wild.to_string().contains("cors_origins[0]"), "{wild}");
+        let outside = load("[http]\ncors_origins = [\"https://app.example\"]\n", &[])
+            .expect_err("not allowed");
+        assert!(outside.to_string().contains("allowed_origins"), "{outside}");
+        load(
+            "[http]\nallowed_origins = [\"https://app.example\"]\ncors_origins = [\"https://app.example\"]\n",
+            &[],
+        )
+        .expect("listed");
     }
 }

@@ -119,7 +119,12 @@ impl App {
         } else {
             None
         };
-        let verifier = Arc::new(TokenVerifier::new(&config.identity, dev_issuer.as_ref())?);
+        let verifier = Arc::new(TokenVerifier::new(
+            &config.identity,
+            dev_issuer.as_ref(),
+            &config.scopes.implies,
+        )?);
+        verifier.prime().await;
         let store = Store::open_sqlite(&config.store_path)
             .await
             .map_err(|source| StartupError::Store {

@@ -277,7 +277,7 @@ impl Gate {
 
     /// Verifies a token and checks its revocation in the store.
     pub async fn authenticate(&self, token: Option<&str>) -> Result<Principal, IdentityError> {
-        let principal = self.verifier.verify(token.unwrap_or_default())?;
+        let principal = self.verifier.verify(token.unwrap_or_default()).await?;
         self.check_revocation(principal).await
     }
 

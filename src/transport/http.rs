@@ -106,22 +106,6 @@ fn host_allowed(allowed: &[String], host: &str) -> bool {
         .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(bare))
 }
 
-fn origin_allowed(allowed: &[String], origin: &str) -> bool {
-    allowed.iter().any(|a| {
-        if let Some(prefix) = a.strip_suffix(":*") {
-            origin.eq_ignore_ascii_case(prefix)
-                || origin
-                    .strip_prefix(prefix)
-                    .and_then(|rest| rest.strip_prefix(':'))
-                    .is_some_and(|port| {
-                        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
-                    })
-        } else {
-            a.eq_ignore_ascii_case(origin)
-        }
-    })
-}
-
 async fn check_host_and_origin(
     State(state): State<HttpState>,
     request: Request,
@@ -142,7 +126,7 @@ async fn check_host_and_origin(
     if let Some(origin) = request.headers().get(header::ORIGIN) {
         let ok = origin
             .to_str()
-            .is_ok_and(|o| origin_allowed(&http.allowed_origins, o));
+            .is_ok_and(|o| crate::config::origin_matches(&http.allowed_origins, o));
         if !ok {
             return json_response(
                 StatusCode::FORBIDDEN,
@@ -459,10 +443,19 @@ mod tests {
             "http://localhost:*".to_string(),
             "https://app.example.com".to_string(),
         ];
-        assert!(origin_allowed(&origins, "http://localhost:3000"));
-        assert!(origin_allowed(&origins, "https://app.example.com"));
-        assert!(!origin_allowed(&origins, "http://localhost.evil.com:3000"));
-        assert!(!origin_allowed(&origins, "http://evil.com"));
-        assert!(!origin_allowed(&[], "http://localhost:3000"));
+        assert!(crate::config::origin_matches(
+            &origins,
+            "http://localhost:3000"
+        ));
+        assert!(crate::config::origin_matches(
+            &origins,
+            "https://app.example.com"
+        ));
+        assert!(!crate::config::origin_matches(
+            &origins,
+            "http://localhost.evil.com:3000"
+        ));
+        assert!(!crate::config::origin_matches(&origins, "http://evil.com"));
+        assert!(!crate::config::origin_matches(&[], "http://localhost:3000"));
     }
 }

@@ -11,13 +11,19 @@
 //! A [`Principal`] has private fields and no public constructor: holding one
 //! proves a token was verified here.
 
-use std::collections::BTreeSet;
+mod jwks;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
 
 use crate::config::IdentityConfig;
 use crate::keys::KeyPair;
+
+pub use jwks::JwksCounters;
+use jwks::{RemoteJwks, TrustedKey};
 
 /// Why a token was not accepted. `Display` is the text a client may see:
 /// fixed words, never token bytes or library internals.
@@ -150,64 +156,135 @@ impl AccessClaims {
     }
 }
 
-struct TrustedKey {
-    kid: String,
-    algorithm: Algorithm,
-    key: DecodingKey,
-}
-
 /// Verifies access tokens against the configured trusted keys.
 pub struct TokenVerifier {
-    keys: Vec<TrustedKey>,
+    static_keys: Vec<TrustedKey>,
+    remote: Option<RemoteJwks>,
     issuer: String,
     audience: String,
     leeway_s: u64,
     max_token_bytes: usize,
+    implies: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifierSetupError {
-    #[error("cannot read JWKS file {path}: {message}")]
+    #[error("cannot use JWKS file {path}: {message}")]
     Jwks { path: String, message: String },
+    #[error("cannot use public key {path}: {message}")]
+    Pem { path: String, message: String },
+    #[error("identity.jwks_url: {0}")]
+    JwksUrl(String),
     #[error(
-        "no token issuer is configured: enable identity.dev_tokens (development) or set identity.jwks_file"
+        "no token issuer is configured: enable identity.dev_tokens (development) or set identity.jwks_url, identity.jwks_file, identity.public_keys or identity.hs256_secret"
     )]
     NoKeys,
 }
 
 impl TokenVerifier {
+    /// Loads every configured key source. A JWKS URL is only prepared here;
+    /// [`TokenVerifier::prime`] fetches it.
     pub fn new(
         config: &IdentityConfig,
         dev_issuer: Option<&KeyPair>,
+        implies: &BTreeMap<String, Vec<String>>,
     ) -> Result<Self, VerifierSetupError> {
         let mut keys = Vec::new();
         if let Some(dev) = dev_issuer {
-            let jwk: jsonwebtoken::jwk::Jwk =
-                serde_json::from_value(dev.public_jwk()).map_err(|_| VerifierSetupError::NoKeys)?;
-            let key = DecodingKey::from_jwk(&jwk).map_err(|_| VerifierSetupError::NoKeys)?;
-            keys.push(TrustedKey {
-                kid: dev.kid().to_string(),
-                algorithm: Algorithm::EdDSA,
-                key,
-            });
+            let set = serde_json::json!({ "keys": [dev.public_jwk()] });
+            keys.extend(
+                jwks::parse_set(set.to_string().as_bytes())
+                    .map_err(|_| VerifierSetupError::NoKeys)?,
+            );
         }
         if let Some(path) = &config.jwks_file {
-            keys.extend(load_jwks_file(path)?);
+            let err = |message: String| VerifierSetupError::Jwks {
+                path: path.display().to_string(),
+                message,
+            };
+            let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+            keys.extend(jwks::parse_set(&bytes).map_err(err)?);
         }
-        if keys.is_empty() {
+        for entry in &config.public_keys {
+            let err = |message: String| VerifierSetupError::Pem {
+                path: entry.pem_file.display().to_string(),
+                message,
+            };
+            let pem = std::fs::read(&entry.pem_file).map_err(|e| err(e.to_string()))?;
+            keys.push(jwks::key_from_pem(entry.kid.clone(), &entry.alg, &pem).map_err(err)?);
+        }
+        if let Some(secret) = &config.hs256_secret {
+            keys.push(TrustedKey {
+                kid: config.hs256_kid.clone(),
+                algorithm: Algorithm::HS256,
+                key: DecodingKey::from_secret(secret.expose().as_bytes()),
+            });
+        }
+        let remote = match &config.jwks_url {
+            Some(url) => Some(
+                RemoteJwks::new(
+                    url.clone(),
+                    Duration::from_secs(config.jwks_cache_s),
+                    Duration::from_secs(config.jwks_min_refresh_s),
+                    Duration::from_millis(config.jwks_timeout_ms),
+                )
+                .map_err(VerifierSetupError::JwksUrl)?,
+            ),
+            None => None,
+        };
+        if keys.is_empty() && remote.is_none() {
             return Err(VerifierSetupError::NoKeys);
         }
         Ok(Self {
-            keys,
+            static_keys: keys,
+            remote,
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             leeway_s: config.leeway_s,
             max_token_bytes: config.max_token_bytes,
+            implies: implies.clone(),
         })
     }
 
-    pub fn verify(&self, token: &str) -> Result<Principal, IdentityError> {
+    /// Fetches the JWKS URL, if one is configured. A failure is logged and
+    /// reported by [`TokenVerifier::keys_loaded`]; later tokens retry.
+    pub async fn prime(&self) {
+        if let Some(remote) = &self.remote {
+            remote.prime().await;
+        }
+    }
+
+    /// Whether every configured key source has keys (for `/readyz`).
+    pub fn keys_loaded(&self) -> bool {
+        self.remote.as_ref().is_none_or(|r| r.loaded())
+    }
+
+    /// JWKS fetch counters, when a JWKS URL is configured.
+    pub fn jwks_counters(&self) -> Option<&JwksCounters> {
+        self.remote.as_ref().map(|r| &r.counters)
+    }
+
+    fn static_key(&self, kid: Option<&str>) -> Option<&TrustedKey> {
+        match kid {
+            Some(kid) => self
+                .static_keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid)),
+            None => {
+                let mut unnamed = self.static_keys.iter().filter(|k| k.kid.is_none());
+                match (unnamed.next(), unnamed.next()) {
+                    (Some(only), None) => Some(only),
+                    (None, _) if self.static_keys.len() == 1 && self.remote.is_none() => {
+                        self.static_keys.first()
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Principal, IdentityError> {
         if token.is_empty() {
             return Err(IdentityError::Missing);
         }
@@ -215,12 +292,14 @@ impl TokenVerifier {
             return Err(IdentityError::TooLarge);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| IdentityError::Malformed)?;
-        let trusted = match &header.kid {
-            Some(kid) => self.keys.iter().find(|k| &k.kid == kid),
-            None if self.keys.len() == 1 => self.keys.first(),
-            None => None,
-        }
-        .ok_or(IdentityError::UnknownKey)?;
+        let kid = header.kid.as_deref();
+        let trusted = match self.static_key(kid) {
+            Some(key) => key.clone(),
+            None => match &self.remote {
+                Some(remote) => remote.find(kid).await.ok_or(IdentityError::UnknownKey)?,
+                None => return Err(IdentityError::UnknownKey),
+            },
+        };
         if trusted.algorithm != header.alg {
             return Err(IdentityError::AlgorithmMismatch);
         }
@@ -245,9 +324,51 @@ impl TokenVerifier {
             subject,
             token_id: claims.jti.take(),
             expires_at,
-            scopes: claims.scopes(),
+            scopes: expand_scopes(claims.scopes(), &self.implies),
         })
     }
+}
+
+/// The granted scopes plus everything they imply, transitively (a scope
+/// hierarchy such as `db:admin` ⊃ `db:write` ⊃ `db:read`).
+fn expand_scopes(
+    granted: BTreeSet<String>,
+    implies: &BTreeMap<String, Vec<String>>,
+) -> BTreeSet<String> {
+    let mut all = granted.clone();
+    let mut pending: Vec<String> = granted.into_iter().collect();
+    while let Some(scope) = pending.pop() {
+        for implied in implies.get(&scope).into_iter().flatten() {
+            if all.insert(implied.clone()) {
+                pending.push(implied.clone());
+            }
+        }
+    }
+    all
+}
+
+/// What an operator may log about a rejected token: a short hash that
+/// identifies it without letting anyone replay it, and the subject it claims
+/// (unverified, truncated).
+pub fn token_fingerprint(token: &str) -> (String, Option<String>) {
+    use base64::Engine;
+    let hash = crate::sha256_hex(token.as_bytes());
+    let claimed = token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .ok()
+        })
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|claims| {
+            claims
+                .get("sub")?
+                .as_str()
+                .map(|s| s.chars().take(64).collect())
+        });
+    (hash[..12].to_string(), claimed)
 }
 
 fn map_jwt_error(kind: &ErrorKind) -> IdentityError {
@@ -263,42 +384,6 @@ fn map_jwt_error(kind: &ErrorKind) -> IdentityError {
         ErrorKind::InvalidAlgorithm => IdentityError::AlgorithmMismatch,
         _ => IdentityError::Malformed,
     }
-}
-
-fn load_jwks_file(path: &std::path::Path) -> Result<Vec<TrustedKey>, VerifierSetupError> {
-    let err = |message: String| VerifierSetupError::Jwks {
-        path: path.display().to_string(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let set: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-    let mut keys = Vec::new();
-    for jwk in &set.keys {
-        use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
-        let algorithm = match &jwk.algorithm {
-            AlgorithmParameters::RSA(_) => Algorithm::RS256,
-            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
-                Algorithm::ES256
-            }
-            AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
-            // Symmetric keys in a JWKS would let anyone holding the file mint
-            // tokens; other curves are unsupported.
-            _ => continue,
-        };
-        let kid = jwk
-            .common
-            .key_id
-            .clone()
-            .ok_or_else(|| err("every key needs a `kid`".into()))?;
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| err(e.to_string()))?;
-        keys.push(TrustedKey {
-            kid,
-            algorithm,
-            key,
-        });
-    }
-    Ok(keys)
 }
 
 /// Claims of a development token minted by `dualtrust token`.
@@ -323,7 +408,12 @@ mod tests {
     fn setup() -> (KeyPair, TokenVerifier, IdentityConfig) {
         let config = IdentityConfig::default();
         let issuer = KeyPair::generate().expect("key");
-        let verifier = TokenVerifier::new(&config, Some(&issuer)).expect("verifier");
+        let verifier = TokenVerifier::new(
+            &config,
+            Some(&issuer),
+            &crate::config::ScopeConfig::default().implies,
+        )
+        .expect("verifier");
         (issuer, verifier, config)
     }
 
@@ -341,30 +431,31 @@ mod tests {
         issuer.sign_jws("JWT", &claims).expect("sign")
     }
 
-    #[test]
-    fn honest_token_yields_principal_with_scopes() {
+    #[tokio::test]
+    async fn honest_token_yields_principal_with_scopes() {
         let (issuer, verifier, config) = setup();
         let p = verifier
             .verify(&mint(&issuer, &config, |_| {}))
+            .await
             .expect("valid");
         assert_eq!(p.subject(), "alice");
         assert!(p.has_scope("db:read") && p.has_scope("audit:read") && !p.has_scope("db:write"));
     }
 
-    #[test]
-    fn scopes_from_scp_and_permissions() {
+    #[tokio::test]
+    async fn scopes_from_scp_and_permissions() {
         let (issuer, verifier, config) = setup();
         let t = mint(&issuer, &config, |c| {
             c.as_object_mut().map(|o| o.remove("scope"));
             c["scp"] = serde_json::json!(["a", "b"]);
             c["permissions"] = serde_json::json!(["c"]);
         });
-        let p = verifier.verify(&t).expect("valid");
+        let p = verifier.verify(&t).await.expect("valid");
         assert!(p.has_scope("a") && p.has_scope("b") && p.has_scope("c"));
     }
 
-    #[test]
-    fn attacks_are_rejected() {
+    #[tokio::test]
+    async fn attacks_are_rejected() {
         let (issuer, verifier, config) = setup();
         let now = crate::now_unix();
         let cases: Vec<(&str, String, IdentityError)> = vec![
@@ -423,24 +514,27 @@ mod tests {
             ),
         ];
         for (name, token, want) in cases {
-            assert_eq!(verifier.verify(&token).err(), Some(want), "{name}");
+            assert_eq!(verifier.verify(&token).await.err(), Some(want), "{name}");
         }
     }
 
-    #[test]
-    fn alg_none_and_tampering_are_rejected() {
+    #[tokio::test]
+    async fn alg_none_and_tampering_are_rejected() {
         let (issuer, verifier, config) = setup();
         let honest = mint(&issuer, &config, |_| {});
         let parts: Vec<&str> = honest.split('.').collect();
         // alg none, no signature.
         let none_header = B64.encode(format!(r#"{{"alg":"none","kid":"{}"}}"#, issuer.kid()));
         let none = format!("{none_header}.{}.", parts[1]);
-        assert_eq!(verifier.verify(&none).err(), Some(IdentityError::Malformed));
+        assert_eq!(
+            verifier.verify(&none).await.err(),
+            Some(IdentityError::Malformed)
+        );
         // HS256 header on our EdDSA key (key confusion).
         let hs_header = B64.encode(format!(r#"{{"alg":"HS256","kid":"{}"}}"#, issuer.kid()));
         let hs = format!("{hs_header}.{}.{}", parts[1], parts[2]);
         assert_eq!(
-            verifier.verify(&hs).err(),
+            verifier.verify(&hs).await.err(),
             Some(IdentityError::AlgorithmMismatch)
         );
         // Payload edited after signing.
@@ -454,8 +548,23 @@ mod tests {
             parts[2]
         );
         assert_eq!(
-            verifier.verify(&forged).err(),
+            verifier.verify(&forged).await.err(),
             Some(IdentityError::BadSignature)
         );
+    }
+
+    #[test]
+    fn scope_hierarchy_is_transitive() {
+        let implies = crate::config::ScopeConfig::default().implies;
+        let granted: BTreeSet<String> = ["db:admin".to_string()].into();
+        let all = expand_scopes(granted, &implies);
+        assert!(all.contains("db:write") && all.contains("db:read"));
+        assert!(!all.contains("terminal:execute"));
+        let cyclic: BTreeMap<String, Vec<String>> = [
+            ("a".to_string(), vec!["b".to_string()]),
+            ("b".to_string(), vec!["a".to_string()]),
+        ]
+        .into();
+        assert_eq!(expand_scopes(["a".to_string()].into(), &cyclic).len(), 2);
     }
 }
