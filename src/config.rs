@@ -9,7 +9,7 @@
 //! Environment overrides use `DUALTRUST_<SECTION>__<KEY>`, for example
 //! `DUALTRUST_DATABASE__URL=sqlite:///srv/app.db` or `DUALTRUST_MODE=production`.
 //! `DUALTRUST_TOKEN`, `DUALTRUST_DATA_DIR`, `DUALTRUST_CONFIG` and
-//! `DUALTRUST_LOG` are not configuration keys; any other unknown
+//! `DUALTRUST_LOG`, `DUALTRUST_LOG_FORMAT` are not configuration keys; any other unknown
 //! `DUALTRUST_*` variable is an error, so a typo cannot silently do nothing.
 
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ pub const NON_CONFIG_ENV: &[&str] = &[
     "DUALTRUST_DATA_DIR",
     "DUALTRUST_CONFIG",
     "DUALTRUST_LOG",
+    "DUALTRUST_LOG_FORMAT",
 ];
 
 pub const CONFIG_FILE_NAME: &str = "dualtrust.toml";

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod gate;
 pub mod identity;
 pub mod keys;
+pub mod metrics;
 pub mod sandbox;
 pub mod server;
 pub mod store;

@@ -166,11 +166,15 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DUALTRUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr: stdout belongs to the MCP stdio transport.
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    // One JSON object per line for log shippers; text for people.
+    match std::env::var("DUALTRUST_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().flatten_event(true).init(),
+        _ => builder.init(),
+    }
 }
 
 fn main() -> ExitCode {

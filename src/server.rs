@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::AuditLog;
 use crate::config::{Config, DatabaseConfig, Mode};
 use crate::gate::quorum::ApproverRegistry;
+use crate::gate::rate::CallLimits;
 use crate::gate::{Caller, Gate, GateOutcome, GatePolicy, Status};
 use crate::identity::{Principal, TokenVerifier};
 use crate::keys::KeyPair;
@@ -157,6 +158,7 @@ impl App {
             GatePolicy {
                 leases: config.leases.clone(),
                 approvers: ApproverRegistry::new(&config.approvers, &config.quorum),
+                limits: CallLimits::new(&config.limits),
             },
         ));
         let tools = ToolSet {

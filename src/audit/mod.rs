@@ -218,6 +218,15 @@ struct LogState {
 
 type Waiter = tokio::sync::oneshot::Sender<Result<Appended, StoreError>>;
 
+/// What the writer task is asked to do, in order.
+// Nearly every job is an append: boxing it would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Job {
+    Append(ReceiptDraft, Waiter),
+    /// Answered once every append queued before it is committed.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// The append-only receipt log: a hash chain and an RFC 6962 Merkle tree
 /// over the same receipts.
 ///
@@ -230,7 +239,7 @@ type Waiter = tokio::sync::oneshot::Sender<Result<Appended, StoreError>>;
 /// unique `seq` makes a racing writer retry rather than fork the log.
 pub struct AuditLog {
     inner: Arc<LogInner>,
-    appends: tokio::sync::mpsc::UnboundedSender<(ReceiptDraft, Waiter)>,
+    appends: tokio::sync::mpsc::UnboundedSender<Job>,
 }
 
 /// The log's shared state; reached through [`AuditLog`].
@@ -285,9 +294,19 @@ impl AuditLog {
     pub async fn append(&self, draft: ReceiptDraft) -> Result<Appended, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.appends
-            .send((draft, tx))
+            .send(Job::Append(draft, tx))
             .map_err(|_| StoreError::Unavailable)?;
         rx.await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    /// Returns once every receipt queued before the call is committed (at
+    /// shutdown, so that calls cut off by the grace period lose nothing
+    /// they already handed to the log).
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.appends.send(Job::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -295,17 +314,25 @@ impl LogInner {
     /// The single writer: every draft queued while a commit is in flight
     /// goes into the next commit (group commit), and each caller is answered
     /// only once its receipt is durable.
-    async fn writer(
-        self: Arc<Self>,
-        mut queue: tokio::sync::mpsc::UnboundedReceiver<(ReceiptDraft, Waiter)>,
-    ) {
+    async fn writer(self: Arc<Self>, mut queue: tokio::sync::mpsc::UnboundedReceiver<Job>) {
+        let mut flushes = Vec::new();
         while let Some(first) = queue.recv().await {
-            let mut batch = vec![first];
-            while let Ok(next) = queue.try_recv() {
-                batch.push(next);
+            let mut batch = Vec::new();
+            let mut next = Some(first);
+            while let Some(job) = next {
+                match job {
+                    Job::Append(draft, waiter) => batch.push((draft, waiter)),
+                    Job::Flush(done) => flushes.push(done),
+                }
+                next = queue.try_recv().ok();
             }
-            let mut state = self.state.lock().await;
-            self.write_batch(&mut state, batch).await;
+            if !batch.is_empty() {
+                let mut state = self.state.lock().await;
+                self.write_batch(&mut state, batch).await;
+            }
+            for done in flushes.drain(..) {
+                let _ = done.send(());
+            }
         }
     }
 

@@ -15,9 +15,11 @@
 //! "proof value" pattern): adding a tool cannot skip the gate by accident.
 
 pub mod quorum;
+pub mod rate;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -27,8 +29,10 @@ use serde_json::{Map, Value};
 use crate::audit::{AuditLog, Decision, LogProof, Receipt, ReceiptDraft};
 use crate::config::LeaseConfig;
 use crate::identity::{IdentityError, Principal, TokenVerifier};
+use crate::metrics::Metrics;
 use crate::store::{Lease, LeaseState, Store, StoreError};
 use quorum::{ApprovalError, ApprovalProof, ApproverRegistry};
+use rate::CallLimits;
 
 /// The argument that names a previously issued lease when a call is repeated.
 /// It is taken out of the arguments before they are parsed and digested.
@@ -181,6 +185,18 @@ pub enum Status {
     LeaseIssued,
 }
 
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Denied => "denied",
+            Self::Error => "error",
+            Self::ApprovalRequired => "approval_required",
+            Self::LeaseIssued => "lease_issued",
+        }
+    }
+}
+
 /// What the gate answers; the server turns it into an MCP tool result.
 #[derive(Debug, Clone, Serialize)]
 pub struct GateOutcome {
@@ -204,10 +220,11 @@ pub struct ErrorInfo {
     pub message: String,
 }
 
-/// Lease and quorum policy.
+/// Lease, quorum and rate policy.
 pub struct GatePolicy {
     pub leases: LeaseConfig,
     pub approvers: ApproverRegistry,
+    pub limits: CallLimits,
 }
 
 impl GatePolicy {
@@ -224,6 +241,24 @@ pub struct Gate {
     store: Store,
     log: Arc<AuditLog>,
     policy: GatePolicy,
+    metrics: Metrics,
+    in_flight: AtomicUsize,
+}
+
+/// Counts a call as in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn valid_lease_id(id: &str) -> bool {
@@ -256,7 +291,18 @@ impl Gate {
             store,
             log,
             policy,
+            metrics: Metrics::default(),
+            in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// Tool calls inside the gate right now (graceful shutdown waits for 0).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Store {
@@ -295,6 +341,7 @@ impl Gate {
 
     /// Records a request the HTTP front door refused before it reached MCP.
     pub async fn record_transport_denial(&self, transport: &'static str, error: IdentityError) {
+        self.metrics.record_auth_failure(error.code());
         let draft = ReceiptDraft {
             transport,
             tool: "http".into(),
@@ -304,6 +351,47 @@ impl Gate {
         };
         if let Err(e) = self.log.append(draft).await {
             tracing::error!(error = %e, "could not record an authentication denial");
+        }
+    }
+
+    /// The scope a call of `tool` with `arguments` needs, judged exactly as
+    /// [`Gate::run`] judges it; `None` when the arguments do not classify
+    /// (the gate itself then refuses them with the precise reason).
+    pub fn required_scope<T: Tool>(
+        &self,
+        tool: &T,
+        arguments: Option<&Map<String, Value>>,
+    ) -> Option<String> {
+        let mut arguments = arguments.cloned().unwrap_or_default();
+        arguments.remove(LEASE_ARG);
+        let args: T::Args = serde_json::from_value(Value::Object(arguments)).ok()?;
+        tool.classify(&args).ok().map(|c| c.scope)
+    }
+
+    /// Records a call the HTTP front door refused with 403 because the
+    /// token lacks `scope`: the same decision the gate's scope step makes.
+    pub async fn record_scope_denial(
+        &self,
+        transport: &'static str,
+        principal: &Principal,
+        tool: &'static str,
+        scope: &str,
+    ) {
+        self.metrics.record_refusal("insufficient_scope");
+        self.metrics
+            .record_call(tool, Status::Denied.as_str(), std::time::Duration::ZERO);
+        let draft = ReceiptDraft {
+            subject: Some(principal.subject().to_string()),
+            token_id: principal.token_id().map(String::from),
+            transport,
+            tool: tool.into(),
+            scope: Some(scope.to_string()),
+            decision: Some(Decision::Denied),
+            reason: Some("insufficient_scope".into()),
+            ..Default::default()
+        };
+        if let Err(e) = self.log.append(draft).await {
+            tracing::error!(error = %e, "could not record a scope denial");
         }
     }
 
@@ -340,8 +428,35 @@ impl Gate {
         }
     }
 
-    /// The whole pipeline for one call of `tool`.
+    /// The whole pipeline for one call of `tool`, measured.
     pub async fn run<T: Tool>(
+        &self,
+        tool: &T,
+        transport: &'static str,
+        caller: Caller,
+        arguments: Option<Map<String, Value>>,
+    ) -> GateOutcome {
+        let _in_flight = InFlight::enter(&self.in_flight);
+        let started = std::time::Instant::now();
+        let redeeming = arguments
+            .as_ref()
+            .is_some_and(|a| a.contains_key(LEASE_ARG));
+        let outcome = self.pipeline(tool, transport, caller, arguments).await;
+        self.metrics
+            .record_call(T::NAME, outcome.status.as_str(), started.elapsed());
+        match outcome.status {
+            Status::ApprovalRequired | Status::LeaseIssued => {
+                self.metrics.leases_issued.fetch_add(1, Ordering::Relaxed);
+            }
+            Status::Ok if redeeming => {
+                self.metrics.leases_redeemed.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        outcome
+    }
+
+    async fn pipeline<T: Tool>(
         &self,
         tool: &T,
         transport: &'static str,
@@ -441,6 +556,15 @@ impl Gate {
                 action.scope()
             );
             return self.deny(draft, "insufficient_scope", message).await;
+        }
+
+        // 4. Rate.
+        if let Err(retry_after) = self.policy.limits.check(principal.subject(), T::NAME) {
+            let message = format!(
+                "too many calls: retry in {} s",
+                retry_after.as_secs().max(1)
+            );
+            return self.deny(draft, "rate_limited", message).await;
         }
 
         // 4–5. Lease and quorum.
@@ -813,6 +937,10 @@ impl Gate {
         let result = self
             .check_and_record(submitter, lease_id, approver_id, signature)
             .await;
+        self.metrics.record_approval(match &result {
+            Ok(_) => "accepted",
+            Err(e) => e.code(),
+        });
         match &result {
             Ok(status) => {
                 draft.decision = Some(Decision::ApprovalRecorded);
@@ -915,8 +1043,13 @@ impl Gate {
         status: Status,
         payload: Option<Value>,
         error: Option<ErrorInfo>,
-        reason: Option<&str>,
+        reason: Option<&'static str>,
     ) -> GateOutcome {
+        if status == Status::Denied
+            && let Some(code) = reason
+        {
+            self.metrics.record_refusal(code);
+        }
         draft.decision = Some(match status {
             Status::Ok => Decision::Allowed,
             Status::Denied => Decision::Denied,

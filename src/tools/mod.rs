@@ -112,6 +112,31 @@ impl ToolSet {
         ]
     }
 
+    /// The scope a call needs and the tool's static name; `None` for an
+    /// unknown tool or arguments that do not classify.
+    pub fn required_scope(
+        &self,
+        gate: &Gate,
+        name: &str,
+        arguments: Option<&Map<String, Value>>,
+    ) -> Option<(&'static str, String)> {
+        match name {
+            DbQuery::NAME => gate
+                .required_scope(&self.db_query, arguments)
+                .map(|s| (DbQuery::NAME, s)),
+            Terminal::NAME => gate
+                .required_scope(&self.terminal, arguments)
+                .map(|s| (Terminal::NAME, s)),
+            PassportIssuer::NAME => gate
+                .required_scope(&self.passport, arguments)
+                .map(|s| (PassportIssuer::NAME, s)),
+            AuditVerify::NAME => gate
+                .required_scope(&self.audit_verify, arguments)
+                .map(|s| (AuditVerify::NAME, s)),
+            _ => None,
+        }
+    }
+
     /// Runs the named tool through the gate; `None` for an unknown name.
     pub async fn call(
         &self,

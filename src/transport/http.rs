@@ -9,13 +9,14 @@
 //! request's extensions. rmcp's own Host/Origin checks stay on as a second
 //! layer. Error bodies carry fixed text only.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +26,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::gate::quorum::ApprovalError;
+use crate::gate::rate::KeyedLimit;
 use crate::identity::{IdentityError, Principal};
 use crate::server::{App, McpServer, Transport};
 
@@ -32,6 +34,8 @@ use crate::server::{App, McpServer, Transport};
 struct HttpState {
     app: Arc<App>,
     public_url: String,
+    /// Failed authentications per client address.
+    auth_failures: Option<Arc<KeyedLimit<IpAddr>>>,
 }
 
 impl HttpState {
@@ -58,7 +62,13 @@ pub fn router(app: Arc<App>, public_url: String, shutdown: CancellationToken) ->
         Arc::new(LocalSessionManager::default()),
         mcp_config,
     );
-    let state = HttpState { app, public_url };
+    let auth_failures =
+        KeyedLimit::per_minute(app.config.limits.auth_failures_per_minute).map(Arc::new);
+    let state = HttpState {
+        app,
+        public_url,
+        auth_failures,
+    };
     let approvals = Router::new()
         .route("/approvals", post(submit_approval))
         .route("/approvals/{lease_id}", get(show_approval))
@@ -66,6 +76,10 @@ pub fn router(app: Arc<App>, public_url: String, shutdown: CancellationToken) ->
     let protected = Router::new()
         .nest_service("/mcp", mcp)
         .merge(approvals)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            check_tool_scope,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -83,8 +97,121 @@ pub fn router(app: Arc<App>, public_url: String, shutdown: CancellationToken) ->
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(state)
+        .route("/metrics", get(metrics))
+        .with_state(state.clone())
         .merge(protected)
+        .layer(middleware::from_fn_with_state(state, cors))
+}
+
+/// Headers a browser-based MCP client sends and must be allowed to read.
+const CORS_ALLOW_HEADERS: &str =
+    "authorization, content-type, accept, mcp-session-id, mcp-protocol-version, last-event-id";
+const CORS_EXPOSE_HEADERS: &str = "mcp-session-id, mcp-protocol-version, www-authenticate";
+
+/// CORS for the origins listed in `http.cors_origins` only; the allowed
+/// origin is echoed, never `*`. Preflights are answered here, before
+/// authentication, because browsers send them without credentials.
+async fn cors(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let cors_origins = &state.app.config.http.cors_origins;
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .filter(|o| crate::config::origin_matches(cors_origins, o))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let Some(origin) = origin else {
+        return next.run(request).await;
+    };
+    let preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(CORS_ALLOW_HEADERS),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        r
+    } else {
+        next.run(request).await
+    };
+    let h = response.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(CORS_EXPOSE_HEADERS),
+    );
+    h.append(header::VARY, HeaderValue::from_static("origin"));
+    response
+}
+
+#[derive(serde::Deserialize)]
+struct ToolCallProbe {
+    method: String,
+    params: Option<ToolCallProbeParams>,
+}
+
+#[derive(serde::Deserialize)]
+struct ToolCallProbeParams {
+    name: String,
+    arguments: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A `tools/call` whose token lacks the scope the call needs is answered
+/// 403 `insufficient_scope` naming the scope (MCP authorization, scope
+/// challenge), so the client can step up its authorization. The scope is
+/// judged by the tool's own classifier, as the gate judges it; anything the
+/// probe cannot judge goes on to the gate, which refuses it precisely.
+async fn check_tool_scope(
+    State(state): State<HttpState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let Some(principal) = request.extensions().get::<Principal>().cloned() else {
+        return next.run(request).await;
+    };
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, state.app.config.http.max_body_bytes).await else {
+        return json_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({ "error": "payload_too_large", "error_description": "the request body exceeds the configured limit" }),
+        );
+    };
+    if let Ok(ToolCallProbe {
+        method,
+        params: Some(params),
+    }) = serde_json::from_slice::<ToolCallProbe>(&bytes)
+        && method == "tools/call"
+        && let Some((tool, scope)) =
+            state
+                .app
+                .tools
+                .required_scope(&state.app.gate, &params.name, params.arguments.as_ref())
+        && !principal.has_scope(&scope)
+    {
+        state
+            .app
+            .gate
+            .record_scope_denial("http", &principal, tool, &scope)
+            .await;
+        tracing::info!(subject = principal.subject(), tool, scope = %scope, "tool call refused: insufficient scope");
+        return insufficient_scope(&state, &scope);
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
@@ -175,11 +302,50 @@ async fn authenticate(
             next.run(request).await
         }
         Err(error) => {
+            let address = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            if let (Some(limit), Some(ip)) = (&state.auth_failures, address)
+                && let Err(retry_after) = limit.check(&ip)
+            {
+                // Over the limit: no receipt, so a flood cannot grow the log.
+                state
+                    .app
+                    .gate
+                    .metrics()
+                    .auth_throttled
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return too_many_failures(retry_after);
+            }
             state.app.gate.record_transport_denial("http", error).await;
-            tracing::info!(reason = error.code(), "http request not authenticated");
+            let token = bearer(request.headers()).ok().flatten().unwrap_or_default();
+            let (token_hash, claimed_subject) = if token.is_empty() {
+                (String::new(), None)
+            } else {
+                crate::identity::token_fingerprint(token)
+            };
+            tracing::info!(
+                reason = error.code(),
+                client = ?address,
+                token_sha256_prefix = %token_hash,
+                claimed_subject = ?claimed_subject,
+                "http request not authenticated"
+            );
             unauthorized(&state, error)
         }
     }
+}
+
+fn too_many_failures(retry_after: std::time::Duration) -> Response {
+    let mut response = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({ "error": "too_many_requests", "error_description": "too many failed authentications from this address; retry later" }),
+    );
+    if let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 fn unauthorized(state: &HttpState, error: IdentityError) -> Response {
@@ -364,16 +530,49 @@ async fn healthz() -> Response {
 async fn readyz(State(state): State<HttpState>) -> Response {
     let sandbox = state.app.tools.terminal.sandbox_status().to_string();
     let processes = state.app.tools.terminal.process_limit_status();
-    match state.app.store.ping().await {
-        Ok(()) => json_response(
-            StatusCode::OK,
-            json!({ "status": "ready", "store": "ok", "keys": "loaded", "terminal_sandbox": sandbox, "terminal_process_limit": processes }),
-        ),
-        Err(_) => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "status": "not_ready", "store": "unavailable", "keys": "loaded", "terminal_sandbox": sandbox, "terminal_process_limit": processes }),
-        ),
+    let store_ok = state.app.store.ping().await.is_ok();
+    let keys_ok = state.app.gate.verifier().keys_loaded();
+    let ready = store_ok && keys_ok;
+    json_response(
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "store": if store_ok { "ok" } else { "unavailable" },
+            "keys": if keys_ok { "loaded" } else { "unavailable" },
+            "terminal_sandbox": sandbox,
+            "terminal_process_limit": processes,
+        }),
+    )
+}
+
+/// Prometheus text exposition. Labels are tool names, statuses and reason
+/// codes only: no subjects, no arguments.
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let gate = &state.app.gate;
+    let mut extra = Vec::new();
+    if let Some(c) = gate.verifier().jwks_counters() {
+        use std::sync::atomic::Ordering::Relaxed;
+        extra.push((
+            "dualtrust_jwks_fetches_total",
+            "Successful fetches of the identity provider's JWKS.",
+            c.fetched.load(Relaxed),
+        ));
+        extra.push((
+            "dualtrust_jwks_fetch_failures_total",
+            "Failed fetches of the identity provider's JWKS.",
+            c.failed.load(Relaxed),
+        ));
     }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        gate.metrics().render(&extra),
+    )
+        .into_response()
 }
 
 /// Binds, prints the address, and serves until SIGINT/SIGTERM; in-flight
@@ -391,16 +590,52 @@ pub async fn serve(
         .clone()
         .unwrap_or_else(|| format!("http://{local}"));
     let shutdown = CancellationToken::new();
-    let router = router(app, public_url.clone(), shutdown.clone());
+    let grace = std::time::Duration::from_secs(app.config.http.shutdown_grace_s);
+    let router = router(app.clone(), public_url.clone(), shutdown.clone());
     eprintln!("dualtrust listening on {public_url}/mcp");
     tracing::info!(address = %local, "serving MCP over streamable HTTP");
-    let signal = shutdown.clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            wait_for_signal().await;
-            signal.cancel();
-        })
-        .await?;
+    let stop_accepting = CancellationToken::new();
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+    let mut server = tokio::spawn(server.into_future());
+    tokio::select! {
+        finished = &mut server => {
+            finished??;
+            return Ok(());
+        }
+        () = wait_for_signal() => {}
+    }
+    // Stop accepting; tool calls in flight get `grace` to finish and answer.
+    // Only then are MCP sessions and their SSE streams closed: closing them
+    // first would cancel the very calls we are waiting for.
+    tracing::info!(grace_s = grace.as_secs(), "shutting down: draining in-flight calls");
+    stop_accepting.cancel();
+    let deadline = tokio::time::Instant::now() + grace;
+    while app.gate.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let unfinished = app.gate.in_flight();
+    if unfinished > 0 {
+        tracing::warn!(unfinished, "calls outlived the shutdown grace period; closing them");
+    }
+    // Answers travel from the gate to the client's stream asynchronously.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    shutdown.cancel();
+    let remaining = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(std::time::Duration::from_secs(1));
+    match tokio::time::timeout(remaining, &mut server).await {
+        Ok(finished) => finished??,
+        Err(_) => {
+            tracing::warn!("connections still open after the grace period; closing them");
+            server.abort();
+        }
+    }
+    app.gate.log().flush().await;
+    tracing::info!("audit log flushed; stopped");
     Ok(())
 }
 

@@ -21,8 +21,9 @@ pub async fn serve(
             "stdio token not accepted ({e}); every tool call will be denied until DUALTRUST_TOKEN holds a valid token"
         ),
     }
-    let server = McpServer::new(app, Transport::Stdio { token });
+    let server = McpServer::new(app.clone(), Transport::Stdio { token });
     let running = server.serve(rmcp::transport::stdio()).await?;
     running.waiting().await?;
+    app.gate.log().flush().await;
     Ok(())
 }

@@ -122,20 +122,7 @@ impl HttpServer {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn http server");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let base = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.expect("read stderr") {
-                if let Some(rest) = line.strip_prefix("dualtrust listening on ") {
-                    return rest.trim_end_matches("/mcp").to_string();
-                }
-            }
-            panic!("server exited before listening");
-        })
-        .await
-        .expect("server did not start in time");
-        // Keep draining stderr so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let base = listening_address(&mut child).await;
         Self { child, base }
     }
 
@@ -157,6 +144,33 @@ impl HttpServer {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// Waits for the server to exit by itself.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("server exited in time")
+            .expect("wait")
+    }
+}
+
+/// The base URL a starting `serve --http` prints on stderr; keeps draining
+/// stderr afterwards so the server never blocks on a full pipe.
+pub async fn listening_address(child: &mut tokio::process::Child) -> String {
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let base = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if let Some(rest) = line.strip_prefix("dualtrust listening on ") {
+                return rest.trim_end_matches("/mcp").to_string();
+            }
+        }
+        panic!("server exited before listening");
+    })
+    .await
+    .expect("server did not start in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    base
 }
 
 /// Calls a tool; returns the structured envelope and whether it was an error.

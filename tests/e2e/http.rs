@@ -1,6 +1,6 @@
 use serde_json::{Value, json};
 
-use crate::common::{DataDir, call, error_code, receipt, status};
+use crate::common::{DataDir, call, receipt, status};
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 
@@ -183,10 +183,18 @@ async fn mcp_over_http_with_a_token_and_receipts_verify_against_the_jwks() {
         .check_signature(&keys)
         .expect("verifies with the JWKS");
 
-    // Missing scope over HTTP: the call is denied inside MCP, with a receipt.
-    let (env, _) = call(&client, "terminal.execute", json!({ "argv": ["ls"] })).await;
-    assert_eq!(status(&env), "denied");
-    assert_eq!(error_code(&env), "insufficient_scope");
+    // Missing scope over HTTP: 403 insufficient_scope naming the scope, which
+    // rmcp's client surfaces as a step-up challenge; nothing ran.
+    let Value::Object(args) = json!({ "argv": ["ls"] }) else {
+        unreachable!()
+    };
+    let refused = client
+        .call_tool(rmcp::model::CallToolRequestParams::new("terminal.execute").with_arguments(args))
+        .await
+        .expect_err("403");
+    let text = format!("{refused:?}");
+    assert!(text.contains("InsufficientScope"), "{text}");
+    assert!(text.contains(r#"scope=\"terminal:execute\""#), "{text}");
     client.cancel().await.expect("close");
     server.stop().await;
 }

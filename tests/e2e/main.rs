@@ -5,6 +5,8 @@
 //! - `common`: data directories, tokens, spawning servers and clients.
 //! - `stdio`: the gate through the stdio transport, allowed and denied calls.
 //! - `http`: the HTTP front door (401/403 answers, metadata, JWKS) and MCP over it.
+//! - `identity`: a local IdP (RSA, EC, Ed25519, JWKS rotation) and the token attack battery,
+//!   403 scope challenges, CORS, rate limits, graceful shutdown, production refusals.
 //! - `quorum`: leases and k-of-n approval, the happy path and the attacks.
 //! - `audit_log`: the RFC 6962 log: proofs, checkpoints, tampering, kill -9.
 //! - `cli`: the command line: init, token, keys, audit export and offline verify.
@@ -13,5 +15,6 @@ mod audit_log;
 mod cli;
 mod common;
 mod http;
+mod identity;
 mod quorum;
 mod stdio;

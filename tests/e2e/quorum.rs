@@ -595,22 +595,21 @@ async fn an_approved_fork_bomb_is_contained_and_killed() {
     )
     .await;
     assert_eq!(env["result"]["stdout"], "alive\n", "{env}");
-    let cgroup_root = std::path::Path::new("/sys/fs/cgroup/pids");
-    let leftovers: usize = std::fs::read_dir(cgroup_root)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("dualtrust-"))
-                .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten())
-                .filter(|e| e.path().is_dir())
-                .map(|e| {
-                    std::fs::read_to_string(e.path().join("cgroup.procs"))
-                        .unwrap_or_default()
-                        .lines()
-                        .count()
-                })
-                .sum()
+    // Only this server's cgroups: other tests run commands in parallel.
+    let own = std::path::Path::new("/sys/fs/cgroup/pids")
+        .join(format!("dualtrust-{}", server.pid().expect("pid")));
+    let leftovers: usize = std::fs::read_dir(&own)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| {
+            std::fs::read_to_string(e.path().join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .count()
         })
-        .unwrap_or(0);
+        .sum();
     assert_eq!(leftovers, 0, "processes survived in a command cgroup");
     client.cancel().await.expect("close");
     server.stop().await;
