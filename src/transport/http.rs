@@ -349,15 +349,18 @@ fn too_many_failures(retry_after: std::time::Duration) -> Response {
 }
 
 fn unauthorized(state: &HttpState, error: IdentityError) -> Response {
-    // RFC 6750 section 3.1: no error code when no credentials were sent.
+    // RFC 6750 section 3.1: no error code when no credentials were sent. The
+    // scope hint (MCP authorization, scope selection) lists what this server
+    // understands, so a client asks its authorization server for those.
+    let scope = state.app.config.scopes.all().join(" ");
     let challenge = if error == IdentityError::Missing {
         format!(
-            r#"Bearer realm="dualtrust", resource_metadata="{}""#,
+            r#"Bearer realm="dualtrust", resource_metadata="{}", scope="{scope}""#,
             state.resource_metadata_url()
         )
     } else {
         format!(
-            r#"Bearer realm="dualtrust", resource_metadata="{}", error="invalid_token", error_description="{}""#,
+            r#"Bearer realm="dualtrust", resource_metadata="{}", scope="{scope}", error="invalid_token", error_description="{}""#,
             state.resource_metadata_url(),
             error
         )
@@ -611,7 +614,10 @@ pub async fn serve(
     // Stop accepting; tool calls in flight get `grace` to finish and answer.
     // Only then are MCP sessions and their SSE streams closed: closing them
     // first would cancel the very calls we are waiting for.
-    tracing::info!(grace_s = grace.as_secs(), "shutting down: draining in-flight calls");
+    tracing::info!(
+        grace_s = grace.as_secs(),
+        "shutting down: draining in-flight calls"
+    );
     stop_accepting.cancel();
     let deadline = tokio::time::Instant::now() + grace;
     while app.gate.in_flight() > 0 && tokio::time::Instant::now() < deadline {
@@ -619,7 +625,10 @@ pub async fn serve(
     }
     let unfinished = app.gate.in_flight();
     if unfinished > 0 {
-        tracing::warn!(unfinished, "calls outlived the shutdown grace period; closing them");
+        tracing::warn!(
+            unfinished,
+            "calls outlived the shutdown grace period; closing them"
+        );
     }
     // Answers travel from the gate to the client's stream asynchronously.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -40,6 +40,10 @@ async fn unauthenticated_requests_get_401_with_resource_metadata() {
         !challenge.contains("error="),
         "no error code without credentials: {challenge}"
     );
+    assert!(
+        challenge.contains(r#"scope="db:read "#),
+        "the scopes to ask for: {challenge}"
+    );
 
     let now = dualtrust::now_unix();
     let expired = data.forged_token(|c| c["exp"] = json!(now - 3600));

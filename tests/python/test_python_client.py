@@ -94,7 +94,7 @@ def verify_log_proof_independently(receipt: dict, log: dict, keyset: dict) -> No
     assert sn == 0 and r == base64.b64decode(root_b64)
 
 
-async def exercise(client: Client, keyset: dict) -> str:
+async def exercise(client: Client, keyset: dict, scope_refused_in_band: bool) -> str:
     tools = await client.list_tools()
     assert sorted(t.name for t in tools.tools) == ["audit.verify", "db.query", "passport.issue", "terminal.execute"]
 
@@ -110,11 +110,14 @@ async def exercise(client: Client, keyset: dict) -> str:
     verdict = await client.call_tool("audit.verify", {"receipt": receipt})
     assert verdict.structured_content["result"]["valid"] is True
 
-    denied = await client.call_tool("db.query", {"sql": "DELETE FROM orders WHERE id = 1"})
-    assert denied.is_error
-    assert denied.structured_content["error"]["code"] == "insufficient_scope"
-    verify_receipt_independently(denied.structured_content["receipt"], keyset)
-    verify_log_proof_independently(denied.structured_content["receipt"], denied.structured_content["log"], keyset)
+    if scope_refused_in_band:
+        # stdio has no status codes: the refusal is a tool error with a receipt.
+        # (Over HTTP it is a 403 scope challenge, checked by the caller.)
+        denied = await client.call_tool("db.query", {"sql": "DELETE FROM orders WHERE id = 1"})
+        assert denied.is_error
+        assert denied.structured_content["error"]["code"] == "insufficient_scope"
+        verify_receipt_independently(denied.structured_content["receipt"], keyset)
+        verify_log_proof_independently(denied.structured_content["receipt"], denied.structured_content["log"], keyset)
 
     issued = await client.call_tool("passport.issue", {"agent_id": "py-agent-1", "ttl_s": 60})
     assert not issued.is_error, issued
@@ -142,7 +145,7 @@ def test_stdio(data_dir):
 
     async def run():
         async with Client(params) as client:
-            return await exercise(client, keyset)
+            return await exercise(client, keyset, scope_refused_in_band=True)
 
     version = asyncio.run(run())
     print(f"stdio negotiated protocol {version}")
@@ -233,7 +236,7 @@ def test_streamable_http(data_dir):
 
             http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
             async with Client(streamable_http_client(url, http_client=http)) as client:
-                return await exercise(client, keyset)
+                return await exercise(client, keyset, scope_refused_in_band=False)
 
         version = asyncio.run(run())
         print(f"http negotiated protocol {version}")
@@ -246,6 +249,19 @@ def test_streamable_http(data_dir):
         response = asyncio.run(unauthenticated())
         assert response.status_code == 401
         assert "resource_metadata=" in response.headers["www-authenticate"]
+
+        async def write_with_read_token():
+            async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
+                return await http.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                                                  "params": {"name": "db.query",
+                                                             "arguments": {"sql": "DELETE FROM orders WHERE id = 1"}}},
+                                       headers={"accept": "application/json, text/event-stream",
+                                                "mcp-protocol-version": "2026-07-28"})
+
+        response = asyncio.run(write_with_read_token())
+        assert response.status_code == 403
+        challenge = response.headers["www-authenticate"]
+        assert 'error="insufficient_scope"' in challenge and 'scope="db:write"' in challenge, challenge
     finally:
         server.terminate()
         server.wait(timeout=10)
