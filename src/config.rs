@@ -216,8 +216,16 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// The database `db.query` runs against: `sqlite://PATH`.
+    /// The database `db.query` runs against: `sqlite://PATH` (relative to
+    /// the data directory) or `postgres://USER@HOST:PORT/DB`. Writes and
+    /// admin statements use this URL's role.
     pub url: String,
+    /// PostgreSQL only: a separate URL (a read-only role) for reads.
+    pub read_url: Option<String>,
+    /// PostgreSQL only: connections per pool.
+    pub max_connections: u32,
+    /// How long a call waits for a free connection before failing.
+    pub acquire_timeout_ms: u64,
     /// Rows returned by one query at most; more set `truncated`.
     pub row_cap: usize,
     /// Bytes of result cells returned by one query at most.
@@ -233,6 +241,9 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://demo.db".into(),
+            read_url: None,
+            max_connections: 4,
+            acquire_timeout_ms: 5_000,
             row_cap: 500,
             max_result_bytes: 1024 * 1024,
             statement_timeout_ms: 5_000,
@@ -539,7 +550,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub store_path: PathBuf,
     pub database: DatabaseConfig,
-    pub database_path: PathBuf,
+    pub database_target: DatabaseTarget,
     pub terminal: TerminalConfig,
     pub passport: PassportConfig,
     pub scopes: ScopeConfig,
@@ -594,7 +605,7 @@ impl Config {
     fn validate(data_dir: &Path, raw: FileConfig) -> Result<Self, ConfigError> {
         let data_dir = absolute(data_dir);
         let store_path = sqlite_path(&data_dir, "store.url", &raw.store.url)?;
-        let database_path = sqlite_path(&data_dir, "database.url", &raw.database.url)?;
+        let database_target = database_target(&data_dir, &raw.database)?;
         let positive = |key: &str, v: u64| {
             if v == 0 {
                 Err(ConfigError::key(key, "must be greater than zero"))
@@ -603,6 +614,14 @@ impl Config {
             }
         };
         positive("database.row_cap", raw.database.row_cap as u64)?;
+        positive(
+            "database.max_connections",
+            u64::from(raw.database.max_connections),
+        )?;
+        positive(
+            "database.acquire_timeout_ms",
+            raw.database.acquire_timeout_ms,
+        )?;
         positive(
             "database.max_result_bytes",
             raw.database.max_result_bytes as u64,
@@ -741,7 +760,7 @@ impl Config {
             http: raw.http,
             store_path,
             database: raw.database,
-            database_path,
+            database_target,
             terminal,
             passport: raw.passport,
             scopes: raw.scopes,
@@ -921,10 +940,80 @@ fn absolute(path: &Path) -> PathBuf {
     }
 }
 
+/// Where `db.query` runs.
+#[derive(Debug, Clone)]
+pub enum DatabaseTarget {
+    Sqlite(PathBuf),
+    Postgres {
+        /// Writes and admin statements.
+        url: Secret,
+        /// Reads; the write URL when no read URL is configured.
+        read_url: Secret,
+    },
+}
+
+impl DatabaseTarget {
+    /// For logs and `init`: the location without credentials.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(path) => path.display().to_string(),
+            Self::Postgres { url, .. } => redact_url(url.expose()),
+        }
+    }
+}
+
+/// `scheme://user:password@host/db` → `scheme://user@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "[unparseable url]".into();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+fn database_target(data_dir: &Path, db: &DatabaseConfig) -> Result<DatabaseTarget, ConfigError> {
+    if is_postgres_url(&db.url) {
+        let read_url = match &db.read_url {
+            Some(r) if is_postgres_url(r) => r.clone(),
+            Some(_) => {
+                return Err(ConfigError::key(
+                    "database.read_url",
+                    "must be a postgres:// URL like database.url",
+                ));
+            }
+            None => db.url.clone(),
+        };
+        return Ok(DatabaseTarget::Postgres {
+            url: Secret(db.url.clone()),
+            read_url: Secret(read_url),
+        });
+    }
+    if db.read_url.is_some() {
+        return Err(ConfigError::key(
+            "database.read_url",
+            "only PostgreSQL takes a separate read URL; SQLite reads use a read-only connection",
+        ));
+    }
+    Ok(DatabaseTarget::Sqlite(sqlite_path(
+        data_dir,
+        "database.url",
+        &db.url,
+    )?))
+}
+
 fn sqlite_path(data_dir: &Path, key: &str, url: &str) -> Result<PathBuf, ConfigError> {
     let rest = url
         .strip_prefix("sqlite://")
-        .ok_or_else(|| ConfigError::key(key, "only sqlite://PATH is supported by this build"))?;
+        .ok_or_else(|| ConfigError::key(key, "expected sqlite://PATH or postgres://…"))?;
     if rest.is_empty() {
         return Err(ConfigError::key(key, "sqlite:// needs a file path"));
     }

@@ -245,7 +245,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             println!("data directory: {}", app.config.data_dir.display());
             println!("server key id:  {}", app.server_key.kid());
             println!("state store:    {}", app.config.store_path.display());
-            println!("database:       {}", app.config.database_path.display());
+            println!("database:       {}", app.config.database_target.describe());
         }
         Command::Serve { stdio, http } => {
             let app = Arc::new(App::build(config).await?);

@@ -16,7 +16,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditLog;
-use crate::config::{Config, DatabaseConfig, Mode};
+use crate::config::{Config, DatabaseConfig, DatabaseTarget, Mode};
 use crate::gate::quorum::ApproverRegistry;
 use crate::gate::rate::CallLimits;
 use crate::gate::{Caller, Gate, GateOutcome, GatePolicy, Status};
@@ -133,15 +133,16 @@ impl App {
                 source,
             })?;
         let db_error = |message: String| StartupError::Database {
-            path: config.database_path.display().to_string(),
+            path: config.database_target.describe(),
             message,
         };
         if config.database.url == DatabaseConfig::default().url
-            && crate::demo::ensure_demo_database(&config.database_path)
+            && let DatabaseTarget::Sqlite(path) = &config.database_target
+            && crate::demo::ensure_demo_database(path)
                 .await
                 .map_err(|e| db_error(e.to_string()))?
         {
-            tracing::info!(path = %config.database_path.display(), "created the demo database");
+            tracing::info!(path = %path.display(), "created the demo database");
         }
         let log = Arc::new(
             AuditLog::open(store.clone(), server_key.clone())
@@ -163,7 +164,7 @@ impl App {
         ));
         let tools = ToolSet {
             db_query: DbQuery::open(
-                &config.database_path,
+                &config.database_target,
                 config.database.clone(),
                 config.scopes.clone(),
             )

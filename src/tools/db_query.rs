@@ -1,10 +1,18 @@
 //! `db.query`: one SQL statement against the configured database.
 //!
-//! Reads run on a separate read-only connection pool (`SQLITE_OPEN_READONLY`
-//! plus `PRAGMA query_only`), writes and admin statements in their own
-//! transaction on the read-write pool. Every statement runs under a
-//! deadline enforced inside SQLite (a progress handler that interrupts it),
-//! a row cap and a byte cap on the returned cells.
+//! SQLite: reads run on a separate read-only connection pool
+//! (`SQLITE_OPEN_READONLY` plus `PRAGMA query_only`), writes and admin
+//! statements in their own transaction on the read-write pool; the deadline
+//! is enforced inside SQLite (a progress handler that interrupts it).
+//!
+//! PostgreSQL: reads run in `BEGIN READ ONLY` on the read pool (which can
+//! connect as a separate, read-only role) and are always rolled back, so not
+//! even a session setting survives them; writes run in `BEGIN READ WRITE` and
+//! commit. Both set `statement_timeout` for their transaction only, and the
+//! statement goes through the extended protocol (one prepared statement,
+//! never a simple-query batch), so a second statement cannot ride along.
+//!
+//! Both: a row cap and a byte cap on the returned cells.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -15,21 +23,23 @@ use futures_util::TryStreamExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow,
 };
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 
-use crate::config::{DatabaseConfig, ScopeConfig};
+use crate::config::{DatabaseConfig, DatabaseTarget, ScopeConfig};
 use crate::gate::{Authorized, Class, Classification, Executed, Refusal, Tool};
-use crate::tools::sql_classify::classify_sql;
+use crate::tools::sql_classify::{SqlDialect, classify_sql};
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DbQueryArgs {
-    /// Exactly one SQL statement (SQLite dialect). Use `?` placeholders for values.
+    /// Exactly one SQL statement in the database's dialect. Placeholders for
+    /// values: `?` on SQLite, `$1`, `$2`… on PostgreSQL.
     pub sql: String,
-    /// Values bound to the `?` placeholders, in order: null, boolean, number or string.
+    /// Values bound to the placeholders, in order: null, boolean, number or string.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub params: Vec<SqlParam>,
 }
@@ -44,18 +54,49 @@ pub enum SqlParam {
     Text(String),
 }
 
+enum Backend {
+    Sqlite {
+        read_pool: SqlitePool,
+        write_pool: SqlitePool,
+    },
+    Postgres {
+        read_pool: PgPool,
+        write_pool: PgPool,
+    },
+}
+
 pub struct DbQuery {
-    read_pool: SqlitePool,
-    write_pool: SqlitePool,
+    backend: Backend,
     limits: DatabaseConfig,
     scopes: ScopeConfig,
 }
 
 fn engine_error(error: sqlx::Error, timeout_ms: u64) -> Refusal {
     match &error {
-        sqlx::Error::Database(db) if db.message().contains("interrupted") => Refusal::new(
-            "statement_timeout",
-            format!("the statement ran past its {timeout_ms} ms deadline and was interrupted"),
+        // SQLite's progress handler, PostgreSQL's query_canceled (57014).
+        sqlx::Error::Database(db)
+            if db.message().contains("interrupted") || db.code().as_deref() == Some("57014") =>
+        {
+            Refusal::new(
+                "statement_timeout",
+                format!("the statement ran past its {timeout_ms} ms deadline and was cancelled"),
+            )
+        }
+        // read_only_sql_transaction: the engine's wall under the classifier.
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("25006") => Refusal::new(
+            "read_only_violation",
+            format!(
+                "the database refused a write in a read-only transaction: {}",
+                db.message()
+            ),
+        ),
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => Refusal::new(
+            "permission_denied",
+            format!("the database role may not do this: {}", db.message()),
+        ),
+        sqlx::Error::PoolTimedOut => Refusal::new(
+            "database_busy",
+            "no database connection became free in time; retry",
         ),
         sqlx::Error::Database(db) => Refusal::new(
             "sql_error",
@@ -70,10 +111,43 @@ fn engine_error(error: sqlx::Error, timeout_ms: u64) -> Refusal {
 
 impl DbQuery {
     pub async fn open(
-        path: &Path,
+        target: &DatabaseTarget,
         limits: DatabaseConfig,
         scopes: ScopeConfig,
     ) -> Result<Self, sqlx::Error> {
+        let backend = match target {
+            DatabaseTarget::Sqlite(path) => Self::open_sqlite(path).await?,
+            DatabaseTarget::Postgres { url, read_url } => {
+                let pool = |url: &str| {
+                    PgPoolOptions::new()
+                        .max_connections(limits.max_connections)
+                        .acquire_timeout(Duration::from_millis(limits.acquire_timeout_ms))
+                        // A connection that broke while PostgreSQL was away
+                        // is dropped, not handed to the next call.
+                        .test_before_acquire(true)
+                        .connect_lazy(url)
+                };
+                let backend = Backend::Postgres {
+                    read_pool: pool(read_url.expose())?,
+                    write_pool: pool(url.expose())?,
+                };
+                if let Backend::Postgres { write_pool, .. } = &backend
+                    && let Err(e) = sqlx::query("SELECT 1").execute(write_pool).await
+                {
+                    // Not fatal: calls fail closed until PostgreSQL is back.
+                    tracing::warn!(error = %e, "PostgreSQL is not reachable yet; db.query fails until it is");
+                }
+                backend
+            }
+        };
+        Ok(Self {
+            backend,
+            limits,
+            scopes,
+        })
+    }
+
+    async fn open_sqlite(path: &Path) -> Result<Backend, sqlx::Error> {
         let base = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(false)
@@ -91,12 +165,88 @@ impl DbQuery {
             .max_connections(4)
             .connect_with(base.clone().read_only(true).pragma("query_only", "ON"))
             .await?;
-        Ok(Self {
+        Ok(Backend::Sqlite {
             read_pool,
             write_pool,
-            limits,
-            scopes,
         })
+    }
+
+    fn dialect(&self) -> SqlDialect {
+        match self.backend {
+            Backend::Sqlite { .. } => SqlDialect::Sqlite,
+            Backend::Postgres { .. } => SqlDialect::Postgres,
+        }
+    }
+
+    fn bind_pg(args: &[SqlParam]) -> Result<PgArguments, Refusal> {
+        use sqlx::Arguments;
+        let mut out = PgArguments::default();
+        for p in args {
+            let r = match p {
+                SqlParam::Null => out.add(Option::<String>::None),
+                SqlParam::Bool(b) => out.add(*b),
+                SqlParam::Int(i) => out.add(*i),
+                SqlParam::Float(f) => out.add(*f),
+                SqlParam::Text(s) => out.add(s.clone()),
+            };
+            r.map_err(|_| Refusal::new("invalid_arguments", "a parameter could not be bound"))?;
+        }
+        Ok(out)
+    }
+
+    async fn run_pg(
+        &self,
+        read_pool: &PgPool,
+        write_pool: &PgPool,
+        sql: &str,
+        class: Class,
+        params: &[SqlParam],
+    ) -> Result<Value, Refusal> {
+        let timeout_ms = self.limits.statement_timeout_ms;
+        let arguments = Self::bind_pg(params)?;
+        let read = class == Class::Read;
+        let (pool, begin) = if read {
+            (read_pool, "BEGIN READ ONLY")
+        } else {
+            (write_pool, "BEGIN READ WRITE")
+        };
+        let outcome = async {
+            let mut tx = pool.begin_with(begin).await?;
+            // SET takes no bind parameters; the value is our own integer.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SET LOCAL statement_timeout = {timeout_ms}"
+            )))
+            .execute(&mut *tx)
+            .await?;
+            let mut affected = 0u64;
+            // Deprecated for SQLite's multi-statement behaviour; here it is
+            // one prepared statement, and the only way to get both the rows
+            // and the command tag's row count.
+            #[allow(deprecated)]
+            let stream = sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments)
+                .fetch_many(&mut *tx)
+                .try_filter_map(|item| {
+                    let row = match item {
+                        sqlx::Either::Left(done) => {
+                            affected += done.rows_affected();
+                            None
+                        }
+                        sqlx::Either::Right(row) => Some(row),
+                    };
+                    futures_util::future::ready(Ok(row))
+                });
+            let mut value = self.collect(Box::pin(stream), !read, pg_cell).await?;
+            if read {
+                // Nothing a read did, not even a session setting, survives.
+                tx.rollback().await?;
+            } else {
+                tx.commit().await?;
+                value["rows_affected"] = Value::from(affected);
+            }
+            Ok::<_, sqlx::Error>(value)
+        }
+        .await;
+        outcome.map_err(|e| engine_error(e, timeout_ms))
     }
 
     fn bind(args: &[SqlParam]) -> Result<SqliteArguments, Refusal> {
@@ -116,11 +266,21 @@ impl DbQuery {
     }
 
     async fn run(&self, sql: &str, class: Class, params: &[SqlParam]) -> Result<Value, Refusal> {
+        let (read_pool, write_pool) = match &self.backend {
+            Backend::Sqlite {
+                read_pool,
+                write_pool,
+            } => (read_pool, write_pool),
+            Backend::Postgres {
+                read_pool,
+                write_pool,
+            } => return self.run_pg(read_pool, write_pool, sql, class, params).await,
+        };
         let timeout_ms = self.limits.statement_timeout_ms;
         let pool = if class == Class::Read {
-            &self.read_pool
+            read_pool
         } else {
-            &self.write_pool
+            write_pool
         };
         let mut conn = pool
             .acquire()
@@ -140,9 +300,9 @@ impl DbQuery {
             self.collect(
                 sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments).fetch(&mut *conn),
                 false,
+                sqlite_cell,
             )
             .await
-            .map(|(v, _)| v)
         } else {
             self.run_in_transaction(&mut conn, sql, arguments).await
         };
@@ -159,10 +319,11 @@ impl DbQuery {
         arguments: SqliteArguments,
     ) -> Result<Value, sqlx::Error> {
         let mut tx = sqlx::Connection::begin(&mut **conn).await?;
-        let (mut value, _) = self
+        let mut value = self
             .collect(
                 sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments).fetch(&mut *tx),
                 true,
+                sqlite_cell,
             )
             .await?;
         // sqlite3_changes(): rows changed by the statement that just ran.
@@ -174,11 +335,12 @@ impl DbQuery {
         Ok(value)
     }
 
-    async fn collect<'e>(
+    async fn collect<'e, R: Row>(
         &self,
-        mut stream: futures_util::stream::BoxStream<'e, Result<SqliteRow, sqlx::Error>>,
+        mut stream: futures_util::stream::BoxStream<'e, Result<R, sqlx::Error>>,
         drain: bool,
-    ) -> Result<(Value, ()), sqlx::Error> {
+        cell: fn(&R, usize) -> Value,
+    ) -> Result<Value, sqlx::Error> {
         let mut columns: Vec<String> = Vec::new();
         let mut rows: Vec<Value> = Vec::new();
         let mut bytes = 0usize;
@@ -202,20 +364,48 @@ impl DbQuery {
             bytes += size;
             rows.push(Value::Array(cells));
         }
-        Ok((
-            json!({
-                "columns": columns,
-                "rows": rows,
-                "row_count": rows.len(),
-                "truncated": truncated,
-                "rows_affected": 0,
-            }),
-            (),
-        ))
+        Ok(json!({
+            "columns": columns,
+            "rows": rows,
+            "row_count": rows.len(),
+            "truncated": truncated,
+            "rows_affected": 0,
+        }))
     }
 }
 
-fn cell(row: &SqliteRow, index: usize) -> Value {
+/// A PostgreSQL cell as JSON. Types without a faithful JSON form here
+/// (numeric, dates and times, arrays…) say so; cast them (`x::text`).
+fn pg_cell(row: &PgRow, index: usize) -> Value {
+    let Ok(raw) = row.try_get_raw(index) else {
+        return Value::Null;
+    };
+    if raw.is_null() {
+        return Value::Null;
+    }
+    let kind = raw.type_info().name().to_ascii_uppercase();
+    let got = |v: Result<Value, sqlx::Error>| v.unwrap_or(Value::Null);
+    match kind.as_str() {
+        "BOOL" => got(row.try_get::<bool, _>(index).map(Value::from)),
+        "INT2" => got(row.try_get::<i16, _>(index).map(Value::from)),
+        "INT4" => got(row.try_get::<i32, _>(index).map(Value::from)),
+        "INT8" => got(row.try_get::<i64, _>(index).map(Value::from)),
+        "FLOAT4" => got(row.try_get::<f32, _>(index).map(Value::from)),
+        "FLOAT8" => got(row.try_get::<f64, _>(index).map(Value::from)),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "UNKNOWN" | "CITEXT" => {
+            got(row.try_get::<String, _>(index).map(Value::from))
+        }
+        "BYTEA" => got(row
+            .try_get::<Vec<u8>, _>(index)
+            .map(|b| json!({ "base64": base64::engine::general_purpose::STANDARD.encode(b) }))),
+        "JSON" | "JSONB" => got(row.try_get::<Value, _>(index)),
+        other => {
+            json!({ "unsupported_type": other, "hint": "cast the column to text, e.g. col::text" })
+        }
+    }
+}
+
+fn sqlite_cell(row: &SqliteRow, index: usize) -> Value {
     let Ok(raw) = row.try_get_raw(index) else {
         return Value::Null;
     };
@@ -270,7 +460,7 @@ impl Tool for DbQuery {
                 ),
             ));
         }
-        let classified = classify_sql(&args.sql)?;
+        let classified = classify_sql(&args.sql, self.dialect())?;
         let scope = match classified.class {
             Class::Read => &self.scopes.db_read,
             Class::Write => &self.scopes.db_write,
@@ -286,7 +476,7 @@ impl Tool for DbQuery {
     async fn execute(&self, call: Authorized<'_, DbQueryArgs>) -> Result<Executed, Refusal> {
         // Re-derive the canonical statement from the authorized arguments:
         // what runs is exactly the one statement that was classified.
-        let classified = classify_sql(&call.args().sql)?;
+        let classified = classify_sql(&call.args().sql, self.dialect())?;
         let result = self
             .run(
                 &classified.canonical_sql,

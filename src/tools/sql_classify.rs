@@ -14,7 +14,7 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{Expr, ObjectName, Query, SetExpr, Statement, Visit, Visitor};
-use sqlparser::dialect::SQLiteDialect;
+use sqlparser::dialect::{Dialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 
 use crate::gate::{Class, Refusal};
@@ -59,11 +59,22 @@ pub struct ClassifiedSql {
     pub canonical_sql: String,
 }
 
-pub fn classify_sql(sql: &str) -> Result<ClassifiedSql, Refusal> {
+/// Which SQL the text is parsed as: the target database's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlDialect {
+    Sqlite,
+    Postgres,
+}
+
+pub fn classify_sql(sql: &str, dialect: SqlDialect) -> Result<ClassifiedSql, Refusal> {
     if sql.trim().is_empty() {
         return Err(Refusal::new("empty_sql", "the SQL text is empty"));
     }
-    let statements = Parser::parse_sql(&SQLiteDialect {}, sql).map_err(|e| {
+    let parser_dialect: &dyn Dialect = match dialect {
+        SqlDialect::Sqlite => &SQLiteDialect {},
+        SqlDialect::Postgres => &PostgreSqlDialect {},
+    };
+    let statements = Parser::parse_sql(parser_dialect, sql).map_err(|e| {
         Refusal::new(
             "unparseable_sql",
             format!("the SQL could not be parsed, so it is not run: {e}"),
@@ -243,13 +254,13 @@ mod tests {
     use super::*;
 
     fn class(sql: &str) -> Class {
-        classify_sql(sql)
+        classify_sql(sql, SqlDialect::Sqlite)
             .map(|c| c.class)
             .unwrap_or_else(|r| panic!("{sql}: {}", r.message))
     }
 
     fn refused(sql: &str) -> &'static str {
-        classify_sql(sql)
+        classify_sql(sql, SqlDialect::Sqlite)
             .map(|c| c.class.as_str())
             .err()
             .map(|r| r.code)
@@ -341,7 +352,7 @@ mod tests {
 
     #[test]
     fn canonical_text_is_one_statement() {
-        let c = classify_sql("select 1 -- ; drop table t").expect("parses");
+        let c = classify_sql("select 1 -- ; drop table t", SqlDialect::Sqlite).expect("parses");
         assert!(!c.canonical_sql.to_ascii_lowercase().contains("drop"));
     }
 }

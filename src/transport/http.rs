@@ -329,7 +329,7 @@ async fn authenticate(
                 reason = error.code(),
                 client = ?address,
                 token_sha256_prefix = %token_hash,
-                claimed_subject = ?claimed_subject,
+                claimed_subject = claimed_subject.as_deref().unwrap_or(""),
                 "http request not authenticated"
             );
             unauthorized(&state, error)

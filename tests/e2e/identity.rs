@@ -783,3 +783,58 @@ async fn rate_limits_per_subject_and_tool_answer_clearly() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn json_logs_identify_rejected_tokens_without_echoing_them() {
+    let data = DataDir::new();
+    let mut child = tokio::process::Command::new(crate::common::BIN)
+        .arg("--data-dir")
+        .arg(&data.path)
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .env("DUALTRUST_LOG_FORMAT", "json")
+        .env("DUALTRUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let mut base = None;
+    while let Some(line) = lines.next_line().await.expect("line") {
+        if let Some(rest) = line.strip_prefix("dualtrust listening on ") {
+            base = Some(rest.trim_end_matches("/mcp").to_string());
+            break;
+        }
+    }
+    let url = format!("{}/mcp", base.expect("listening"));
+    let forged = data.forged_token(|c| c["aud"] = json!("someone-else"));
+    let response = post(&url, Some(&forged), initialize_body("2025-06-18"), &[]).await;
+    assert_eq!(response.status(), 401);
+    // An oversized body is refused before it reaches MCP.
+    let token = data.token("alice", "db:read");
+    let huge = tool_call_body("db.query", json!({ "sql": "x".repeat(2 * 1024 * 1024) }));
+    let response = post(&url, Some(&token), huge, &[]).await;
+    assert_eq!(response.status(), 413);
+
+    let line = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.expect("line") {
+            if line.contains("not authenticated") {
+                return line;
+            }
+        }
+        panic!("no log line for the rejected token");
+    })
+    .await
+    .expect("log line in time");
+    let event: Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(event["reason"], "wrong_audience", "{event}");
+    assert_eq!(event["claimed_subject"], "mallory", "{event}");
+    let prefix = event["token_sha256_prefix"].as_str().expect("hash prefix");
+    assert_eq!(prefix, &dualtrust::sha256_hex(forged.as_bytes())[..12]);
+    let signature = forged.rsplit('.').next().expect("signature");
+    assert!(
+        !line.contains(signature),
+        "the token is never logged: {line}"
+    );
+    let _ = child.kill().await;
+}

@@ -7,6 +7,7 @@
 //! - `http`: the HTTP front door (401/403 answers, metadata, JWKS) and MCP over it.
 //! - `identity`: a local IdP (RSA, EC, Ed25519, JWKS rotation) and the token attack battery,
 //!   403 scope challenges, CORS, rate limits, graceful shutdown, production refusals.
+//! - `postgres`: db.query on the real PostgreSQL: types, least-privilege roles, the bypass corpus.
 //! - `quorum`: leases and k-of-n approval, the happy path and the attacks.
 //! - `audit_log`: the RFC 6962 log: proofs, checkpoints, tampering, kill -9.
 //! - `cli`: the command line: init, token, keys, audit export and offline verify.
@@ -16,5 +17,6 @@ mod cli;
 mod common;
 mod http;
 mod identity;
+mod postgres;
 mod quorum;
 mod stdio;

@@ -1,0 +1,318 @@
+//! `db.query` against the real PostgreSQL on 127.0.0.1:5432, set up the way
+//! the README tells operators to: the server connects as a read-only role
+//! for reads and a read-write (not superuser) role for writes. The known
+//! bypasses of "read-only" database MCP servers are each tried; the database
+//! must come out unchanged.
+
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+use crate::common::{Client, DataDir, call, error_code, status};
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A fresh database with the demo tables, a read-only role and a
+/// read-write role; dropped by [`PgFixture::drop_all`].
+struct PgFixture {
+    name: String,
+    reader: String,
+    writer: String,
+}
+
+impl PgFixture {
+    async fn create() -> Self {
+        let id = &dualtrust::random_id().expect("id")[..12];
+        let fixture = Self {
+            name: format!("dt_{id}"),
+            reader: format!("dt_ro_{id}"),
+            writer: format!("dt_rw_{id}"),
+        };
+        let mut admin = sqlx::PgConnection::connect(ADMIN_URL)
+            .await
+            .expect("PostgreSQL at 127.0.0.1:5432 (start it: pg_ctlcluster … main start)");
+        for sql in [
+            format!("CREATE DATABASE {}", fixture.name),
+            format!("CREATE ROLE {} LOGIN", fixture.reader),
+            format!("CREATE ROLE {} LOGIN", fixture.writer),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await
+                .expect("setup");
+        }
+        let mut db = sqlx::PgConnection::connect(&fixture.url("postgres"))
+            .await
+            .expect("connect");
+        let setup = format!(
+            "CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, vip boolean NOT NULL DEFAULT false, meta jsonb);
+             INSERT INTO customers (name, vip, meta) VALUES ('Ada Lovelace', true, '{{\"tier\": 1}}'), ('Alan Turing', false, NULL);
+             CREATE PROCEDURE wipe() LANGUAGE SQL AS $$ DELETE FROM customers $$;
+             CREATE FUNCTION purge() RETURNS bigint LANGUAGE SQL VOLATILE AS $$ WITH d AS (DELETE FROM customers RETURNING 1) SELECT count(*) FROM d $$;
+             REVOKE ALL ON SCHEMA public FROM PUBLIC;
+             GRANT CONNECT ON DATABASE {db} TO {ro}, {rw};
+             GRANT USAGE ON SCHEMA public TO {ro}, {rw};
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ro};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {rw};
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {rw};",
+            db = fixture.name,
+            ro = fixture.reader,
+            rw = fixture.writer
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
+            .execute(&mut db)
+            .await
+            .expect("tables and grants");
+        fixture
+    }
+
+    fn url(&self, role: &str) -> String {
+        format!("postgres://{role}@127.0.0.1:5432/{}", self.name)
+    }
+
+    /// The README's setup: writes as the read-write role, reads as the
+    /// read-only role (or, with `separate_reader` false, as the writer too).
+    fn configure(&self, data: &DataDir, separate_reader: bool) {
+        let read_url = if separate_reader {
+            format!("read_url = \"{}\"\n", self.url(&self.reader))
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            data.path.join("dualtrust.toml"),
+            format!(
+                "[database]\nurl = \"{}\"\n{read_url}statement_timeout_ms = 1000\n",
+                self.url(&self.writer)
+            ),
+        )
+        .expect("config");
+    }
+
+    /// What an attacker would want to change, read as the owner.
+    async fn state(&self) -> Value {
+        let mut db = sqlx::PgConnection::connect(&self.url("postgres"))
+            .await
+            .expect("connect");
+        let row: (i64, i64, bool) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM customers), (SELECT last_value FROM customers_id_seq), \
+             (SELECT count(*) = 1 FROM pg_tables WHERE tablename = 'customers')",
+        )
+        .fetch_one(&mut db)
+        .await
+        .expect("state");
+        let tables: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+                .fetch_one(&mut db)
+                .await
+                .expect("tables");
+        json!({ "customers": row.0, "sequence": row.1, "table": row.2, "tables": tables })
+    }
+
+    async fn drop_all(self) {
+        let Ok(mut admin) = sqlx::PgConnection::connect(ADMIN_URL).await else {
+            return;
+        };
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            format!("DROP ROLE IF EXISTS {}", self.reader),
+            format!("DROP ROLE IF EXISTS {}", self.writer),
+        ] {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
+
+/// Over stdio, where a scope refusal is an in-band tool error with a receipt
+/// (HTTP answers it with a 403 challenge before MCP).
+async fn start(fixture: &PgFixture, scope: &str) -> (DataDir, Client) {
+    start_with(fixture, scope, true).await
+}
+
+async fn start_with(fixture: &PgFixture, scope: &str, separate_reader: bool) -> (DataDir, Client) {
+    let data = DataDir::new();
+    fixture.configure(&data, separate_reader);
+    let token = data.token("agent", scope);
+    let client = data.stdio_client(Some(&token)).await;
+    (data, client)
+}
+
+#[tokio::test]
+async fn reads_and_writes_run_on_postgresql_with_types_and_params() {
+    let fixture = PgFixture::create().await;
+    let (_data, client) = start(&fixture, "db:write").await;
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "SELECT id, name, vip, meta, 1.5::float8 AS f FROM customers WHERE name = $1", "params": ["Ada Lovelace"] }),
+    )
+    .await;
+    assert_eq!(status(&env), "ok", "{env}");
+    assert_eq!(
+        env["result"]["rows"],
+        json!([[1, "Ada Lovelace", true, { "tier": 1 }, 1.5]])
+    );
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "INSERT INTO customers (name) VALUES ($1), ($2)", "params": ["Grace Hopper", "Edsger Dijkstra"] }),
+    )
+    .await;
+    assert_eq!(status(&env), "ok", "{env}");
+    assert_eq!(env["result"]["rows_affected"], 2, "{env}");
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "UPDATE customers SET vip = true WHERE id > 2 RETURNING id" }),
+    )
+    .await;
+    assert_eq!(status(&env), "ok", "{env}");
+    assert_eq!(env["result"]["rows"], json!([[3], [4]]));
+    assert_eq!(env["result"]["rows_affected"], 2);
+    assert_eq!(fixture.state().await["customers"], 4);
+    // Types without a JSON form say how to get one.
+    let (env, _) = call(&client, "db.query", json!({ "sql": "SELECT now()" })).await;
+    assert_eq!(
+        env["result"]["rows"][0][0]["hint"],
+        "cast the column to text, e.g. col::text"
+    );
+    client.cancel().await.ok();
+    fixture.drop_all().await;
+}
+
+#[tokio::test]
+async fn read_only_bypasses_are_refused_and_change_nothing() {
+    let fixture = PgFixture::create().await;
+    let before = fixture.state().await;
+    let (_data, client) = start(&fixture, "db:read").await;
+    let bypasses = [
+        "SELECT 1; COMMIT; DROP TABLE customers",
+        "END; DELETE FROM customers",
+        "COMMIT",
+        "SET TRANSACTION READ WRITE",
+        "SET default_transaction_read_only = off",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+        "WITH gone AS (DELETE FROM customers WHERE id = 1 RETURNING *) SELECT * FROM gone",
+        "SELECT * INTO stolen FROM customers",
+        "SELECT * FROM customers FOR UPDATE",
+        "SELECT purge()",
+        "EXPLAIN ANALYZE DELETE FROM customers WHERE id = 1",
+        "PREPARE p AS DELETE FROM customers WHERE id = 1",
+        "EXECUTE p",
+        "DO $$ BEGIN DELETE FROM customers; END $$",
+        "CALL wipe()",
+        "COPY customers TO PROGRAM 'touch /tmp/dualtrust-pwned'",
+        "COPY customers FROM '/etc/passwd'",
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT lo_export(1, '/tmp/dualtrust-pwned')",
+        "SELECT dblink_exec('dbname=test', 'DROP TABLE customers')",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+        "SELECT set_config('default_transaction_read_only', 'off', false)",
+        "SELECT nextval('customers_id_seq')",
+        "SELECT setval('customers_id_seq', 1000)",
+        "SELECT pg_sleep(30)",
+        // Unicode-escaped identifiers: the classifier may not see the name,
+        // the read-only role still may not read server files.
+        r#"SELECT U&"\0070g_read_file"('/etc/passwd')"#,
+        r#"SELECT * FROM U&"\0063ustomers" FOR UPDATE"#,
+        // SQL that runs SQL: the classifier sees a read, the read-only
+        // transaction refuses the write inside it.
+        "SELECT query_to_xml('DELETE FROM customers RETURNING 1', true, true, '')",
+        "SET ROLE postgres",
+        "RESET ALL",
+        "LOCK TABLE customers",
+        "CREATE TEMP TABLE t AS SELECT * FROM customers",
+        "NOTIFY channel",
+        "VACUUM customers",
+        "TRUNCATE customers",
+        "DROP TABLE customers",
+        "DELETE FROM customers",
+    ];
+    for sql in bypasses {
+        let (env, is_error) = call(&client, "db.query", json!({ "sql": sql })).await;
+        assert_ne!(status(&env), "ok", "{sql} ran: {env}");
+        assert!(
+            is_error || status(&env) == "approval_required",
+            "{sql}: {env}"
+        );
+        assert!(
+            env["receipt"].is_object(),
+            "{sql}: a receipt for the refusal"
+        );
+    }
+    // A long-running read is cancelled at its deadline.
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "SELECT count(*) FROM generate_series(1, 10000000000)" }),
+    )
+    .await;
+    assert_eq!(error_code(&env), "statement_timeout", "{env}");
+    // Quoting tricks are data, not statements: they run as reads and return text.
+    for (sql, text) in [
+        (
+            "SELECT $$; DROP TABLE customers; --$$",
+            "; DROP TABLE customers; --",
+        ),
+        (
+            r"SELECT E'\x27; DROP TABLE customers; --'",
+            "'; DROP TABLE customers; --",
+        ),
+    ] {
+        let (env, _) = call(&client, "db.query", json!({ "sql": sql })).await;
+        assert_eq!(status(&env), "ok", "{sql}: {env}");
+        assert_eq!(env["result"]["rows"][0][0], text, "{sql}");
+    }
+    assert_eq!(fixture.state().await, before, "nothing changed");
+    assert!(!std::path::Path::new("/tmp/dualtrust-pwned").exists());
+    client.cancel().await.ok();
+    fixture.drop_all().await;
+}
+
+#[tokio::test]
+async fn the_role_is_the_wall_even_for_db_admin() {
+    let fixture = PgFixture::create().await;
+    let before = fixture.state().await;
+    let (_data, client) = start(&fixture, "db:read db:write db:admin").await;
+    for (sql, refused_by) in [
+        (
+            "COPY customers TO PROGRAM 'touch /tmp/dualtrust-pwned'",
+            "permission_denied",
+        ),
+        ("SELECT pg_read_file('/etc/passwd')", "permission_denied"),
+        ("CREATE EXTENSION IF NOT EXISTS dblink", "permission_denied"),
+        ("CREATE TABLE planted (a int)", "permission_denied"),
+        ("SET ROLE postgres", "permission_denied"),
+        ("SELECT purge()", "read_only_violation"),
+    ] {
+        let (env, _) = call(&client, "db.query", json!({ "sql": sql })).await;
+        assert_eq!(error_code(&env), refused_by, "{sql}: {env}");
+    }
+    assert_eq!(fixture.state().await, before, "nothing changed");
+    assert!(!std::path::Path::new("/tmp/dualtrust-pwned").exists());
+    client.cancel().await.ok();
+    fixture.drop_all().await;
+}
+
+#[tokio::test]
+async fn reads_run_read_only_even_on_a_role_that_may_write() {
+    // No read_url: reads use the writer's role, which may DELETE. A function
+    // the classifier cannot see into still cannot write: the transaction is
+    // READ ONLY.
+    let fixture = PgFixture::create().await;
+    let before = fixture.state().await;
+    let (_data, client) = start_with(&fixture, "db:read", false).await;
+    let (env, _) = call(&client, "db.query", json!({ "sql": "SELECT purge()" })).await;
+    assert_eq!(error_code(&env), "read_only_violation", "{env}");
+    // The deadline is set for the read's own transaction.
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "SELECT current_setting('statement_timeout')" }),
+    )
+    .await;
+    assert_eq!(env["result"]["rows"][0][0], "1s", "{env}");
+    assert_eq!(fixture.state().await, before);
+    client.cancel().await.ok();
+    fixture.drop_all().await;
+}
