@@ -316,3 +316,33 @@ async fn reads_run_read_only_even_on_a_role_that_may_write() {
     client.cancel().await.ok();
     fixture.drop_all().await;
 }
+
+#[tokio::test]
+async fn an_unreachable_postgresql_fails_closed_with_a_receipt() {
+    let data = DataDir::new();
+    std::fs::write(
+        data.path.join("dualtrust.toml"),
+        "[database]\nurl = \"postgres://nobody:secret-pw@127.0.0.1:1/app\"\nacquire_timeout_ms = 500\n",
+    )
+    .expect("config");
+    let token = data.token("agent", "db:read");
+    let client = data.stdio_client(Some(&token)).await;
+    let (env, is_error) = call(&client, "db.query", json!({ "sql": "SELECT 1" })).await;
+    assert!(is_error);
+    assert!(
+        matches!(error_code(&env), "database_unavailable" | "database_busy"),
+        "{env}"
+    );
+    assert!(
+        !env.to_string().contains("secret-pw"),
+        "no credentials: {env}"
+    );
+    assert!(env["receipt"].is_object(), "{env}");
+    client.cancel().await.ok();
+    let out = data.cli(&["init"]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("postgres://nobody@127.0.0.1:1/app") && !printed.contains("secret-pw"),
+        "{printed}"
+    );
+}
