@@ -201,14 +201,35 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite://PATH` (relative to the data directory).
+    /// `sqlite://PATH` (relative to the data directory), or
+    /// `postgres://…` for a store shared by several replicas.
     pub url: String,
+    /// PostgreSQL only: connections in the store's pool.
+    pub max_connections: u32,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://state.db".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+/// Where leases, approvals, revocations and the audit log live.
+#[derive(Debug, Clone)]
+pub enum StoreTarget {
+    Sqlite(PathBuf),
+    Postgres { url: Secret, max_connections: u32 },
+}
+
+impl StoreTarget {
+    /// For logs and `init`: the location without credentials.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(path) => path.display().to_string(),
+            Self::Postgres { url, .. } => redact_url(url.expose()),
         }
     }
 }
@@ -548,7 +569,7 @@ pub struct Config {
     pub mode: Mode,
     pub identity: IdentityConfig,
     pub http: HttpConfig,
-    pub store_path: PathBuf,
+    pub store_target: StoreTarget,
     pub database: DatabaseConfig,
     pub database_target: DatabaseTarget,
     pub terminal: TerminalConfig,
@@ -604,7 +625,14 @@ impl Config {
 
     fn validate(data_dir: &Path, raw: FileConfig) -> Result<Self, ConfigError> {
         let data_dir = absolute(data_dir);
-        let store_path = sqlite_path(&data_dir, "store.url", &raw.store.url)?;
+        let store_target = if is_postgres_url(&raw.store.url) {
+            StoreTarget::Postgres {
+                url: Secret(raw.store.url.clone()),
+                max_connections: raw.store.max_connections,
+            }
+        } else {
+            StoreTarget::Sqlite(sqlite_path(&data_dir, "store.url", &raw.store.url)?)
+        };
         let database_target = database_target(&data_dir, &raw.database)?;
         let positive = |key: &str, v: u64| {
             if v == 0 {
@@ -614,6 +642,10 @@ impl Config {
             }
         };
         positive("database.row_cap", raw.database.row_cap as u64)?;
+        positive(
+            "store.max_connections",
+            u64::from(raw.store.max_connections),
+        )?;
         positive(
             "database.max_connections",
             u64::from(raw.database.max_connections),
@@ -758,7 +790,7 @@ impl Config {
             mode: raw.mode,
             identity,
             http: raw.http,
-            store_path,
+            store_target,
             database: raw.database,
             database_target,
             terminal,
@@ -1082,7 +1114,7 @@ mod tests {
     fn defaults_are_valid_development() {
         let c = load("", &[]).expect("defaults");
         assert_eq!(c.mode, Mode::Development);
-        assert!(c.store_path.ends_with("state.db"));
+        assert!(matches!(&c.store_target, StoreTarget::Sqlite(p) if p.ends_with("state.db")));
     }
 
     #[test]

@@ -244,7 +244,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let app = App::build(config).await?;
             println!("data directory: {}", app.config.data_dir.display());
             println!("server key id:  {}", app.server_key.kid());
-            println!("state store:    {}", app.config.store_path.display());
+            println!("state store:    {}", app.config.store_target.describe());
             println!("database:       {}", app.config.database_target.describe());
         }
         Command::Serve { stdio, http } => {
@@ -284,7 +284,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         }
         Command::Revoke { jti } => {
             server::ensure_data_dir(&config)?;
-            let store = dualtrust::store::Store::open_sqlite(&config.store_path).await?;
+            let store = dualtrust::store::Store::open(&config.store_target).await?;
             store.revoke(&jti, dualtrust::now_unix()).await?;
             println!("revoked {jti}");
         }
@@ -456,7 +456,7 @@ async fn audit(config: Config, command: AuditCommand) -> Result<(), BoxError> {
     use std::io::Write;
     match command {
         AuditCommand::Export { out } => {
-            let store = dualtrust::store::Store::open_sqlite(&config.store_path).await?;
+            let store = dualtrust::store::Store::open(&config.store_target).await?;
             let mut sink: Box<dyn Write> = match out {
                 Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
@@ -474,7 +474,7 @@ async fn audit(config: Config, command: AuditCommand) -> Result<(), BoxError> {
             sink.flush()?;
         }
         AuditCommand::Checkpoint => {
-            let store = dualtrust::store::Store::open_sqlite(&config.store_path).await?;
+            let store = dualtrust::store::Store::open(&config.store_target).await?;
             let key = Arc::new(server::load_server_key(&config)?);
             let log = dualtrust::audit::AuditLog::open(store, key.clone()).await?;
             eprintln!(

@@ -126,12 +126,13 @@ impl App {
             &config.scopes.implies,
         )?);
         verifier.prime().await;
-        let store = Store::open_sqlite(&config.store_path)
-            .await
-            .map_err(|source| StartupError::Store {
-                path: config.store_path.display().to_string(),
-                source,
-            })?;
+        let store =
+            Store::open(&config.store_target)
+                .await
+                .map_err(|source| StartupError::Store {
+                    path: config.store_target.describe(),
+                    source,
+                })?;
         let db_error = |message: String| StartupError::Database {
             path: config.database_target.describe(),
             message,
@@ -148,7 +149,7 @@ impl App {
             AuditLog::open(store.clone(), server_key.clone())
                 .await
                 .map_err(|source| StartupError::Store {
-                    path: config.store_path.display().to_string(),
+                    path: config.store_target.describe(),
                     source,
                 })?,
         );

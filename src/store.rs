@@ -1,8 +1,10 @@
 //! The state store: leases, the receipt log, revoked token ids.
 //!
-//! One interface over `sqlx`. The embedded backend is SQLite (one file, WAL,
-//! `synchronous = FULL` so a returned receipt is on disk). The interface
-//! speaks in domain values only, so a PostgreSQL backend can sit beside it.
+//! One interface over `sqlx`, two backends: SQLite, embedded (one file, WAL,
+//! `synchronous = FULL` so a returned receipt is on disk), and PostgreSQL,
+//! shared by several replicas. The statements are the same text for both
+//! (placeholders rewritten per backend); the interface speaks in domain
+//! values only.
 //! Every guarantee that matters (single-use leases, one linear log) is
 //! enforced by a constraint or a compare-and-set in the database itself, not
 //! by process memory, so it holds across restarts and processes.
@@ -12,17 +14,22 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
 use crate::audit::Receipt;
+use crate::config::StoreTarget;
 
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_quorum.sql")),
     (3, include_str!("../migrations/sqlite/0003_merkle.sql")),
 ];
+
+const POSTGRES_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
 
 /// Store failures. `Display` is safe to show a caller; the underlying
 /// database error goes to the log only.
@@ -116,7 +123,13 @@ pub struct StoredApproval {
     pub signed_at: u64,
 }
 
-fn lease_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Lease, StoreError> {
+fn lease_from_row<R>(row: &R) -> Result<Lease, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let get_u64 = |name: &str| -> Result<u64, StoreError> {
         let v: i64 = row.try_get(name).map_err(|_| StoreError::Corrupt)?;
         u64::try_from(v).map_err(|_| StoreError::Corrupt)
@@ -139,7 +152,7 @@ fn lease_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Lease, StoreError> {
     })
 }
 
-// A macro so that queries stay `&'static str` (sqlx refuses built strings).
+// A macro so that the column list is part of each statement's constant text.
 macro_rules! lease_columns {
     () => {
         "id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k"
@@ -154,13 +167,117 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` once per backend with `$pool` bound to that backend's pool
+/// and `$pg` telling [`sql`] which placeholders to write. The body is the
+/// same text for both, type-checked against each driver.
+macro_rules! on_backend {
+    ($store:expr, $pool:ident, $pg:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($pool) => {
+                let $pg = false;
+                $body
+            }
+            Backend::Postgres($pool) => {
+                let $pg = true;
+                $body
+            }
+        }
+    };
+}
+
+/// Our own statement text (never caller input) with the backend's
+/// placeholders: `?` for SQLite, `$1`, `$2`… for PostgreSQL.
+fn sql(pg: bool, text: &'static str) -> sqlx::AssertSqlSafe<String> {
+    if !pg {
+        return sqlx::AssertSqlSafe(text.to_string());
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut n = 0;
+    for c in text.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    sqlx::AssertSqlSafe(out)
 }
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+fn to_u64(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt)
+}
+
+/// Key of the PostgreSQL advisory lock that serializes log appends and
+/// migrations across replicas ("dualtrst" in ASCII).
+const LOG_LOCK_KEY: i64 = 0x6475_616c_7472_7374;
+
+const INSERT_LEASE: &str = "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// The single-use compare-and-set: only the one caller that moves this
+/// lease to `consumed`, for its own subject, tool and argument digest,
+/// before expiry, changes a row. Quorum is checked by the gate before it
+/// calls this; approvals can only be added, never withdrawn.
+const CONSUME_LEASE: &str = "UPDATE leases SET state = 'consumed', consumed_at = ? \
+     WHERE id = ? AND state IN ('ready', 'pending_approval') AND subject = ? AND tool = ? AND args_digest = ? AND expires_at > ?";
+
+macro_rules! insert_lease {
+    ($pg:expr, $lease:expr, $executor:expr) => {
+        sqlx::query(sql($pg, INSERT_LEASE))
+            .bind(&$lease.id)
+            .bind(&$lease.subject)
+            .bind(&$lease.tool)
+            .bind(&$lease.args_digest)
+            .bind(&$lease.scope)
+            .bind(to_i64($lease.issued_at))
+            .bind(to_i64($lease.expires_at))
+            .bind($lease.state.as_str())
+            .bind(&$lease.summary)
+            .bind(&$lease.args_json)
+            .bind(i64::from($lease.quorum_k))
+            .execute($executor)
+            .await
+            .map_err(unavailable)
+    };
+}
+
+macro_rules! consume_lease {
+    ($pg:expr, $executor:expr, $id:expr, $subject:expr, $tool:expr, $digest:expr, $now:expr) => {
+        sqlx::query(sql($pg, CONSUME_LEASE))
+            .bind(to_i64($now))
+            .bind($id)
+            .bind($subject)
+            .bind($tool)
+            .bind($digest)
+            .bind(to_i64($now))
+            .execute($executor)
+            .await
+            .map_err(unavailable)
+            .map(|r| r.rows_affected() == 1)
+    };
+}
+
 impl Store {
+    /// Opens the store named by `target`, creating and migrating it.
+    pub async fn open(target: &StoreTarget) -> Result<Self, StoreError> {
+        match target {
+            StoreTarget::Sqlite(path) => Self::open_sqlite(path).await,
+            StoreTarget::Postgres {
+                url,
+                max_connections,
+            } => Self::open_postgres(url.expose(), *max_connections).await,
+        }
+    }
+
     /// Opens (creating if missing) the SQLite store at `path` and migrates it.
     pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite://")
@@ -184,93 +301,97 @@ impl Store {
         Ok(store)
     }
 
+    /// Connects to a PostgreSQL store shared by replicas and migrates it
+    /// (under an advisory lock, so replicas starting together agree).
+    pub async fn open_postgres(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            // A connection broken while PostgreSQL was away is replaced,
+            // not handed to the next call.
+            .test_before_acquire(true)
+            .connect(url)
+            .await
+            .map_err(unavailable)?;
+        let store = Self {
+            backend: Backend::Postgres(pool),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        sqlx::raw_sql(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
-        )
-        .execute(pool)
-        .await
-        .map_err(unavailable)?;
-        for (version, sql) in SQLITE_MIGRATIONS {
+        on_backend!(self, pool, pg => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
-            let done: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
-                    .bind(version)
-                    .fetch_optional(&mut *tx)
+            if pg {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(LOG_LOCK_KEY)
+                    .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
-            if done.is_some() {
-                continue;
             }
-            sqlx::raw_sql(*sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
-                .bind(version)
-                .bind(to_i64(crate::now_unix()))
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            tx.commit().await.map_err(unavailable)?;
-        }
-        Ok(())
+            sqlx::raw_sql(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            let migrations = if pg { POSTGRES_MIGRATIONS } else { SQLITE_MIGRATIONS };
+            for (version, text) in migrations {
+                let done: Option<i64> =
+                    sqlx::query_scalar(sql(pg, "SELECT version FROM schema_migrations WHERE version = ?"))
+                        .bind(version)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                if done.is_some() {
+                    continue;
+                }
+                sqlx::raw_sql(*text)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                sqlx::query(sql(pg, "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)"))
+                    .bind(version)
+                    .bind(to_i64(crate::now_unix()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            tx.commit().await.map_err(unavailable)
+        })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        sqlx::query("SELECT 1")
-            .execute(pool)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
-    }
-
-    async fn insert_lease_in(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        lease: &Lease,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&lease.id)
-        .bind(&lease.subject)
-        .bind(&lease.tool)
-        .bind(&lease.args_digest)
-        .bind(&lease.scope)
-        .bind(to_i64(lease.issued_at))
-        .bind(to_i64(lease.expires_at))
-        .bind(lease.state.as_str())
-        .bind(&lease.summary)
-        .bind(&lease.args_json)
-        .bind(i64::from(lease.quorum_k))
-        .execute(&mut **tx)
-        .await
-        .map_err(unavailable)?;
+        on_backend!(self, pool, _pg => {
+            sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map_err(unavailable)?;
+        });
         Ok(())
     }
 
     /// Records a lease for the exact call and consumes it in the same
     /// transaction, through the same compare-and-set a later redemption uses.
     pub async fn mint_and_consume_lease(&self, lease: &Lease, now: u64) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin().await.map_err(unavailable)?;
-        Self::insert_lease_in(&mut tx, lease).await?;
-        let consumed = Self::consume_in(
-            &mut tx,
-            &lease.id,
-            &lease.subject,
-            &lease.tool,
-            &lease.args_digest,
-            now,
-        )
-        .await?;
-        if !consumed {
-            return Err(StoreError::Conflict);
-        }
-        tx.commit().await.map_err(unavailable)
+        on_backend!(self, pool, pg => {
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            insert_lease!(pg, lease, &mut *tx)?;
+            let consumed = consume_lease!(
+                pg,
+                &mut *tx,
+                &lease.id,
+                &lease.subject,
+                &lease.tool,
+                &lease.args_digest,
+                now
+            )?;
+            if !consumed {
+                return Err(StoreError::Conflict);
+            }
+            tx.commit().await.map_err(unavailable)
+        })
     }
 
     /// Issues a lease for later redemption, unless the subject already holds
@@ -281,21 +402,23 @@ impl Store {
         max_open: u32,
         now: u64,
     ) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin().await.map_err(unavailable)?;
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM leases WHERE subject = ? AND state IN ('pending_approval', 'ready') AND expires_at > ?",
-        )
-        .bind(&lease.subject)
-        .bind(to_i64(now))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        if open >= i64::from(max_open) {
-            return Err(StoreError::TooManyOpenLeases);
-        }
-        Self::insert_lease_in(&mut tx, lease).await?;
-        tx.commit().await.map_err(unavailable)
+        on_backend!(self, pool, pg => {
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            let open: i64 = sqlx::query_scalar(sql(
+                pg,
+                "SELECT count(*) FROM leases WHERE subject = ? AND state IN ('pending_approval', 'ready') AND expires_at > ?",
+            ))
+            .bind(&lease.subject)
+            .bind(to_i64(now))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            if open >= i64::from(max_open) {
+                return Err(StoreError::TooManyOpenLeases);
+            }
+            insert_lease!(pg, lease, &mut *tx)?;
+            tx.commit().await.map_err(unavailable)
+        })
     }
 
     /// Redeems an issued lease: true only for the single caller that moves
@@ -308,40 +431,40 @@ impl Store {
         args_digest: &str,
         now: u64,
     ) -> Result<bool, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin().await.map_err(unavailable)?;
-        let consumed = Self::consume_in(&mut tx, id, subject, tool, args_digest, now).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(consumed)
+        on_backend!(self, pool, pg => {
+            consume_lease!(pg, pool, id, subject, tool, args_digest, now)
+        })
     }
 
     pub async fn lease(&self, id: &str) -> Result<Option<Lease>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            lease_columns!(),
-            " FROM leases WHERE id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-        .map_err(unavailable)?;
-        row.as_ref().map(lease_from_row).transpose()
+        on_backend!(self, pool, pg => {
+            let row = sqlx::query(sql(pg, concat!(
+                "SELECT ",
+                lease_columns!(),
+                " FROM leases WHERE id = ?"
+            )))
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(unavailable)?;
+            row.as_ref().map(lease_from_row).transpose()
+        })
     }
 
     /// Leases waiting for approval and not yet expired, oldest first.
     pub async fn pending_leases(&self, now: u64) -> Result<Vec<Lease>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            lease_columns!(),
-            " FROM leases WHERE state = 'pending_approval' AND expires_at > ? ORDER BY issued_at"
-        ))
-        .bind(to_i64(now))
-        .fetch_all(pool)
-        .await
-        .map_err(unavailable)?;
-        rows.iter().map(lease_from_row).collect()
+        on_backend!(self, pool, pg => {
+            let rows = sqlx::query(sql(pg, concat!(
+                "SELECT ",
+                lease_columns!(),
+                " FROM leases WHERE state = 'pending_approval' AND expires_at > ? ORDER BY issued_at"
+            )))
+            .bind(to_i64(now))
+            .fetch_all(pool)
+            .await
+            .map_err(unavailable)?;
+            rows.iter().map(lease_from_row).collect()
+        })
     }
 
     /// Stores an approval; a second one by the same approver is a conflict.
@@ -352,137 +475,122 @@ impl Store {
         signature: &str,
         now: u64,
     ) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        sqlx::query("INSERT INTO approvals (lease_id, approver_id, signature, signed_at) VALUES (?, ?, ?, ?)")
-            .bind(lease_id)
-            .bind(approver_id)
-            .bind(signature)
-            .bind(to_i64(now))
-            .execute(pool)
-            .await
-            .map_err(unavailable)?;
+        on_backend!(self, pool, pg => {
+            sqlx::query(sql(pg, "INSERT INTO approvals (lease_id, approver_id, signature, signed_at) VALUES (?, ?, ?, ?)"))
+                .bind(lease_id)
+                .bind(approver_id)
+                .bind(signature)
+                .bind(to_i64(now))
+                .execute(pool)
+                .await
+                .map_err(unavailable)?;
+        });
         Ok(())
     }
 
     pub async fn approvals(&self, lease_id: &str) -> Result<Vec<StoredApproval>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows = sqlx::query("SELECT approver_id, signature, signed_at FROM approvals WHERE lease_id = ? ORDER BY signed_at, approver_id")
-            .bind(lease_id)
-            .fetch_all(pool)
-            .await
-            .map_err(unavailable)?;
-        rows.iter()
-            .map(|row| {
-                let signed_at: i64 = row.try_get("signed_at").map_err(|_| StoreError::Corrupt)?;
-                Ok(StoredApproval {
-                    approver_id: row
-                        .try_get("approver_id")
-                        .map_err(|_| StoreError::Corrupt)?,
-                    signature: row.try_get("signature").map_err(|_| StoreError::Corrupt)?,
-                    signed_at: u64::try_from(signed_at).map_err(|_| StoreError::Corrupt)?,
+        on_backend!(self, pool, pg => {
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(sql(pg, "SELECT approver_id, signature, signed_at FROM approvals WHERE lease_id = ? ORDER BY signed_at, approver_id"))
+                .bind(lease_id)
+                .fetch_all(pool)
+                .await
+                .map_err(unavailable)?;
+            rows.into_iter()
+                .map(|(approver_id, signature, signed_at)| {
+                    Ok(StoredApproval {
+                        approver_id,
+                        signature,
+                        signed_at: to_u64(signed_at)?,
+                    })
                 })
-            })
-            .collect()
-    }
-
-    /// The single-use compare-and-set: true only for the one caller that
-    /// moved this lease to `consumed`, for its own subject, tool and
-    /// argument digest, before expiry. Quorum is checked by the gate before
-    /// it calls this; approvals can only be added, never withdrawn.
-    async fn consume_in(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        id: &str,
-        subject: &str,
-        tool: &str,
-        args_digest: &str,
-        now: u64,
-    ) -> Result<bool, StoreError> {
-        let result = sqlx::query(
-            "UPDATE leases SET state = 'consumed', consumed_at = ? \
-             WHERE id = ? AND state IN ('ready', 'pending_approval') AND subject = ? AND tool = ? AND args_digest = ? AND expires_at > ?",
-        )
-        .bind(to_i64(now))
-        .bind(id)
-        .bind(subject)
-        .bind(tool)
-        .bind(args_digest)
-        .bind(to_i64(now))
-        .execute(&mut **tx)
-        .await
-        .map_err(unavailable)?;
-        Ok(result.rows_affected() == 1)
+                .collect()
+        })
     }
 
     pub async fn lease_state(&self, id: &str) -> Result<Option<String>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        sqlx::query_scalar("SELECT state FROM leases WHERE id = ?")
-            .bind(id)
-            .fetch_optional(pool)
-            .await
-            .map_err(unavailable)
+        on_backend!(self, pool, pg => {
+            sqlx::query_scalar(sql(pg, "SELECT state FROM leases WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .map_err(unavailable)
+        })
     }
 
     pub async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let hit: Option<i64> = sqlx::query_scalar("SELECT 1 FROM revoked_tokens WHERE jti = ?")
-            .bind(jti)
-            .fetch_optional(pool)
-            .await
-            .map_err(unavailable)?;
-        Ok(hit.is_some())
+        on_backend!(self, pool, pg => {
+            let hits: i64 = sqlx::query_scalar(sql(pg, "SELECT count(*) FROM revoked_tokens WHERE jti = ?"))
+                .bind(jti)
+                .fetch_one(pool)
+                .await
+                .map_err(unavailable)?;
+            Ok(hits > 0)
+        })
     }
 
     pub async fn revoke(&self, jti: &str, now: u64) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        sqlx::query("INSERT INTO revoked_tokens (jti, revoked_at) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING")
-            .bind(jti)
-            .bind(to_i64(now))
-            .execute(pool)
-            .await
-            .map_err(unavailable)?;
+        on_backend!(self, pool, pg => {
+            sqlx::query(sql(pg, "INSERT INTO revoked_tokens (jti, revoked_at) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING"))
+                .bind(jti)
+                .bind(to_i64(now))
+                .execute(pool)
+                .await
+                .map_err(unavailable)?;
+        });
         Ok(())
     }
 
     /// Sequence number and hash of the newest receipt.
     pub async fn log_head(&self) -> Result<Option<(u64, String)>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(pool)
-            .await
-            .map_err(unavailable)?;
-        match row {
-            None => Ok(None),
-            Some(row) => {
-                let seq: i64 = row.try_get("seq").map_err(|_| StoreError::Corrupt)?;
-                let hash: String = row.try_get("hash").map_err(|_| StoreError::Corrupt)?;
-                Ok(Some((
-                    u64::try_from(seq).map_err(|_| StoreError::Corrupt)?,
-                    hash,
-                )))
-            }
-        }
+        on_backend!(self, pool, _pg => {
+            let row: Option<(i64, String)> =
+                sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(unavailable)?;
+            row.map(|(seq, hash)| Ok((to_u64(seq)?, hash))).transpose()
+        })
     }
 
     /// Appends receipts (with their RFC 6962 leaf hashes) in one
-    /// transaction: all become durable together or none does. A `seq`
-    /// already taken by another writer is a conflict.
+    /// transaction: all become durable together or none does. The batch
+    /// must continue the log exactly where the store's log ends; otherwise
+    /// another writer got there first and this is a conflict (the caller
+    /// re-reads the log and rebuilds the batch). On PostgreSQL the check and
+    /// the inserts run under an advisory lock shared by all replicas.
     pub async fn insert_receipts(&self, batch: &[(Receipt, String)]) -> Result<(), StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let mut tx = pool.begin().await.map_err(unavailable)?;
-        for (receipt, leaf_hash) in batch {
-            let json = serde_json::to_string(receipt).map_err(|_| StoreError::Corrupt)?;
-            sqlx::query(
-                "INSERT INTO audit_log (seq, hash, receipt, leaf_hash) VALUES (?, ?, ?, ?)",
-            )
-            .bind(to_i64(receipt.body.seq))
-            .bind(&receipt.hash)
-            .bind(json)
-            .bind(leaf_hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        }
-        tx.commit().await.map_err(unavailable)
+        let Some((first, _)) = batch.first() else {
+            return Ok(());
+        };
+        on_backend!(self, pool, pg => {
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            if pg {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(LOG_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_log")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            if next != to_i64(first.body.seq) {
+                return Err(StoreError::Conflict);
+            }
+            for (receipt, leaf_hash) in batch {
+                let json = serde_json::to_string(receipt).map_err(|_| StoreError::Corrupt)?;
+                sqlx::query(sql(pg, "INSERT INTO audit_log (seq, hash, receipt, leaf_hash) VALUES (?, ?, ?, ?)"))
+                    .bind(to_i64(receipt.body.seq))
+                    .bind(&receipt.hash)
+                    .bind(json)
+                    .bind(leaf_hash)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            tx.commit().await.map_err(unavailable)
+        })
     }
 
     /// `(seq, leaf_hash, receipt hash, receipt JSON if the leaf hash is missing)`
@@ -492,51 +600,45 @@ impl Store {
         from_seq: u64,
         limit: u32,
     ) -> Result<Vec<(u64, String, String, Option<String>)>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows = sqlx::query(
-            "SELECT seq, leaf_hash, hash, CASE WHEN leaf_hash = '' THEN receipt ELSE NULL END AS receipt \
-             FROM audit_log WHERE seq >= ? ORDER BY seq LIMIT ?",
-        )
-        .bind(to_i64(from_seq))
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await
-        .map_err(unavailable)?;
-        rows.iter()
-            .map(|row| {
-                let seq: i64 = row.try_get("seq").map_err(|_| StoreError::Corrupt)?;
-                Ok((
-                    u64::try_from(seq).map_err(|_| StoreError::Corrupt)?,
-                    row.try_get("leaf_hash").map_err(|_| StoreError::Corrupt)?,
-                    row.try_get("hash").map_err(|_| StoreError::Corrupt)?,
-                    row.try_get("receipt").map_err(|_| StoreError::Corrupt)?,
-                ))
-            })
-            .collect()
+        on_backend!(self, pool, pg => {
+            let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(sql(
+                pg,
+                "SELECT seq, leaf_hash, hash, CASE WHEN leaf_hash = '' THEN receipt ELSE NULL END AS receipt \
+                 FROM audit_log WHERE seq >= ? ORDER BY seq LIMIT ?",
+            ))
+            .bind(to_i64(from_seq))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(unavailable)?;
+            rows.into_iter()
+                .map(|(seq, leaf, hash, receipt)| Ok((to_u64(seq)?, leaf, hash, receipt)))
+                .collect()
+        })
     }
 
     pub async fn receipt_at(&self, seq: u64) -> Result<Option<Receipt>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let json: Option<String> =
-            sqlx::query_scalar("SELECT receipt FROM audit_log WHERE seq = ?")
+        let json: Option<String> = on_backend!(self, pool, pg => {
+            sqlx::query_scalar(sql(pg, "SELECT receipt FROM audit_log WHERE seq = ?"))
                 .bind(to_i64(seq))
                 .fetch_optional(pool)
                 .await
-                .map_err(unavailable)?;
+                .map_err(unavailable)?
+        });
         json.map(|j| serde_json::from_str(&j).map_err(|_| StoreError::Corrupt))
             .transpose()
     }
 
     /// Receipts in log order from `from_seq`, at most `limit`.
     pub async fn receipts(&self, from_seq: u64, limit: u32) -> Result<Vec<Receipt>, StoreError> {
-        let Backend::Sqlite(pool) = &self.backend;
-        let rows: Vec<String> =
-            sqlx::query_scalar("SELECT receipt FROM audit_log WHERE seq >= ? ORDER BY seq LIMIT ?")
+        let rows: Vec<String> = on_backend!(self, pool, pg => {
+            sqlx::query_scalar(sql(pg, "SELECT receipt FROM audit_log WHERE seq >= ? ORDER BY seq LIMIT ?"))
                 .bind(to_i64(from_seq))
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await
-                .map_err(unavailable)?;
+                .map_err(unavailable)?
+        });
         rows.iter()
             .map(|j| serde_json::from_str(j).map_err(|_| StoreError::Corrupt))
             .collect()

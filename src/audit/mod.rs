@@ -257,7 +257,9 @@ impl std::ops::Deref for AuditLog {
     }
 }
 
-const APPEND_ATTEMPTS: usize = 8;
+// Each attempt loses only to a batch another writer (a replica, the CLI)
+// committed between our read of the log and our insert.
+const APPEND_ATTEMPTS: usize = 32;
 const SYNC_PAGE: u32 = 10_000;
 
 fn decode_hash(hex_str: &str) -> Result<merkle::Hash, StoreError> {

@@ -333,7 +333,7 @@ impl Gate {
                 Ok(false) => {}
                 Ok(true) => return Err(IdentityError::Revoked),
                 // Fail closed: an unknown revocation state is not "not revoked".
-                Err(_) => return Err(IdentityError::Revoked),
+                Err(_) => return Err(IdentityError::Unavailable),
             }
         }
         Ok(principal)

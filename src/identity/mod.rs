@@ -62,6 +62,10 @@ pub enum IdentityError {
     /// The token's `jti` was revoked.
     #[error("the token has been revoked")]
     Revoked,
+    /// The revocation list could not be read: the token is not accepted
+    /// (fail closed), but it is not known to be bad either.
+    #[error("the token cannot be checked right now; retry later")]
+    Unavailable,
 }
 
 impl IdentityError {
@@ -80,6 +84,7 @@ impl IdentityError {
             Self::WrongAudience => "wrong_audience",
             Self::MissingClaim => "missing_claim",
             Self::Revoked => "revoked",
+            Self::Unavailable => "revocation_unavailable",
         }
     }
 }

@@ -301,6 +301,19 @@ async fn authenticate(
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
+        Err(IdentityError::Unavailable) => {
+            // The store is away: not the client's fault, and nothing can be
+            // recorded. 503 tells it to come back.
+            tracing::warn!("request refused: the revocation list is unavailable");
+            let mut response = json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": "temporarily_unavailable", "error_description": IdentityError::Unavailable.to_string() }),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
         Err(error) => {
             let address = request
                 .extensions()

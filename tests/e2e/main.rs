@@ -3,6 +3,7 @@
 //!
 //! Modules:
 //! - `common`: data directories, tokens, spawning servers and clients.
+//! - `replicas`: two servers sharing a PostgreSQL store; a private PostgreSQL stopped and restarted.
 //! - `stdio`: the gate through the stdio transport, allowed and denied calls.
 //! - `http`: the HTTP front door (401/403 answers, metadata, JWKS) and MCP over it.
 //! - `identity`: a local IdP (RSA, EC, Ed25519, JWKS rotation) and the token attack battery,
@@ -19,4 +20,5 @@ mod http;
 mod identity;
 mod postgres;
 mod quorum;
+mod replicas;
 mod stdio;

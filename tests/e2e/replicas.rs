@@ -1,0 +1,367 @@
+//! Several replicas sharing one PostgreSQL state store: single use holds
+//! across them, the log stays one linear verifiable log, and PostgreSQL
+//! going away and coming back fails calls closed and loses nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+use crate::common::{Client, DataDir, HttpServer, call, error_code, status};
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+async fn create_database(admin_url: &str) -> String {
+    let name = format!("dt_store_{}", &dualtrust::random_id().expect("id")[..12]);
+    let mut admin = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("PostgreSQL reachable");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
+    name
+}
+
+async fn drop_database(admin_url: &str, name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
+    }
+}
+
+/// Data directories for `n` replicas of one deployment: the same server key
+/// and token issuer (as an operator would distribute them), one store URL.
+fn replicas(n: usize, store_url: &str, extra: &str) -> Vec<DataDir> {
+    let first = DataDir::new();
+    let mut all = vec![first];
+    for _ in 1..n {
+        let other = DataDir::new();
+        for file in ["server.key", "dev-issuer.key"] {
+            std::fs::copy(all[0].path.join(file), other.path.join(file)).expect("copy key");
+        }
+        all.push(other);
+    }
+    for data in &all {
+        std::fs::write(
+            data.path.join("dualtrust.toml"),
+            format!("[store]\nurl = \"{store_url}\"\n{extra}"),
+        )
+        .expect("config");
+    }
+    all
+}
+
+fn export_and_verify(data: &DataDir) -> usize {
+    let log = data.path.join("export.jsonl");
+    let out = data.cli(&["audit", "export", "--out", log.to_str().expect("utf8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jwks = data.path.join("jwks.json");
+    let keys = data.cli(&["keys"]);
+    std::fs::write(&jwks, &keys.stdout).expect("jwks");
+    let out = data.cli(&[
+        "audit",
+        "verify",
+        "--log",
+        log.to_str().expect("utf8"),
+        "--jwks",
+        jwks.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "the merged log verifies: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(&log).expect("log").lines().count()
+}
+
+fn lease_of(envelope: &Value) -> String {
+    envelope["approval"]["lease_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no lease in {envelope}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn two_replicas_redeem_each_lease_once_and_share_one_log() {
+    let db = create_database(ADMIN_URL).await;
+    let store_url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+    let dirs = replicas(
+        2,
+        &store_url,
+        "[leases]\nexplicit = [\"db.query:read\"]\nmax_open_per_subject = 1000\n[limits]\ncalls_per_minute = 0\n",
+    );
+    let servers: Vec<HttpServer> =
+        futures_util::future::join_all(dirs.iter().map(|d| HttpServer::start(&d.path))).await;
+    let token = dirs[0].token("agent", "db:read audit:read");
+    let mut clients: Vec<Client> = Vec::new();
+    for i in 0..20 {
+        clients.push(servers[i % 2].client(&token).await);
+    }
+
+    // 100 leases, issued alternately by both replicas.
+    let mut leases = Vec::new();
+    for i in 0..100 {
+        let args = json!({ "sql": format!("SELECT {i} AS n") });
+        let (env, _) = call(&clients[i % 2], "db.query", args.clone()).await;
+        assert_eq!(status(&env), "lease_issued", "{env}");
+        leases.push((lease_of(&env), args));
+    }
+    // 1,000 redemptions, ten per lease, all in flight at once across both.
+    let attempts = (0..1000).map(|k| {
+        let (lease, args) = &leases[k % 100];
+        let mut redeem = args.clone();
+        redeem["lease_id"] = json!(lease);
+        let client = &clients[k % clients.len()];
+        async move { call(client, "db.query", redeem).await.0 }
+    });
+    let outcomes = futures_util::future::join_all(attempts).await;
+    let ok = outcomes.iter().filter(|e| status(e) == "ok").count();
+    assert_eq!(ok, 100, "exactly one redemption per lease succeeds");
+    for e in outcomes.iter().filter(|e| status(e) != "ok") {
+        assert_eq!(status(e), "denied", "{e}");
+        assert!(e["receipt"].is_object(), "refusals leave receipts: {e}");
+    }
+    let mut per_lease = std::collections::HashMap::new();
+    for e in outcomes.iter().filter(|e| status(e) == "ok") {
+        *per_lease
+            .entry(
+                e["receipt"]["body"]["lease"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+            .or_insert(0) += 1;
+    }
+    assert_eq!(per_lease.len(), 100);
+    assert!(per_lease.values().all(|n| *n == 1));
+
+    // A receipt written by one replica verifies, with its proof, at the other.
+    let from_a = outcomes
+        .iter()
+        .find(|e| status(e) == "ok")
+        .expect("one ok")
+        .clone();
+    let (verdict, _) = call(
+        &clients[1],
+        "audit.verify",
+        json!({ "receipt": from_a["receipt"] }),
+    )
+    .await;
+    assert_eq!(verdict["result"]["valid"], true, "{verdict}");
+
+    for c in clients {
+        c.cancel().await.ok();
+    }
+    for s in servers {
+        s.stop().await;
+    }
+    let receipts = export_and_verify(&dirs[1]);
+    assert_eq!(
+        receipts,
+        100 + 1000 + 1,
+        "every decision, in one linear log"
+    );
+    drop_database(ADMIN_URL, &db).await;
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// A private PostgreSQL cluster of the test's own, so that stopping it does
+/// not disturb the tests sharing the machine's server.
+struct PrivateCluster {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl PrivateCluster {
+    fn as_postgres(&self, program: &str, args: &[&str]) -> std::process::Output {
+        let exe = self.bin.join(program);
+        let mut cmd = if is_root() {
+            // PostgreSQL refuses to run as root.
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        cmd.args(args).output().expect("run a PostgreSQL program")
+    }
+
+    fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("initdb").exists())
+            .expect("initdb");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("pgdata");
+        std::fs::create_dir(&data).expect("mkdir");
+        if is_root() {
+            let out = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .output()
+                .expect("chown");
+            assert!(out.status.success());
+        }
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+            listener.local_addr().expect("addr").port()
+        };
+        let cluster = Self {
+            _dir: dir,
+            data,
+            bin,
+            port,
+        };
+        let out = cluster.as_postgres(
+            "initdb",
+            &[
+                "-D",
+                cluster.path(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.up();
+        cluster
+    }
+
+    fn path(&self) -> &str {
+        self.data.to_str().expect("utf8")
+    }
+
+    fn up(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {}",
+            self.port,
+            self.path()
+        );
+        let out = self.as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                self.path(),
+                "-o",
+                &options,
+                "-w",
+                "-l",
+                &format!("{}/log", self.path()),
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn down(&self) {
+        let out = self.as_postgres("pg_ctl", &["-D", self.path(), "-m", "fast", "-w", "stop"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = self.as_postgres("pg_ctl", &["-D", self.path(), "-m", "immediate", "stop"]);
+    }
+}
+
+async fn read_call(client: &Client) -> Value {
+    call(client, "db.query", json!({ "sql": "SELECT 1" }))
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn postgresql_restarted_mid_run_fails_closed_and_loses_nothing() {
+    let cluster = PrivateCluster::start();
+    let db = create_database(&cluster.url("postgres")).await;
+    let dirs = replicas(1, &cluster.url(&db), "");
+    let data: &Path = &dirs[0].path;
+    let server = HttpServer::start(data).await;
+    let token = dirs[0].token("agent", "db:read");
+    // stdio shows the in-band refusal; HTTP shows the status codes.
+    let client = dirs[0].stdio_client(Some(&token)).await;
+    for _ in 0..5 {
+        assert_eq!(status(&read_call(&client).await), "ok");
+    }
+
+    cluster.down();
+    let env = read_call(&client).await;
+    assert_ne!(status(&env), "ok", "no receipt, no call: {env}");
+    assert_eq!(error_code(&env), "audit_unavailable", "{env}");
+    let ready = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503, "not ready while the store is away");
+    let refused = reqwest::Client::new()
+        .post(server.mcp_url())
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        refused.status(),
+        503,
+        "fail closed, and say it is temporary"
+    );
+
+    cluster.up();
+    let mut recovered = false;
+    for _ in 0..50 {
+        if status(&read_call(&client).await) == "ok" {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(recovered, "calls succeed again once PostgreSQL is back");
+    client.cancel().await.ok();
+    server.stop().await;
+    let receipts = export_and_verify(&dirs[0]);
+    assert!(
+        receipts >= 6,
+        "the log before and after the outage verifies as one"
+    );
+}
