@@ -230,6 +230,21 @@ const INSERT_LEASE: &str = "INSERT INTO leases (id, subject, tool, args_digest, 
 const CONSUME_LEASE: &str = "UPDATE leases SET state = 'consumed', consumed_at = ? \
      WHERE id = ? AND state IN ('ready', 'pending_approval') AND subject = ? AND tool = ? AND args_digest = ? AND expires_at > ?";
 
+/// A transaction that will write. SQLite: `BEGIN IMMEDIATE`, so that the
+/// write lock is taken (waiting up to the busy timeout) before the first
+/// read; a deferred transaction that reads and then writes fails at once
+/// with SQLITE_BUSY when another connection is writing.
+macro_rules! begin_write {
+    ($pool:expr, $pg:expr) => {
+        if $pg {
+            $pool.begin().await
+        } else {
+            $pool.begin_with("BEGIN IMMEDIATE").await
+        }
+        .map_err(unavailable)
+    };
+}
+
 macro_rules! insert_lease {
     ($pg:expr, $lease:expr, $executor:expr) => {
         sqlx::query(sql($pg, INSERT_LEASE))
@@ -376,7 +391,7 @@ impl Store {
     /// transaction, through the same compare-and-set a later redemption uses.
     pub async fn mint_and_consume_lease(&self, lease: &Lease, now: u64) -> Result<(), StoreError> {
         on_backend!(self, pool, pg => {
-            let mut tx = pool.begin().await.map_err(unavailable)?;
+            let mut tx = begin_write!(pool, pg)?;
             insert_lease!(pg, lease, &mut *tx)?;
             let consumed = consume_lease!(
                 pg,
@@ -403,7 +418,7 @@ impl Store {
         now: u64,
     ) -> Result<(), StoreError> {
         on_backend!(self, pool, pg => {
-            let mut tx = pool.begin().await.map_err(unavailable)?;
+            let mut tx = begin_write!(pool, pg)?;
             let open: i64 = sqlx::query_scalar(sql(
                 pg,
                 "SELECT count(*) FROM leases WHERE subject = ? AND state IN ('pending_approval', 'ready') AND expires_at > ?",
@@ -563,7 +578,7 @@ impl Store {
             return Ok(());
         };
         on_backend!(self, pool, pg => {
-            let mut tx = pool.begin().await.map_err(unavailable)?;
+            let mut tx = begin_write!(pool, pg)?;
             if pg {
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(LOG_LOCK_KEY)
