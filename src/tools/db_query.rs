@@ -339,7 +339,7 @@ impl DbQuery {
         &self,
         mut stream: futures_util::stream::BoxStream<'e, Result<R, sqlx::Error>>,
         drain: bool,
-        cell: fn(&R, usize) -> Value,
+        cell: fn(&R, usize, usize) -> Value,
     ) -> Result<Value, sqlx::Error> {
         let mut columns: Vec<String> = Vec::new();
         let mut rows: Vec<Value> = Vec::new();
@@ -352,7 +352,9 @@ impl DbQuery {
             if columns.is_empty() {
                 columns = row.columns().iter().map(|c| c.name().to_string()).collect();
             }
-            let cells: Vec<Value> = (0..row.len()).map(|i| cell(&row, i)).collect();
+            let cells: Vec<Value> = (0..row.len())
+                .map(|i| cell(&row, i, self.limits.max_result_bytes))
+                .collect();
             let size: usize = cells.iter().map(|c| c.to_string().len()).sum();
             if rows.len() >= self.limits.row_cap || bytes + size > self.limits.max_result_bytes {
                 truncated = true;
@@ -374,9 +376,27 @@ impl DbQuery {
     }
 }
 
+/// A value larger than the result byte cap is not encoded at all (a
+/// `randomblob(900000000)` must not become a 1.2 GB base64 string): the
+/// cell says how large it was instead.
+fn omitted(len: usize, limit: usize) -> Option<Value> {
+    (len > limit)
+        .then(|| json!({ "omitted_bytes": len, "reason": "larger than the result byte cap" }))
+}
+
+fn text_cell(text: String, limit: usize) -> Value {
+    omitted(text.len(), limit).unwrap_or(Value::String(text))
+}
+
+fn bytes_cell(bytes: Vec<u8>, limit: usize) -> Value {
+    omitted(bytes.len(), limit).unwrap_or_else(
+        || json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
+    )
+}
+
 /// A PostgreSQL cell as JSON. Types without a faithful JSON form here
 /// (numeric, dates and times, arrays…) say so; cast them (`x::text`).
-fn pg_cell(row: &PgRow, index: usize) -> Value {
+fn pg_cell(row: &PgRow, index: usize, limit: usize) -> Value {
     let Ok(raw) = row.try_get_raw(index) else {
         return Value::Null;
     };
@@ -393,11 +413,11 @@ fn pg_cell(row: &PgRow, index: usize) -> Value {
         "FLOAT4" => got(row.try_get::<f32, _>(index).map(Value::from)),
         "FLOAT8" => got(row.try_get::<f64, _>(index).map(Value::from)),
         "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "UNKNOWN" | "CITEXT" => {
-            got(row.try_get::<String, _>(index).map(Value::from))
+            got(row.try_get::<String, _>(index).map(|t| text_cell(t, limit)))
         }
         "BYTEA" => got(row
             .try_get::<Vec<u8>, _>(index)
-            .map(|b| json!({ "base64": base64::engine::general_purpose::STANDARD.encode(b) }))),
+            .map(|b| bytes_cell(b, limit))),
         "JSON" | "JSONB" => got(row.try_get::<Value, _>(index)),
         other => {
             json!({ "unsupported_type": other, "hint": "cast the column to text, e.g. col::text" })
@@ -405,7 +425,7 @@ fn pg_cell(row: &PgRow, index: usize) -> Value {
     }
 }
 
-fn sqlite_cell(row: &SqliteRow, index: usize) -> Value {
+fn sqlite_cell(row: &SqliteRow, index: usize, limit: usize) -> Value {
     let Ok(raw) = row.try_get_raw(index) else {
         return Value::Null;
     };
@@ -424,11 +444,11 @@ fn sqlite_cell(row: &SqliteRow, index: usize) -> Value {
             .unwrap_or(Value::Null),
         "BLOB" => row
             .try_get_unchecked::<Vec<u8>, _>(index)
-            .map(|b| json!({ "base64": base64::engine::general_purpose::STANDARD.encode(b) }))
+            .map(|b| bytes_cell(b, limit))
             .unwrap_or(Value::Null),
         _ => row
             .try_get_unchecked::<String, _>(index)
-            .map(Value::from)
+            .map(|t| text_cell(t, limit))
             .unwrap_or(Value::Null),
     }
 }

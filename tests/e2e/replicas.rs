@@ -365,3 +365,43 @@ async fn postgresql_restarted_mid_run_fails_closed_and_loses_nothing() {
         "the log before and after the outage verifies as one"
     );
 }
+
+#[tokio::test]
+async fn an_approval_recorded_through_one_replica_counts_at_the_other() {
+    let db = create_database(ADMIN_URL).await;
+    let store_url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+    let dirs = replicas(2, &store_url, "");
+    let alice = dirs[0].approver("alice");
+    let config = format!("[store]\nurl = \"{store_url}\"\n[quorum]\nk = 1\n");
+    for d in &dirs {
+        d.configure(&[(&alice, None)], &config);
+    }
+    let a = HttpServer::start(&dirs[0].path).await;
+    let b = HttpServer::start(&dirs[1].path).await;
+    let token = dirs[0].token("agent", "db:read db:write db:admin");
+    let at_a = a.client(&token).await;
+    let at_b = b.client(&token).await;
+    let args = json!({ "sql": "DELETE FROM orders" });
+    let (held, _) = call(&at_a, "db.query", args.clone()).await;
+    assert_eq!(status(&held), "approval_required", "{held}");
+    let lease = lease_of(&held);
+    // Approved with the CLI beside replica B's configuration: same store.
+    let out = dirs[1].approve(&lease, &alice);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut redeem = args;
+    redeem["lease_id"] = json!(lease);
+    let (env, _) = call(&at_b, "db.query", redeem.clone()).await;
+    assert_eq!(status(&env), "ok", "redeemed at the other replica: {env}");
+    let (again, _) = call(&at_a, "db.query", redeem).await;
+    assert_eq!(status(&again), "denied", "and only once: {again}");
+    at_a.cancel().await.ok();
+    at_b.cancel().await.ok();
+    a.stop().await;
+    b.stop().await;
+    export_and_verify(&dirs[0]);
+    drop_database(ADMIN_URL, &db).await;
+}

@@ -553,3 +553,61 @@ async fn concurrent_commands_per_subject_are_capped() {
     client.cancel().await.expect("close");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn sqlite_escapes_and_bombs_are_refused_or_contained() {
+    let data = DataDir::new();
+    std::fs::write(
+        data.path.join("dualtrust.toml"),
+        "[database]\nstatement_timeout_ms = 1000\n",
+    )
+    .expect("config");
+    let token = data.token("reader", "db:read");
+    let client = data.stdio_client(Some(&token)).await;
+    let outside = data.path.join("exfil.db");
+    let outside_sql = outside.to_str().expect("utf8");
+    for sql in [
+        format!("ATTACH DATABASE '{outside_sql}' AS exfil"),
+        format!("VACUUM INTO '{outside_sql}'"),
+        "PRAGMA writable_schema = 1".to_string(),
+        "PRAGMA journal_mode = DELETE".to_string(),
+        "SELECT load_extension('/tmp/evil.so')".to_string(),
+        "CREATE TEMP TRIGGER t AFTER INSERT ON customers BEGIN DELETE FROM orders; END".to_string(),
+        "CREATE TEMP TABLE t AS SELECT * FROM customers".to_string(),
+        "SELECT writefile('/tmp/dualtrust-pwned', 'x')".to_string(),
+    ] {
+        let (env, is_error) = call(&client, "db.query", json!({ "sql": sql })).await;
+        assert!(is_error && status(&env) == "denied", "{sql}: {env}");
+    }
+    assert!(!outside.exists(), "nothing was written outside");
+    // Bombs run as reads and are contained by the deadline and the caps.
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r" }),
+    )
+    .await;
+    assert_eq!(error_code(&env), "statement_timeout", "{env}");
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT randomblob(1000000) FROM r" }),
+    )
+    .await;
+    assert_eq!(status(&env), "ok", "{env}");
+    assert_eq!(env["result"]["truncated"], true, "{env}");
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "SELECT randomblob(200000000)" }),
+    )
+    .await;
+    assert_eq!(
+        env["result"]["rows"][0][0]["omitted_bytes"], 200_000_000,
+        "a huge value is not encoded: {}",
+        env["result"]["rows"][0][0]
+    );
+    let (env, _) = call(&client, "db.query", json!({ "sql": "SELECT 1" })).await;
+    assert_eq!(status(&env), "ok", "still serving");
+    client.cancel().await.ok();
+}
