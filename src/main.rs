@@ -45,11 +45,15 @@ enum Command {
         #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
         http: Option<String>,
     },
-    /// Mint a short-lived development token (development mode only).
+    /// Mint a short-lived development token (development mode only), or
+    /// `token revoke --jti ID` to revoke any token.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Token {
+        #[command(subcommand)]
+        action: Option<TokenAction>,
         /// The token's subject.
-        #[arg(long)]
-        sub: String,
+        #[arg(long, required = true)]
+        sub: Option<String>,
         /// Space-separated scopes, e.g. "db:read audit:read".
         #[arg(long, default_value = "")]
         scope: String,
@@ -57,7 +61,7 @@ enum Command {
         #[arg(long)]
         ttl: Option<u64>,
     },
-    /// Revoke a token by its `jti`; checked on every call.
+    /// Revoke a token by its `jti` (same as `token revoke`).
     Revoke {
         #[arg(long)]
         jti: String,
@@ -160,7 +164,24 @@ enum AuditCommand {
     Checkpoint,
 }
 
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Revoke a token by its `jti`; checked on every call, by every replica.
+    Revoke {
+        #[arg(long)]
+        jti: String,
+    },
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn revoke(config: &Config, jti: &str) -> Result<(), BoxError> {
+    server::ensure_data_dir(config)?;
+    let store = dualtrust::store::Store::open(&config.store_target).await?;
+    store.revoke(jti, dualtrust::now_unix()).await?;
+    println!("revoked {jti}");
+    Ok(())
+}
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DUALTRUST_LOG")
@@ -262,7 +283,15 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 dualtrust::transport::http::serve(app, &bind).await?;
             }
         }
-        Command::Token { sub, scope, ttl } => {
+        Command::Token {
+            action: Some(TokenAction::Revoke { jti }),
+            ..
+        }
+        | Command::Revoke { jti } => revoke(&config, &jti).await?,
+        Command::Token {
+            sub, scope, ttl, ..
+        } => {
+            let sub = sub.unwrap_or_default();
             if config.mode != Mode::Development || !config.identity.dev_tokens {
                 return Err("development tokens are disabled (production mode or identity.dev_tokens = false)".into());
             }
@@ -281,12 +310,6 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 jti: &jti,
             };
             println!("{}", issuer.sign_jws("JWT", &claims)?);
-        }
-        Command::Revoke { jti } => {
-            server::ensure_data_dir(&config)?;
-            let store = dualtrust::store::Store::open(&config.store_target).await?;
-            store.revoke(&jti, dualtrust::now_unix()).await?;
-            println!("revoked {jti}");
         }
         Command::Keys => {
             let key = server::load_server_key(&config)?;

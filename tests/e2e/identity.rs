@@ -334,7 +334,7 @@ async fn attack_battery_is_rejected_with_receipts_and_no_state_change() {
     };
     let revoked_jti = dualtrust::random_id().expect("id");
     let revoked = idp.mint("rsa-1", "db:write", |c| c["jti"] = json!(revoked_jti));
-    let out = data.cli(&["revoke", "--jti", &revoked_jti]);
+    let out = data.cli(&["token", "revoke", "--jti", &revoked_jti]);
     assert!(out.status.success());
 
     let attacks: Vec<(&str, String, &str)> = vec![
