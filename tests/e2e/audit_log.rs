@@ -1,5 +1,3 @@
-use std::path::Path;
-
 use serde_json::{Value, json};
 
 use crate::common::{DataDir, HttpServer, call, receipt, status};
@@ -11,33 +9,6 @@ async fn store(data: &DataDir) -> sqlx::SqlitePool {
     ))
     .await
     .expect("open store")
-}
-
-/// `audit export` + `audit verify --checkpoint`: Ok(stdout) or Err(stderr).
-fn offline_verify(data: &DataDir, checkpoint: &Path) -> Result<String, String> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (log, jwks) = (dir.path().join("log.jsonl"), dir.path().join("jwks.json"));
-    assert!(
-        data.cli(&["audit", "export", "--out", log.to_str().expect("utf8")])
-            .status
-            .success()
-    );
-    std::fs::write(&jwks, data.cli(&["keys"]).stdout).expect("jwks");
-    let out = data.cli(&[
-        "audit",
-        "verify",
-        "--log",
-        log.to_str().expect("utf8"),
-        "--jwks",
-        jwks.to_str().expect("utf8"),
-        "--checkpoint",
-        checkpoint.to_str().expect("utf8"),
-    ]);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
 }
 
 #[tokio::test]
@@ -135,7 +106,7 @@ async fn tampered(tamper: &str) -> Result<String, String> {
     )
     .expect("write");
     assert!(
-        offline_verify(&data, &checkpoint).is_ok(),
+        data.offline_verify(&[&checkpoint]).is_ok(),
         "honest log verifies"
     );
 
@@ -184,7 +155,7 @@ async fn tampered(tamper: &str) -> Result<String, String> {
         }
         other => panic!("unknown tamper {other}"),
     }
-    offline_verify(&data, &checkpoint)
+    data.offline_verify(&[&checkpoint])
 }
 
 #[tokio::test]

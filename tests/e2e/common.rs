@@ -278,3 +278,90 @@ impl DataDir {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.sign(message.as_bytes()))
     }
 }
+
+/// The lease id of a held (`approval_required`) or `lease_issued` result.
+pub fn lease_of(envelope: &Value) -> String {
+    envelope["approval"]["lease_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no lease id in {envelope}"))
+        .to_string()
+}
+
+impl DataDir {
+    /// The receipts in the store, oldest first (`audit export`; works beside
+    /// a running server).
+    pub fn receipts(&self) -> Vec<Value> {
+        let out = self.cli(&["audit", "export"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("receipt json"))
+            .collect()
+    }
+
+    /// `audit export` + `audit verify` against this server's JWKS and the
+    /// `checkpoints` given: Ok(stdout) or Err(stderr).
+    pub fn offline_verify(&self, checkpoints: &[&Path]) -> Result<String, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, jwks) = (dir.path().join("log.jsonl"), dir.path().join("jwks.json"));
+        let out = self.cli(&["audit", "export", "--out", log.to_str().expect("utf8")]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&jwks, self.cli(&["keys"]).stdout).expect("jwks");
+        let mut args = vec![
+            "audit".to_string(),
+            "verify".into(),
+            "--log".into(),
+            log.to_str().expect("utf8").into(),
+            "--jwks".into(),
+            jwks.to_str().expect("utf8").into(),
+        ];
+        for checkpoint in checkpoints {
+            args.push("--checkpoint".into());
+            args.push(checkpoint.to_str().expect("utf8").into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.cli(&args);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+/// The machine's PostgreSQL (trust auth), as its superuser.
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A fresh, uniquely named database on the server at `admin_url`.
+pub async fn create_pg_database(admin_url: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("dt_{}", &dualtrust::random_id().expect("id")[..12]);
+    let mut admin = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("PostgreSQL reachable (start it: pg_ctlcluster … main start)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
+    name
+}
+
+pub async fn drop_pg_database(admin_url: &str, name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
+    }
+}

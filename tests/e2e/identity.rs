@@ -173,21 +173,6 @@ async fn post(
     request.send().await.expect("http request")
 }
 
-/// The receipts in the store, oldest first (read beside the running server).
-fn receipts(data: &DataDir) -> Vec<Value> {
-    let out = data.cli(&["audit", "export"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf8")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("receipt json"))
-        .collect()
-}
-
 fn reasons(receipts: &[Value]) -> Vec<String> {
     receipts
         .iter()
@@ -284,7 +269,7 @@ async fn a_flood_of_unknown_kids_costs_the_idp_nothing() {
     );
     let response = post(&url, Some(&honest), initialize_body("2025-06-18"), &[]).await;
     assert_eq!(response.status(), 200, "honest tokens still pass");
-    let unknown = reasons(&receipts(&data))
+    let unknown = reasons(&data.receipts())
         .iter()
         .filter(|r| *r == "unknown_key")
         .count();
@@ -399,7 +384,7 @@ async fn attack_battery_is_rejected_with_receipts_and_no_state_change() {
         "db.query",
         json!({ "sql": "INSERT INTO customers (name, email, country, created_at) VALUES ('mallory', 'm@evil.test', 'XX', '2026-01-01')" }),
     );
-    let receipts_before = receipts(&data).len();
+    let receipts_before = data.receipts().len();
     for (name, token, _) in &attacks {
         let response = post(&url, Some(token), insert.clone(), &[]).await;
         assert_eq!(response.status(), 401, "{name}");
@@ -434,7 +419,7 @@ async fn attack_battery_is_rejected_with_receipts_and_no_state_change() {
         assert_eq!(response.status(), 403, "{headers:?}");
     }
 
-    let after = receipts(&data);
+    let after = data.receipts();
     let got = reasons(&after[receipts_before..]);
     let mut want: Vec<String> = attacks.iter().map(|(_, _, r)| r.to_string()).collect();
     want.push("malformed_token".into());
@@ -482,7 +467,7 @@ async fn insufficient_scope_is_a_403_challenge_and_hierarchies_hold() {
     );
     assert!(challenge.contains(r#"scope="db:write""#), "{challenge}");
     assert!(challenge.contains("resource_metadata="), "{challenge}");
-    let last = receipts(&data).pop().expect("a receipt");
+    let last = data.receipts().pop().expect("a receipt");
     assert_eq!(last["body"]["reason"], "insufficient_scope");
     assert_eq!(last["body"]["subject"], "agent-7");
     assert_eq!(
@@ -522,7 +507,7 @@ async fn failed_authentication_is_throttled_per_address_without_receipts() {
         statuses.push(response.status().as_u16());
     }
     assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
-    let denials = reasons(&receipts(&data))
+    let denials = reasons(&data.receipts())
         .iter()
         .filter(|r| *r == "malformed_token")
         .count();
@@ -699,7 +684,7 @@ async fn sigterm_lets_in_flight_calls_finish_and_flushes_the_log() {
     let exit = server.wait().await;
     assert!(exit.success(), "clean exit after draining: {exit:?}");
     let seq = envelope["receipt"]["body"]["seq"].as_u64().expect("seq");
-    let all = receipts(&data);
+    let all = data.receipts();
     assert!(
         all.iter().any(|r| r["body"]["seq"].as_u64() == Some(seq)),
         "the in-flight call's receipt is durable"

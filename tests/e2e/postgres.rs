@@ -7,9 +7,9 @@
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::common::{Client, DataDir, call, error_code, status};
-
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+use crate::common::{
+    Client, DataDir, PG_ADMIN_URL, call, create_pg_database, drop_pg_database, error_code, status,
+};
 
 /// A fresh database with the demo tables, a read-only role and a
 /// read-write role; dropped by [`PgFixture::drop_all`].
@@ -21,17 +21,16 @@ struct PgFixture {
 
 impl PgFixture {
     async fn create() -> Self {
-        let id = &dualtrust::random_id().expect("id")[..12];
+        let name = create_pg_database(PG_ADMIN_URL).await;
         let fixture = Self {
-            name: format!("dt_{id}"),
-            reader: format!("dt_ro_{id}"),
-            writer: format!("dt_rw_{id}"),
+            reader: name.replacen("dt_", "dt_ro_", 1),
+            writer: name.replacen("dt_", "dt_rw_", 1),
+            name,
         };
-        let mut admin = sqlx::PgConnection::connect(ADMIN_URL)
+        let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL)
             .await
-            .expect("PostgreSQL at 127.0.0.1:5432 (start it: pg_ctlcluster … main start)");
+            .expect("connect");
         for sql in [
-            format!("CREATE DATABASE {}", fixture.name),
             format!("CREATE ROLE {} LOGIN", fixture.reader),
             format!("CREATE ROLE {} LOGIN", fixture.writer),
         ] {
@@ -108,15 +107,12 @@ impl PgFixture {
     }
 
     async fn drop_all(self) {
-        let Ok(mut admin) = sqlx::PgConnection::connect(ADMIN_URL).await else {
+        drop_pg_database(PG_ADMIN_URL, &self.name).await;
+        let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN_URL).await else {
             return;
         };
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            format!("DROP ROLE IF EXISTS {}", self.reader),
-            format!("DROP ROLE IF EXISTS {}", self.writer),
-        ] {
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        for role in [&self.reader, &self.writer] {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
                 .execute(&mut admin)
                 .await;
         }

@@ -1,6 +1,6 @@
 use serde_json::{Value, json};
 
-use crate::common::{Approver, DataDir, call, error_code, receipt, status};
+use crate::common::{Approver, DataDir, call, error_code, lease_of, receipt, status};
 
 /// Three approvers, 2 of 3 for destructive calls; `carol` is also the
 /// token subject `carol@idp`.
@@ -22,24 +22,10 @@ fn setup(extra: &str) -> (DataDir, Approver, Approver, Approver) {
     (data, alice, bob, carol)
 }
 
-fn lease_of(env: &Value) -> String {
-    env["approval"]["lease_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no lease id in {env}"))
-        .to_string()
-}
-
 fn decisions(data: &DataDir) -> Vec<String> {
-    let out = data.cli(&["audit", "export"]);
-    String::from_utf8(out.stdout)
-        .expect("utf8")
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).expect("receipt")["body"]["decision"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
+    data.receipts()
+        .iter()
+        .map(|r| r["body"]["decision"].as_str().unwrap_or("").to_string())
         .collect()
 }
 

@@ -7,33 +7,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sqlx::Connection;
 
-use crate::common::{Client, DataDir, HttpServer, call, error_code, status};
-
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-async fn create_database(admin_url: &str) -> String {
-    let name = format!("dt_store_{}", &dualtrust::random_id().expect("id")[..12]);
-    let mut admin = sqlx::PgConnection::connect(admin_url)
-        .await
-        .expect("PostgreSQL reachable");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .expect("create database");
-    name
-}
-
-async fn drop_database(admin_url: &str, name: &str) {
-    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await;
-    }
-}
+use crate::common::{
+    Client, DataDir, HttpServer, PG_ADMIN_URL, call, create_pg_database, drop_pg_database,
+    error_code, lease_of, status,
+};
 
 /// Data directories for `n` replicas of one deployment: the same server key
 /// and token issuer (as an operator would distribute them), one store URL.
@@ -58,43 +36,15 @@ fn replicas(n: usize, store_url: &str, extra: &str) -> Vec<DataDir> {
 }
 
 fn export_and_verify(data: &DataDir) -> usize {
-    let log = data.path.join("export.jsonl");
-    let out = data.cli(&["audit", "export", "--out", log.to_str().expect("utf8")]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let jwks = data.path.join("jwks.json");
-    let keys = data.cli(&["keys"]);
-    std::fs::write(&jwks, &keys.stdout).expect("jwks");
-    let out = data.cli(&[
-        "audit",
-        "verify",
-        "--log",
-        log.to_str().expect("utf8"),
-        "--jwks",
-        jwks.to_str().expect("utf8"),
-    ]);
-    assert!(
-        out.status.success(),
-        "the merged log verifies: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(&log).expect("log").lines().count()
-}
-
-fn lease_of(envelope: &Value) -> String {
-    envelope["approval"]["lease_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no lease in {envelope}"))
-        .to_string()
+    if let Err(e) = data.offline_verify(&[]) {
+        panic!("the merged log verifies: {e}");
+    }
+    data.receipts().len()
 }
 
 #[tokio::test]
 async fn two_replicas_redeem_each_lease_once_and_share_one_log() {
-    let db = create_database(ADMIN_URL).await;
+    let db = create_pg_database(PG_ADMIN_URL).await;
     let store_url = format!("postgres://postgres@127.0.0.1:5432/{db}");
     let dirs = replicas(
         2,
@@ -172,7 +122,7 @@ async fn two_replicas_redeem_each_lease_once_and_share_one_log() {
         100 + 1000 + 1,
         "every decision, in one linear log"
     );
-    drop_database(ADMIN_URL, &db).await;
+    drop_pg_database(PG_ADMIN_URL, &db).await;
 }
 
 fn is_root() -> bool {
@@ -313,7 +263,7 @@ async fn read_call(client: &Client) -> Value {
 #[tokio::test]
 async fn postgresql_restarted_mid_run_fails_closed_and_loses_nothing() {
     let cluster = PrivateCluster::start();
-    let db = create_database(&cluster.url("postgres")).await;
+    let db = create_pg_database(&cluster.url("postgres")).await;
     let dirs = replicas(1, &cluster.url(&db), "");
     let data: &Path = &dirs[0].path;
     let server = HttpServer::start(data).await;
@@ -368,7 +318,7 @@ async fn postgresql_restarted_mid_run_fails_closed_and_loses_nothing() {
 
 #[tokio::test]
 async fn an_approval_recorded_through_one_replica_counts_at_the_other() {
-    let db = create_database(ADMIN_URL).await;
+    let db = create_pg_database(PG_ADMIN_URL).await;
     let store_url = format!("postgres://postgres@127.0.0.1:5432/{db}");
     let dirs = replicas(2, &store_url, "");
     let alice = dirs[0].approver("alice");
@@ -403,5 +353,5 @@ async fn an_approval_recorded_through_one_replica_counts_at_the_other() {
     a.stop().await;
     b.stop().await;
     export_and_verify(&dirs[0]);
-    drop_database(ADMIN_URL, &db).await;
+    drop_pg_database(PG_ADMIN_URL, &db).await;
 }
