@@ -64,7 +64,7 @@ fn snapshot<K: Ord + Clone, V: Clone>(map: &Mutex<BTreeMap<K, V>>) -> BTreeMap<K
 impl Metrics {
     /// One tool call through the gate: its status and how long it took.
     pub fn record_call(&self, tool: &'static str, status: &'static str, elapsed: Duration) {
-        bump(&self.calls, (tool, status));
+        self.count_call(tool, status);
         let mut latency = match self.latency.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
@@ -73,6 +73,12 @@ impl Metrics {
             .entry(tool)
             .or_default()
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A call decided without running through the gate's timed pipeline
+    /// (the HTTP scope challenge): counted, but no latency is invented.
+    pub fn count_call(&self, tool: &'static str, status: &'static str) {
+        bump(&self.calls, (tool, status));
     }
 
     /// A refusal by the gate, by its code.
@@ -198,5 +204,12 @@ mod tests {
         assert!(text.contains("le=\"0.05\"} 2"), "{text}");
         assert!(text.contains("le=\"+Inf\"} 2"), "{text}");
         assert!(text.contains("dualtrust_gate_refusals_total{reason=\"insufficient_scope\"} 1"));
+        m.count_call("db.query", "denied");
+        let text = m.render(&[]);
+        assert!(text.contains("dualtrust_tool_calls_total{tool=\"db.query\",status=\"denied\"} 1"));
+        assert!(
+            text.contains("dualtrust_tool_call_duration_seconds_count{tool=\"db.query\"} 2"),
+            "no latency sample for a call that was only counted: {text}"
+        );
     }
 }

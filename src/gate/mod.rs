@@ -378,8 +378,7 @@ impl Gate {
         scope: &str,
     ) {
         self.metrics.record_refusal("insufficient_scope");
-        self.metrics
-            .record_call(tool, Status::Denied.as_str(), std::time::Duration::ZERO);
+        self.metrics.count_call(tool, Status::Denied.as_str());
         let draft = ReceiptDraft {
             subject: Some(principal.subject().to_string()),
             token_id: principal.token_id().map(String::from),
