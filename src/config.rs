@@ -1193,6 +1193,30 @@ mod tests {
     }
 
     #[test]
+    fn database_and_store_urls_are_validated_and_printed_without_passwords() {
+        let err = load("[database]\nread_url = \"postgres://ro@h/db\"\n", &[])
+            .expect_err("read_url on sqlite");
+        assert!(err.to_string().contains("database.read_url"), "{err}");
+        let err = load(
+            "[database]\nurl = \"postgres://rw@h/db\"\nread_url = \"sqlite://x.db\"\n",
+            &[],
+        )
+        .expect_err("mixed backends");
+        assert!(err.to_string().contains("database.read_url"), "{err}");
+        let c = load(
+            "[store]\nurl = \"postgresql://app:hunter2@db:5432/state\"\n[database]\nurl = \"postgres://rw:pw2@h/app\"\n",
+            &[],
+        )
+        .expect("postgres urls");
+        assert_eq!(c.store_target.describe(), "postgresql://app@db:5432/state");
+        assert_eq!(c.database_target.describe(), "postgres://rw@h/app");
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "no password in Debug"
+        );
+    }
+
+    #[test]
     fn cors_origins_are_explicit() {
         let wild = load("[http]\ncors_origins = [\"*\"]\n", &[]).expect_err("wildcard");
         assert!(wild.to_string().contains("cors_origins[0]"), "{wild}");

@@ -281,3 +281,109 @@ impl RemoteJwks {
         Ok(keys)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn ed_jwk(kid: &str) -> Value {
+        let mut jwk = crate::keys::KeyPair::generate().expect("key").public_jwk();
+        jwk["kid"] = json!(kid);
+        jwk
+    }
+
+    #[test]
+    fn only_signing_keys_whose_alg_matches_their_type_are_used() {
+        let mut encryption = ed_jwk("enc");
+        encryption["use"] = json!("enc");
+        let mut mislabelled = ed_jwk("mislabelled");
+        mislabelled["alg"] = json!("RS256");
+        let mut labelled = ed_jwk("labelled");
+        labelled["alg"] = json!("EdDSA");
+        let symmetric = json!({ "kty": "oct", "kid": "hmac", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA" });
+        let set =
+            json!({ "keys": [ed_jwk("plain"), encryption, mislabelled, labelled, symmetric] });
+        let keys = parse_set(set.to_string().as_bytes()).expect("set");
+        let kids: Vec<_> = keys.iter().filter_map(|k| k.kid.clone()).collect();
+        assert_eq!(kids, ["plain", "labelled"]);
+        assert!(keys.iter().all(|k| k.algorithm == Algorithm::EdDSA));
+        let mut unnamed = ed_jwk("x");
+        unnamed.as_object_mut().map(|o| o.remove("kid"));
+        assert!(parse_set(json!({ "keys": [unnamed] }).to_string().as_bytes()).is_err());
+    }
+
+    /// Serves `body` with `status` at /jwks; a 302 points at /elsewhere,
+    /// which serves a valid set, so following it would load keys.
+    async fn serve(status: u16, body: String) -> String {
+        let valid = json!({ "keys": [ed_jwk("redirected")] }).to_string();
+        let app = axum::Router::new()
+            .route(
+                "/elsewhere",
+                axum::routing::get(move || {
+                    let valid = valid.clone();
+                    async move { valid }
+                }),
+            )
+            .route(
+                "/jwks",
+                axum::routing::get(move || {
+                    let body = body.clone();
+                    async move {
+                        let mut response = axum::response::IntoResponse::into_response(body);
+                        *response.status_mut() =
+                            axum::http::StatusCode::from_u16(status).expect("status");
+                        if status == 302 {
+                            response.headers_mut().insert(
+                                axum::http::header::LOCATION,
+                                axum::http::HeaderValue::from_static("/elsewhere"),
+                            );
+                        }
+                        response
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/jwks", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    fn remote(url: String) -> RemoteJwks {
+        RemoteJwks::new(
+            url,
+            Duration::from_secs(300),
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+        )
+        .expect("client")
+    }
+
+    #[tokio::test]
+    async fn bad_responses_load_nothing_and_refreshes_are_rate_bounded() {
+        let good = json!({ "keys": [ed_jwk("k1")] }).to_string();
+        // Valid but over the cap: only the cap stops it loading.
+        let huge = json!({ "keys": [ed_jwk("k1")], "pad": "x".repeat(MAX_JWKS_BYTES) }).to_string();
+        for (status, body) in [
+            (500, good.clone()),
+            (302, good.clone()),
+            (200, huge),
+            (200, "not json".to_string()),
+            (200, json!({ "keys": [] }).to_string()),
+        ] {
+            let jwks = remote(serve(status, body).await);
+            jwks.prime().await;
+            assert!(!jwks.loaded(), "status {status} loaded keys");
+            assert_eq!(jwks.counters.failed.load(Ordering::Relaxed), 1);
+        }
+        let jwks = remote(serve(200, good).await);
+        jwks.prime().await;
+        assert!(jwks.loaded());
+        assert!(jwks.find(Some("k1")).await.is_some());
+        // An unknown kid inside the minimum interval fetches nothing.
+        assert!(jwks.find(Some("other")).await.is_none());
+        assert_eq!(jwks.counters.fetched.load(Ordering::Relaxed), 1);
+    }
+}
