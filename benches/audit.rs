@@ -5,7 +5,9 @@
 //! concurrency levels; and the time to verify an exported log of N receipts
 //! offline (`verify_log`: RFC 8785 hash, Ed25519 signature, chain and RFC
 //! 6962 tree per receipt). N defaults to 1,000,000; set BENCH_RECEIPTS to
-//! change it and BENCH_APPEND_SECS for the append phase length.
+//! change it and BENCH_APPEND_SECS for the append phase length. With
+//! BENCH_JSON=path the figures are also written there (tools/bench merges
+//! them into its table).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,8 +116,10 @@ fn main() {
         "{:<34} {:>12} {:>14}",
         "append (SQLite, synchronous=FULL)", "receipts", "receipts/s"
     );
+    let mut appends = Vec::new();
     for concurrency in [1, 16, 64] {
         let (total, rate) = runtime.block_on(append_rate(concurrency, secs));
+        appends.push(serde_json::json!({ "concurrency": concurrency, "receipts": total, "receipts_per_s": rate }));
         println!(
             "{:<34} {:>12} {:>14.0}",
             format!("  {concurrency} concurrent appenders"),
@@ -139,4 +143,16 @@ fn main() {
         built.as_secs_f64(),
         hex::encode(tree.root(tree.len()).unwrap_or_default())
     );
+    if let Ok(path) = std::env::var("BENCH_JSON") {
+        let figures = serde_json::json!({
+            "cores": cores,
+            "appends": appends,
+            "verify": {
+                "receipts": tree.len(),
+                "seconds": verified.as_secs_f64(),
+                "receipts_per_s": tree.len() as f64 / verified.as_secs_f64(),
+            },
+        });
+        std::fs::write(&path, figures.to_string()).expect("write BENCH_JSON");
+    }
 }

@@ -44,6 +44,11 @@ enum Command {
         /// Listen for streamable HTTP on ADDR (MCP at /mcp), e.g. 127.0.0.1:8080.
         #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
         http: Option<String>,
+        /// Benchmark builds only: run every call with the gate switched off
+        /// (no identity, scope, lease, quorum or receipt). Refused in production.
+        #[cfg(feature = "bench")]
+        #[arg(long)]
+        bench_gate_off: bool,
     },
     /// Mint a short-lived development token (development mode only), or
     /// `token revoke --jti ID` to revoke any token.
@@ -268,8 +273,21 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             println!("state store:    {}", app.config.store_target.describe());
             println!("database:       {}", app.config.database_target.describe());
         }
-        Command::Serve { stdio, http } => {
-            let app = Arc::new(App::build(config).await?);
+        Command::Serve {
+            stdio,
+            http,
+            #[cfg(feature = "bench")]
+            bench_gate_off,
+        } => {
+            #[cfg(feature = "bench")]
+            let app = if bench_gate_off {
+                App::build_gate_off(config).await?
+            } else {
+                App::build(config).await?
+            };
+            #[cfg(not(feature = "bench"))]
+            let app = App::build(config).await?;
+            let app = Arc::new(app);
             if stdio {
                 let token = std::env::var("DUALTRUST_TOKEN")
                     .ok()

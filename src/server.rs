@@ -50,6 +50,11 @@ pub enum StartupError {
     Database { path: String, message: String },
     #[error("terminal roots: {0}")]
     Terminal(std::io::Error),
+    #[cfg(feature = "bench")]
+    #[error(
+        "--bench-gate-off is for benchmarks in development mode; this configuration is production"
+    )]
+    GateOffInProduction,
 }
 
 /// Everything a running server holds.
@@ -183,6 +188,8 @@ impl App {
                 config.passport.issuer.clone(),
                 config.scopes.clone(),
             ),
+            #[cfg(feature = "bench")]
+            bench_echo: crate::tools::bench_echo::BenchEcho,
         };
         let request_state = RequestStateCodec::new_unchecked(
             server_key.derive_secret(REQUEST_STATE_LABEL).to_vec(),
@@ -195,6 +202,27 @@ impl App {
             tools: Arc::new(tools),
             request_state,
         })
+    }
+
+    /// A benchmark's baseline: the same server with the gate switched off.
+    /// Exists only in `bench` builds and refuses production configurations.
+    #[cfg(feature = "bench")]
+    pub async fn build_gate_off(config: Config) -> Result<Self, StartupError> {
+        if config.mode == Mode::Production {
+            return Err(StartupError::GateOffInProduction);
+        }
+        let mut app = Self::build(config).await?;
+        // Nothing else holds the gate yet.
+        if let Some(gate) = Arc::get_mut(&mut app.gate) {
+            gate.switch_off_for_benchmark();
+        }
+        if !app.gate.is_off() {
+            return Err(StartupError::GateOffInProduction);
+        }
+        tracing::warn!(
+            "BENCHMARK BUILD: the gate is OFF; calls run with no identity, scope, lease, quorum or receipt"
+        );
+        Ok(app)
     }
 
     /// The server's public keys as an RFC 7517 JWK Set.

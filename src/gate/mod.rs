@@ -243,6 +243,10 @@ pub struct Gate {
     policy: GatePolicy,
     metrics: Metrics,
     in_flight: AtomicUsize,
+    /// Benchmark builds only: run tools with no identity, scope, rate,
+    /// lease, quorum or receipt, to measure what the gate itself costs.
+    #[cfg(feature = "bench")]
+    gate_off: bool,
 }
 
 /// Counts a call as in flight for as long as it lives.
@@ -293,6 +297,79 @@ impl Gate {
             policy,
             metrics: Metrics::default(),
             in_flight: AtomicUsize::new(0),
+            #[cfg(feature = "bench")]
+            gate_off: false,
+        }
+    }
+
+    /// Whether this gate lets calls through unchecked. Always false unless
+    /// the binary was built with the benchmark-only `bench` feature and
+    /// started with `serve --bench-gate-off` in development mode.
+    pub fn is_off(&self) -> bool {
+        #[cfg(feature = "bench")]
+        return self.gate_off;
+        #[cfg(not(feature = "bench"))]
+        false
+    }
+
+    #[cfg(feature = "bench")]
+    pub(crate) fn switch_off_for_benchmark(&mut self) {
+        self.gate_off = true;
+    }
+
+    /// The tool's own argument parsing, classification and execution, and
+    /// nothing of the gate: the baseline the benchmark divides by.
+    #[cfg(feature = "bench")]
+    async fn run_ungated<T: Tool>(
+        &self,
+        tool: &T,
+        arguments: Option<Map<String, Value>>,
+    ) -> GateOutcome {
+        let failed = |status: Status, error: ErrorInfo| GateOutcome {
+            status,
+            result: None,
+            error: Some(error),
+            approval: None,
+            receipt: None,
+            log: None,
+        };
+        let args: T::Args =
+            match serde_json::from_value(Value::Object(arguments.unwrap_or_default())) {
+                Ok(args) => args,
+                Err(e) => {
+                    return failed(
+                        Status::Denied,
+                        ErrorInfo::new("invalid_arguments", e.to_string()),
+                    );
+                }
+            };
+        let classification = match tool.classify(&args) {
+            Ok(c) => c,
+            Err(refusal) => return failed(Status::Denied, refusal.into()),
+        };
+        let principal = Principal::unverified_for_benchmark();
+        let action = Action {
+            tool: T::NAME,
+            classification,
+            args_digest: String::new(),
+        };
+        let call = Authorized {
+            principal: &principal,
+            action: &action,
+            lease_id: "",
+            approvals: &[],
+            args,
+        };
+        match tool.execute(call).await {
+            Ok(executed) => GateOutcome {
+                status: Status::Ok,
+                result: Some(executed.result),
+                error: None,
+                approval: None,
+                receipt: None,
+                log: None,
+            },
+            Err(refusal) => failed(Status::Error, refusal.into()),
         }
     }
 
@@ -436,6 +513,10 @@ impl Gate {
         arguments: Option<Map<String, Value>>,
     ) -> GateOutcome {
         let _in_flight = InFlight::enter(&self.in_flight);
+        #[cfg(feature = "bench")]
+        if self.gate_off {
+            return self.run_ungated(tool, arguments).await;
+        }
         let started = std::time::Instant::now();
         let redeeming = arguments
             .as_ref()

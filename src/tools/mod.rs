@@ -3,6 +3,8 @@
 //! through [`Gate::run`].
 
 pub mod audit_verify;
+#[cfg(feature = "bench")]
+pub mod bench_echo;
 pub mod db_query;
 pub mod passport;
 pub mod sql_classify;
@@ -25,6 +27,8 @@ pub struct ToolSet {
     pub terminal: Terminal,
     pub passport: PassportIssuer,
     pub audit_verify: AuditVerify,
+    #[cfg(feature = "bench")]
+    pub bench_echo: bench_echo::BenchEcho,
 }
 
 /// The structured content every tool returns: the gate's envelope.
@@ -109,6 +113,8 @@ impl ToolSet {
             definition::<Terminal>(),
             definition::<PassportIssuer>(),
             definition::<AuditVerify>(),
+            #[cfg(feature = "bench")]
+            definition::<bench_echo::BenchEcho>(),
         ]
     }
 
@@ -133,6 +139,10 @@ impl ToolSet {
             AuditVerify::NAME => gate
                 .required_scope(&self.audit_verify, arguments)
                 .map(|s| (AuditVerify::NAME, s)),
+            #[cfg(feature = "bench")]
+            bench_echo::BenchEcho::NAME => gate
+                .required_scope(&self.bench_echo, arguments)
+                .map(|s| (bench_echo::BenchEcho::NAME, s)),
             _ => None,
         }
     }
@@ -152,6 +162,11 @@ impl ToolSet {
             PassportIssuer::NAME => gate.run(&self.passport, transport, caller, arguments).await,
             AuditVerify::NAME => {
                 gate.run(&self.audit_verify, transport, caller, arguments)
+                    .await
+            }
+            #[cfg(feature = "bench")]
+            bench_echo::BenchEcho::NAME => {
+                gate.run(&self.bench_echo, transport, caller, arguments)
                     .await
             }
             _ => return None,
