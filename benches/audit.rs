@@ -31,6 +31,7 @@ fn draft(i: u64) -> ReceiptDraft {
         decision: Some(Decision::Allowed),
         reason: None,
         outcome: Some(serde_json::json!({ "row_count": 1, "truncated": false })),
+        consumed_lease: None,
     }
 }
 

@@ -70,6 +70,12 @@ struct Args {
     /// BENCH_JSON), merged into the table when present.
     #[arg(long)]
     audit_json: Option<PathBuf>,
+    /// Only these servers: gated, gate-off, bare, fastmcp (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    servers: Vec<String>,
+    /// Skip the stdio figures.
+    #[arg(long)]
+    skip_stdio: bool,
     /// Where to write the JSON results.
     #[arg(long)]
     out: PathBuf,
@@ -91,6 +97,15 @@ impl ServerKind {
             Self::DualtrustGateOff => "gate off",
             Self::BareRmcp => "bare rmcp",
             Self::Fastmcp => "FastMCP + JWT",
+        }
+    }
+
+    fn short_name(self) -> &'static str {
+        match self {
+            Self::DualtrustGated => "gated",
+            Self::DualtrustGateOff => "gate-off",
+            Self::BareRmcp => "bare",
+            Self::Fastmcp => "fastmcp",
         }
     }
 
@@ -638,6 +653,9 @@ async fn run(mut args: Args) -> Result<(), BoxError> {
     if args.python.is_some() && args.fastmcp_script.is_some() {
         kinds.push(ServerKind::Fastmcp);
     }
+    if !args.servers.is_empty() {
+        kinds.retain(|k| args.servers.iter().any(|s| s == k.short_name()));
+    }
     let mut cells = Vec::new();
     let mut memory = Vec::new();
     for &kind in &kinds {
@@ -682,15 +700,21 @@ async fn run(mut args: Args) -> Result<(), BoxError> {
         }
         server.stop().await;
     }
-    eprintln!("== stdio");
-    let stdio = stdio_figures(
-        &args.dualtrust,
-        &data_dir,
-        &token,
-        args.cold_starts,
-        args.secs,
-    )
-    .await?;
+    let stdio = if args.skip_stdio {
+        None
+    } else {
+        eprintln!("== stdio");
+        Some(
+            stdio_figures(
+                &args.dualtrust,
+                &data_dir,
+                &token,
+                args.cold_starts,
+                args.secs,
+            )
+            .await?,
+        )
+    };
     let audit: Option<Value> = args
         .audit_json
         .as_ref()
@@ -703,7 +727,7 @@ async fn run(mut args: Args) -> Result<(), BoxError> {
         &kinds,
         &cells,
         &memory,
-        Some(&stdio),
+        stdio.as_ref(),
         audit.as_ref(),
     );
     let results = json!({

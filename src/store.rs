@@ -220,8 +220,8 @@ fn to_u64(v: i64) -> Result<u64, StoreError> {
 /// migrations across replicas ("dualtrst" in ASCII).
 const LOG_LOCK_KEY: i64 = 0x6475_616c_7472_7374;
 
-const INSERT_LEASE: &str = "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const INSERT_LEASE: &str = "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, consumed_at) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// The single-use compare-and-set: only the one caller that moves this
 /// lease to `consumed`, for its own subject, tool and argument digest,
@@ -259,6 +259,8 @@ macro_rules! insert_lease {
             .bind(&$lease.summary)
             .bind(&$lease.args_json)
             .bind(i64::from($lease.quorum_k))
+            // A lease stored already consumed was minted and used at once.
+            .bind(($lease.state == LeaseState::Consumed).then(|| to_i64($lease.issued_at)))
             .execute($executor)
             .await
             .map_err(unavailable)
@@ -385,28 +387,6 @@ impl Store {
                 .map_err(unavailable)?;
         });
         Ok(())
-    }
-
-    /// Records a lease for the exact call and consumes it in the same
-    /// transaction, through the same compare-and-set a later redemption uses.
-    pub async fn mint_and_consume_lease(&self, lease: &Lease, now: u64) -> Result<(), StoreError> {
-        on_backend!(self, pool, pg => {
-            let mut tx = begin_write!(pool, pg)?;
-            insert_lease!(pg, lease, &mut *tx)?;
-            let consumed = consume_lease!(
-                pg,
-                &mut *tx,
-                &lease.id,
-                &lease.subject,
-                &lease.tool,
-                &lease.args_digest,
-                now
-            )?;
-            if !consumed {
-                return Err(StoreError::Conflict);
-            }
-            tx.commit().await.map_err(unavailable)
-        })
     }
 
     /// Issues a lease for later redemption, unless the subject already holds
@@ -567,13 +547,18 @@ impl Store {
         })
     }
 
-    /// Appends receipts (with their RFC 6962 leaf hashes) in one
+    /// Appends receipts (with their RFC 6962 leaf hashes), and stores the
+    /// already-consumed leases of the ordinary calls they record, in one
     /// transaction: all become durable together or none does. The batch
     /// must continue the log exactly where the store's log ends; otherwise
     /// another writer got there first and this is a conflict (the caller
     /// re-reads the log and rebuilds the batch). On PostgreSQL the check and
     /// the inserts run under an advisory lock shared by all replicas.
-    pub async fn insert_receipts(&self, batch: &[(Receipt, String)]) -> Result<(), StoreError> {
+    pub async fn insert_receipts(
+        &self,
+        batch: &[(Receipt, String)],
+        consumed_leases: &[&Lease],
+    ) -> Result<(), StoreError> {
         let Some((first, _)) = batch.first() else {
             return Ok(());
         };
@@ -592,6 +577,9 @@ impl Store {
                 .map_err(unavailable)?;
             if next != to_i64(first.body.seq) {
                 return Err(StoreError::Conflict);
+            }
+            for lease in consumed_leases {
+                insert_lease!(pg, lease, &mut *tx)?;
             }
             for (receipt, leaf_hash) in batch {
                 let json = serde_json::to_string(receipt).map_err(|_| StoreError::Corrupt)?;
@@ -680,33 +668,45 @@ mod tests {
         }
     }
 
+    fn consumed_draft(lease_id: &str) -> crate::audit::ReceiptDraft {
+        crate::audit::ReceiptDraft {
+            tool: "db.query".into(),
+            lease: Some(lease_id.into()),
+            consumed_lease: Some(Lease {
+                state: LeaseState::Consumed,
+                ..lease(lease_id)
+            }),
+            ..Default::default()
+        }
+    }
+
     #[tokio::test]
-    async fn lease_is_consumed_once_and_survives_reopen() {
+    async fn an_ordinary_lease_is_stored_consumed_with_its_receipt_once_and_survives_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("s.db");
         let store = Store::open_sqlite(&path).await.expect("open");
-        store
-            .mint_and_consume_lease(&lease("l1"), 150)
+        let key = std::sync::Arc::new(crate::keys::KeyPair::generate().expect("key"));
+        let log = crate::audit::AuditLog::open(store.clone(), key.clone())
             .await
-            .expect("first");
-        assert!(matches!(
-            store.mint_and_consume_lease(&lease("l1"), 150).await,
-            Err(StoreError::Conflict)
-        ));
-        assert!(matches!(
-            store.mint_and_consume_lease(&lease("expired"), 250).await,
-            Err(StoreError::Conflict)
-        ));
-        assert_eq!(
-            store.lease_state("expired").await.expect("q"),
-            None,
-            "rolled back"
+            .expect("log");
+        log.append(consumed_draft("l1")).await.expect("first");
+        // The same lease again: the whole batch fails, the receipt with it.
+        assert!(log.append(consumed_draft("l1")).await.is_err());
+        assert_eq!(store.log_head().await.expect("head").map(|h| h.0), Some(0));
+        // A consumed lease cannot be redeemed.
+        assert!(
+            !store
+                .consume_lease("l1", "alice", "db.query", "d", 150)
+                .await
+                .expect("consume")
         );
+        drop(log);
         drop(store);
         let store = Store::open_sqlite(&path).await.expect("reopen");
         assert_eq!(
             store.lease_state("l1").await.expect("q").as_deref(),
             Some("consumed")
         );
+        assert_eq!(store.log_head().await.expect("head").map(|h| h.0), Some(0));
     }
 }

@@ -68,6 +68,9 @@ pub struct ReceiptDraft {
     pub decision: Option<Decision>,
     pub reason: Option<String>,
     pub outcome: Option<serde_json::Value>,
+    /// An ordinary call's lease, minted and consumed: stored in the same
+    /// transaction as this receipt (not part of the receipt itself).
+    pub consumed_lease: Option<crate::store::Lease>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -443,7 +446,11 @@ impl LogInner {
                 state.tree.push(leaf);
                 rows.push((receipt, hex::encode(leaf)));
             }
-            match self.store.insert_receipts(&rows).await {
+            let leases: Vec<_> = drafts
+                .iter()
+                .filter_map(|d| d.consumed_lease.as_ref())
+                .collect();
+            match self.store.insert_receipts(&rows, &leases).await {
                 Ok(()) => {
                     state.last_hash = prev;
                     let size = state.tree.len();

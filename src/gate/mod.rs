@@ -495,11 +495,13 @@ impl Gate {
     async fn identify(&self, caller: Caller) -> Result<Principal, IdentityError> {
         match caller {
             Caller::Token(token) => self.authenticate(token.as_deref()).await,
+            // The HTTP front door verified the token and checked revocation
+            // for this very request; only the clock has moved since.
             Caller::Verified(principal) => {
                 if principal.expires_at() < crate::now_unix() {
                     return Err(IdentityError::Expired);
                 }
-                self.check_revocation(principal).await
+                Ok(principal)
             }
         }
     }
@@ -677,7 +679,14 @@ impl Gate {
                     .await;
             }
         };
-        let lease = Lease {
+        // Nobody else can present this lease: its id is fresh and is not
+        // disclosed before the call runs. So minting and consuming it needs
+        // no store round trip of its own; its row is written, already
+        // consumed, in the same transaction as the call's first receipt (the
+        // intent for a call that may change state, so it is durable before
+        // anything runs; the final receipt for a read).
+        draft.lease = Some(lease_id.clone());
+        draft.consumed_lease = Some(Lease {
             id: lease_id.clone(),
             subject: principal.subject().to_string(),
             tool: T::NAME.to_string(),
@@ -685,19 +694,11 @@ impl Gate {
             scope: action.scope().to_string(),
             issued_at: now,
             expires_at: now + self.policy.leases.ordinary_ttl_s,
-            state: LeaseState::Ready,
+            state: LeaseState::Consumed,
             summary: String::new(),
             args_json: String::new(),
             quorum_k: 0,
-        };
-        if let Err(e) = self.store.mint_and_consume_lease(&lease, now).await {
-            let code = match e {
-                StoreError::Conflict => "lease_conflict",
-                _ => "store_unavailable",
-            };
-            return self.deny(draft, code, e.to_string()).await;
-        }
-        draft.lease = Some(lease_id.clone());
+        });
         self.execute(tool, draft, &principal, &action, &lease_id, &[], args)
             .await
     }
@@ -940,6 +941,7 @@ impl Gate {
         // Anything that may change state is recorded before it runs.
         if action.class() != Class::Read {
             let mut intent = draft.clone();
+            draft.consumed_lease = None;
             intent.decision = Some(Decision::Intent);
             intent.outcome = Some(serde_json::json!({ "approvals": approvals_json }));
             if let Err(e) = self.log.append(intent).await {
@@ -1159,7 +1161,9 @@ impl Gate {
                     } else {
                         status
                     },
-                    result,
+                    // No receipt, no result: a read that cannot be recorded
+                    // is not answered.
+                    result: None,
                     error: Some(ErrorInfo::new(
                         "audit_unavailable",
                         "the audit log is unavailable; the decision could not be recorded".into(),

@@ -187,6 +187,17 @@ impl RemoteJwks {
         self.current().fetched_at.is_some()
     }
 
+    /// The current key set's generation while it is fresh; `None` once it
+    /// is due to be fetched again. Verified tokens are remembered per
+    /// generation, so a refetch (which may withdraw a key) forgets them.
+    pub fn fresh_generation(&self) -> Option<u64> {
+        let snapshot = self.current();
+        snapshot
+            .fetched_at
+            .is_some_and(|at| at.elapsed() < self.max_age)
+            .then_some(snapshot.generation)
+    }
+
     /// The key for `kid`, refreshing the cache when it is stale or lacks it.
     pub async fn find(&self, kid: Option<&str>) -> Option<TrustedKey> {
         let snapshot = self.current();
