@@ -220,8 +220,9 @@ fn to_u64(v: i64) -> Result<u64, StoreError> {
 /// migrations across replicas ("dualtrst" in ASCII).
 const LOG_LOCK_KEY: i64 = 0x6475_616c_7472_7374;
 
-const INSERT_LEASE: &str = "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, consumed_at) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+/// Rows per multi-row INSERT: one statement (one trip to the driver's
+/// connection thread) per chunk, far below both backends' bind limits.
+const INSERT_CHUNK: usize = 100;
 
 /// The single-use compare-and-set: only the one caller that moves this
 /// lease to `consumed`, for its own subject, tool and argument digest,
@@ -245,26 +246,37 @@ macro_rules! begin_write {
     };
 }
 
-macro_rules! insert_lease {
-    ($pg:expr, $lease:expr, $executor:expr) => {
-        sqlx::query(sql($pg, INSERT_LEASE))
-            .bind(&$lease.id)
-            .bind(&$lease.subject)
-            .bind(&$lease.tool)
-            .bind(&$lease.args_digest)
-            .bind(&$lease.scope)
-            .bind(to_i64($lease.issued_at))
-            .bind(to_i64($lease.expires_at))
-            .bind($lease.state.as_str())
-            .bind(&$lease.summary)
-            .bind(&$lease.args_json)
-            .bind(i64::from($lease.quorum_k))
-            // A lease stored already consumed was minted and used at once.
-            .bind(($lease.state == LeaseState::Consumed).then(|| to_i64($lease.issued_at)))
-            .execute($executor)
-            .await
-            .map_err(unavailable)
-    };
+/// Inserts `$leases` (a slice of leases or of references to them) inside
+/// the open transaction `$tx`, as multi-row INSERTs.
+macro_rules! insert_leases {
+    ($leases:expr, $tx:ident) => {{
+        let mut inserted = Ok(());
+        for chunk in $leases.chunks(INSERT_CHUNK) {
+            let mut query = sqlx::QueryBuilder::new(
+                "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, consumed_at) ",
+            );
+            query.push_values(chunk, |mut row, lease| {
+                row.push_bind(lease.id.clone())
+                    .push_bind(lease.subject.clone())
+                    .push_bind(lease.tool.clone())
+                    .push_bind(lease.args_digest.clone())
+                    .push_bind(lease.scope.clone())
+                    .push_bind(to_i64(lease.issued_at))
+                    .push_bind(to_i64(lease.expires_at))
+                    .push_bind(lease.state.as_str())
+                    .push_bind(lease.summary.clone())
+                    .push_bind(lease.args_json.clone())
+                    .push_bind(i64::from(lease.quorum_k))
+                    // A lease stored already consumed was minted and used at once.
+                    .push_bind((lease.state == LeaseState::Consumed).then(|| to_i64(lease.issued_at)));
+            });
+            if let Err(e) = query.build().execute(&mut *$tx).await {
+                inserted = Err(unavailable(e));
+                break;
+            }
+        }
+        inserted
+    }};
 }
 
 macro_rules! consume_lease {
@@ -411,7 +423,7 @@ impl Store {
             if open >= i64::from(max_open) {
                 return Err(StoreError::TooManyOpenLeases);
             }
-            insert_lease!(pg, lease, &mut *tx)?;
+            insert_leases!(std::slice::from_ref(lease), tx)?;
             tx.commit().await.map_err(unavailable)
         })
     }
@@ -579,7 +591,7 @@ impl Store {
                 return Err(StoreError::Conflict);
             }
             for lease in consumed_leases {
-                insert_lease!(pg, lease, &mut *tx)?;
+                insert_leases!(std::slice::from_ref(lease), tx)?;
             }
             for (receipt, leaf_hash) in batch {
                 let json = serde_json::to_string(receipt).map_err(|_| StoreError::Corrupt)?;

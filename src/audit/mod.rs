@@ -283,8 +283,10 @@ fn decode_hash(hex_str: &str) -> Result<merkle::Hash, StoreError> {
 }
 
 impl AuditLog {
-    /// Opens the log, rebuilding the tree from the store, and starts its
-    /// writer task.
+    /// Opens the log and starts its writer task. The tree is rebuilt from
+    /// the store in the background (a million receipts take seconds, and a
+    /// stdio server must answer `initialize` long before that); whatever
+    /// needs the tree first waits for it under the state lock.
     pub async fn open(store: Store, key: Arc<KeyPair>) -> Result<Self, StoreError> {
         let origin = checkpoint::origin_for(key.kid());
         let inner = Arc::new(LogInner {
@@ -296,10 +298,15 @@ impl AuditLog {
                 last_hash: GENESIS_PREV.to_string(),
             }),
         });
-        {
-            let mut state = inner.state.lock().await;
-            inner.sync(&mut state).await?;
-        }
+        // Fail now, not at the first call, when the store cannot be read.
+        inner.store.log_head().await?;
+        let loader = inner.clone();
+        tokio::spawn(async move {
+            let mut state = loader.state.lock().await;
+            if let Err(e) = loader.sync(&mut state).await {
+                tracing::error!(error = %e, "the audit log could not be loaded");
+            }
+        });
         let (appends, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(LogInner::writer(inner.clone(), queue));
         Ok(Self { inner, appends })
@@ -414,8 +421,13 @@ impl LogInner {
         state: &mut LogState,
         drafts: &[ReceiptDraft],
     ) -> Result<Vec<Appended>, StoreError> {
-        for _ in 0..APPEND_ATTEMPTS {
-            self.sync(state).await?;
+        for attempt in 0..APPEND_ATTEMPTS {
+            // The store's own head check rejects a batch that does not
+            // continue the log; only then is it worth re-reading what other
+            // writers (replicas, `dualtrust approve`) appended.
+            if attempt > 0 {
+                self.sync(state).await?;
+            }
             let base = state.tree.len();
             let base_hash = state.last_hash.clone();
             let now = crate::now_unix_ms();
