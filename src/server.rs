@@ -441,3 +441,25 @@ impl McpServer {
 fn truncate_name(name: &str) -> String {
     name.chars().take(64).collect()
 }
+
+#[cfg(all(test, feature = "bench"))]
+mod bench_build_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn gate_off_is_refused_in_production_before_anything_is_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = [
+            ("DUALTRUST_MODE", "production"),
+            ("DUALTRUST_IDENTITY__DEV_TOKENS", "false"),
+            ("DUALTRUST_IDENTITY__JWKS_FILE", "idp-jwks.json"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let config = Config::load(dir.path(), None, env).expect("a valid production config");
+        assert!(matches!(
+            App::build_gate_off(config).await,
+            Err(StartupError::GateOffInProduction)
+        ));
+        assert!(!dir.path().join("server.key").exists());
+    }
+}

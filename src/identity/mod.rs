@@ -643,6 +643,43 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_remembered_token_still_expires_and_tampering_still_fails() {
+        let (issuer, verifier, config) = setup();
+        let token = mint(&issuer, &config, |_| {});
+        let first = verifier.verify(&token).await.expect("verifies");
+        let again = verifier.verify(&token).await.expect("remembered");
+        assert_eq!(first.subject(), again.subject());
+        assert_eq!(first.scopes(), again.scopes());
+        // Tampering changes the fingerprint: a full check, which fails.
+        let mut bytes = token.clone().into_bytes();
+        let at = bytes.len() - 10;
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(bytes).expect("ascii");
+        assert!(verifier.verify(&tampered).await.is_err());
+        // An entry is not used past the token's expiry, nor across key sets.
+        let fingerprint = [7u8; 32];
+        verifier.verified.insert(fingerprint, 3, first.clone());
+        assert!(
+            verifier
+                .verified
+                .get(&fingerprint, 3, first.expires_at)
+                .is_some()
+        );
+        assert!(
+            verifier
+                .verified
+                .get(&fingerprint, 3, first.expires_at + 1)
+                .is_none()
+        );
+        verifier.verified.insert(fingerprint, 3, first.clone());
+        assert!(verifier.verified.get(&fingerprint, 4, 0).is_none());
+        assert!(
+            verifier.verified.get(&fingerprint, 3, 0).is_none(),
+            "a stale entry is dropped"
+        );
+    }
+
     #[test]
     fn scope_hierarchy_is_transitive() {
         let implies = crate::config::ScopeConfig::default().implies;

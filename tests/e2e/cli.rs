@@ -16,6 +16,21 @@ fn help_names_every_subcommand() {
     }
 }
 
+/// The gate can only be switched off in a benchmark build; a deployable
+/// build does not even parse the switch.
+#[cfg(not(feature = "bench"))]
+#[test]
+fn a_deployable_build_has_no_gate_off_switch() {
+    let data = DataDir::new();
+    let out = data.cli(&["serve", "--stdio", "--bench-gate-off"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unexpected argument '--bench-gate-off'"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_configuration_names_the_key() {
     let data = DataDir::new();

@@ -228,6 +228,12 @@ async fn rsa_ec_and_eddsa_tokens_from_a_jwks_url_and_rotation_mid_run() {
         401,
         "a key the IdP withdrew no longer verifies"
     );
+    let response = post(&url, Some(&token), initialize_body("2025-06-18"), &[]).await;
+    assert_eq!(
+        response.status(),
+        401,
+        "a token verified (and remembered) under the withdrawn key is refused too"
+    );
     server.stop().await;
 }
 
