@@ -189,6 +189,14 @@ pub async fn call(client: &rmcp::Peer<RoleClient>, tool: &str, args: Value) -> (
     (envelope, result.is_error.unwrap_or(false))
 }
 
+/// The `WWW-Authenticate` challenge of a refused HTTP request.
+pub fn www_authenticate(response: &reqwest::Response) -> String {
+    response.headers()["www-authenticate"]
+        .to_str()
+        .expect("ascii")
+        .to_string()
+}
+
 pub fn status(envelope: &Value) -> &str {
     envelope["status"].as_str().unwrap_or("missing")
 }

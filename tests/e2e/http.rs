@@ -1,6 +1,6 @@
 use serde_json::{Value, json};
 
-use crate::common::{DataDir, call, receipt, status};
+use crate::common::{DataDir, call, receipt, status, www_authenticate};
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 
@@ -24,10 +24,7 @@ async fn unauthenticated_requests_get_401_with_resource_metadata() {
 
     let response = post_mcp(&url, &[]).await;
     assert_eq!(response.status(), 401);
-    let challenge = response.headers()["www-authenticate"]
-        .to_str()
-        .expect("ascii")
-        .to_string();
+    let challenge = www_authenticate(&response);
     assert!(challenge.starts_with("Bearer "), "{challenge}");
     assert!(
         challenge.contains(&format!(
@@ -51,10 +48,7 @@ async fn unauthenticated_requests_get_401_with_resource_metadata() {
     for token in [expired.as_str(), other_audience.as_str(), "not-a-jwt"] {
         let response = post_mcp(&url, &[("authorization", &format!("Bearer {token}"))]).await;
         assert_eq!(response.status(), 401);
-        let challenge = response.headers()["www-authenticate"]
-            .to_str()
-            .expect("ascii")
-            .to_string();
+        let challenge = www_authenticate(&response);
         assert!(
             challenge.contains(r#"error="invalid_token""#),
             "{challenge}"

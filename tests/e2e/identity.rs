@@ -15,7 +15,7 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::common::{DataDir, HttpServer, call, status};
+use crate::common::{DataDir, HttpServer, call, status, www_authenticate};
 
 const ISSUER: &str = "https://idp.test";
 const AUDIENCE: &str = "https://dualtrust.test/mcp";
@@ -394,10 +394,7 @@ async fn attack_battery_is_rejected_with_receipts_and_no_state_change() {
     for (name, token, _) in &attacks {
         let response = post(&url, Some(token), insert.clone(), &[]).await;
         assert_eq!(response.status(), 401, "{name}");
-        let challenge = response.headers()["www-authenticate"]
-            .to_str()
-            .expect("ascii")
-            .to_string();
+        let challenge = www_authenticate(&response);
         assert!(
             challenge.contains(r#"error="invalid_token""#),
             "{name}: {challenge}"
@@ -463,10 +460,7 @@ async fn insufficient_scope_is_a_403_challenge_and_hierarchies_hold() {
     )
     .await;
     assert_eq!(response.status(), 403);
-    let challenge = response.headers()["www-authenticate"]
-        .to_str()
-        .expect("ascii")
-        .to_string();
+    let challenge = www_authenticate(&response);
     assert!(
         challenge.contains(r#"error="insufficient_scope""#),
         "{challenge}"
