@@ -225,6 +225,14 @@ pub enum StoreTarget {
 }
 
 impl StoreTarget {
+    /// The store's file, when it is one.
+    pub fn file(&self) -> Option<PathBuf> {
+        match self {
+            StoreTarget::Sqlite(path) => Some(path.clone()),
+            StoreTarget::Postgres { .. } => None,
+        }
+    }
+
     /// For logs and `init`: the location without credentials.
     pub fn describe(&self) -> String {
         match self {
@@ -302,6 +310,35 @@ pub struct TerminalConfig {
     /// Processes one command may have alive at once (a pids cgroup per
     /// command, where the host offers one).
     pub max_processes: u64,
+    /// Refuse to run commands unless every sandbox layer is enforced.
+    /// Default: `true` in production, `false` in development.
+    pub require_sandbox: Option<bool>,
+    /// Read-only paths beyond the system read set (absolute), e.g. a
+    /// toolchain outside `/usr`.
+    pub read_paths: Vec<PathBuf>,
+    /// Programs granted the network (no network namespace, no TCP rule).
+    pub network: Vec<String>,
+    /// Programs that are always destructive (held for quorum).
+    pub destructive: Vec<String>,
+    /// Further programs a program may execute, by name: allow-listed names
+    /// or absolute paths (e.g. `tar = ["gzip"]`).
+    pub helpers: std::collections::BTreeMap<String, Vec<String>>,
+    /// Bind each repository's `.git/config` and `.git/hooks` read-only, so
+    /// a command cannot plant code that the next human `git` runs.
+    pub protect_git: bool,
+    /// Size of each command's private `/tmp`.
+    pub tmp_bytes: u64,
+    /// Development only: sandbox layers to leave off (`landlock`,
+    /// `seccomp`, `mount`, `network`, `pid`), to show what each one stops.
+    /// Refused in production.
+    pub disable_layers: Vec<String>,
+}
+
+impl TerminalConfig {
+    /// Whether commands may run only with every sandbox layer in force.
+    pub fn sandbox_required(&self, mode: Mode) -> bool {
+        self.require_sandbox.unwrap_or(mode == Mode::Production)
+    }
 }
 
 impl Default for TerminalConfig {
@@ -327,7 +364,6 @@ impl Default for TerminalConfig {
                 "find",
                 "stat",
                 "du",
-                "df",
                 "uname",
                 "whoami",
                 "id",
@@ -369,6 +405,14 @@ impl Default for TerminalConfig {
             max_open_files: 256,
             max_concurrent_per_subject: 4,
             max_processes: 64,
+            require_sandbox: None,
+            read_paths: Vec::new(),
+            network: Vec::new(),
+            destructive: Vec::new(),
+            helpers: std::collections::BTreeMap::new(),
+            protect_git: true,
+            tmp_bytes: 64 * 1024 * 1024,
+            disable_layers: Vec::new(),
         }
     }
 }
@@ -722,6 +766,30 @@ impl Config {
                 ));
             }
         }
+        for (i, dir) in raw.terminal.read_paths.iter().enumerate() {
+            if !dir.is_absolute() {
+                return Err(ConfigError::key(
+                    &format!("terminal.read_paths[{i}]"),
+                    "read paths must be absolute",
+                ));
+            }
+        }
+        positive("terminal.tmp_bytes", raw.terminal.tmp_bytes)?;
+        for (i, name) in raw.terminal.disable_layers.iter().enumerate() {
+            let key = format!("terminal.disable_layers[{i}]");
+            if crate::sandbox::Layer::from_name(name).is_none() {
+                return Err(ConfigError::key(
+                    &key,
+                    "expected one of landlock, seccomp, mount, network, pid",
+                ));
+            }
+            if raw.mode == Mode::Production {
+                return Err(ConfigError::key(
+                    &key,
+                    "sandbox layers cannot be switched off in production",
+                ));
+            }
+        }
         if raw.http.allowed_origins.iter().any(|o| o.trim() == "*") {
             return Err(ConfigError::key(
                 "http.allowed_origins",
@@ -772,6 +840,11 @@ impl Config {
                 .collect(),
             ..raw.terminal
         };
+        confine_roots(
+            &terminal,
+            &data_dir,
+            &[&store_target.file(), &database_target.file()],
+        )?;
         let identity = IdentityConfig {
             jwks_file: raw.identity.jwks_file.map(|p| data_dir.join(p)),
             public_keys: raw
@@ -896,6 +969,46 @@ fn validate_identity(raw: &FileConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The server's own state must be out of every command's reach: no root may
+/// contain the data directory (its keys, configuration and store), the
+/// store or the SQLite database `db.query` guards, and no read path may
+/// expose them.
+fn confine_roots(
+    terminal: &TerminalConfig,
+    data_dir: &Path,
+    files: &[&Option<PathBuf>],
+) -> Result<(), ConfigError> {
+    let resolve = |p: &Path| {
+        let p = absolute(p);
+        std::fs::canonicalize(&p).unwrap_or(p)
+    };
+    let data_dir = resolve(data_dir);
+    let mut guarded = vec![data_dir.clone()];
+    guarded.extend(files.iter().filter_map(|f| f.as_deref()).map(resolve));
+    for (i, root) in terminal.roots.iter().enumerate() {
+        let root = resolve(root);
+        if let Some(hit) = guarded.iter().find(|g| g.starts_with(&root)) {
+            return Err(ConfigError::key(
+                &format!("terminal.roots[{i}]"),
+                format!(
+                    "contains the server's own state ({}); commands could read or rewrite it",
+                    hit.display()
+                ),
+            ));
+        }
+    }
+    for (i, path) in terminal.read_paths.iter().enumerate() {
+        let path = resolve(path);
+        if path.starts_with(&data_dir) || guarded.iter().any(|g| g.starts_with(&path)) {
+            return Err(ConfigError::key(
+                &format!("terminal.read_paths[{i}]"),
+                "overlaps the server's own state (data directory, store or database)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_quorum(raw: &FileConfig) -> Result<(), ConfigError> {
     let mut seen = std::collections::BTreeSet::new();
     for (i, approver) in raw.approvers.iter().enumerate() {
@@ -985,6 +1098,14 @@ pub enum DatabaseTarget {
 }
 
 impl DatabaseTarget {
+    /// The database's file, when it is one.
+    pub fn file(&self) -> Option<PathBuf> {
+        match self {
+            DatabaseTarget::Sqlite(path) => Some(path.clone()),
+            DatabaseTarget::Postgres { .. } => None,
+        }
+    }
+
     /// For logs and `init`: the location without credentials.
     pub fn describe(&self) -> String {
         match self {

@@ -79,26 +79,11 @@ enum Command {
     /// (applies resource limits and no-new-privileges, then execs).
     #[command(hide = true)]
     SandboxExec {
+        /// The command's sandbox plan, as JSON (see `sandbox::Plan`).
         #[arg(long)]
-        cpu_s: u64,
-        #[arg(long)]
-        memory_bytes: u64,
-        #[arg(long)]
-        file_bytes: u64,
-        #[arg(long)]
-        open_files: u64,
-        #[arg(long)]
-        argv0: String,
-        /// Directories the program may write beneath (repeatable).
-        #[arg(long = "write-root")]
-        write_roots: Vec<PathBuf>,
-        /// The command's pids cgroup to join before anything else.
-        #[arg(long)]
-        cgroup: Option<PathBuf>,
-        program: PathBuf,
-        args: Vec<std::ffi::OsString>,
+        plan: String,
     },
-    /// Internal: report whether this kernel enforces the Landlock ruleset.
+    /// Internal: report which sandbox layers this kernel offers (JSON).
     #[command(hide = true)]
     SandboxProbe,
     /// Work with the audit log.
@@ -208,40 +193,30 @@ fn main() -> ExitCode {
     // The launcher runs with a scrubbed environment and must not read
     // configuration or log: it only limits itself and execs.
     if let Command::SandboxProbe = &cli.command {
-        let roots: [&str; 0] = [];
-        return match dualtrust::sandbox::restrict_writes(&roots) {
-            Ok(status) => {
-                println!("{}", dualtrust::sandbox::landlock_status_name(status));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                println!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        let report: serde_json::Map<String, serde_json::Value> = dualtrust::sandbox::probe()
+            .into_iter()
+            .map(|(layer, offered)| {
+                let value = match offered {
+                    Ok(()) => "ok".to_string(),
+                    Err(why) => why,
+                };
+                (layer.name().to_string(), value.into())
+            })
+            .collect();
+        println!("{}", serde_json::Value::Object(report));
+        return ExitCode::SUCCESS;
     }
-    if let Command::SandboxExec {
-        cpu_s,
-        memory_bytes,
-        file_bytes,
-        open_files,
-        argv0,
-        write_roots,
-        cgroup,
-        program,
-        args,
-    } = &cli.command
-    {
-        let limits = dualtrust::sandbox::Limits {
-            cpu_s: *cpu_s,
-            memory_bytes: *memory_bytes,
-            file_bytes: *file_bytes,
-            open_files: *open_files,
+    if let Command::SandboxExec { plan } = &cli.command {
+        let outcome = serde_json::from_str::<dualtrust::sandbox::Plan>(plan)
+            .map_err(|e| format!("bad plan: {e}"))
+            .and_then(|plan| dualtrust::sandbox::run(&plan));
+        return match outcome {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("sandbox-exec: {e}");
+                ExitCode::from(126)
+            }
         };
-        let error =
-            dualtrust::sandbox::exec(limits, write_roots, cgroup.as_deref(), program, argv0, args);
-        eprintln!("sandbox-exec: cannot run {}: {error}", program.display());
-        return ExitCode::from(126);
     }
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -179,7 +179,7 @@ impl App {
             )
             .await
             .map_err(|e| db_error(e.to_string()))?,
-            terminal: Terminal::new(config.terminal.clone(), config.scopes.clone())
+            terminal: Terminal::new(config.terminal.clone(), config.scopes.clone(), config.mode)
                 .map_err(StartupError::Terminal)?,
             passport: PassportIssuer::new(
                 server_key.clone(),
@@ -307,7 +307,9 @@ impl ServerHandler for McpServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        Ok(ListToolsResult::with_all_items(ToolSet::definitions()))
+        Ok(ListToolsResult::with_all_items(
+            self.app.tools.definitions(),
+        ))
     }
 
     async fn call_tool(

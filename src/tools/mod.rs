@@ -91,14 +91,14 @@ fn with_lease_argument(schema: Arc<JsonObject>) -> Arc<JsonObject> {
     Arc::new(schema)
 }
 
-fn definition<T: Tool>() -> rmcp::model::Tool {
+fn definition<T: Tool>(description: &str) -> rmcp::model::Tool {
     let annotations = ToolAnnotations::with_title(T::TITLE)
         .read_only(T::READ_ONLY)
         .destructive(!T::READ_ONLY)
         .open_world(false);
     rmcp::model::Tool::new(
         T::NAME,
-        T::DESCRIPTION,
+        description.to_string(),
         with_lease_argument(rmcp::handler::server::common::schema_for_type::<T::Args>()),
     )
     .with_title(T::TITLE)
@@ -107,14 +107,15 @@ fn definition<T: Tool>() -> rmcp::model::Tool {
 }
 
 impl ToolSet {
-    pub fn definitions() -> Vec<rmcp::model::Tool> {
+    pub fn definitions(&self) -> Vec<rmcp::model::Tool> {
         vec![
-            definition::<DbQuery>(),
-            definition::<Terminal>(),
-            definition::<PassportIssuer>(),
-            definition::<AuditVerify>(),
+            definition::<DbQuery>(DbQuery::DESCRIPTION),
+            // Says which sandbox guarantees this host lacks, if any.
+            definition::<Terminal>(&self.terminal.description()),
+            definition::<PassportIssuer>(PassportIssuer::DESCRIPTION),
+            definition::<AuditVerify>(AuditVerify::DESCRIPTION),
             #[cfg(feature = "bench")]
-            definition::<bench_echo::BenchEcho>(),
+            definition::<bench_echo::BenchEcho>(bench_echo::BenchEcho::DESCRIPTION),
         ]
     }
 

@@ -16,7 +16,6 @@
 //! children do not survive the call), closed stdin, and capped output.
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -62,7 +61,34 @@ pub struct TerminalArgs {
 struct Program {
     path: PathBuf,
     canonical: PathBuf,
+    /// What the kernel lets a call of this program execute: itself, its
+    /// loader or interpreter, and the helpers policy grants it.
+    execute: Vec<PathBuf>,
 }
+
+/// What every command may read besides the roots: the system's programs and
+/// libraries, the loader's cache, time zones, the user and group names.
+/// Nothing under `/root`, `/home`, `/var`, `/run`, `/proc` or the rest of
+/// `/etc` exists for a command.
+const SYSTEM_READ: &[&str] = &[
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/timezone",
+    "/etc/nsswitch.conf",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/hosts",
+    "/etc/alternatives",
+];
 
 pub struct Terminal {
     config: TerminalConfig,
@@ -72,8 +98,14 @@ pub struct Terminal {
     child_path: String,
     /// `dualtrust sandbox-exec`: this very binary.
     launcher: PathBuf,
-    /// What the kernel enforces of the launcher's Landlock ruleset.
-    sandbox_status: String,
+    /// The read set of every command, resolved once.
+    read_only: Vec<PathBuf>,
+    /// The sandbox layers every command runs under.
+    layers: Vec<Layer>,
+    /// Layers not in force, and why.
+    missing: Vec<(Layer, String)>,
+    /// Whether commands are refused while a layer is missing.
+    require_sandbox: bool,
     /// Per-command process limits, or why the host has none.
     cgroups: Result<crate::sandbox::PidsCgroups, String>,
     running: std::sync::Mutex<HashMap<String, usize>>,
@@ -99,16 +131,14 @@ impl Drop for Slot<'_> {
 }
 
 /// Configuration a repository cannot override from the command line side:
-/// no hooks, no fsmonitor or external diff programs, no pager, no prompts.
-/// (A repository's own config can still name filter and textconv drivers;
-/// the launcher's limits and the roots bound what they could do.)
+/// no hooks, no fsmonitor, no pager, no prompts, no remote protocols. What
+/// its own config names (filters, textconv drivers, an external diff) the
+/// kernel refuses to execute.
 const GIT_SAFETY: &[&str] = &[
     "-c",
     "core.hooksPath=/dev/null",
     "-c",
     "core.fsmonitor=false",
-    "-c",
-    "diff.external=",
     "-c",
     "core.pager=cat",
     "-c",
@@ -117,11 +147,7 @@ const GIT_SAFETY: &[&str] = &[
     "protocol.allow=never",
 ];
 
-fn is_executable_file(path: &Path) -> bool {
-    std::fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
+use crate::sandbox::{Layer, is_executable_file};
 
 /// Which rule a program falls under.
 enum Verdict {
@@ -149,7 +175,9 @@ fn has_long(args: &[String], names: &[&str]) -> bool {
     })
 }
 
-fn judge(name: &str, args: &[String], allow_shell: bool) -> Result<Verdict, Refusal> {
+fn judge(name: &str, args: &[String], config: &TerminalConfig) -> Result<Verdict, Refusal> {
+    // Wrappers would run another allow-listed program (`env rm -rf …`) past
+    // its rule; the kernel would let them, so the rule refuses them first.
     if WRAPPERS.contains(&name) {
         return Err(refuse(
             "wrapper_not_allowed",
@@ -157,7 +185,7 @@ fn judge(name: &str, args: &[String], allow_shell: bool) -> Result<Verdict, Refu
         ));
     }
     if SHELLS.contains(&name) {
-        return if allow_shell {
+        return if config.allow_shell {
             Ok(Verdict::Destructive(format!(
                 "runs the interpreter `{name}`, whose effect cannot be checked"
             )))
@@ -167,6 +195,11 @@ fn judge(name: &str, args: &[String], allow_shell: bool) -> Result<Verdict, Refu
                 format!("`{name}` is a shell or interpreter; policy does not allow shells"),
             ))
         };
+    }
+    if config.destructive.iter().any(|d| d == name) {
+        return Ok(Verdict::Destructive(format!(
+            "policy marks `{name}` as destructive"
+        )));
     }
     if name.starts_with("mkfs") {
         return Ok(Verdict::Destructive(format!(
@@ -193,16 +226,16 @@ fn judge(name: &str, args: &[String], allow_shell: bool) -> Result<Verdict, Refu
             Verdict::Destructive(format!("`{name}` stops or restarts the host"))
         }
         "kill" | "pkill" | "killall" => Verdict::Destructive("sends signals to processes".into()),
-        "chmod" | "chown" => {
-            if short_flags(args).any(|c| c == 'R') || has_long(args, &["--recursive"]) {
-                Verdict::Destructive(format!(
-                    "changes ownership or modes recursively (`{name} -R`)"
-                ))
-            } else {
-                Verdict::Ordinary
-            }
+        "chmod" | "chown" | "chgrp"
+            if short_flags(args).any(|c| c == 'R') || has_long(args, &["--recursive"]) =>
+        {
+            Verdict::Destructive(format!(
+                "changes ownership or modes recursively (`{name} -R`)"
+            ))
         }
         "find" => {
+            // The kernel refuses the program `-exec` would start; these are
+            // refused first because they delete or write outside the rule.
             const FORBIDDEN: &[&str] = &[
                 "-exec", "-execdir", "-ok", "-okdir", "-delete", "-fprint", "-fprint0", "-fprintf",
                 "-fls",
@@ -232,21 +265,17 @@ fn judge(name: &str, args: &[String], allow_shell: bool) -> Result<Verdict, Refu
                 ))
             }
         }
-        "ls" | "cat" | "head" | "tail" | "wc" | "grep" | "echo" | "pwd" | "date" | "true"
-        | "yes" | "false" | "sort" | "uniq" | "cut" | "stat" | "du" | "df" | "uname" | "whoami"
-        | "id" | "sleep" | "mkdir" | "touch" | "cp" | "mv" => Verdict::Ordinary,
-        other => {
-            return Err(refuse(
-                "program_not_allowed",
-                format!("no rule classifies `{other}`, so it is not allowed"),
-            ));
-        }
+        // Anything else the operator allow-listed runs under the generic
+        // kernel confinement: it can only touch what the sandbox grants.
+        _ => Verdict::Ordinary,
     };
     Ok(verdict)
 }
 
 fn judge_git(args: &[String]) -> Result<Verdict, Refusal> {
-    // Global options that run programs, change configuration or leave the root.
+    // Global options that change configuration or leave the root. (What a
+    // repository's own config names, filters and textconv drivers alike,
+    // the kernel refuses to execute.)
     const FORBIDDEN: &[&str] = &[
         "-c",
         "--config-env",
@@ -278,36 +307,76 @@ fn judge_git(args: &[String]) -> Result<Verdict, Refusal> {
             format!("`git {bad}` can run programs or escape the working root and is not allowed"),
         ));
     }
-    let subcommand = args
-        .iter()
-        .find(|a| !a.starts_with('-'))
-        .map(String::as_str);
-    match subcommand {
-        Some(
-            "status" | "log" | "diff" | "show" | "rev-parse" | "ls-files" | "blame" | "describe"
-            | "shortlog" | "grep",
-        ) => Ok(Verdict::Ordinary),
-        None if matches!(args, [only] if only == "--version") => Ok(Verdict::Ordinary),
-        Some(
-            "reset" | "clean" | "push" | "checkout" | "restore" | "rebase" | "branch" | "tag"
-            | "stash" | "gc" | "prune" | "reflog" | "filter-branch" | "rm" | "commit" | "merge"
-            | "pull" | "fetch" | "clone" | "init" | "add" | "switch" | "cherry-pick" | "revert",
-        ) => Ok(Verdict::Destructive(format!(
-            "`git {}` changes the repository or its history",
-            subcommand.unwrap_or_default()
-        ))),
-        Some(other) => Err(refuse(
-            "program_not_allowed",
-            format!("no rule classifies `git {other}`, so it is not allowed"),
-        )),
-        None => Err(refuse("program_not_allowed", "`git` needs a subcommand")),
-    }
+    let Some(position) = args.iter().position(|a| !a.starts_with('-')) else {
+        return if matches!(args, [only] if only == "--version") {
+            Ok(Verdict::Ordinary)
+        } else {
+            Err(refuse("program_not_allowed", "`git` needs a subcommand"))
+        };
+    };
+    let subcommand = args[position].as_str();
+    let rest = &args[position + 1..];
+    let flag = |names: &[&str]| rest.iter().any(|a| names.contains(&a.as_str()));
+    let short = |c: char| short_flags(rest).any(|f| f == c);
+    // Destructive means irreversible loss: work that no commit or reflog
+    // keeps. Everything else in a repository is ordinary.
+    let loss: Option<&str> = match subcommand {
+        "reset" if flag(&["--hard", "--merge", "--keep"]) => {
+            Some("discards uncommitted changes (`git reset --hard`)")
+        }
+        "clean" if !(short('n') || flag(&["--dry-run"])) => Some("deletes untracked files"),
+        "checkout" | "restore" => {
+            let staged_only = subcommand == "restore"
+                && (short('S') || flag(&["--staged"]))
+                && !(short('W') || flag(&["--worktree"]));
+            (!staged_only).then_some("can overwrite uncommitted changes in the working tree")
+        }
+        "switch" if short('f') || flag(&["--force", "--discard-changes"]) => {
+            Some("discards uncommitted changes")
+        }
+        "push"
+            if short('f')
+                || short('d')
+                || flag(&["--force", "--delete", "--mirror", "--prune"])
+                || rest
+                    .iter()
+                    .any(|a| a.starts_with("--force-with-lease") || a.starts_with('+')) =>
+        {
+            Some("rewrites or deletes remote history")
+        }
+        "branch" if short('D') || (flag(&["--delete"]) && flag(&["--force"])) => {
+            Some("deletes an unmerged branch")
+        }
+        "tag" if short('d') || flag(&["--delete"]) => Some("deletes tags"),
+        "stash" if matches!(rest.first().map(String::as_str), Some("drop" | "clear")) => {
+            Some("drops stashed changes")
+        }
+        "rm" if short('f') || flag(&["--force"]) => Some("removes modified files"),
+        "reflog" if matches!(rest.first().map(String::as_str), Some("expire" | "delete")) => {
+            Some("expires the reflog that recovery depends on")
+        }
+        "gc" if rest.iter().any(|a| a.starts_with("--prune")) => Some("prunes unreachable objects"),
+        "prune" | "filter-branch" | "filter-repo" | "replace" => Some("rewrites or prunes history"),
+        "update-ref" if short('d') => Some("deletes a ref"),
+        "worktree" if rest.first().is_some_and(|a| a == "remove") && flag(&["--force", "-f"]) => {
+            Some("removes a worktree with its changes")
+        }
+        _ => None,
+    };
+    Ok(match loss {
+        Some(why) => Verdict::Destructive(format!("`git {subcommand}` {why}")),
+        None => Verdict::Ordinary,
+    })
 }
 
 impl Terminal {
-    /// Resolves the allow-list in the configured program directories and
-    /// creates the roots.
-    pub fn new(config: TerminalConfig, scopes: ScopeConfig) -> std::io::Result<Self> {
+    /// Resolves the allow-list in the configured program directories,
+    /// creates the roots and asks the kernel which sandbox layers it offers.
+    pub fn new(
+        config: TerminalConfig,
+        scopes: ScopeConfig,
+        mode: crate::config::Mode,
+    ) -> std::io::Result<Self> {
         let mut roots = Vec::new();
         for root in &config.roots {
             std::fs::create_dir_all(root)?;
@@ -317,20 +386,65 @@ impl Terminal {
         if config.allow_shell {
             names.extend(SHELLS);
         }
-        let mut programs = HashMap::new();
+        let mut found: Vec<(String, PathBuf, PathBuf)> = Vec::new();
         for name in names {
             if name.contains('/') {
                 continue;
             }
-            let found = config
+            let path = config
                 .path
                 .iter()
                 .map(|dir| dir.join(name))
                 .find(|p| is_executable_file(p));
-            if let Some(path) = found {
+            if let Some(path) = path {
                 let canonical = std::fs::canonicalize(&path)?;
-                programs.insert(name.to_string(), Program { path, canonical });
+                found.push((name.to_string(), path, canonical));
             }
+        }
+        let runnable = |canonical: &Path| {
+            let mut files = vec![canonical.to_path_buf()];
+            files.extend(crate::sandbox::interpreters(canonical));
+            files
+        };
+        let by_name: HashMap<&str, &PathBuf> =
+            found.iter().map(|(n, _, c)| (n.as_str(), c)).collect();
+        // An approved shell may run any allow-listed program.
+        let everything: Vec<PathBuf> = found.iter().flat_map(|(_, _, c)| runnable(c)).collect();
+        let mut programs = HashMap::new();
+        for (name, path, canonical) in &found {
+            let mut execute = if SHELLS.contains(&name.as_str()) {
+                everything.clone()
+            } else {
+                runnable(canonical)
+            };
+            for helper in config.helpers.get(name).into_iter().flatten() {
+                let resolved = match by_name.get(helper.as_str()) {
+                    Some(c) => Some((*c).clone()),
+                    None if helper.starts_with('/') => std::fs::canonicalize(helper).ok(),
+                    None => None,
+                };
+                match resolved {
+                    Some(c) => execute.extend(runnable(&c)),
+                    None => {
+                        tracing::warn!(program = %name, %helper, "terminal.helpers names a program that was not found")
+                    }
+                }
+            }
+            if name == "git"
+                && let Some(dir) = git_exec_path(canonical)
+            {
+                execute.push(dir);
+            }
+            execute.sort();
+            execute.dedup();
+            programs.insert(
+                name.clone(),
+                Program {
+                    path: path.clone(),
+                    canonical: canonical.clone(),
+                    execute,
+                },
+            );
         }
         let child_path = config
             .path
@@ -338,12 +452,53 @@ impl Terminal {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(":");
+        let mut read_only: Vec<PathBuf> = SYSTEM_READ
+            .iter()
+            .map(PathBuf::from)
+            .chain(config.path.iter().cloned())
+            .chain(config.read_paths.iter().cloned())
+            .chain(
+                programs
+                    .values()
+                    .flat_map(|p| p.execute.iter())
+                    .filter_map(|c| c.parent().map(Path::to_path_buf)),
+            )
+            .filter(|p| std::fs::symlink_metadata(p).is_ok())
+            .collect();
+        read_only.sort();
+        read_only.dedup();
         let launcher = std::env::current_exe()?;
-        let sandbox_status = probe_sandbox(&launcher);
-        if sandbox_status == "fully_enforced" {
-            tracing::info!("terminal sandbox: Landlock write confinement fully enforced");
-        } else {
-            tracing::warn!(status = %sandbox_status, "terminal sandbox: Landlock write confinement is NOT fully enforced by this kernel; commands rely on argument confinement and resource limits only");
+        let disabled: Vec<Layer> = config
+            .disable_layers
+            .iter()
+            .filter_map(|n| Layer::from_name(n))
+            .collect();
+        let mut layers = Vec::new();
+        let mut missing = Vec::new();
+        for (layer, offered) in probe_sandbox(&launcher) {
+            match offered {
+                Err(why) => missing.push((layer, why)),
+                Ok(()) if disabled.contains(&layer) => {
+                    missing.push((layer, "switched off by terminal.disable_layers".into()))
+                }
+                Ok(()) => layers.push(layer),
+            }
+        }
+        layers.sort();
+        missing.sort();
+        let require_sandbox = config.sandbox_required(mode);
+        if missing.is_empty() {
+            tracing::info!(layers = ?layers.iter().map(|l| l.name()).collect::<Vec<_>>(), "terminal sandbox: every layer enforced");
+        }
+        for (layer, why) in &missing {
+            tracing::warn!(
+                layer = layer.name(),
+                %why,
+                lost = layer.guarantee(),
+                refused = require_sandbox,
+                "terminal sandbox: a layer is NOT enforced; commands {}",
+                if require_sandbox { "are refused (terminal.require_sandbox)" } else { "run without its guarantee" }
+            );
         }
         let cgroups = crate::sandbox::PidsCgroups::detect();
         match &cgroups {
@@ -362,15 +517,55 @@ impl Terminal {
             roots,
             child_path,
             launcher,
-            sandbox_status,
+            read_only,
+            layers,
+            missing,
+            require_sandbox,
             cgroups,
             running: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
-    /// `fully_enforced`, `partially_enforced`, `not_enforced` or why not known.
-    pub fn sandbox_status(&self) -> &str {
-        &self.sandbox_status
+    /// `fully_enforced`, or `missing: LAYER, …`.
+    pub fn sandbox_status(&self) -> String {
+        if self.missing.is_empty() {
+            "fully_enforced".into()
+        } else {
+            let names: Vec<&str> = self.missing.iter().map(|(l, _)| l.name()).collect();
+            format!("missing: {}", names.join(", "))
+        }
+    }
+
+    /// Each layer not in force: its name, the guarantee lost and why.
+    pub fn sandbox_missing(&self) -> serde_json::Value {
+        self.missing
+            .iter()
+            .map(|(layer, why)| {
+                json!({ "layer": layer.name(), "guarantee": layer.guarantee(), "why": why })
+            })
+            .collect()
+    }
+
+    /// The tool's description, saying which guarantees this host lacks.
+    pub fn description(&self) -> String {
+        if self.missing.is_empty() {
+            return Self::DESCRIPTION.to_string();
+        }
+        let lost: Vec<String> = self
+            .missing
+            .iter()
+            .map(|(l, _)| format!("{} ({})", l.name(), l.guarantee()))
+            .collect();
+        format!(
+            "{} WARNING: this host does not enforce: {}.{}",
+            Self::DESCRIPTION,
+            lost.join("; "),
+            if self.require_sandbox {
+                " Commands are refused until it does."
+            } else {
+                ""
+            }
+        )
     }
 
     /// `pids_cgroup` when each command gets a process limit, else why not.
@@ -473,32 +668,45 @@ impl Terminal {
         })
     }
 
-    /// Every argument that can name a file must name one inside the roots,
-    /// after resolving symlinks and `..`: `PATH`, `--opt=PATH`, `-oPATH`,
-    /// `if=PATH`. Programs whose arguments are never paths are exempt.
-    fn confine_paths(&self, name: &str, args: &[String], cwd: &Path) -> Result<(), Refusal> {
+    /// The arguments that can name a file: `PATH`, `--opt=PATH`, `-oPATH`,
+    /// `if=PATH`. Programs whose arguments are never paths name none.
+    fn path_arguments<'a>(name: &str, args: &'a [String]) -> Vec<&'a str> {
         const NO_PATHS: &[&str] = &[
             "echo", "date", "true", "false", "uname", "whoami", "id", "sleep", "yes", "pwd", "git",
             "cargo", "rustc", "kill", "pkill", "killall", "shutdown", "reboot", "halt", "poweroff",
         ];
         if NO_PATHS.contains(&name) {
-            return Ok(());
+            return Vec::new();
         }
-        for arg in args {
-            let candidate = if let Some(rest) = arg.strip_prefix("--") {
-                rest.split_once('=').map(|(_, v)| v)
-            } else if arg.starts_with('-') && arg.len() > 2 {
-                Some(&arg[2..]).filter(|v| v.contains('/'))
-            } else if arg.starts_with('-') {
-                None
-            } else if let Some((_, value)) = arg.split_once('=').filter(|(k, _)| !k.contains('/')) {
-                Some(value)
-            } else {
-                Some(arg.as_str())
-            };
-            let Some(path) = candidate.filter(|p| !p.is_empty()) else {
-                continue;
-            };
+        args.iter()
+            .filter_map(|arg| {
+                if let Some(rest) = arg.strip_prefix("--") {
+                    rest.split_once('=').map(|(_, v)| v)
+                } else if let Some(attached) = arg
+                    .strip_prefix('-')
+                    .and_then(|r| r.char_indices().nth(1).map(|(i, _)| &r[i..]))
+                {
+                    // `-oPATH`: the value after the option letter.
+                    Some(attached).filter(|v| v.contains('/'))
+                } else if arg.starts_with('-') {
+                    None
+                } else if let Some((_, value)) =
+                    arg.split_once('=').filter(|(k, _)| !k.contains('/'))
+                {
+                    Some(value)
+                } else {
+                    Some(arg.as_str())
+                }
+            })
+            .filter(|p| !p.is_empty())
+            .collect()
+    }
+
+    /// Every path argument of an ordinary command must resolve inside the
+    /// roots (symlinks and `..` resolved). The kernel holds the same line;
+    /// this answers early, with the path named.
+    fn confine_paths(&self, name: &str, args: &[String], cwd: &Path) -> Result<(), Refusal> {
+        for path in Self::path_arguments(name, args) {
             if !self.inside_roots(&cwd.join(path)) {
                 return Err(refuse(
                     "path_outside_roots",
@@ -507,6 +715,27 @@ impl Terminal {
             }
         }
         Ok(())
+    }
+
+    /// What a destructive command would act on, resolved, for the
+    /// approvers: each target, marked where it lies outside the roots.
+    fn targets(&self, name: &str, args: &[String], cwd: &Path) -> Vec<String> {
+        Self::path_arguments(name, args)
+            .into_iter()
+            .take(16)
+            .map(|path| {
+                let joined = cwd.join(path);
+                let shown = std::fs::canonicalize(&joined).unwrap_or(joined);
+                if self.inside_roots(&shown) {
+                    shown.display().to_string()
+                } else {
+                    format!(
+                        "{} (OUTSIDE the roots: the sandbox refuses any change there)",
+                        shown.display()
+                    )
+                }
+            })
+            .collect()
     }
 
     /// Resolves the longest existing ancestor of `path` (symlinks and all)
@@ -550,17 +779,103 @@ impl Terminal {
     }
 }
 
-/// Asks the launcher, in a throwaway process, what Landlock this kernel enforces.
-fn probe_sandbox(launcher: &Path) -> String {
-    std::process::Command::new(launcher)
+/// Asks the launcher, in a throwaway process, which layers this kernel
+/// offers; a layer the probe cannot speak for is missing.
+fn probe_sandbox(launcher: &Path) -> Vec<(Layer, Result<(), String>)> {
+    let report: HashMap<String, String> = std::process::Command::new(launcher)
         .arg("sandbox-probe")
         .env_clear()
         .output()
         .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unavailable".into())
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+        .unwrap_or_default();
+    Layer::ALL
+        .into_iter()
+        .map(|layer| {
+            let offered = match report.get(layer.name()).map(String::as_str) {
+                Some("ok") => Ok(()),
+                Some(why) => Err(why.to_string()),
+                None => Err("the sandbox probe did not run".into()),
+            };
+            (layer, offered)
+        })
+        .collect()
+}
+
+/// The directory of git's helper programs (`git --exec-path`).
+fn git_exec_path(git: &Path) -> Option<PathBuf> {
+    let out = std::process::Command::new(git)
+        .arg("--exec-path")
+        .env_clear()
+        .output()
+        .ok()?;
+    let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    std::fs::canonicalize(dir).ok().filter(|d| d.is_dir())
+}
+
+/// What a command must not change in the repositories of the roots, so it
+/// cannot plant code that the next human `git` runs: `.git/config`
+/// (filters, aliases, hooksPath, fsmonitor …), `.git/config.worktree` and
+/// `.git/hooks` are bound read-only (a missing hooks directory is created
+/// empty first). `.git` and every directory between it and its root are
+/// pinned (bound onto themselves), because a mount point cannot be renamed
+/// or removed: renaming an ancestor would otherwise swap in a repository of
+/// the command's making. Repositories are looked for a few levels deep.
+/// Symlinks are never followed. Returns `(pinned, read_only)`.
+fn protected_git_paths(roots: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    const MAX_DEPTH: usize = 3;
+    const MAX_DIRS: usize = 4096;
+    let real = |p: &Path, dir: bool| {
+        std::fs::symlink_metadata(p)
+            .map(|m| if dir { m.is_dir() } else { m.is_file() })
+            .unwrap_or(false)
+    };
+    let (mut pinned, mut read_only) = (Vec::new(), Vec::new());
+    for root in roots {
+        let mut queue: std::collections::VecDeque<(PathBuf, usize)> = [(root.clone(), 0)].into();
+        let mut visited = 0;
+        while let Some((dir, depth)) = queue.pop_front() {
+            visited += 1;
+            if visited > MAX_DIRS {
+                break;
+            }
+            let git = dir.join(".git");
+            if real(&git, true) && real(&git.join("config"), false) {
+                let hooks = git.join("hooks");
+                let _ = std::fs::create_dir(&hooks);
+                let mut ancestor = git.as_path();
+                while ancestor != root.as_path() {
+                    pinned.push(ancestor.to_path_buf());
+                    match ancestor.parent() {
+                        Some(parent) => ancestor = parent,
+                        None => break,
+                    }
+                }
+                read_only.push(git.join("config"));
+                if real(&git.join("config.worktree"), false) {
+                    read_only.push(git.join("config.worktree"));
+                }
+                if real(&hooks, true) {
+                    read_only.push(hooks);
+                }
+            }
+            if depth >= MAX_DEPTH {
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                if is_dir && entry.file_name() != ".git" {
+                    queue.push_back((entry.path(), depth + 1));
+                }
+            }
+        }
+    }
+    pinned.sort();
+    pinned.dedup();
+    (pinned, read_only)
 }
 
 async fn read_capped(mut pipe: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
@@ -628,12 +943,33 @@ impl Tool for Terminal {
         let (name, _) = self.resolve_program(argv0)?;
         let rest = &args.argv[1..];
         let shown = shell_words(&args.argv);
-        let verdict = judge(name, rest, self.config.allow_shell)?;
-        // Ordinary commands stay inside the roots; a destructive one is shown
-        // to the approvers exactly as it would run, and they decide.
-        if matches!(verdict, Verdict::Ordinary) {
-            self.confine_paths(name, rest, &cwd)?;
+        if self.require_sandbox && !self.missing.is_empty() {
+            return Err(refuse(
+                "sandbox_unavailable",
+                format!(
+                    "commands are refused: this host does not enforce the sandbox layers {} (terminal.require_sandbox)",
+                    self.sandbox_status().trim_start_matches("missing: ")
+                ),
+            ));
         }
+        let verdict = judge(name, rest, &self.config)?;
+        // Ordinary commands stay inside the roots; a destructive one is shown
+        // to the approvers exactly as it would run, with its resolved
+        // targets, and they decide.
+        let verdict = match verdict {
+            Verdict::Ordinary => {
+                self.confine_paths(name, rest, &cwd)?;
+                Verdict::Ordinary
+            }
+            Verdict::Destructive(why) => {
+                let targets = self.targets(name, rest, &cwd);
+                Verdict::Destructive(if targets.is_empty() {
+                    why
+                } else {
+                    format!("{why}; targets: {}", targets.join(", "))
+                })
+            }
+        };
         match verdict {
             Verdict::Ordinary => Ok(Classification {
                 class: Class::Write,
@@ -680,32 +1016,44 @@ impl Tool for Terminal {
             }
             Err(_) => None,
         };
-        let mut command = tokio::process::Command::new(&self.launcher);
-        if let Some(dir) = &cgroup {
-            command.arg("sandbox-exec").arg("--cgroup").arg(dir);
+        let (pinned, protected) = if self.config.protect_git {
+            protected_git_paths(&self.roots)
         } else {
-            command.arg("sandbox-exec");
-        }
-        command
-            .args(limits.to_args())
-            .arg("--argv0")
-            .arg(name)
-            .args(
-                self.roots
-                    .iter()
-                    .flat_map(|r| [std::ffi::OsStr::new("--write-root"), r.as_os_str()]),
-            )
-            .arg("--")
-            .arg(&program.path);
+            (Vec::new(), Vec::new())
+        };
+        let mut program_args: Vec<String> = Vec::new();
         if name == "git" {
-            command.args(GIT_SAFETY);
+            program_args.extend(GIT_SAFETY.iter().map(|s| s.to_string()));
         }
+        program_args.extend(args.argv[1..].iter().cloned());
+        let plan = crate::sandbox::Plan {
+            limits,
+            cgroup: cgroup.clone(),
+            layers: self.layers.clone(),
+            network: self.config.network.iter().any(|n| n == name),
+            read_only: self.read_only.clone(),
+            writable: self.roots.clone(),
+            pinned,
+            protected,
+            execute: program.execute.clone(),
+            tmp_bytes: self.config.tmp_bytes,
+            cwd: cwd.clone(),
+            program: program.path.clone(),
+            argv0: name.to_string(),
+            args: program_args,
+        };
+        let plan = serde_json::to_string(&plan)
+            .map_err(|_| refuse("internal", "the command sandbox could not be prepared"))?;
+        let mut command = tokio::process::Command::new(&self.launcher);
         command
-            .args(&args.argv[1..])
+            .arg("sandbox-exec")
+            .arg("--plan")
+            .arg(plan)
             .current_dir(&cwd)
             .env_clear()
             .env("PATH", &self.child_path)
             .env("HOME", &cwd)
+            .env("TMPDIR", "/tmp")
             .env("LANG", "C.UTF-8")
             .env("TERM", "dumb")
             .env("PAGER", "cat")
@@ -715,11 +1063,20 @@ impl Tool for Terminal {
             .process_group(0)
             .kill_on_drop(true);
         if name == "git" {
+            // Commits made through dualtrust carry the verified subject.
+            let subject = call.principal().subject();
             command.envs([
                 ("GIT_CONFIG_NOSYSTEM", "1"),
                 ("GIT_CONFIG_GLOBAL", "/dev/null"),
                 ("GIT_TERMINAL_PROMPT", "0"),
                 ("GIT_OPTIONAL_LOCKS", "0"),
+                ("GIT_EDITOR", ":"),
+            ]);
+            command.envs([
+                ("GIT_AUTHOR_NAME", subject),
+                ("GIT_COMMITTER_NAME", subject),
+                ("GIT_AUTHOR_EMAIL", "agent@dualtrust.invalid"),
+                ("GIT_COMMITTER_EMAIL", "agent@dualtrust.invalid"),
             ]);
         }
         let started = Instant::now();
@@ -816,7 +1173,12 @@ mod tests {
             roots: vec![dir.join("root")],
             ..TerminalConfig::default()
         };
-        Terminal::new(config, ScopeConfig::default()).expect("terminal")
+        Terminal::new(
+            config,
+            ScopeConfig::default(),
+            crate::config::Mode::Development,
+        )
+        .expect("terminal")
     }
 
     fn classify(t: &Terminal, argv: &[&str]) -> Result<Class, &'static str> {
@@ -871,15 +1233,15 @@ mod tests {
     fn build_tools_run_code_so_only_version_queries_are_ordinary() {
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(matches!(
-            judge("cargo", &args(&["--version"]), false),
+            judge("cargo", &args(&["--version"]), &TerminalConfig::default()),
             Ok(Verdict::Ordinary)
         ));
         assert!(matches!(
-            judge("cargo", &args(&["build"]), false),
+            judge("cargo", &args(&["build"]), &TerminalConfig::default()),
             Ok(Verdict::Destructive(_))
         ));
         assert!(matches!(
-            judge("rustc", &args(&["x.rs"]), false),
+            judge("rustc", &args(&["x.rs"]), &TerminalConfig::default()),
             Ok(Verdict::Destructive(_))
         ));
     }

@@ -546,7 +546,8 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
-    let sandbox = state.app.tools.terminal.sandbox_status().to_string();
+    let sandbox = state.app.tools.terminal.sandbox_status();
+    let sandbox_missing = state.app.tools.terminal.sandbox_missing();
     let processes = state.app.tools.terminal.process_limit_status();
     let store_ok = state.app.store.ping().await.is_ok();
     let keys_ok = state.app.gate.verifier().keys_loaded();
@@ -562,6 +563,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
             "store": if store_ok { "ok" } else { "unavailable" },
             "keys": if keys_ok { "loaded" } else { "unavailable" },
             "terminal_sandbox": sandbox,
+            "terminal_sandbox_missing": sandbox_missing,
             "terminal_process_limit": processes,
         }),
     )
