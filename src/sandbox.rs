@@ -518,12 +518,18 @@ fn restrict(plan: &Plan) -> Result<RulesetStatus, landlock::RulesetError> {
     if !plan.network {
         ruleset = ruleset.handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)?;
     }
+    // Without the mount layer `/tmp` is the host's, not the command's own.
+    let private_tmp: &[&str] = if plan.has(Layer::Mount) {
+        &["/tmp"]
+    } else {
+        &[]
+    };
     let status = ruleset
         .scope(Scope::AbstractUnixSocket | Scope::Signal)?
         .create()?
         .add_rules(path_beneath_rules(&plan.read_only, read))?
         .add_rules(path_beneath_rules(&plan.writable, write))?
-        .add_rules(path_beneath_rules(["/tmp"], write))?
+        .add_rules(path_beneath_rules(private_tmp, write))?
         .add_rules(path_beneath_rules(
             &devices,
             AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate,

@@ -11,6 +11,7 @@
 //! - `postgres`: db.query on the real PostgreSQL: types, least-privilege roles, the bypass corpus.
 //! - `quorum`: leases and k-of-n approval, the happy path and the attacks.
 //! - `audit_log`: the RFC 6962 log: proofs, checkpoints, tampering, kill -9.
+//! - `sandbox`: the kernel boundary of terminal.execute: escapes, an approved shell, each layer.
 //! - `cli`: the command line: init, token, keys, audit export and offline verify.
 
 mod audit_log;
@@ -21,4 +22,5 @@ mod identity;
 mod postgres;
 mod quorum;
 mod replicas;
+mod sandbox;
 mod stdio;
