@@ -273,20 +273,23 @@ fn judge(name: &str, args: &[String], config: &TerminalConfig) -> Result<Verdict
 }
 
 fn judge_git(args: &[String]) -> Result<Verdict, Refusal> {
-    // Global options that change configuration or leave the root. (What a
-    // repository's own config names, filters and textconv drivers alike,
-    // the kernel refuses to execute.)
-    const FORBIDDEN: &[&str] = &[
+    // Options that change configuration or leave the root: global ones
+    // before the subcommand (after it `-c` is `switch -c`), the others
+    // anywhere. (What a repository's own config names, filters and textconv
+    // drivers alike, the kernel refuses to execute.)
+    const GLOBAL: &[&str] = &[
         "-c",
+        "-C",
         "--config-env",
         "--exec-path",
-        "--upload-pack",
-        "--receive-pack",
-        "-C",
         "--git-dir",
         "--work-tree",
         "--namespace",
         "--super-prefix",
+    ];
+    const ANYWHERE: &[&str] = &[
+        "--upload-pack",
+        "--receive-pack",
         "--ext-diff",
         "--output",
         "-o",
@@ -295,12 +298,18 @@ fn judge_git(args: &[String]) -> Result<Verdict, Refusal> {
         "--open-files-in-pager",
         "--contents",
     ];
-    if let Some(bad) = args.iter().find(|a| {
-        FORBIDDEN.iter().any(|f| {
-            let short = f.len() == 2 && !a.starts_with("--");
-            // `-Ocmd` and `-c x=y` alike: a short option takes its value attached.
-            a.as_str() == *f || a.starts_with(&format!("{f}=")) || (short && a.starts_with(f))
-        })
+    let subcommand_at = args
+        .iter()
+        .position(|a| !a.starts_with('-'))
+        .unwrap_or(args.len());
+    let matches = |a: &str, f: &str| {
+        let short = f.len() == 2 && !a.starts_with("--");
+        // `-Ocmd` and `-c x=y` alike: a short option takes its value attached.
+        a == f || a.starts_with(&format!("{f}=")) || (short && a.starts_with(f))
+    };
+    if let Some(bad) = args.iter().enumerate().find_map(|(i, a)| {
+        let global = i < subcommand_at && GLOBAL.iter().any(|f| matches(a, f));
+        (global || ANYWHERE.iter().any(|f| matches(a, f))).then_some(a)
     }) {
         return Err(refuse(
             "forbidden_flag",
@@ -1296,6 +1305,55 @@ mod tests {
             (&[], "empty_argv"),
         ] {
             assert_eq!(classify(&t, argv), Err(code), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn multibyte_option_letters_do_not_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = terminal(dir.path());
+        for argv in [
+            &["cat", "-é"][..],
+            &["cat", "-éé/x"],
+            &["cat", "-€"],
+            &["ls", "-"],
+        ] {
+            let _ = classify(&t, argv);
+        }
+        assert_eq!(
+            classify(&t, &["cat", "-é/../../../etc/passwd"]),
+            Err("path_outside_roots")
+        );
+    }
+
+    #[test]
+    fn destructive_means_irreversible_loss() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = terminal(dir.path());
+        for argv in [
+            &["git", "init"][..],
+            &["git", "add", "."],
+            &["git", "commit", "-m", "x"],
+            &["git", "switch", "-c", "topic"],
+            &["git", "restore", "--staged", "a"],
+            &["git", "clean", "-n"],
+            &["git", "branch", "-d", "old"],
+            &["chmod", "644", "a"],
+        ] {
+            assert_eq!(classify(&t, argv), Ok(Class::Write), "{argv:?}");
+        }
+        for argv in [
+            &["git", "reset", "--hard"][..],
+            &["git", "checkout", "a.txt"],
+            &["git", "restore", "a.txt"],
+            &["git", "push", "--force"],
+            &["git", "push", "origin", "+main"],
+            &["git", "branch", "-D", "old"],
+            &["git", "stash", "drop"],
+            &["git", "clean", "-fd"],
+            &["chown", "-R", "x", "."],
+        ] {
+            assert_eq!(classify(&t, argv), Ok(Class::Destructive), "{argv:?}");
         }
     }
 

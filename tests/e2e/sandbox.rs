@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::common::{Approver, DataDir, call, lease_of, status};
+use crate::common::{Approver, DataDir, call, error_code, lease_of, status};
 
 fn setup(extra: &str) -> (DataDir, Approver, Approver) {
     let data = DataDir::new();
@@ -83,7 +83,11 @@ async fn options_of_allow_listed_programs_do_not_escape() {
     host_git(&repo, &["config", "filter.evil.clean", &evil]);
     host_git(&repo, &["config", "filter.evil.smudge", &evil]);
     host_git(&repo, &["config", "diff.evil.textconv", &evil]);
-    std::fs::write(repo.join(".gitattributes"), "* filter=evil diff=evil\n").expect("write");
+    std::fs::write(
+        repo.join(".gitattributes"),
+        "a.txt filter=evil\nb.txt diff=evil\n",
+    )
+    .expect("write");
     std::fs::write(repo.join("a.txt"), "two\n").expect("write");
     let config_before = std::fs::read(repo.join(".git/config")).expect("config");
 
@@ -102,7 +106,7 @@ async fn options_of_allow_listed_programs_do_not_escape() {
     let run = |argv: Vec<&str>, cwd: &str| json!({ "argv": argv, "cwd": cwd });
     let mut outputs = Vec::new();
     for (argv, cwd) in [
-        (vec!["git", "diff"], "repo"),
+        (vec!["git", "diff", "--", "a.txt"], "repo"),
         (vec!["git", "blame", "a.txt"], "repo"),
         (vec!["git", "grep", "--textconv", "one"], "repo"),
         (vec!["git", "status", "--short"], "repo"),
@@ -137,10 +141,18 @@ async fn options_of_allow_listed_programs_do_not_escape() {
     // Ordinary git work succeeds in the hostile repository (filters that
     // cannot run pass content through), and commits carry the subject.
     for (i, (argv, env)) in outputs.iter().enumerate().take(7) {
-        if argv[1] != "grep" && argv[1] != "diff" && argv[1] != "blame" {
+        if argv[1] != "grep" {
             assert_eq!(exit(i), 0, "{argv:?}: {env}");
         }
     }
+    assert!(
+        outputs[0].1["result"]["stdout"]
+            .as_str()
+            .unwrap_or("")
+            .contains("+two"),
+        "{}",
+        outputs[0].1
+    );
     assert!(
         outputs[6].1["result"]["stdout"]
             .as_str()
@@ -344,4 +356,87 @@ async fn every_sandbox_layer_stops_something_the_others_do_not() {
             assert!(!ok.contains(&always), "without {layer}: {results:?}");
         }
     }
+}
+
+#[tokio::test]
+async fn an_operator_can_allow_any_program_and_it_runs_confined() {
+    let (data, _, _) =
+        setup("[terminal]\nallow = [\"printenv\", \"diff\", \"cat\"]\ndestructive = [\"diff\"]\n");
+    let ws = data.workspace();
+    std::fs::create_dir_all(&ws).expect("mkdir");
+    let client = data
+        .stdio_client(Some(&data.token("agent", "terminal:execute")))
+        .await;
+    let (env, _) = call(
+        &client,
+        "terminal.execute",
+        json!({ "argv": ["printenv", "PATH"] }),
+    )
+    .await;
+    assert_eq!(status(&env), "ok", "{env}");
+    assert_eq!(env["result"]["exit_code"], 0, "{env}");
+    // Policy marks diff destructive: held, not run.
+    let (env, _) = call(
+        &client,
+        "terminal.execute",
+        json!({ "argv": ["diff", "a", "b"] }),
+    )
+    .await;
+    assert_eq!(error_code(&env), "insufficient_scope", "{env}");
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_required_sandbox_with_a_layer_missing_refuses_commands() {
+    let (data, _, _) =
+        setup("[terminal]\nrequire_sandbox = true\ndisable_layers = [\"seccomp\"]\n");
+    let server = data.http_server().await;
+    let ready: serde_json::Value = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["terminal_sandbox"], "missing: seccomp", "{ready}");
+    assert_eq!(
+        ready["terminal_sandbox_missing"][0]["layer"], "seccomp",
+        "{ready}"
+    );
+    let client = server
+        .client(&data.token("agent", "terminal:execute"))
+        .await;
+    let tools = client.list_all_tools().await.expect("tools");
+    let terminal = tools
+        .iter()
+        .find(|t| t.name == "terminal.execute")
+        .expect("terminal tool");
+    let description = terminal.description.as_deref().unwrap_or("");
+    assert!(
+        description.contains("does not enforce: seccomp"),
+        "{description}"
+    );
+    let (env, _) = call(
+        &client,
+        "terminal.execute",
+        json!({ "argv": ["echo", "hi"] }),
+    )
+    .await;
+    assert_eq!(status(&env), "denied", "{env}");
+    assert_eq!(error_code(&env), "sandbox_unavailable", "{env}");
+    assert_eq!(
+        env["receipt"]["body"]["reason"], "sandbox_unavailable",
+        "{env}"
+    );
+    client.cancel().await.expect("close");
+    server.stop().await;
+}
+
+#[test]
+fn a_root_holding_the_servers_own_state_is_refused() {
+    let data = DataDir::new();
+    data.configure(&[], "[terminal]\nroots = [\".\"]\n");
+    let out = data.cli(&["approvals", "list"]);
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("terminal.roots[0]"), "{text}");
 }
