@@ -287,6 +287,25 @@ impl DataDir {
     }
 }
 
+/// Approves a held call by each of `approvers` (the CLI, beside the store)
+/// and repeats it with its lease; returns the result of the repeat.
+pub async fn approve_and_redeem(
+    data: &DataDir,
+    client: &rmcp::Peer<RoleClient>,
+    tool: &str,
+    held: &Value,
+    args: Value,
+    approvers: &[&Approver],
+) -> Value {
+    let lease = lease_of(held);
+    for approver in approvers {
+        assert!(data.approve(&lease, approver).status.success());
+    }
+    let mut redeem = args;
+    redeem["lease_id"] = serde_json::json!(lease);
+    call(client, tool, redeem).await.0
+}
+
 /// The lease id of a held (`approval_required`) or `lease_issued` result.
 pub fn lease_of(envelope: &Value) -> String {
     envelope["approval"]["lease_id"]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::common::{Approver, DataDir, call, error_code, lease_of, status};
+use crate::common::{Approver, DataDir, approve_and_redeem, call, error_code, status};
 
 fn setup(extra: &str) -> (DataDir, Approver, Approver) {
     let data = DataDir::new();
@@ -216,12 +216,15 @@ async fn an_approved_recursive_chmod_through_a_symlink_stays_inside() {
         // The approvers are told where the target really is.
         let summary = held["approval"]["summary"].as_str().unwrap_or("");
         assert!(summary.contains("OUTSIDE the roots"), "{summary}");
-        let lease = lease_of(&held);
-        assert!(data.approve(&lease, &alice).status.success());
-        assert!(data.approve(&lease, &bob).status.success());
-        let mut redeem = args;
-        redeem["lease_id"] = json!(lease);
-        let (env, _) = call(&client, "terminal.execute", redeem).await;
+        let env = approve_and_redeem(
+            &data,
+            &client,
+            "terminal.execute",
+            &held,
+            args,
+            &[&alice, &bob],
+        )
+        .await;
         assert_eq!(status(&env), "ok", "{env}");
         assert_ne!(env["result"]["exit_code"], 0, "{env}");
     }
@@ -291,12 +294,15 @@ async fn run_escapes(disabled: Option<&str>) -> BTreeMap<String, bool> {
     let args = json!({ "argv": ["sh", "-c", script], "timeout_ms": 20000 });
     let (held, _) = call(&client, "terminal.execute", args.clone()).await;
     assert_eq!(status(&held), "approval_required", "{held}");
-    let lease = lease_of(&held);
-    assert!(data.approve(&lease, &alice).status.success());
-    assert!(data.approve(&lease, &bob).status.success());
-    let mut redeem = args;
-    redeem["lease_id"] = json!(lease);
-    let (env, _) = call(&client, "terminal.execute", redeem).await;
+    let env = approve_and_redeem(
+        &data,
+        &client,
+        "terminal.execute",
+        &held,
+        args,
+        &[&alice, &bob],
+    )
+    .await;
     assert_eq!(status(&env), "ok", "{env}");
     // The receipt records the call.
     assert_eq!(env["receipt"]["body"]["decision"], "allowed", "{env}");
