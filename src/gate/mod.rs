@@ -18,7 +18,10 @@ pub mod quorum;
 pub mod rate;
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+
+use futures_util::FutureExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use schemars::JsonSchema;
@@ -442,7 +445,7 @@ impl Gate {
         let mut arguments = arguments.cloned().unwrap_or_default();
         arguments.remove(LEASE_ARG);
         let args: T::Args = serde_json::from_value(Value::Object(arguments)).ok()?;
-        tool.classify(&args).ok().map(|c| c.scope)
+        classify_contained(tool, &args).ok().map(|c| c.scope)
     }
 
     /// Records a call the HTTP front door refused with 403 because the
@@ -523,7 +526,29 @@ impl Gate {
         let redeeming = arguments
             .as_ref()
             .is_some_and(|a| a.contains_key(LEASE_ARG));
-        let outcome = self.pipeline(tool, transport, caller, arguments).await;
+        let outcome = match AssertUnwindSafe(self.pipeline(tool, transport, caller, arguments))
+            .catch_unwind()
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                log_panic(T::NAME, "gate", panic.as_ref());
+                let draft = ReceiptDraft {
+                    transport,
+                    tool: T::NAME.into(),
+                    ..Default::default()
+                };
+                let refusal = internal_refusal();
+                self.finish(
+                    draft,
+                    Status::Error,
+                    None,
+                    Some(refusal.clone().into()),
+                    Some(refusal.code),
+                )
+                .await
+            }
+        };
         self.metrics
             .record_call(T::NAME, outcome.status.as_str(), started.elapsed());
         match outcome.status {
@@ -609,13 +634,18 @@ impl Gate {
             }
         };
         draft.args_digest = Some(digest.clone());
-        let classification = match tool.classify(&args) {
+        let classification = match classify_contained(tool, &args) {
             Ok(c) => c,
             Err(refusal) => {
+                let status = if refusal.code == INTERNAL {
+                    Status::Error
+                } else {
+                    Status::Denied
+                };
                 return self
                     .finish(
                         draft,
-                        Status::Denied,
+                        status,
                         None,
                         Some(refusal.clone().into()),
                         Some(refusal.code),
@@ -974,7 +1004,14 @@ impl Gate {
                 serde_json::json!({ "result": outcome, "approvals": approvals_json })
             }
         };
-        match tool.execute(call).await {
+        let executed = AssertUnwindSafe(tool.execute(call))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                log_panic(T::NAME, "execution", panic.as_ref());
+                Err(internal_refusal())
+            });
+        match executed {
             Ok(executed) => {
                 draft.outcome = Some(with_approvals(executed.outcome));
                 self.finish(draft, Status::Ok, Some(executed.result), None, None)
@@ -1192,6 +1229,35 @@ impl From<Refusal> for ErrorInfo {
     }
 }
 
+/// The code of a call the server failed on, not one the caller got wrong.
+pub const INTERNAL: &str = "internal";
+
+fn internal_refusal() -> Refusal {
+    Refusal::new(
+        INTERNAL,
+        "the server failed on this call; it was recorded and nothing else ran",
+    )
+}
+
+/// A tool's classifier, with any panic in it turned into an `internal`
+/// refusal: request data must never take a call down without its receipt.
+fn classify_contained<T: Tool>(tool: &T, args: &T::Args) -> Result<Classification, Refusal> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| tool.classify(args))).unwrap_or_else(|panic| {
+        log_panic(T::NAME, "classification", panic.as_ref());
+        Err(internal_refusal())
+    })
+}
+
+/// The panic's message goes to the operator's log, never to the caller.
+fn log_panic(tool: &str, stage: &str, panic: &(dyn std::any::Any + Send)) {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(tool, stage, panic = %message, "a tool panicked; the call was answered `internal` and recorded");
+}
+
 /// SHA-256 over the RFC 8785 form of `{"tool": …, "args": …}`: the digest a
 /// lease is bound to and approvers sign.
 pub fn args_digest<A: Serialize>(tool: &str, args: &A) -> Option<String> {
@@ -1210,4 +1276,133 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{IdentityConfig, LimitsConfig, QuorumConfig};
+    use crate::keys::KeyPair;
+
+    /// A tool whose classifier or body panics when asked to: stands for any
+    /// bug a hostile argument may reach.
+    struct Fragile;
+
+    #[derive(serde::Deserialize, Serialize, JsonSchema)]
+    struct FragileArgs {
+        panic_in: String,
+    }
+
+    impl Tool for Fragile {
+        const NAME: &'static str = "test.fragile";
+        const TITLE: &'static str = "fragile";
+        const DESCRIPTION: &'static str = "panics on request";
+        const READ_ONLY: bool = true;
+        type Args = FragileArgs;
+
+        fn classify(&self, args: &FragileArgs) -> Result<Classification, Refusal> {
+            if args.panic_in == "classify" {
+                let text = "-é";
+                // The bug class of the issue: a byte slice inside a character.
+                let _ = &text[..2];
+            }
+            Ok(Classification {
+                class: Class::Read,
+                scope: "db:read".into(),
+                summary: "fragile".into(),
+            })
+        }
+
+        async fn execute(&self, call: Authorized<'_, FragileArgs>) -> Result<Executed, Refusal> {
+            if call.args().panic_in == "execute" {
+                panic!("tool body failed");
+            }
+            Ok(Executed {
+                result: Value::Bool(true),
+                outcome: Value::Null,
+            })
+        }
+    }
+
+    async fn gate(dir: &std::path::Path) -> (Gate, String) {
+        let config = IdentityConfig::default();
+        let issuer = KeyPair::generate().expect("key");
+        let verifier =
+            TokenVerifier::new(&config, Some(&issuer), &Default::default()).expect("verifier");
+        let store = Store::open_sqlite(&dir.join("store.db"))
+            .await
+            .expect("store");
+        let log = AuditLog::open(store.clone(), Arc::new(KeyPair::generate().expect("key")))
+            .await
+            .expect("log");
+        let gate = Gate::new(
+            Arc::new(verifier),
+            store,
+            Arc::new(log),
+            GatePolicy {
+                leases: LeaseConfig::default(),
+                approvers: ApproverRegistry::new(&[], &QuorumConfig::default()),
+                limits: CallLimits::new(&LimitsConfig::default()),
+            },
+        );
+        let now = crate::now_unix();
+        let token = issuer
+            .sign_jws(
+                "JWT",
+                &serde_json::json!({
+                    "iss": config.issuer, "aud": config.audience, "sub": "alice",
+                    "scope": "db:read", "iat": now, "exp": now + 600, "jti": "t1"
+                }),
+            )
+            .expect("token");
+        (gate, token)
+    }
+
+    fn arguments(panic_in: &str) -> Option<Map<String, Value>> {
+        match serde_json::json!({ "panic_in": panic_in }) {
+            Value::Object(map) => Some(map),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_tool_is_an_internal_error_with_a_receipt_and_the_gate_keeps_serving() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (gate, token) = gate(dir.path()).await;
+        for stage in ["classify", "execute"] {
+            let outcome = gate
+                .run(
+                    &Fragile,
+                    "stdio",
+                    Caller::Token(Some(token.clone())),
+                    arguments(stage),
+                )
+                .await;
+            assert_eq!(outcome.status, Status::Error, "{stage}");
+            let error = outcome.error.expect("error");
+            assert_eq!(error.code, INTERNAL);
+            assert!(
+                !error.message.contains("failed on a byte") && !error.message.contains("tool body")
+            );
+            let receipt = serde_json::to_value(outcome.receipt.expect("a receipt")).expect("json");
+            assert_eq!(receipt["body"]["reason"], INTERNAL, "{stage}");
+            assert_eq!(receipt["body"]["subject"], "alice", "{stage}");
+            assert_eq!(receipt["body"]["decision"], "error", "{stage}");
+        }
+        let healthy = gate
+            .run(
+                &Fragile,
+                "stdio",
+                Caller::Token(Some(token)),
+                arguments("none"),
+            )
+            .await;
+        assert_eq!(healthy.status, Status::Ok);
+        assert_eq!(gate.in_flight(), 0);
+        assert_eq!(
+            gate.required_scope(&Fragile, arguments("classify").as_ref()),
+            None,
+            "the HTTP scope probe survives the classifier's panic and leaves the call to the gate"
+        );
+    }
 }

@@ -60,6 +60,17 @@ pub enum IdentityError {
     /// `exp`, `iss`, `aud` or `sub` is missing or has the wrong type.
     #[error("the token lacks a required claim")]
     MissingClaim,
+    /// The header's `crit` names extensions; this server implements none,
+    /// so RFC 7515 section 4.1.11 says the token must be rejected.
+    #[error("the token requires a header extension this server does not implement")]
+    UnsupportedCritical,
+    /// The header's `typ` says this is not an access token (RFC 8725
+    /// section 3.11): a passport or another kind of JWT.
+    #[error("the token is not an access token")]
+    WrongType,
+    /// `iat` lies beyond the allowed clock skew in the future.
+    #[error("the token's issue time is in the future")]
+    IssuedInFuture,
     /// The token's `jti` was revoked.
     #[error("the token has been revoked")]
     Revoked,
@@ -84,6 +95,9 @@ impl IdentityError {
             Self::WrongIssuer => "wrong_issuer",
             Self::WrongAudience => "wrong_audience",
             Self::MissingClaim => "missing_claim",
+            Self::UnsupportedCritical => "unsupported_critical_header",
+            Self::WrongType => "wrong_token_type",
+            Self::IssuedInFuture => "issued_in_future",
             Self::Revoked => "revoked",
             Self::Unavailable => "revocation_unavailable",
         }
@@ -145,6 +159,8 @@ struct AccessClaims {
     exp: Option<u64>,
     #[serde(default)]
     jti: Option<String>,
+    #[serde(default)]
+    iat: Option<u64>,
     /// RFC 8693 / OAuth: space-separated.
     #[serde(default)]
     scope: Option<String>,
@@ -335,6 +351,7 @@ impl TokenVerifier {
     }
 
     async fn verify_signature_and_claims(&self, token: &str) -> Result<Principal, IdentityError> {
+        check_header(&strict_header(token)?)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| IdentityError::Malformed)?;
         let kid = header.kid.as_deref();
         let trusted = match self.static_key(kid) {
@@ -361,6 +378,12 @@ impl TokenVerifier {
         let (Some(subject), Some(expires_at)) = (claims.sub.take(), claims.exp) else {
             return Err(IdentityError::MissingClaim);
         };
+        if claims
+            .iat
+            .is_some_and(|iat| iat > crate::now_unix().saturating_add(self.leeway_s))
+        {
+            return Err(IdentityError::IssuedInFuture);
+        }
         if subject.trim().is_empty() {
             return Err(IdentityError::MissingClaim);
         }
@@ -370,6 +393,111 @@ impl TokenVerifier {
             expires_at,
             scopes: expand_scopes(claims.scopes(), &self.implies),
         })
+    }
+}
+
+/// The header of a compact JWS, refusing what a lenient parser would guess at:
+/// other than three segments, padding or non-url-safe base64, and JSON
+/// with a repeated member name in the header or the claims (RFC 7515
+/// section 5.2 and RFC 8725 section 3.2: a repeated `alg` or `sub` must not
+/// mean whichever one a library happens to keep).
+fn strict_header(token: &str) -> Result<serde_json::Map<String, serde_json::Value>, IdentityError> {
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(IdentityError::Malformed);
+    };
+    let decode = |segment: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(segment)
+            .map_err(|_| IdentityError::Malformed)
+    };
+    let header = decode(header)?;
+    let payload = decode(payload)?;
+    for json in [&header, &payload] {
+        serde_json::from_slice::<UniqueMembers>(json).map_err(|_| IdentityError::Malformed)?;
+    }
+    match serde_json::from_slice(&header) {
+        Ok(serde_json::Value::Object(header)) => Ok(header),
+        _ => Err(IdentityError::Malformed),
+    }
+}
+
+/// `typ` values an access token may carry: none, the generic `JWT`, or
+/// RFC 9068's `at+jwt` (case-insensitive, with or without `application/`).
+fn is_access_token_type(typ: &str) -> bool {
+    let typ = typ.to_ascii_lowercase();
+    let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+    typ == "jwt" || typ == "at+jwt"
+}
+
+fn check_header(header: &serde_json::Map<String, serde_json::Value>) -> Result<(), IdentityError> {
+    // No JWS extension is implemented here, so any `crit` (even an empty or
+    // malformed one, which RFC 7515 forbids outright) is a rejection.
+    if header.contains_key("crit") {
+        return Err(IdentityError::UnsupportedCritical);
+    }
+    match header.get("typ") {
+        None => Ok(()),
+        Some(serde_json::Value::String(typ)) if is_access_token_type(typ) => Ok(()),
+        Some(_) => Err(IdentityError::WrongType),
+    }
+}
+
+/// Deserializes any JSON value, failing on an object with a repeated
+/// member name at any depth.
+struct UniqueMembers;
+
+impl<'de> serde::Deserialize<'de> for UniqueMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueMembers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON without repeated member names")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<UniqueMembers, E> {
+                Ok(UniqueMembers)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<UniqueMembers, E> {
+                Ok(UniqueMembers)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<UniqueMembers, E> {
+                Ok(UniqueMembers)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<UniqueMembers, E> {
+                Ok(UniqueMembers)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<UniqueMembers, E> {
+                Ok(UniqueMembers)
+            }
+            fn visit_unit<E>(self) -> Result<UniqueMembers, E> {
+                Ok(UniqueMembers)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<UniqueMembers, A::Error> {
+                while seq.next_element::<UniqueMembers>()?.is_some() {}
+                Ok(UniqueMembers)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueMembers, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !seen.insert(key) {
+                        return Err(serde::de::Error::custom("repeated member name"));
+                    }
+                    map.next_value::<UniqueMembers>()?;
+                }
+                Ok(UniqueMembers)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -641,6 +769,113 @@ mod tests {
             verifier.verify(&forged).await.err(),
             Some(IdentityError::BadSignature)
         );
+    }
+
+    /// A correctly signed token with exactly this header and payload text.
+    fn sign_raw(issuer: &KeyPair, header: &str, payload: &str) -> String {
+        let input = format!("{}.{}", B64.encode(header), B64.encode(payload));
+        let signature = B64.encode(issuer.sign(input.as_bytes()));
+        format!("{input}.{signature}")
+    }
+
+    #[tokio::test]
+    async fn signed_but_ambiguous_or_unintended_tokens_are_rejected() {
+        let (issuer, verifier, config) = setup();
+        let now = crate::now_unix();
+        let kid = issuer.kid();
+        let claims = |extra: &str| {
+            format!(
+                r#"{{"iss":"{}","aud":"{}","sub":"alice","scope":"db:read","exp":{}{extra}}}"#,
+                config.issuer,
+                config.audience,
+                now + 600
+            )
+        };
+        let header = |extra: &str| format!(r#"{{"alg":"EdDSA","kid":"{kid}"{extra}}}"#);
+        let cases = [
+            // RFC 7515 4.1.11: an extension we do not implement, even one
+            // naming a registered claim, and the forbidden empty list.
+            (
+                header(r#","crit":["exp"],"exp":1"#),
+                claims(""),
+                IdentityError::UnsupportedCritical,
+            ),
+            (
+                header(r#","crit":[]"#),
+                claims(""),
+                IdentityError::UnsupportedCritical,
+            ),
+            (
+                header(r#","b64":false,"crit":["b64"]"#),
+                claims(""),
+                IdentityError::UnsupportedCritical,
+            ),
+            // RFC 8725 3.11: a passport or ID token is not an access token.
+            (
+                header(r#","typ":"passport+jwt""#),
+                claims(""),
+                IdentityError::WrongType,
+            ),
+            (header(r#","typ":7"#), claims(""), IdentityError::WrongType),
+            // Issued a year from now.
+            (
+                header(""),
+                claims(&format!(r#","iat":{}"#, now + 365 * 86_400)),
+                IdentityError::IssuedInFuture,
+            ),
+            // Repeated members: which `alg` or `sub` is meant is a guess.
+            (
+                header(r#","alg":"HS256""#),
+                claims(""),
+                IdentityError::Malformed,
+            ),
+            (
+                header(""),
+                claims(r#","sub":"admin""#),
+                IdentityError::Malformed,
+            ),
+            (
+                header(""),
+                claims(r#","cnf":{"jkt":"a","jkt":"b"}"#),
+                IdentityError::Malformed,
+            ),
+            (
+                header(""),
+                claims(r#","iat":"yesterday""#),
+                IdentityError::Malformed,
+            ),
+        ];
+        for (header, payload, expected) in cases {
+            let token = sign_raw(&issuer, &header, &payload);
+            assert_eq!(
+                verifier.verify(&token).await.err(),
+                Some(expected),
+                "{header} {payload}"
+            );
+        }
+        for typ in ["JWT", "at+jwt", "application/at+JWT"] {
+            let token = sign_raw(
+                &issuer,
+                &header(&format!(r#","typ":"{typ}""#)),
+                &claims(&format!(r#","iat":{now}"#)),
+            );
+            assert!(verifier.verify(&token).await.is_ok(), "{typ}");
+        }
+        let segments: Vec<String> = sign_raw(&issuer, &header(""), &claims(""))
+            .split('.')
+            .map(String::from)
+            .collect();
+        for malformed in [
+            format!("{}.{}.{}.x", segments[0], segments[1], segments[2]),
+            format!("{}=.{}.{}", segments[0], segments[1], segments[2]),
+            format!("{}.{}", segments[0], segments[1]),
+        ] {
+            assert_eq!(
+                verifier.verify(&malformed).await.err(),
+                Some(IdentityError::Malformed),
+                "{malformed}"
+            );
+        }
     }
 
     #[tokio::test]
