@@ -419,58 +419,33 @@ impl Gate {
         Ok(principal)
     }
 
-    /// Records a request the HTTP front door refused before it reached MCP.
-    pub async fn record_transport_denial(&self, transport: &'static str, error: IdentityError) {
-        self.metrics.record_auth_failure(error.code());
-        let draft = ReceiptDraft {
-            transport,
-            tool: "http".into(),
-            decision: Some(Decision::Denied),
-            reason: Some(error.code().into()),
-            ..Default::default()
-        };
-        if let Err(e) = self.log.append(draft).await {
-            tracing::error!(error = %e, "could not record an authentication denial");
-        }
-    }
-
-    /// The scope a call of `tool` with `arguments` needs, judged exactly as
-    /// [`Gate::run`] judges it; `None` when the arguments do not classify
-    /// (the gate itself then refuses them with the precise reason).
-    pub fn required_scope<T: Tool>(
-        &self,
-        tool: &T,
-        arguments: Option<&Map<String, Value>>,
-    ) -> Option<String> {
-        let mut arguments = arguments.cloned().unwrap_or_default();
-        arguments.remove(LEASE_ARG);
-        let args: T::Args = serde_json::from_value(Value::Object(arguments)).ok()?;
-        classify_contained(tool, &args).ok().map(|c| c.scope)
-    }
-
-    /// Records a call the HTTP front door refused with 403 because the
-    /// token lacks `scope`: the same decision the gate's scope step makes.
-    pub async fn record_scope_denial(
+    /// Records a refusal made before any tool's pipeline: at the HTTP front
+    /// door (host, origin, token, an approval route) or of a call naming no
+    /// tool. `subject` and `token_id` are filled in when a verified principal
+    /// is known, so the receipt has the fields the pipeline would record.
+    pub async fn record_refusal(
         &self,
         transport: &'static str,
-        principal: &Principal,
-        tool: &'static str,
-        scope: &str,
-    ) {
-        self.metrics.record_refusal("insufficient_scope");
-        self.metrics.count_call(tool, Status::Denied.as_str());
+        route: &str,
+        principal: Option<&Principal>,
+        reason: &'static str,
+    ) -> Option<Receipt> {
+        self.metrics.record_refusal(reason);
         let draft = ReceiptDraft {
-            subject: Some(principal.subject().to_string()),
-            token_id: principal.token_id().map(String::from),
+            subject: principal.map(|p| p.subject().to_string()),
+            token_id: principal.and_then(|p| p.token_id().map(String::from)),
             transport,
-            tool: tool.into(),
-            scope: Some(scope.to_string()),
+            tool: route.into(),
             decision: Some(Decision::Denied),
-            reason: Some("insufficient_scope".into()),
+            reason: Some(reason.into()),
             ..Default::default()
         };
-        if let Err(e) = self.log.append(draft).await {
-            tracing::error!(error = %e, "could not record a scope denial");
+        match self.log.append(draft).await {
+            Ok(appended) => Some(appended.receipt),
+            Err(e) => {
+                tracing::error!(error = %e, reason, "a refusal could not be recorded");
+                None
+            }
         }
     }
 
@@ -481,18 +456,8 @@ impl Gate {
         caller: Caller,
     ) -> Option<Receipt> {
         let principal = self.identify(caller).await.ok();
-        let draft = ReceiptDraft {
-            subject: principal.as_ref().map(|p| p.subject().to_string()),
-            token_id: principal
-                .as_ref()
-                .and_then(|p| p.token_id().map(String::from)),
-            transport,
-            tool: "unknown".into(),
-            decision: Some(Decision::Denied),
-            reason: Some("unknown_tool".into()),
-            ..Default::default()
-        };
-        self.log.append(draft).await.ok().map(|a| a.receipt)
+        self.record_refusal(transport, "unknown", principal.as_ref(), "unknown_tool")
+            .await
     }
 
     async fn identify(&self, caller: Caller) -> Result<Principal, IdentityError> {
@@ -594,81 +559,10 @@ impl Gate {
         draft.subject = Some(principal.subject().to_string());
         draft.token_id = principal.token_id().map(String::from);
 
-        // 2. Classify typed arguments. A lease id is not part of the call.
-        let mut arguments = arguments.unwrap_or_default();
-        let lease_id = match arguments.remove(LEASE_ARG) {
-            None => None,
-            Some(Value::String(id)) if valid_lease_id(&id) => Some(id),
-            Some(_) => {
-                return self
-                    .finish(
-                        draft,
-                        Status::Denied,
-                        None,
-                        Some(ErrorInfo::new(
-                            "invalid_lease_id",
-                            "lease_id must be the 32-character hex id of an issued lease".into(),
-                        )),
-                        Some("invalid_lease_id"),
-                    )
-                    .await;
-            }
+        let (lease_id, args, action) = match self.admit(tool, &mut draft, &principal, arguments) {
+            Ok(admitted) => admitted,
+            Err(rejection) => return self.reject(draft, rejection).await,
         };
-        let args: T::Args = match serde_json::from_value(Value::Object(arguments)) {
-            Ok(a) => a,
-            Err(e) => {
-                let message = truncate(&format!("invalid arguments: {e}"), 300);
-                return self.deny(draft, "invalid_arguments", message).await;
-            }
-        };
-        let digest = match args_digest(T::NAME, &args) {
-            Some(d) => d,
-            None => {
-                return self
-                    .deny(
-                        draft,
-                        "invalid_arguments",
-                        "arguments cannot be canonicalized",
-                    )
-                    .await;
-            }
-        };
-        draft.args_digest = Some(digest.clone());
-        let classification = match classify_contained(tool, &args) {
-            Ok(c) => c,
-            Err(refusal) => {
-                let status = if refusal.code == INTERNAL {
-                    Status::Error
-                } else {
-                    Status::Denied
-                };
-                return self
-                    .finish(
-                        draft,
-                        status,
-                        None,
-                        Some(refusal.clone().into()),
-                        Some(refusal.code),
-                    )
-                    .await;
-            }
-        };
-        draft.class = Some(classification.class.as_str());
-        draft.scope = Some(classification.scope.clone());
-        let action = Action {
-            tool: T::NAME,
-            classification,
-            args_digest: digest,
-        };
-
-        // 3. Scope.
-        if !principal.has_scope(action.scope()) {
-            let message = format!(
-                "this call needs the `{}` scope, which the token does not grant",
-                action.scope()
-            );
-            return self.deny(draft, "insufficient_scope", message).await;
-        }
 
         // 4. Rate.
         if let Err(retry_after) = self.policy.limits.check(principal.subject(), T::NAME) {
@@ -731,6 +625,106 @@ impl Gate {
         });
         self.execute(tool, draft, &principal, &action, &lease_id, &[], args)
             .await
+    }
+
+    /// Steps 2 and 3, shared by the pipeline and the HTTP scope challenge so
+    /// both judge, and record, a call identically: the lease id taken out of
+    /// the arguments, typed arguments, their digest, the classification, and
+    /// the scope check. Fills in `draft` as far as it gets.
+    fn admit<T: Tool>(
+        &self,
+        tool: &T,
+        draft: &mut ReceiptDraft,
+        principal: &Principal,
+        arguments: Option<Map<String, Value>>,
+    ) -> Result<(Option<String>, T::Args, Action), Rejection> {
+        let mut arguments = arguments.unwrap_or_default();
+        let lease_id = match arguments.remove(LEASE_ARG) {
+            None => None,
+            Some(Value::String(id)) if valid_lease_id(&id) => Some(id),
+            Some(_) => {
+                return Err(Rejection::denied(
+                    "invalid_lease_id",
+                    "lease_id must be the 32-character hex id of an issued lease",
+                ));
+            }
+        };
+        let args: T::Args = serde_json::from_value(Value::Object(arguments)).map_err(|e| {
+            Rejection::denied(
+                "invalid_arguments",
+                truncate(&format!("invalid arguments: {e}"), 300),
+            )
+        })?;
+        let digest = args_digest(T::NAME, &args).ok_or_else(|| {
+            Rejection::denied("invalid_arguments", "arguments cannot be canonicalized")
+        })?;
+        draft.args_digest = Some(digest.clone());
+        let classification = classify_contained(tool, &args).map_err(|refusal| Rejection {
+            status: if refusal.code == INTERNAL {
+                Status::Error
+            } else {
+                Status::Denied
+            },
+            code: refusal.code,
+            message: refusal.message,
+        })?;
+        draft.class = Some(classification.class.as_str());
+        draft.scope = Some(classification.scope.clone());
+        let action = Action {
+            tool: T::NAME,
+            classification,
+            args_digest: digest,
+        };
+        if !principal.has_scope(action.scope()) {
+            return Err(Rejection::denied(
+                INSUFFICIENT_SCOPE,
+                format!(
+                    "this call needs the `{}` scope, which the token does not grant",
+                    action.scope()
+                ),
+            ));
+        }
+        Ok((lease_id, args, action))
+    }
+
+    async fn reject(&self, draft: ReceiptDraft, rejection: Rejection) -> GateOutcome {
+        self.finish(
+            draft,
+            rejection.status,
+            None,
+            Some(ErrorInfo::new(rejection.code, rejection.message)),
+            Some(rejection.code),
+        )
+        .await
+    }
+
+    /// The HTTP front door's scope challenge (MCP authorization): when the
+    /// verified `principal` lacks the scope this call needs, the refusal is
+    /// recorded exactly as the pipeline records it and the scope is returned
+    /// for the 403. Anything else (including arguments that do not parse)
+    /// is left to the pipeline, which judges and records it itself.
+    pub async fn challenge_scope<T: Tool>(
+        &self,
+        tool: &T,
+        transport: &'static str,
+        principal: &Principal,
+        arguments: Option<&Map<String, Value>>,
+    ) -> Option<String> {
+        let mut draft = ReceiptDraft {
+            transport,
+            tool: T::NAME.into(),
+            subject: Some(principal.subject().to_string()),
+            token_id: principal.token_id().map(String::from),
+            ..Default::default()
+        };
+        let rejection = match self.admit(tool, &mut draft, principal, arguments.cloned()) {
+            Err(rejection) if rejection.code == INSUFFICIENT_SCOPE => rejection,
+            _ => return None,
+        };
+        let scope = draft.scope.clone()?;
+        self.metrics.count_call(T::NAME, Status::Denied.as_str());
+        self.reject(draft, rejection).await;
+        Some(scope)
     }
 
     /// Issues a lease for this exact call: pending approval when the call is
@@ -1043,7 +1037,7 @@ impl Gate {
     ) -> Result<ApprovalStatus, ApprovalError> {
         let mut draft = ReceiptDraft {
             transport,
-            tool: "approval".into(),
+            tool: APPROVAL.into(),
             subject: Some(
                 submitter
                     .map(|p| p.subject().to_string())
@@ -1229,6 +1223,29 @@ impl From<Refusal> for ErrorInfo {
     }
 }
 
+/// A call turned away before it ran: how, with which code, and why.
+struct Rejection {
+    status: Status,
+    code: &'static str,
+    message: String,
+}
+
+impl Rejection {
+    fn denied(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: Status::Denied,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What receipts of approval submissions name as their tool.
+pub const APPROVAL: &str = "approval";
+
+/// The code of a call whose token lacks the scope its class needs.
+pub const INSUFFICIENT_SCOPE: &str = "insufficient_scope";
+
 /// The code of a call the server failed on, not one the caller got wrong.
 pub const INTERNAL: &str = "internal";
 
@@ -1393,16 +1410,18 @@ mod tests {
             .run(
                 &Fragile,
                 "stdio",
-                Caller::Token(Some(token)),
+                Caller::Token(Some(token.clone())),
                 arguments("none"),
             )
             .await;
         assert_eq!(healthy.status, Status::Ok);
         assert_eq!(gate.in_flight(), 0);
+        let principal = gate.authenticate(Some(&token)).await.expect("principal");
         assert_eq!(
-            gate.required_scope(&Fragile, arguments("classify").as_ref()),
+            gate.challenge_scope(&Fragile, "http", &principal, arguments("classify").as_ref())
+                .await,
             None,
-            "the HTTP scope probe survives the classifier's panic and leaves the call to the gate"
+            "the HTTP scope challenge survives the classifier's panic and leaves the call to the gate"
         );
     }
 }

@@ -34,6 +34,10 @@ pub enum IdentityError {
     /// No token was presented.
     #[error("no bearer token was presented")]
     Missing,
+    /// More than one credential was sent (two `Authorization` headers): which
+    /// one is meant is a guess, so neither is used (RFC 6750 section 3.1).
+    #[error("more than one credential was presented")]
+    DuplicateCredentials,
     /// The token is larger than the configured cap.
     #[error("the token is too large")]
     TooLarge,
@@ -85,6 +89,7 @@ impl IdentityError {
     pub fn code(self) -> &'static str {
         match self {
             Self::Missing => "missing_token",
+            Self::DuplicateCredentials => "duplicate_credentials",
             Self::TooLarge => "token_too_large",
             Self::Malformed => "malformed_token",
             Self::UnknownKey => "unknown_key",

@@ -16,6 +16,7 @@ use rmcp::model::{JsonObject, ToolAnnotations};
 use serde_json::{Map, Value, json};
 
 use crate::gate::{Caller, Gate, GateOutcome, LEASE_ARG, Tool};
+use crate::identity::Principal;
 
 pub use audit_verify::AuditVerify;
 pub use db_query::DbQuery;
@@ -119,31 +120,40 @@ impl ToolSet {
         ]
     }
 
-    /// The scope a call needs and the tool's static name; `None` for an
-    /// unknown tool or arguments that do not classify.
-    pub fn required_scope(
+    /// The HTTP scope challenge for a call of the named tool: the scope
+    /// `principal` lacks for it, with the refusal recorded; `None` when the
+    /// call may go on to the gate (which also judges unknown tools and
+    /// arguments that do not parse).
+    pub async fn challenge_scope(
         &self,
         gate: &Gate,
         name: &str,
+        principal: &Principal,
         arguments: Option<&Map<String, Value>>,
-    ) -> Option<(&'static str, String)> {
+    ) -> Option<String> {
+        let transport = "http";
         match name {
-            DbQuery::NAME => gate
-                .required_scope(&self.db_query, arguments)
-                .map(|s| (DbQuery::NAME, s)),
-            Terminal::NAME => gate
-                .required_scope(&self.terminal, arguments)
-                .map(|s| (Terminal::NAME, s)),
-            PassportIssuer::NAME => gate
-                .required_scope(&self.passport, arguments)
-                .map(|s| (PassportIssuer::NAME, s)),
-            AuditVerify::NAME => gate
-                .required_scope(&self.audit_verify, arguments)
-                .map(|s| (AuditVerify::NAME, s)),
+            DbQuery::NAME => {
+                gate.challenge_scope(&self.db_query, transport, principal, arguments)
+                    .await
+            }
+            Terminal::NAME => {
+                gate.challenge_scope(&self.terminal, transport, principal, arguments)
+                    .await
+            }
+            PassportIssuer::NAME => {
+                gate.challenge_scope(&self.passport, transport, principal, arguments)
+                    .await
+            }
+            AuditVerify::NAME => {
+                gate.challenge_scope(&self.audit_verify, transport, principal, arguments)
+                    .await
+            }
             #[cfg(feature = "bench")]
-            bench_echo::BenchEcho::NAME => gate
-                .required_scope(&self.bench_echo, arguments)
-                .map(|s| (bench_echo::BenchEcho::NAME, s)),
+            bench_echo::BenchEcho::NAME => {
+                gate.challenge_scope(&self.bench_echo, transport, principal, arguments)
+                    .await
+            }
             _ => None,
         }
     }

@@ -197,19 +197,18 @@ async fn check_tool_scope(
         params: Some(params),
     }) = serde_json::from_slice::<ToolCallProbe>(&bytes)
         && method == "tools/call"
-        && let Some((tool, scope)) =
-            state
-                .app
-                .tools
-                .required_scope(&state.app.gate, &params.name, params.arguments.as_ref())
-        && !principal.has_scope(&scope)
-    {
-        state
+        && let Some(scope) = state
             .app
-            .gate
-            .record_scope_denial("http", &principal, tool, &scope)
-            .await;
-        tracing::info!(subject = principal.subject(), tool, scope = %scope, "tool call refused: insufficient scope");
+            .tools
+            .challenge_scope(
+                &state.app.gate,
+                &params.name,
+                &principal,
+                params.arguments.as_ref(),
+            )
+            .await
+    {
+        tracing::info!(subject = principal.subject(), tool = %params.name, scope = %scope, "tool call refused: insufficient scope");
         return insufficient_scope(&state, &scope);
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
@@ -241,36 +240,125 @@ async fn check_host_and_origin(
     next: Next,
 ) -> Response {
     let http = &state.app.config.http;
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()));
-    if !host.is_some_and(|h| host_allowed(&http.allowed_hosts, h)) {
-        return json_response(
+    let host = match request_host(&request) {
+        Ok(host) => host,
+        Err(description) => {
+            let response = json_response(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": "invalid_request", "error_description": description }),
+            );
+            return refuse_before_authentication(
+                &state,
+                client_address(&request),
+                "ambiguous_host",
+                response,
+            )
+            .await;
+        }
+    };
+    if !host_allowed(&http.allowed_hosts, &host) {
+        let response = json_response(
             StatusCode::FORBIDDEN,
             json!({ "error": "forbidden", "error_description": "Host not allowed" }),
         );
+        return refuse_before_authentication(
+            &state,
+            client_address(&request),
+            "host_not_allowed",
+            response,
+        )
+        .await;
     }
     if let Some(origin) = request.headers().get(header::ORIGIN) {
-        let ok = origin
-            .to_str()
-            .is_ok_and(|o| crate::config::origin_matches(&http.allowed_origins, o));
+        let ok = request.headers().get_all(header::ORIGIN).iter().count() == 1
+            && origin
+                .to_str()
+                .is_ok_and(|o| crate::config::origin_matches(&http.allowed_origins, o));
         if !ok {
-            return json_response(
+            let response = json_response(
                 StatusCode::FORBIDDEN,
                 json!({ "error": "forbidden", "error_description": "Origin not allowed" }),
             );
+            return refuse_before_authentication(
+                &state,
+                client_address(&request),
+                "origin_not_allowed",
+                response,
+            )
+            .await;
         }
     }
     next.run(request).await
 }
 
+/// The one host a request is for (RFC 9112 section 3.2): exactly one `Host`
+/// header, and in absolute form (`POST http://h/mcp`) a target authority
+/// that names the same host, so the host check here and every layer behind
+/// it (rmcp's own host check reads `Host`) see one value.
+fn request_host(request: &Request) -> Result<String, &'static str> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    let header = header
+        .map(|h| h.to_str().map_err(|_| "the Host header is not text"))
+        .transpose()?;
+    match (header, request.uri().authority()) {
+        (Some(host), Some(target)) if !host.eq_ignore_ascii_case(target.as_str()) => {
+            Err("the request target names another host than the Host header")
+        }
+        (Some(host), _) => Ok(host.to_string()),
+        // HTTP/1.1 requires Host; hyper fills it in only for HTTP/2.
+        (None, _) => Err("the request has no Host header"),
+    }
+}
+
+fn client_address(request: &Request) -> Option<std::net::IpAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// A refusal before any token was verified: recorded like every refusal,
+/// until the client's address passes the failure limit; beyond it the
+/// answer is 429 and nothing is recorded, so a flood cannot grow the log.
+async fn refuse_before_authentication(
+    state: &HttpState,
+    address: Option<std::net::IpAddr>,
+    reason: &'static str,
+    response: Response,
+) -> Response {
+    if let (Some(limit), Some(ip)) = (&state.auth_failures, address)
+        && let Err(retry_after) = limit.check(&ip)
+    {
+        state
+            .app
+            .gate
+            .metrics()
+            .auth_throttled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return too_many_failures(retry_after);
+    }
+    state
+        .app
+        .gate
+        .record_refusal("http", "http", None, reason)
+        .await;
+    tracing::info!(reason, client = ?address, "http request refused");
+    response
+}
+
 /// The bearer token from the `Authorization` header (RFC 6750 section 2.1).
 fn bearer(headers: &HeaderMap) -> Result<Option<&str>, IdentityError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        return Err(IdentityError::DuplicateCredentials);
+    }
     let value = value.to_str().map_err(|_| IdentityError::Malformed)?;
     let (scheme, token) = value.split_once(' ').ok_or(IdentityError::Malformed)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -317,23 +405,14 @@ async fn authenticate(
             response
         }
         Err(error) => {
-            let address = request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip());
-            if let (Some(limit), Some(ip)) = (&state.auth_failures, address)
-                && let Err(retry_after) = limit.check(&ip)
-            {
-                // Over the limit: no receipt, so a flood cannot grow the log.
-                state
-                    .app
-                    .gate
-                    .metrics()
-                    .auth_throttled
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return too_many_failures(retry_after);
+            let response = unauthorized(&state, error);
+            let address = client_address(&request);
+            let response =
+                refuse_before_authentication(&state, address, error.code(), response).await;
+            if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                return response;
             }
-            state.app.gate.record_transport_denial("http", error).await;
+            state.app.gate.metrics().record_auth_failure(error.code());
             let token = bearer(request.headers()).ok().flatten().unwrap_or_default();
             let (token_hash, claimed_subject) = if token.is_empty() {
                 (String::new(), None)
@@ -347,7 +426,7 @@ async fn authenticate(
                 claimed_subject = claimed_subject.as_deref().unwrap_or(""),
                 "http request not authenticated"
             );
-            unauthorized(&state, error)
+            response
         }
     }
 }
@@ -380,6 +459,12 @@ fn unauthorized(state: &HttpState, error: IdentityError) -> Response {
             error
         )
     };
+    if error == IdentityError::DuplicateCredentials {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "invalid_request", "error_description": error.to_string() }),
+        );
+    }
     let mut response = json_response(
         StatusCode::UNAUTHORIZED,
         json!({ "error": if error == IdentityError::Missing { "unauthorized" } else { "invalid_token" }, "error_description": error.to_string() }),
@@ -410,6 +495,20 @@ fn insufficient_scope(state: &HttpState, scope: &str) -> Response {
     response
 }
 
+async fn refuse_approval_scope(state: &HttpState, principal: &Principal) -> Response {
+    state
+        .app
+        .gate
+        .record_refusal(
+            "http",
+            crate::gate::APPROVAL,
+            Some(principal),
+            crate::gate::INSUFFICIENT_SCOPE,
+        )
+        .await;
+    insufficient_scope(state, &state.app.config.scopes.approvals_write)
+}
+
 /// `GET /approvals/{lease_id}`: what an approver is asked to sign, from the
 /// server's own record (never from the agent's copy).
 async fn show_approval(
@@ -419,7 +518,7 @@ async fn show_approval(
 ) -> Response {
     let scope = &state.app.config.scopes.approvals_write;
     if !principal.has_scope(scope) {
-        return insufficient_scope(&state, scope);
+        return refuse_approval_scope(&state, &principal).await;
     }
     let gate = &state.app.gate;
     let not_found = || {
@@ -471,9 +570,19 @@ async fn submit_approval(
 ) -> Response {
     let scope = &state.app.config.scopes.approvals_write;
     if !principal.has_scope(scope) {
-        return insufficient_scope(&state, scope);
+        return refuse_approval_scope(&state, &principal).await;
     }
     let Ok(submission) = serde_json::from_slice::<ApprovalSubmission>(&body) else {
+        state
+            .app
+            .gate
+            .record_refusal(
+                "http",
+                crate::gate::APPROVAL,
+                Some(&principal),
+                "invalid_request",
+            )
+            .await;
         return json_response(
             StatusCode::BAD_REQUEST,
             json!({ "error": "invalid_request", "error_description": "expected {\"lease_id\", \"approver_id\", \"signature\"}" }),

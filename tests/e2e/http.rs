@@ -227,3 +227,176 @@ async fn each_supported_protocol_version_is_negotiated_over_http() {
     }
     server.stop().await;
 }
+
+/// One HTTP/1.1 request written byte for byte, as a hostile client would;
+/// the status code of the answer.
+async fn raw_status(base: &str, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream
+        .write_all(request.replace('\n', "\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let head = String::from_utf8_lossy(&answer[..n]).to_string();
+    head.split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"))
+}
+
+fn same_decision(body: &Value) -> Value {
+    let mut body = body.clone();
+    if let Value::Object(map) = &mut body {
+        for varying in ["seq", "prev", "ts_ms", "transport"] {
+            map.remove(varying);
+        }
+    }
+    body
+}
+
+#[tokio::test]
+async fn every_front_door_refusal_leaves_one_receipt_with_the_fields_stdio_records() {
+    let data = DataDir::new();
+    let reader = data.token("alice", "db:read");
+    let insert = json!({ "sql": "INSERT INTO customers (name, email, country, created_at) VALUES ('x', 'x@example.test', 'XX', '2026-01-01')" });
+
+    // The same scope refusal over stdio and over HTTP: the same receipt.
+    let stdio = data.stdio_client(Some(&reader)).await;
+    let (envelope, _) = call(&stdio, "db.query", insert.clone()).await;
+    assert_eq!(status(&envelope), "denied", "{envelope}");
+    stdio.cancel().await.ok();
+    let over_stdio = data.receipts().pop().expect("a receipt");
+
+    let server = data.http_server().await;
+    let http = reqwest::Client::new();
+    let tool_call = json!({
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": { "name": "db.query", "arguments": insert }
+    });
+    let response = http
+        .post(server.mcp_url())
+        .bearer_auth(&reader)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .json(&tool_call)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 403);
+    let over_http = data.receipts().pop().expect("a receipt");
+    assert_eq!(over_http["body"]["transport"], "http");
+    assert_eq!(over_http["body"]["class"], "write");
+    assert_eq!(
+        same_decision(&over_http["body"]),
+        same_decision(&over_stdio["body"]),
+        "one decision, one receipt, whichever the transport"
+    );
+
+    // Each refusal below adds exactly one receipt with this reason.
+    let mut expected = data.receipts().len();
+    let mut refused = |reason: &str, subject: Option<&str>| {
+        let receipts = data.receipts();
+        expected += 1;
+        assert_eq!(receipts.len(), expected, "one receipt for {reason}");
+        let last = &receipts[expected - 1]["body"];
+        assert_eq!(last["reason"], reason, "{last}");
+        assert_eq!(last["decision"], "denied", "{last}");
+        assert_eq!(last["subject"].as_str(), subject, "{last}");
+    };
+
+    // POST /approvals: without approvals:write; then bodies that are not
+    // an approval.
+    let approvals = format!("{}/approvals", server.base);
+    let approver = data.token("bob", "approvals:write");
+    let response = http
+        .post(&approvals)
+        .bearer_auth(&reader)
+        .json(&json!({ "lease_id": "0".repeat(32), "approver_id": "bob", "signature": "x" }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 403);
+    refused("insufficient_scope", Some("alice"));
+    let response = http
+        .get(format!("{approvals}/{}", "0".repeat(32)))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), 403);
+    refused("insufficient_scope", Some("alice"));
+    for body in [
+        "not json".to_string(),
+        json!({ "lease_id": "0".repeat(32), "approver_id": "bob" }).to_string(),
+        json!({ "lease_id": "0".repeat(32), "approver_id": "bob", "signature": 7 }).to_string(),
+    ] {
+        let response = http
+            .post(&approvals)
+            .bearer_auth(&approver)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status(), 400, "{body}");
+        refused("invalid_request", Some("bob"));
+    }
+
+    // Two Authorization headers, the valid one first: neither is used.
+    let response = http
+        .post(server.mcp_url())
+        .header("authorization", format!("Bearer {reader}"))
+        .header("authorization", "Bearer garbage")
+        .header("accept", "application/json, text/event-stream")
+        .json(&tool_call)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 400);
+    refused("duplicate_credentials", None);
+
+    // A token issued a year from now.
+    let future = data.forged_token(|claims| {
+        claims["iat"] = json!(claims["exp"].as_u64().unwrap_or(0) + 365 * 86_400);
+    });
+    let response = http
+        .post(server.mcp_url())
+        .bearer_auth(&future)
+        .header("accept", "application/json, text/event-stream")
+        .json(&tool_call)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 401);
+    refused("issued_in_future", None);
+
+    // Ambiguous hosts (RFC 9112 section 3.2), written on a raw socket.
+    let host = server.base.trim_start_matches("http://").to_string();
+    let body = INIT;
+    let length = body.len();
+    let head = |extra: &str, target: &str| {
+        format!(
+            "POST {target} HTTP/1.1\nHost: {host}\n{extra}Authorization: Bearer {reader}\ncontent-type: application/json\naccept: application/json, text/event-stream\ncontent-length: {length}\n\n{body}"
+        )
+    };
+    assert_eq!(
+        raw_status(&server.base, &head("Host: evil.example\n", "/mcp")).await,
+        400
+    );
+    refused("ambiguous_host", None);
+    assert_eq!(
+        raw_status(&server.base, &head("", "http://other.example/mcp")).await,
+        400
+    );
+    refused("ambiguous_host", None);
+    assert_eq!(raw_status(&server.base, &head("", "/mcp")).await, 200);
+    server.stop().await;
+}
