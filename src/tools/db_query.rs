@@ -8,7 +8,8 @@
 //! PostgreSQL: reads run in `BEGIN READ ONLY` on the read pool (which can
 //! connect as a separate, read-only role) and are always rolled back, so not
 //! even a session setting survives them; writes run in `BEGIN READ WRITE` and
-//! commit. Both set `statement_timeout` for their transaction only, and the
+//! commit. Every connection is reset (`DISCARD ALL`) when a call returns it
+//! to its pool, so nothing a call did to its session reaches the next call. Both set `statement_timeout` for their transaction only, and the
 //! statement goes through the extended protocol (one prepared statement,
 //! never a simple-query batch), so a second statement cannot ride along.
 //!
@@ -23,7 +24,7 @@ use futures_util::TryStreamExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow,
 };
@@ -109,6 +110,17 @@ fn engine_error(error: sqlx::Error, timeout_ms: u64) -> Refusal {
     }
 }
 
+/// Returns a pooled connection to the state of a new session before the
+/// next call gets it. A read is rolled back, but some session state outlives
+/// any transaction: session advisory locks (a function may take one),
+/// `WITH HOLD` cursors, `LISTEN`, prepared statements, temporary tables,
+/// and settings a committed write changed with `set_config(…, false)`.
+/// `DISCARD ALL` clears all of them; a connection it fails on is closed.
+async fn reset_session(connection: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::raw_sql("DISCARD ALL").execute(connection).await?;
+    Ok(true)
+}
+
 impl DbQuery {
     pub async fn open(
         target: &DatabaseTarget,
@@ -119,13 +131,19 @@ impl DbQuery {
             DatabaseTarget::Sqlite(path) => Self::open_sqlite(path).await?,
             DatabaseTarget::Postgres { url, read_url } => {
                 let pool = |url: &str| {
-                    PgPoolOptions::new()
-                        .max_connections(limits.max_connections)
-                        .acquire_timeout(Duration::from_millis(limits.acquire_timeout_ms))
-                        // A connection that broke while PostgreSQL was away
-                        // is dropped, not handed to the next call.
-                        .test_before_acquire(true)
-                        .connect_lazy(url)
+                    // No statement cache: `DISCARD ALL` below deallocates
+                    // every prepared statement, sqlx's included.
+                    let options = PgConnectOptions::from_str(url)?.statement_cache_capacity(0);
+                    Ok::<_, sqlx::Error>(
+                        PgPoolOptions::new()
+                            .max_connections(limits.max_connections)
+                            .acquire_timeout(Duration::from_millis(limits.acquire_timeout_ms))
+                            // A connection that broke while PostgreSQL was
+                            // away is dropped, not handed to the next call.
+                            .test_before_acquire(true)
+                            .after_release(|connection, _| Box::pin(reset_session(connection)))
+                            .connect_lazy_with(options),
+                    )
                 };
                 let backend = Backend::Postgres {
                     read_pool: pool(read_url.expose())?,

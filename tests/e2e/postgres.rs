@@ -314,6 +314,69 @@ async fn reads_run_read_only_even_on_a_role_that_may_write() {
 }
 
 #[tokio::test]
+async fn nothing_a_call_does_to_its_session_survives_on_the_pooled_connection() {
+    let fixture = PgFixture::create().await;
+    let mut owner = sqlx::PgConnection::connect(&fixture.url("postgres"))
+        .await
+        .expect("connect");
+    sqlx::raw_sql(
+        "CREATE FUNCTION grab() RETURNS int LANGUAGE sql AS $$ SELECT pg_advisory_lock(4242); SELECT 1 $$",
+    )
+    .execute(&mut owner)
+    .await
+    .expect("function");
+    let data = DataDir::new();
+    fixture.configure(&data, false);
+    // One connection per pool, so every call reuses the previous call's session.
+    let config = std::fs::read_to_string(data.path.join("dualtrust.toml")).expect("config");
+    std::fs::write(
+        data.path.join("dualtrust.toml"),
+        config.replace("[database]\n", "[database]\nmax_connections = 1\n"),
+    )
+    .expect("config");
+    // set_config is an admin statement to the classifier.
+    let token = data.token("agent", "db:admin");
+    let client = data.stdio_client(Some(&token)).await;
+    // A read whose function takes a session advisory lock.
+    let (env, _) = call(&client, "db.query", json!({ "sql": "SELECT grab()" })).await;
+    assert_eq!(status(&env), "ok", "{env}");
+    // The next read can only have the connection once it has been reset.
+    let (env, _) = call(&client, "db.query", json!({ "sql": "SELECT 1" })).await;
+    assert_eq!(status(&env), "ok", "{env}");
+    let advisory_locks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242",
+    )
+    .fetch_one(&mut owner)
+    .await
+    .expect("locks");
+    assert_eq!(advisory_locks, 0, "the lock went with the call");
+
+    // A committed write that changes a session setting.
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "UPDATE customers SET vip = vip WHERE set_config('search_path', 'pg_temp', false) IS NOT NULL" }),
+    )
+    .await;
+    assert_eq!(status(&env), "ok", "{env}");
+    assert_eq!(env["result"]["rows_affected"], 2, "{env}");
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "UPDATE customers SET vip = vip WHERE current_setting('search_path') = 'pg_temp'" }),
+    )
+    .await;
+    assert_eq!(status(&env), "ok", "{env}");
+    assert_eq!(
+        env["result"]["rows_affected"], 0,
+        "the next call's session has the default search_path: {env}"
+    );
+    client.cancel().await.ok();
+    drop(owner);
+    fixture.drop_all().await;
+}
+
+#[tokio::test]
 async fn an_unreachable_postgresql_fails_closed_with_a_receipt() {
     let data = DataDir::new();
     std::fs::write(
