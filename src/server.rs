@@ -170,6 +170,7 @@ impl App {
                 approvers: ApproverRegistry::new(&config.approvers, &config.quorum),
                 limits: CallLimits::new(&config.limits),
             },
+        verifier.retry_until_loaded();
         ));
         let tools = ToolSet {
             db_query: DbQuery::open(

@@ -295,6 +295,34 @@ impl TokenVerifier {
         }
     }
 
+    /// While a configured JWKS URL has never been fetched, fetches it again
+    /// in the background (after 1 s, doubling to at most a minute, and never
+    /// more often than `jwks_min_refresh_s`), so readiness comes back by
+    /// itself: behind a load balancer that routes nothing to an unready
+    /// instance, no token would ever arrive to trigger a fetch. Stops once
+    /// keys are held or the verifier is gone.
+    pub fn retry_until_loaded(self: &std::sync::Arc<Self>) {
+        if self.keys_loaded() {
+            return;
+        }
+        let verifier = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut wait = Duration::from_secs(1);
+            loop {
+                tokio::time::sleep(wait).await;
+                let Some(verifier) = verifier.upgrade() else {
+                    return;
+                };
+                verifier.prime().await;
+                if verifier.keys_loaded() {
+                    tracing::info!("the JWKS loaded after retrying; tokens are accepted");
+                    return;
+                }
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+        });
+    }
+
     /// Whether every configured key source has keys (for `/readyz`).
     pub fn keys_loaded(&self) -> bool {
         self.remote.as_ref().is_none_or(|r| r.loaded())

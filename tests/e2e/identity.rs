@@ -38,6 +38,8 @@ struct Idp {
     keys: HashMap<&'static str, SigningKey>,
     published: Arc<Mutex<Vec<&'static str>>>,
     hits: Arc<AtomicUsize>,
+    /// While false the JWKS endpoint answers 503.
+    up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Idp {
@@ -72,18 +74,24 @@ impl Idp {
         let hits = Arc::new(AtomicUsize::new(0));
         let set: HashMap<&'static str, Value> =
             keys.iter().map(|(k, v)| (*k, v.jwk.clone())).collect();
-        let (serve_published, serve_hits) = (published.clone(), hits.clone());
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (serve_published, serve_hits, serve_up) = (published.clone(), hits.clone(), up.clone());
         let app = axum::Router::new().route(
             "/jwks",
             axum::routing::get(move || {
                 let published = serve_published.clone();
                 let hits = serve_hits.clone();
                 let set = set.clone();
+                let up = serve_up.load(Ordering::SeqCst);
                 async move {
+                    use axum::response::IntoResponse;
                     hits.fetch_add(1, Ordering::SeqCst);
+                    if !up {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
                     let kids = published.lock().expect("lock").clone();
                     let keys: Vec<Value> = kids.iter().map(|k| set[k].clone()).collect();
-                    axum::Json(json!({ "keys": keys }))
+                    axum::Json(json!({ "keys": keys })).into_response()
                 }
             }),
         );
@@ -97,7 +105,12 @@ impl Idp {
             keys,
             published,
             hits,
+            up,
         }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
     }
 
     fn publish(&self, kids: &[&'static str]) {
@@ -488,6 +501,35 @@ async fn insufficient_scope_is_a_403_challenge_and_hierarchies_hold() {
     assert_eq!(status(&envelope), "ok", "{envelope}");
     client.cancel().await.ok();
     assert_eq!(customers(&server, &admin).await, before + 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn readiness_recovers_without_a_request_when_the_jwks_comes_back() {
+    let idp = Idp::start(&["ed-1"]).await;
+    idp.set_up(false);
+    let data = DataDir::new();
+    idp.configure(&data, "jwks_min_refresh_s = 1\n");
+    let server = data.http_server().await;
+    let readyz = format!("{}/readyz", server.base);
+    let ready = || async {
+        let response = reqwest::get(&readyz).await.expect("readyz");
+        let code = response.status().as_u16();
+        let body: Value = response.json().await.expect("json");
+        (code, body["keys"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(ready().await, (503, "unavailable".to_string()));
+    idp.set_up(true);
+    // Only /readyz is asked, as a load balancer would: no token arrives.
+    let mut answer = ready().await;
+    for _ in 0..60 {
+        if answer.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        answer = ready().await;
+    }
+    assert_eq!(answer, (200, "loaded".to_string()));
     server.stop().await;
 }
 
