@@ -93,6 +93,18 @@ impl LeaseState {
     }
 }
 
+/// One stored receipt as the store holds it, derived columns included.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub seq: u64,
+    /// The `hash` column (the receipt's hash when it was written).
+    pub hash: String,
+    /// The RFC 6962 leaf hash column; empty in logs written before it existed.
+    pub leaf_hash: String,
+    /// The receipt's JSON, the bytes everything else derives from.
+    pub receipt: String,
+}
+
 /// A lease for one exact call: (subject, tool, argument digest) until expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -608,18 +620,13 @@ impl Store {
         })
     }
 
-    /// `(seq, leaf_hash, receipt hash, receipt JSON if the leaf hash is missing)`
-    /// from `from_seq` on, in order, at most `limit`.
-    pub async fn leaf_hashes(
-        &self,
-        from_seq: u64,
-        limit: u32,
-    ) -> Result<Vec<(u64, String, String, Option<String>)>, StoreError> {
+    /// The stored rows of the log from `from_seq` on, in order, at most
+    /// `limit`: what the log re-verifies its tree against.
+    pub async fn log_rows(&self, from_seq: u64, limit: u32) -> Result<Vec<LogRow>, StoreError> {
         on_backend!(self, pool, pg => {
-            let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(sql(
+            let rows: Vec<(i64, String, String, String)> = sqlx::query_as(sql(
                 pg,
-                "SELECT seq, leaf_hash, hash, CASE WHEN leaf_hash = '' THEN receipt ELSE NULL END AS receipt \
-                 FROM audit_log WHERE seq >= ? ORDER BY seq LIMIT ?",
+                "SELECT seq, hash, leaf_hash, receipt FROM audit_log WHERE seq >= ? ORDER BY seq LIMIT ?",
             ))
             .bind(to_i64(from_seq))
             .bind(i64::from(limit))
@@ -627,7 +634,9 @@ impl Store {
             .await
             .map_err(unavailable)?;
             rows.into_iter()
-                .map(|(seq, leaf, hash, receipt)| Ok((to_u64(seq)?, leaf, hash, receipt)))
+                .map(|(seq, hash, leaf_hash, receipt)| {
+                    Ok(LogRow { seq: to_u64(seq)?, hash, leaf_hash, receipt })
+                })
                 .collect()
         })
     }

@@ -23,7 +23,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::KeyPair;
-use crate::store::{Store, StoreError};
+use crate::store::{LogRow, Store, StoreError};
 
 pub mod checkpoint;
 pub mod merkle;
@@ -132,6 +132,10 @@ pub enum ReceiptCheckError {
     CheckpointInvalid,
     #[error("the inclusion proof does not lead from this receipt to the checkpoint's root")]
     InclusionFailed,
+    #[error(
+        "the store no longer matches the log its checkpoints sign: a stored receipt was modified"
+    )]
+    StoreMismatch,
 }
 
 impl ReceiptCheckError {
@@ -147,6 +151,7 @@ impl ReceiptCheckError {
             Self::ChainBroken => "chain",
             Self::CheckpointInvalid => "checkpoint",
             Self::InclusionFailed => "inclusion",
+            Self::StoreMismatch => "store_mismatch",
         }
     }
 }
@@ -261,6 +266,46 @@ pub struct LogInner {
     key: Arc<KeyPair>,
     origin: String,
     state: tokio::sync::Mutex<LogState>,
+    /// The first disagreement found between the stored bytes and the tree;
+    /// once set, the log accepts no appends (it would sign over it).
+    integrity: std::sync::Mutex<Option<IntegrityFailure>>,
+    /// One re-verification of the whole store at a time; when the last
+    /// complete one started.
+    scrub: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// Where and how the stored log stopped matching its own tree.
+#[derive(Debug, Clone, Serialize)]
+pub struct IntegrityFailure {
+    pub seq: u64,
+    pub problem: &'static str,
+}
+
+/// How often the whole store is re-derived and held against the tree
+/// while the server runs, so bytes edited behind its back are found even if
+/// nobody asks about them.
+const SCRUB_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A stored row re-derived from its receipt bytes: the receipt and its
+/// RFC 6962 leaf, after checking every derived column against them.
+fn derive_row(row: &LogRow) -> Result<(Receipt, merkle::Hash), &'static str> {
+    let receipt: Receipt =
+        serde_json::from_str(&row.receipt).map_err(|_| "its stored JSON is not a receipt")?;
+    let bytes = canonical_bytes(&receipt.body).map_err(|_| "its body cannot be canonicalized")?;
+    if crate::sha256_hex(&bytes) != receipt.hash {
+        return Err("its body does not hash to its recorded hash");
+    }
+    if row.hash != receipt.hash {
+        return Err("its hash column disagrees with the receipt");
+    }
+    if receipt.body.seq != row.seq {
+        return Err("its sequence number disagrees with its row");
+    }
+    let leaf = merkle::leaf_hash(&bytes);
+    if !row.leaf_hash.is_empty() && row.leaf_hash != hex::encode(leaf) {
+        return Err("its leaf hash column disagrees with its body");
+    }
+    Ok((receipt, leaf))
 }
 
 impl std::ops::Deref for AuditLog {
@@ -274,13 +319,6 @@ impl std::ops::Deref for AuditLog {
 // committed between our read of the log and our insert.
 const APPEND_ATTEMPTS: usize = 32;
 const SYNC_PAGE: u32 = 10_000;
-
-fn decode_hash(hex_str: &str) -> Result<merkle::Hash, StoreError> {
-    hex::decode(hex_str)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or(StoreError::Corrupt)
-}
 
 impl AuditLog {
     /// Opens the log and starts its writer task. The tree is rebuilt from
@@ -297,6 +335,8 @@ impl AuditLog {
                 tree: MerkleTree::new(),
                 last_hash: GENESIS_PREV.to_string(),
             }),
+            integrity: std::sync::Mutex::new(None),
+            scrub: tokio::sync::Mutex::new(None),
         });
         // Fail now, not at the first call, when the store cannot be read.
         inner.store.log_head().await?;
@@ -309,6 +349,18 @@ impl AuditLog {
         });
         let (appends, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(LogInner::writer(inner.clone(), queue));
+        let scrubber = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SCRUB_INTERVAL).await;
+                let Some(log) = scrubber.upgrade() else {
+                    return;
+                };
+                if let Err(e) = log.scrub().await {
+                    tracing::warn!(error = %e, "the audit store could not be re-verified");
+                }
+            }
+        });
         Ok(Self { inner, appends })
     }
 
@@ -370,27 +422,154 @@ impl LogInner {
         self.key.verifying_key()
     }
 
-    /// Brings the in-memory tree up to the store's newest receipt.
+    /// Brings the in-memory tree up to the store's newest receipt, deriving
+    /// every leaf from the stored receipt bytes (never from the derived
+    /// columns alone) and checking the hash chain; the newest receipt's
+    /// signature covers the end of the chain. A disagreement is flagged and
+    /// stops the log.
     async fn sync(&self, state: &mut LogState) -> Result<(), StoreError> {
+        if self.integrity().is_some() {
+            return Err(StoreError::Corrupt);
+        }
+        let mut newest = None;
         loop {
-            let rows = self.store.leaf_hashes(state.tree.len(), SYNC_PAGE).await?;
-            let Some(last) = rows.last() else {
-                return Ok(());
-            };
-            state.last_hash = last.2.clone();
-            for (seq, leaf, _, receipt) in &rows {
-                if *seq != state.tree.len() {
-                    return Err(StoreError::Corrupt);
+            let rows = self.store.log_rows(state.tree.len(), SYNC_PAGE).await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                if row.seq != state.tree.len() {
+                    return Err(self.flag(state.tree.len(), "it is missing from the store"));
                 }
-                let hash = match receipt {
-                    Some(json) => {
-                        let r: Receipt =
-                            serde_json::from_str(json).map_err(|_| StoreError::Corrupt)?;
-                        leaf_hash_of(&r.body).map_err(|_| StoreError::Corrupt)?
+                let (receipt, leaf) =
+                    derive_row(row).map_err(|problem| self.flag(row.seq, problem))?;
+                if receipt.body.prev != state.last_hash {
+                    return Err(
+                        self.flag(row.seq, "its prev is not the hash of the receipt before it")
+                    );
+                }
+                state.tree.push(leaf);
+                state.last_hash.clone_from(&receipt.hash);
+                newest = Some(receipt);
+            }
+        }
+        if let Some(receipt) = newest
+            && receipt.check_signature(&self.server_keys()).is_err()
+        {
+            return Err(self.flag(
+                receipt.body.seq,
+                "the newest receipt's signature does not verify",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records the first integrity failure, loudly.
+    fn flag(&self, seq: u64, problem: &'static str) -> StoreError {
+        let mut integrity = self.integrity.lock().unwrap_or_else(|e| e.into_inner());
+        if integrity.is_none() {
+            tracing::error!(
+                seq,
+                problem,
+                "AUDIT STORE TAMPERED: the stored log no longer matches the log this server signed; no further receipts are appended"
+            );
+            *integrity = Some(IntegrityFailure { seq, problem });
+        }
+        StoreError::Corrupt
+    }
+
+    /// The first disagreement found between the store and the tree, if any.
+    pub fn integrity(&self) -> Option<IntegrityFailure> {
+        self.integrity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-derives every stored receipt and holds it against the tree the
+    /// checkpoints sign, a page at a time so appends go on in between.
+    /// Callers that arrive while one runs wait and share the next one, so a
+    /// burst of callers costs at most two passes.
+    pub async fn scrub(&self) -> Result<Option<IntegrityFailure>, StoreError> {
+        let arrived = std::time::Instant::now();
+        let mut last_started = self.scrub.lock().await;
+        if let Some(failure) = self.integrity() {
+            return Ok(Some(failure));
+        }
+        if last_started.is_some_and(|started| started >= arrived) {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        let mut seq = 0;
+        loop {
+            let state = self.state.lock().await;
+            let size = state.tree.len();
+            if seq >= size {
+                break;
+            }
+            let page = SYNC_PAGE.min(u32::try_from(size - seq).unwrap_or(SYNC_PAGE));
+            let rows = self.store.log_rows(seq, page).await?;
+            if rows.is_empty() {
+                self.flag(seq, "it is missing from the store");
+                return Ok(self.integrity());
+            }
+            for row in &rows {
+                if row.seq != seq {
+                    self.flag(seq, "it is missing from the store");
+                    return Ok(self.integrity());
+                }
+                match derive_row(row) {
+                    Ok((_, leaf)) if state.tree.leaf(seq) == Some(leaf) => {}
+                    Ok(_) => {
+                        self.flag(
+                            seq,
+                            "its stored bytes no longer give the leaf the checkpoints sign",
+                        );
+                        return Ok(self.integrity());
                     }
-                    None => decode_hash(leaf)?,
-                };
-                state.tree.push(hash);
+                    Err(problem) => {
+                        self.flag(seq, problem);
+                        return Ok(self.integrity());
+                    }
+                }
+                seq += 1;
+            }
+        }
+        *last_started = Some(started);
+        Ok(None)
+    }
+
+    /// The stored receipt at `seq`, re-derived from its bytes and held
+    /// against the tree; `Err(StoreMismatch)` (and the log flagged) when
+    /// they no longer agree.
+    async fn stored_receipt(
+        &self,
+        seq: u64,
+    ) -> Result<Result<Option<Receipt>, ReceiptCheckError>, StoreError> {
+        let mut state = self.state.lock().await;
+        self.sync(&mut state).await?;
+        let Some(row) = self
+            .store
+            .log_rows(seq, 1)
+            .await?
+            .into_iter()
+            .next()
+            .filter(|r| r.seq == seq)
+        else {
+            return Ok(Ok(None));
+        };
+        match derive_row(&row) {
+            Ok((receipt, leaf)) if state.tree.leaf(seq) == Some(leaf) => Ok(Ok(Some(receipt))),
+            Ok(_) => {
+                self.flag(
+                    seq,
+                    "its stored bytes no longer give the leaf the checkpoints sign",
+                );
+                Ok(Err(ReceiptCheckError::StoreMismatch))
+            }
+            Err(problem) => {
+                self.flag(seq, problem);
+                Ok(Err(ReceiptCheckError::StoreMismatch))
             }
         }
     }
@@ -421,6 +600,10 @@ impl LogInner {
         state: &mut LogState,
         drafts: &[ReceiptDraft],
     ) -> Result<Vec<Appended>, StoreError> {
+        // A log whose store was tampered with is not signed over.
+        if self.integrity().is_some() {
+            return Err(StoreError::Corrupt);
+        }
         for attempt in 0..APPEND_ATTEMPTS {
             // The store's own head check rejects a batch that does not
             // continue the log; only then is it worth re-reading what other
@@ -594,10 +777,11 @@ impl LogInner {
         if !signature_ok {
             return Ok(checks);
         }
-        let in_log = match self.store.receipt_at(receipt.body.seq).await? {
-            None => Err(ReceiptCheckError::NotInLog),
-            Some(stored) if stored.hash != receipt.hash => Err(ReceiptCheckError::LogMismatch),
-            Some(_) => Ok(()),
+        let in_log = match self.stored_receipt(receipt.body.seq).await? {
+            Err(e) => Err(e),
+            Ok(None) => Err(ReceiptCheckError::NotInLog),
+            Ok(Some(stored)) if stored != *receipt => Err(ReceiptCheckError::LogMismatch),
+            Ok(Some(_)) => Ok(()),
         };
         let in_log_ok = in_log.is_ok();
         checks.push(("in_log", in_log));
@@ -611,9 +795,10 @@ impl LogInner {
                 Err(ReceiptCheckError::ChainBroken)
             }
         } else {
-            match self.store.receipt_at(receipt.body.seq - 1).await? {
-                Some(before) if before.hash == receipt.body.prev => Ok(()),
-                _ => Err(ReceiptCheckError::ChainBroken),
+            match self.stored_receipt(receipt.body.seq - 1).await? {
+                Err(e) => Err(e),
+                Ok(Some(before)) if before.hash == receipt.body.prev => Ok(()),
+                Ok(_) => Err(ReceiptCheckError::ChainBroken),
             }
         };
         checks.push(("chain", chain));

@@ -975,10 +975,7 @@ impl Gate {
                         draft,
                         Status::Error,
                         None,
-                        Some(ErrorInfo::new(
-                            "audit_unavailable",
-                            "the audit log is unavailable; the call was not executed".into(),
-                        )),
+                        Some(self.audit_unavailable("the call was not executed")),
                         Some("audit_unavailable"),
                     )
                     .await;
@@ -1195,15 +1192,32 @@ impl Gate {
                     // No receipt, no result: a read that cannot be recorded
                     // is not answered.
                     result: None,
-                    error: Some(ErrorInfo::new(
-                        "audit_unavailable",
-                        "the audit log is unavailable; the decision could not be recorded".into(),
-                    )),
+                    error: Some(self.audit_unavailable("the decision could not be recorded")),
                     approval,
                     receipt: None,
                     log: None,
                 }
             }
+        }
+    }
+}
+
+impl Gate {
+    /// Why nothing could be recorded: the store is away, or it was
+    /// tampered with and the log refuses to sign over it.
+    fn audit_unavailable(&self, consequence: &str) -> ErrorInfo {
+        match self.log.integrity() {
+            Some(failure) => ErrorInfo::new(
+                "audit_store_tampered",
+                format!(
+                    "the audit store no longer matches the log this server signed (receipt {}: {}); {consequence}, and nothing is until an operator restores the store",
+                    failure.seq, failure.problem
+                ),
+            ),
+            None => ErrorInfo::new(
+                "audit_unavailable",
+                format!("the audit log is unavailable; {consequence}"),
+            ),
         }
     }
 }

@@ -116,6 +116,15 @@ impl AuditVerify {
                 json!({ "kind": "consistency", "valid": false, "failed": "order", "message": "checkpoint is larger than checkpoint_new" }),
             );
         }
+        // The proof comes from the tree; the tree is only worth it while the
+        // stored receipts still derive to it.
+        if let Some(failure) = self.log.scrub().await.map_err(unavailable)? {
+            return Ok(json!({
+                "kind": "consistency", "valid": false, "failed": ReceiptCheckError::StoreMismatch.code(),
+                "message": format!("{}: receipt {} {}", ReceiptCheckError::StoreMismatch, failure.seq, failure.problem),
+                "seq": failure.seq,
+            }));
+        }
         let Some(proof) = self
             .log
             .prove_consistency(old.size, new.size)

@@ -660,7 +660,8 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     let processes = state.app.tools.terminal.process_limit_status();
     let store_ok = state.app.store.ping().await.is_ok();
     let keys_ok = state.app.gate.verifier().keys_loaded();
-    let ready = store_ok && keys_ok;
+    let integrity = state.app.gate.log().integrity();
+    let ready = store_ok && keys_ok && integrity.is_none();
     json_response(
         if ready {
             StatusCode::OK
@@ -671,6 +672,10 @@ async fn readyz(State(state): State<HttpState>) -> Response {
             "status": if ready { "ready" } else { "not_ready" },
             "store": if store_ok { "ok" } else { "unavailable" },
             "keys": if keys_ok { "loaded" } else { "unavailable" },
+            "audit_log": match &integrity {
+                None => json!("consistent"),
+                Some(failure) => json!({ "tampered": failure }),
+            },
             "terminal_sandbox": sandbox,
             "terminal_sandbox_missing": sandbox_missing,
             "terminal_process_limit": processes,

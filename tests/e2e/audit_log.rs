@@ -309,3 +309,116 @@ async fn kill_9_mid_stream_leaves_a_verifiable_log_with_every_executed_write() {
     client.cancel().await.expect("close");
     restarted.stop().await;
 }
+
+async fn readiness(server: &HttpServer) -> (u16, Value) {
+    let response = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .expect("readyz");
+    let code = response.status().as_u16();
+    (code, response.json().await.expect("json"))
+}
+
+/// One byte of one stored receipt body changes; its `hash` and `leaf_hash`
+/// columns (and the hash inside its JSON) are left as they were.
+async fn edit_one_byte(data: &DataDir, seq: i64) {
+    let pool = store(data).await;
+    let changed = sqlx::query(
+        "UPDATE audit_log SET receipt = replace(receipt, '\"subject\":\"alice\"', '\"subject\":\"alicf\"') WHERE seq = ?",
+    )
+    .bind(seq)
+    .execute(&pool)
+    .await
+    .expect("edit")
+    .rows_affected();
+    assert_eq!(changed, 1);
+    pool.close().await;
+}
+
+/// Six calls over HTTP; their envelopes.
+async fn six_calls(client: &crate::common::Client) -> Vec<Value> {
+    let mut envelopes = Vec::new();
+    for i in 0..6 {
+        let (envelope, _) = call(
+            client,
+            "db.query",
+            json!({ "sql": "SELECT ?", "params": [i] }),
+        )
+        .await;
+        envelopes.push(envelope);
+    }
+    envelopes
+}
+
+fn tampered_at_2(envelope: &Value) {
+    assert_eq!(status(envelope), "error", "{envelope}");
+    assert_eq!(
+        envelope["error"]["code"], "audit_store_tampered",
+        "{envelope}"
+    );
+    let message = envelope["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("receipt 2: its body does not hash to its recorded hash"),
+        "{envelope}"
+    );
+}
+
+#[tokio::test]
+async fn online_checks_derive_from_the_stored_bytes_and_a_tampered_store_stops_the_log() {
+    let token_scopes = "db:read audit:read";
+
+    // A checkpoint held from before the edit: the store no longer derives
+    // to the tree the checkpoint signs. Nothing is signed over it any more.
+    let data = DataDir::new();
+    let token = data.token("alice", token_scopes);
+    let server = data.http_server().await;
+    let client = server.client(&token).await;
+    let envelopes = six_calls(&client).await;
+    let held = envelopes[5]["log"]["checkpoint"]
+        .as_str()
+        .expect("checkpoint")
+        .to_string();
+    let (v, _) = call(&client, "audit.verify", json!({ "checkpoint": held })).await;
+    assert_eq!(v["result"]["valid"], true, "honest: {v}");
+    assert_eq!(readiness(&server).await.0, 200);
+    edit_one_byte(&data, 2).await;
+    let (v, _) = call(&client, "audit.verify", json!({ "checkpoint": held })).await;
+    tampered_at_2(&v);
+    let (code, ready) = readiness(&server).await;
+    assert_eq!(code, 503, "{ready}");
+    assert_eq!(ready["audit_log"]["tampered"]["seq"], 2, "{ready}");
+    let (envelope, _) = call(&client, "db.query", json!({ "sql": "SELECT 9" })).await;
+    tampered_at_2(&envelope);
+    client.cancel().await.ok();
+    server.stop().await;
+
+    // Found again at the next start, from the bytes alone.
+    let server = data.http_server().await;
+    let mut ready = readiness(&server).await;
+    for _ in 0..40 {
+        if ready.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        ready = readiness(&server).await;
+    }
+    assert_eq!(ready.0, 503, "{}", ready.1);
+    assert_eq!(ready.1["audit_log"]["tampered"]["seq"], 2, "{}", ready.1);
+    server.stop().await;
+
+    // The original receipt, checked after the edit: not "in the log".
+    let data = DataDir::new();
+    let token = data.token("alice", token_scopes);
+    let server = data.http_server().await;
+    let client = server.client(&token).await;
+    let envelopes = six_calls(&client).await;
+    edit_one_byte(&data, 2).await;
+    let (v, _) = call(
+        &client,
+        "audit.verify",
+        json!({ "receipt": receipt(&envelopes[2]) }),
+    )
+    .await;
+    tampered_at_2(&v);
+    client.cancel().await.ok();
+    server.stop().await;
+}
