@@ -439,9 +439,10 @@ async fn attack_battery_is_rejected_with_receipts_and_no_state_change() {
     let got = reasons(&after[receipts_before..]);
     let mut want: Vec<String> = attacks.iter().map(|(_, _, r)| r.to_string()).collect();
     want.push("malformed_token".into());
+    want.extend(["origin_not_allowed".into(), "host_not_allowed".into()]);
     assert_eq!(
         got, want,
-        "one denial receipt per rejected token, with its reason"
+        "one denial receipt per refused request, with its reason"
     );
     assert_eq!(
         customers(&server, &writer).await,
