@@ -45,6 +45,14 @@ const WRAPPERS: &[&str] = &[
     "nsenter", "flock", "script", "parallel",
 ];
 
+/// Programs whose arguments are never paths: their arguments are not
+/// confined (the kernel still is the wall for whatever they open).
+#[doc(hidden)]
+pub const NO_PATH_PROGRAMS: &[&str] = &[
+    "echo", "date", "true", "false", "uname", "whoami", "id", "sleep", "yes", "pwd", "git",
+    "cargo", "rustc", "kill", "pkill", "killall", "shutdown", "reboot", "halt", "poweroff",
+];
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TerminalArgs {
@@ -680,11 +688,7 @@ impl Terminal {
     /// The arguments that can name a file: `PATH`, `--opt=PATH`, `-oPATH`,
     /// `if=PATH`. Programs whose arguments are never paths name none.
     fn path_arguments<'a>(name: &str, args: &'a [String]) -> Vec<&'a str> {
-        const NO_PATHS: &[&str] = &[
-            "echo", "date", "true", "false", "uname", "whoami", "id", "sleep", "yes", "pwd", "git",
-            "cargo", "rustc", "kill", "pkill", "killall", "shutdown", "reboot", "halt", "poweroff",
-        ];
-        if NO_PATHS.contains(&name) {
+        if NO_PATH_PROGRAMS.contains(&name) {
             return Vec::new();
         }
         args.iter()
@@ -887,7 +891,14 @@ fn protected_git_paths(roots: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
     (pinned, read_only)
 }
 
-async fn read_capped(mut pipe: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
+/// Reads a pipe to its end, keeping at most `cap` bytes; says once on
+/// `capped` when the cap is passed, so the program can be stopped rather
+/// than left writing into the void until its timeout.
+async fn read_capped(
+    mut pipe: impl AsyncRead + Unpin,
+    cap: usize,
+    capped: tokio::sync::mpsc::Sender<()>,
+) -> (Vec<u8>, bool) {
     let mut kept = Vec::new();
     let mut truncated = false;
     let mut buf = [0u8; 8192];
@@ -896,8 +907,9 @@ async fn read_capped(mut pipe: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, 
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 let room = cap.saturating_sub(kept.len());
-                if n > room {
+                if n > room && !truncated {
                     truncated = true;
+                    let _ = capped.try_send(());
                 }
                 kept.extend_from_slice(&buf[..n.min(room)]);
             }
@@ -1095,25 +1107,35 @@ impl Tool for Terminal {
         let pid = child.id();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
+        let (capped, mut cap_reached) = tokio::sync::mpsc::channel(2);
+        let out_capped = capped.clone();
         let out_reader = tokio::spawn(async move {
             match stdout {
-                Some(p) => read_capped(p, cap).await,
+                Some(p) => read_capped(p, cap, out_capped).await,
                 None => (Vec::new(), false),
             }
         });
         let err_reader = tokio::spawn(async move {
             match stderr {
-                Some(p) => read_capped(p, cap).await,
+                Some(p) => read_capped(p, cap, capped).await,
                 None => (Vec::new(), false),
             }
         });
-        let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
-            Ok(status) => (status.ok(), false),
-            Err(_) => {
+        let mut stopped = None;
+        let status = tokio::select! {
+            status = child.wait() => status.ok(),
+            () = tokio::time::sleep(timeout) => {
+                stopped = Some("timeout");
                 kill_group(pid);
-                (child.wait().await.ok(), true)
+                child.wait().await.ok()
+            }
+            Some(()) = cap_reached.recv() => {
+                stopped = Some("output_cap");
+                kill_group(pid);
+                child.wait().await.ok()
             }
         };
+        let timed_out = stopped == Some("timeout");
         // Whatever the program left running in its group goes with it.
         kill_group(pid);
         let collect = |handle: tokio::task::JoinHandle<(Vec<u8>, bool)>| async move {
@@ -1140,6 +1162,9 @@ impl Tool for Terminal {
             "exit_code": exit_code,
             "signal": signal,
             "timed_out": timed_out,
+            // Why dualtrust stopped the program, if it did: `timeout`, or
+            // `output_cap` once it had written more than the cap.
+            "stopped": stopped,
             "duration_ms": duration_ms,
             "stdout": String::from_utf8_lossy(&out),
             "stderr": String::from_utf8_lossy(&err),
@@ -1150,6 +1175,7 @@ impl Tool for Terminal {
             "exit_code": exit_code,
             "signal": signal,
             "timed_out": timed_out,
+            "stopped": stopped,
             "duration_ms": duration_ms,
         });
         Ok(Executed { result, outcome })

@@ -192,6 +192,22 @@ async fn check_tool_scope(
             json!({ "error": "payload_too_large", "error_description": "the request body exceeds the configured limit" }),
         );
     };
+    if parts.uri.path() == "/mcp"
+        && let Err(rejected) = super::jsonrpc::screen(&bytes)
+    {
+        state
+            .app
+            .gate
+            .record_refusal("http", "jsonrpc", Some(&principal), rejected.reason())
+            .await;
+        tracing::info!(
+            code = rejected.code,
+            reason = rejected.reason(),
+            "http message refused: {}",
+            rejected.message
+        );
+        return json_response(StatusCode::BAD_REQUEST, rejected.response());
+    }
     if let Ok(ToolCallProbe {
         method,
         params: Some(params),

@@ -3,4 +3,5 @@
 //! request). Both lead to the same [`crate::server::McpServer`] and gate.
 
 pub mod http;
+pub mod jsonrpc;
 pub mod stdio;

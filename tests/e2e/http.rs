@@ -400,3 +400,47 @@ async fn every_front_door_refusal_leaves_one_receipt_with_the_fields_stdio_recor
     assert_eq!(raw_status(&server.base, &head("", "/mcp")).await, 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn malformed_json_rpc_over_http_is_a_400_with_the_json_rpc_error() {
+    let data = DataDir::new();
+    let server = data.http_server().await;
+    let token = data.token("alice", "db:read");
+    let http = reqwest::Client::new();
+    for (body, code, id) in [
+        (r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"s":"\ud800"}}"#.to_string(), -32700, Value::Null),
+        (format!("{}{}", "[".repeat(300), "]".repeat(300)), -32700, Value::Null),
+        (r#"{"jsonrpc":"2.0","id":2,"method":"ping","params":{"n":1e999}}"#.to_string(), -32700, Value::Null),
+        (r#"[{"jsonrpc":"2.0","id":3,"method":"ping"}]"#.to_string(), -32600, Value::Null),
+        (r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"db.query","arguments":[1]}}"#.to_string(), -32602, json!(4)),
+    ] {
+        let response = http
+            .post(server.mcp_url())
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status(), 400, "{body:.60}");
+        assert!(
+            response
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+        );
+        let answer: Value = response.json().await.expect("a JSON-RPC error");
+        assert_eq!(answer["jsonrpc"], "2.0");
+        assert_eq!(answer["error"]["code"], code, "{answer}");
+        assert_eq!(answer["id"], id, "{answer}");
+    }
+    let refusals = data
+        .receipts()
+        .iter()
+        .filter(|r| r["body"]["tool"] == "jsonrpc" && r["body"]["subject"] == "alice")
+        .count();
+    assert_eq!(refusals, 5);
+    server.stop().await;
+}

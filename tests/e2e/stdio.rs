@@ -1,4 +1,4 @@
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::{DataDir, call, error_code, receipt, status};
 
@@ -481,20 +481,32 @@ async fn commands_run_under_resource_limits_without_new_privileges() {
     assert!(line("Max core file size").contains("0 0 bytes"), "{limits}");
     assert!(line("Max open files").contains("256 256"), "{limits}");
 
-    // A runaway is cut off: output capped, process group killed at the deadline.
+    // A runaway writer is stopped once its output passes the cap, long
+    // before its deadline; one that stays quiet is stopped at the deadline.
     let (env, _) = call(
         &client,
         "terminal.execute",
-        json!({ "argv": ["yes"], "timeout_ms": 500 }),
+        json!({ "argv": ["yes"], "timeout_ms": 30_000 }),
     )
     .await;
     assert_eq!(
-        env["result"]["timed_out"], true,
+        env["result"]["stopped"], "output_cap",
         "{}",
         env["result"]["duration_ms"]
     );
+    assert_eq!(env["result"]["timed_out"], false);
+    assert_eq!(env["result"]["signal"], 9);
     assert_eq!(env["result"]["stdout_truncated"], true);
-    assert!(env["result"]["duration_ms"].as_u64().unwrap_or(u64::MAX) < 5_000);
+    assert!(env["result"]["duration_ms"].as_u64().unwrap_or(u64::MAX) < 20_000);
+    assert_eq!(receipt(&env)["body"]["outcome"]["stopped"], "output_cap");
+    let (env, _) = call(
+        &client,
+        "terminal.execute",
+        json!({ "argv": ["sleep", "30"], "timeout_ms": 500 }),
+    )
+    .await;
+    assert_eq!(env["result"]["stopped"], "timeout", "{env}");
+    assert_eq!(env["result"]["timed_out"], true);
 
     let repo = data.workspace().join("repo");
     std::fs::create_dir_all(&repo).expect("mkdir");
@@ -610,4 +622,86 @@ async fn sqlite_escapes_and_bombs_are_refused_or_contained() {
     let (env, _) = call(&client, "db.query", json!({ "sql": "SELECT 1" })).await;
     assert_eq!(status(&env), "ok", "still serving");
     client.cancel().await.ok();
+}
+
+#[tokio::test]
+async fn malformed_json_rpc_lines_are_answered_not_dropped() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let data = DataDir::new();
+    let token = data.token("alice", "db:read");
+    let mut child = tokio::process::Command::new(crate::common::BIN)
+        .arg("--data-dir")
+        .arg(&data.path)
+        .args(["serve", "--stdio"])
+        .env("DUALTRUST_TOKEN", &token)
+        .env("DUALTRUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+    let long = format!("\"{}\"", "x".repeat(2 * 1024 * 1024));
+    let cases: Vec<(String, i64, Value)> = vec![
+        (r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"s":"\ud800"}}"#.into(), -32700, Value::Null),
+        (deep, -32700, Value::Null),
+        (r#"{"jsonrpc":"2.0","id":2,"method":"ping","params":{"n":1e999}}"#.into(), -32700, Value::Null),
+        (r#"[{"jsonrpc":"2.0","id":3,"method":"ping"}]"#.into(), -32600, Value::Null),
+        (long, -32600, Value::Null),
+        (r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"db.query","arguments":"SELECT 1"}}"#.into(), -32602, json!(4)),
+        (r#"{"jsonrpc":"2.0","id":"five","method":"no/such/method"}"#.into(), -32601, json!("five")),
+    ];
+    let initialize = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    stdin
+        .write_all(format!("{initialize}\n").as_bytes())
+        .await
+        .expect("write");
+    let answer: Value = serde_json::from_str(&next_line(&mut stdout).await).expect("json");
+    assert_eq!(answer["id"], 0, "{answer}");
+    stdin
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
+        .await
+        .expect("write");
+    for (line, code, id) in &cases {
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write");
+        let answer: Value = serde_json::from_str(&next_line(&mut stdout).await).expect("json");
+        assert_eq!(answer["error"]["code"], *code, "{answer}");
+        assert_eq!(answer["id"], *id, "{answer}");
+    }
+    // The session still works, and every refusal left a receipt.
+    stdin
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"ping\"}\n")
+        .await
+        .expect("write");
+    let answer: Value = serde_json::from_str(&next_line(&mut stdout).await).expect("json");
+    assert_eq!(answer["id"], 9, "{answer}");
+    assert!(answer.get("result").is_some(), "{answer}");
+    drop(stdin);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits at end of input")
+        .expect("wait");
+    assert!(status.success());
+    let refusals = data
+        .receipts()
+        .iter()
+        .filter(|r| r["body"]["tool"] == "jsonrpc")
+        .count();
+    assert_eq!(refusals, cases.len());
+}
+
+async fn next_line(
+    stdout: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    tokio::time::timeout(std::time::Duration::from_secs(10), stdout.next_line())
+        .await
+        .expect("an answer, not silence")
+        .expect("read")
+        .expect("a line")
 }
