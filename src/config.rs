@@ -177,6 +177,16 @@ pub struct HttpConfig {
     /// On SIGTERM/SIGINT, how long in-flight requests may run before the
     /// server closes them.
     pub shutdown_grace_s: u64,
+    /// A request's line and headers must arrive within this; it also bounds
+    /// the silence between requests on a kept-alive connection.
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive within this once its headers have.
+    pub body_timeout_ms: u64,
+    /// Connections held open at once (lowered to what the open-file limit
+    /// allows); past it a new connection is closed unread.
+    pub max_connections: usize,
+    /// Connections held open at once from one client address.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for HttpConfig {
@@ -194,6 +204,10 @@ impl Default for HttpConfig {
             max_body_bytes: 1024 * 1024,
             cors_origins: Vec::new(),
             shutdown_grace_s: 10,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_connections: 4096,
+            max_connections_per_address: 256,
         }
     }
 }
@@ -734,6 +748,13 @@ impl Config {
         )?;
         positive("identity.dev_token_ttl_s", raw.identity.dev_token_ttl_s)?;
         positive("http.max_body_bytes", raw.http.max_body_bytes as u64)?;
+        positive("http.header_timeout_ms", raw.http.header_timeout_ms)?;
+        positive("http.body_timeout_ms", raw.http.body_timeout_ms)?;
+        positive("http.max_connections", raw.http.max_connections as u64)?;
+        positive(
+            "http.max_connections_per_address",
+            raw.http.max_connections_per_address as u64,
+        )?;
         if raw.terminal.default_timeout_ms > raw.terminal.max_timeout_ms {
             return Err(ConfigError::key(
                 "terminal.default_timeout_ms",

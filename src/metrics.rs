@@ -44,6 +44,8 @@ pub struct Metrics {
     pub leases_issued: AtomicU64,
     pub leases_redeemed: AtomicU64,
     pub auth_throttled: AtomicU64,
+    /// Shared with the accept loop, which counts what it closes unread.
+    pub connections_refused: std::sync::Arc<AtomicU64>,
 }
 
 fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
@@ -157,6 +159,11 @@ impl Metrics {
                 "dualtrust_auth_throttled_total",
                 "HTTP requests answered 429 because their address failed authentication too often.",
                 self.auth_throttled.load(Ordering::Relaxed),
+            ),
+            (
+                "dualtrust_http_connections_refused_total",
+                "HTTP connections closed unread: the total or per-address connection limit was reached.",
+                self.connections_refused.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in plain

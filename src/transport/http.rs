@@ -20,7 +20,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
@@ -186,11 +185,40 @@ async fn check_tool_scope(
         return next.run(request).await;
     };
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, state.app.config.http.max_body_bytes).await else {
-        return json_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            json!({ "error": "payload_too_large", "error_description": "the request body exceeds the configured limit" }),
-        );
+    let http = &state.app.config.http;
+    let body = tokio::time::timeout(
+        std::time::Duration::from_millis(http.body_timeout_ms),
+        axum::body::to_bytes(body, http.max_body_bytes),
+    )
+    .await;
+    let bytes = match body {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            state
+                .app
+                .gate
+                .record_refusal("http", "http", Some(&principal), "payload_too_large")
+                .await;
+            return json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({ "error": "payload_too_large", "error_description": "the request body exceeds the configured limit" }),
+            );
+        }
+        Err(_) => {
+            state
+                .app
+                .gate
+                .record_refusal("http", "http", Some(&principal), "body_timeout")
+                .await;
+            let mut response = json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({ "error": "request_timeout", "error_description": "the request body did not arrive in time" }),
+            );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
     };
     if parts.uri.path() == "/mcp"
         && let Err(rejected) = super::jsonrpc::screen(&bytes)
@@ -717,10 +745,15 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             c.failed.load(Relaxed),
         ));
     }
+    let mut text = gate.metrics().render(&extra);
+    text.push_str(&format!(
+        "# HELP dualtrust_http_connections_open HTTP connections open now.\n# TYPE dualtrust_http_connections_open gauge\ndualtrust_http_connections_open {}\n",
+        state.app.connections.open()
+    ));
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        gate.metrics().render(&extra),
+        text,
     )
         .into_response()
 }
@@ -745,22 +778,19 @@ pub async fn serve(
     eprintln!("dualtrust listening on {public_url}/mcp");
     tracing::info!(address = %local, "serving MCP over streamable HTTP");
     let stop_accepting = CancellationToken::new();
-    // Without TCP_NODELAY a response's last small segment waits for the
-    // client's delayed ACK: measured here, every call took 44 ms on loopback.
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY could not be set");
+    let http = app.config.http.clone();
+    let limits = app.connections.clone();
+    let refused = app.gate.metrics().connections_refused.clone();
+    let mut server = tokio::spawn({
+        let stop_accepting = stop_accepting.clone();
+        async move {
+            super::connections::serve(listener, router, &http, limits, refused, stop_accepting)
+                .await;
         }
     });
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
-    let mut server = tokio::spawn(server.into_future());
     tokio::select! {
         finished = &mut server => {
-            finished??;
+            finished?;
             return Ok(());
         }
         () = wait_for_signal() => {}
@@ -791,7 +821,7 @@ pub async fn serve(
         .saturating_duration_since(tokio::time::Instant::now())
         .max(std::time::Duration::from_secs(1));
     match tokio::time::timeout(remaining, &mut server).await {
-        Ok(finished) => finished??,
+        Ok(finished) => finished?,
         Err(_) => {
             tracing::warn!("connections still open after the grace period; closing them");
             server.abort();

@@ -444,3 +444,146 @@ async fn malformed_json_rpc_over_http_is_a_400_with_the_json_rpc_error() {
     assert_eq!(refusals, 5);
     server.stop().await;
 }
+
+/// A connection from `source` (any 127/8 address is loopback) to the server.
+async fn connect_from(base: &str, source: [u8; 4]) -> tokio::net::TcpStream {
+    let server: std::net::SocketAddr = base.trim_start_matches("http://").parse().expect("address");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .expect("bind source");
+    socket.connect(server).await.expect("connect")
+}
+
+/// What the server sends before it closes, waiting at most `patience`;
+/// `None` if it neither answers nor closes in that time.
+async fn until_closed(
+    stream: &mut tokio::net::TcpStream,
+    patience: std::time::Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&seen).to_string()),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_idle_and_numerous_connections_cannot_hold_the_server() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt;
+    let data = DataDir::new();
+    std::fs::write(
+        data.path.join("dualtrust.toml"),
+        "[http]\nheader_timeout_ms = 600\nbody_timeout_ms = 600\nmax_connections = 12\nmax_connections_per_address = 4\n",
+    )
+    .expect("config");
+    let server = data.http_server().await;
+    let token = data.token("alice", "db:read");
+    let host = server.base.trim_start_matches("http://").to_string();
+    let patience = Duration::from_secs(5);
+
+    // Headers that never finish.
+    let mut slow = connect_from(&server.base, [127, 0, 0, 1]).await;
+    slow.write_all(format!("POST /mcp HTTP/1.1\r\nHost: {host}\r\nX-Slow: ").as_bytes())
+        .await
+        .expect("write");
+    let started = Instant::now();
+    assert!(until_closed(&mut slow, patience).await.is_some(), "closed");
+    assert!(started.elapsed() < Duration::from_secs(4));
+
+    // A valid token and a body that never finishes: declared, then chunked.
+    for framing in ["content-length: 1000\r\n", "transfer-encoding: chunked\r\n"] {
+        let mut stream = connect_from(&server.base, [127, 0, 0, 1]).await;
+        stream
+            .write_all(
+                format!(
+                    "POST /mcp HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n{framing}\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .expect("write");
+        let partial: &[u8] = if framing.starts_with("content") {
+            b"{\"jsonrpc\""
+        } else {
+            b"a\r\n{\"jsonrpc\""
+        };
+        stream.write_all(partial).await.expect("write");
+        let answer = until_closed(&mut stream, patience)
+            .await
+            .expect("answered and closed");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{framing}: {answer}");
+    }
+
+    // An idle kept-alive connection is closed after the header timeout.
+    let mut idle = connect_from(&server.base, [127, 0, 0, 1]).await;
+    idle.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let answer = until_closed(&mut idle, patience)
+        .await
+        .expect("closed when idle");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Four connections from one address are all it may hold; another
+    // address still gets in, until the total is reached.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from(&server.base, [127, 0, 0, 2]).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fifth = connect_from(&server.base, [127, 0, 0, 2]).await;
+    assert_eq!(
+        until_closed(&mut fifth, Duration::from_millis(400))
+            .await
+            .as_deref(),
+        Some(""),
+        "closed unread"
+    );
+    for source in 3..=4 {
+        for _ in 0..4 {
+            held.push(connect_from(&server.base, [127, 0, 0, source]).await);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over_total = connect_from(&server.base, [127, 0, 0, 5]).await;
+    assert_eq!(
+        until_closed(&mut over_total, Duration::from_millis(400))
+            .await
+            .as_deref(),
+        Some(""),
+        "past the total, closed unread"
+    );
+    drop(held);
+    // Once they are gone, the server takes clients again.
+    let mut ok = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(response) = reqwest::get(format!("{}/metrics", server.base)).await
+            && response.status() == 200
+        {
+            let text = response.text().await.unwrap_or_default();
+            assert!(
+                text.contains("dualtrust_http_connections_refused_total 2"),
+                "{text}"
+            );
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "the server serves again once the connections are gone");
+    let receipts = data.receipts();
+    let reasons: Vec<&str> = receipts
+        .iter()
+        .filter_map(|r| r["body"]["reason"].as_str())
+        .collect();
+    assert_eq!(reasons.iter().filter(|r| **r == "body_timeout").count(), 2);
+    server.stop().await;
+}
