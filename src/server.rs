@@ -136,6 +136,7 @@ impl App {
             &config.scopes.implies,
         )?);
         verifier.prime().await;
+        verifier.retry_until_loaded();
         let store =
             Store::open(&config.store_target)
                 .await
@@ -172,7 +173,6 @@ impl App {
                 approvers: ApproverRegistry::new(&config.approvers, &config.quorum),
                 limits: CallLimits::new(&config.limits),
             },
-        verifier.retry_until_loaded();
         ));
         let tools = ToolSet {
             db_query: DbQuery::open(
