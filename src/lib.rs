@@ -10,6 +10,8 @@
 pub mod audit;
 pub mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gate;
 pub mod identity;
 pub mod keys;

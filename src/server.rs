@@ -85,6 +85,42 @@ struct HeldCall {
 const APPROVAL_INPUT: &str = "approval";
 const REQUEST_STATE_LABEL: &str = "dualtrust-request-state-v1";
 
+/// The codec [`App`] seals `requestState` with, for a server key.
+#[doc(hidden)]
+pub fn request_state_codec(server_key: &KeyPair) -> RequestStateCodec {
+    RequestStateCodec::new_unchecked(server_key.derive_secret(REQUEST_STATE_LABEL).to_vec())
+}
+
+/// What `call_tool` does with a client's `requestState` (for the fuzz
+/// target): the held call's lease id, if the state opens and names `tool`.
+#[doc(hidden)]
+pub fn open_request_state(codec: &RequestStateCodec, state: &str, tool: &str) -> Option<String> {
+    codec
+        .open_json::<HeldCall>(state)
+        .ok()
+        .filter(|held| held.tool == tool)
+        .map(|held| held.lease_id)
+}
+
+/// What `input_required` seals for a held call (for the fuzz target).
+#[doc(hidden)]
+pub fn seal_request_state(
+    codec: &RequestStateCodec,
+    lease_id: &str,
+    tool: &str,
+    ttl: std::time::Duration,
+) -> Option<String> {
+    codec
+        .seal_json_with(
+            &HeldCall {
+                lease_id: lease_id.to_string(),
+                tool: tool.to_string(),
+            },
+            &SealOptions::new().ttl(ttl),
+        )
+        .ok()
+}
+
 /// Creates the data directory (mode 0700) if it is missing.
 pub fn ensure_data_dir(config: &Config) -> Result<(), StartupError> {
     let dir = &config.data_dir;

@@ -13,7 +13,7 @@
 
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{Expr, ObjectName, Query, SetExpr, Statement, Visit, Visitor};
+use sqlparser::ast::{Expr, ObjectName, Query, Select, Statement, TableFactor, Visit, Visitor};
 use sqlparser::dialect::{Dialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 
@@ -146,10 +146,15 @@ impl Walker {
     }
 }
 
+/// The last part of a name, unquoted whatever the quotes (`"x"`, `` `x` ``
+/// and `[x]` all name `x` in SQLite), lower-cased.
 fn last_ident(name: &ObjectName) -> String {
     name.0
         .last()
-        .map(|part| part.to_string().trim_matches('"').to_ascii_lowercase())
+        .map(|part| match part.as_ident() {
+            Some(ident) => ident.value.to_lowercase(),
+            None => part.to_string().to_lowercase(),
+        })
         .unwrap_or_default()
 }
 
@@ -200,10 +205,25 @@ impl Visitor for Walker {
         if !query.locks.is_empty() {
             self.raise(Class::Write, "locking read");
         }
-        if let SetExpr::Select(select) = query.body.as_ref()
-            && select.into.is_some()
-        {
+        ControlFlow::Continue(())
+    }
+
+    // Every SELECT, not only a query's top one: PostgreSQL takes INTO in the
+    // first branch of a UNION too.
+    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<()> {
+        if select.into.is_some() {
             self.raise(Class::Write, "SELECT INTO");
+        }
+        ControlFlow::Continue(())
+    }
+
+    // `FROM LATERAL f(…)` names its function here, not as a relation.
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Function { name, .. } = factor {
+            let name = last_ident(name);
+            if SIDE_EFFECT_FUNCTIONS.contains(&name.as_str()) {
+                self.raise(Class::Admin, format!("calls {name}()"));
+            }
         }
         ControlFlow::Continue(())
     }
@@ -348,6 +368,32 @@ mod tests {
         assert_eq!(refused(";"), "empty_sql");
         assert_eq!(refused("COMMIT"), "transaction_control");
         assert_eq!(refused("BEGIN"), "transaction_control");
+    }
+
+    /// Found by `fuzz/` (target `sql`): each was classified `read`.
+    #[test]
+    fn fuzz_findings_hidden_calls_and_into() {
+        let pg = |sql: &str| {
+            classify_sql(sql, SqlDialect::Postgres)
+                .map(|c| c.class)
+                .ok()
+        };
+        assert_eq!(
+            pg("SELECT 1 AS a INTO stolen UNION SELECT 2"),
+            Some(Class::Write)
+        );
+        assert_eq!(
+            class("SELECT 1 AS a INTO stolen UNION SELECT 2"),
+            Class::Write
+        );
+        assert_eq!(pg("SELECT * FROM LATERAL nextval('s')"), Some(Class::Admin));
+        assert_eq!(
+            pg("SELECT x FROM t, LATERAL set_config('a.b', 'c', false) AS x"),
+            Some(Class::Admin)
+        );
+        assert_eq!(class("SELECT [load_extension]('x')"), Class::Admin);
+        assert_eq!(class("SELECT `writefile`('/tmp/x', 'y')"), Class::Admin);
+        assert_eq!(class("SELECT \"LOAD_EXTENSION\"('x')"), Class::Admin);
     }
 
     #[test]

@@ -685,34 +685,40 @@ impl Terminal {
         })
     }
 
-    /// The arguments that can name a file: `PATH`, `--opt=PATH`, `-oPATH`,
-    /// `if=PATH`. Programs whose arguments are never paths name none.
+    /// The arguments that can name a file: `PATH`, `--opt=PATH`, `-oPATH`
+    /// (even without a slash: `cp -t..`), `if=PATH` and the operand `if=PATH`
+    /// itself, and after `--` every argument whole (`cat -- -x/y`).
+    /// Programs whose arguments are never paths name none.
     fn path_arguments<'a>(name: &str, args: &'a [String]) -> Vec<&'a str> {
         if NO_PATH_PROGRAMS.contains(&name) {
             return Vec::new();
         }
-        args.iter()
-            .filter_map(|arg| {
-                if let Some(rest) = arg.strip_prefix("--") {
-                    rest.split_once('=').map(|(_, v)| v)
-                } else if let Some(attached) = arg
-                    .strip_prefix('-')
-                    .and_then(|r| r.char_indices().nth(1).map(|(i, _)| &r[i..]))
-                {
-                    // `-oPATH`: the value after the option letter.
-                    Some(attached).filter(|v| v.contains('/'))
-                } else if arg.starts_with('-') {
-                    None
-                } else if let Some((_, value)) =
-                    arg.split_once('=').filter(|(k, _)| !k.contains('/'))
-                {
-                    Some(value)
-                } else {
-                    Some(arg.as_str())
-                }
-            })
-            .filter(|p| !p.is_empty())
-            .collect()
+        let mut paths = Vec::new();
+        let mut operands = false;
+        for arg in args {
+            if operands {
+                paths.push(arg.as_str());
+            } else if arg == "--" {
+                operands = true;
+            } else if let Some(rest) = arg.strip_prefix("--") {
+                paths.extend(rest.split_once('=').map(|(_, v)| v));
+            } else if let Some(attached) = arg
+                .strip_prefix('-')
+                .and_then(|r| r.char_indices().nth(1).map(|(i, _)| &r[i..]))
+            {
+                paths.push(attached);
+            } else if !arg.starts_with('-') {
+                // A file may be named `if=x` (a link, even), so both count.
+                paths.push(arg.as_str());
+                paths.extend(
+                    arg.split_once('=')
+                        .filter(|(k, _)| !k.contains('/'))
+                        .map(|(_, v)| v),
+                );
+            }
+        }
+        paths.retain(|p| !p.is_empty());
+        paths
     }
 
     /// Every path argument of an ordinary command must resolve inside the
@@ -753,10 +759,12 @@ impl Terminal {
 
     /// Resolves the longest existing ancestor of `path` (symlinks and all)
     /// and checks the result, plus the not-yet-existing rest, is in a root.
+    /// A dangling symlink exists: writing through it creates its target,
+    /// which cannot be resolved here, so it is outside.
     fn inside_roots(&self, path: &Path) -> bool {
         let mut existing = path.to_path_buf();
         let mut rest = Vec::new();
-        while !existing.exists() {
+        while std::fs::symlink_metadata(&existing).is_err() {
             match (existing.file_name(), existing.parent()) {
                 (Some(name), Some(parent)) => {
                     rest.push(name.to_os_string());
@@ -1433,6 +1441,50 @@ mod tests {
                 ),
                 "{argv:?}"
             );
+        }
+    }
+
+    /// Found by `fuzz/` (target `terminal`): each of these named a file
+    /// outside the root and was classified ordinary, or (shred) hid it
+    /// from the approvers.
+    #[test]
+    fn fuzz_findings_paths_outside_the_roots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = terminal(dir.path());
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(dir.path().join("outside")).expect("mkdir");
+        for (link, target) in [
+            ("-etc", "/etc"),
+            ("x=etc", "/etc"),
+            ("dangling", "../outside/new-file"),
+        ] {
+            std::os::unix::fs::symlink(target, root.join(link)).expect("symlink");
+        }
+        for argv in [
+            &["cat", "--", "-etc/passwd"][..],
+            &["cat", "x=etc/passwd"],
+            &["cp", "-t..", "notes.txt"],
+            &["sort", "-T..", "notes.txt"],
+            &["touch", "dangling"],
+        ] {
+            assert_eq!(classify(&t, argv), Err("path_outside_roots"), "{argv:?}");
+        }
+        let summary = t
+            .classify(&TerminalArgs {
+                argv: vec!["shred".into(), "dangling".into()],
+                cwd: None,
+                timeout_ms: None,
+            })
+            .expect("destructive")
+            .summary;
+        assert!(summary.contains("OUTSIDE"), "{summary}");
+        // Ordinary spellings stay ordinary.
+        for argv in [
+            &["ls", "-la"][..],
+            &["cat", "--", "-notes"],
+            &["head", "-n1", "notes.txt"],
+        ] {
+            assert_eq!(classify(&t, argv), Ok(Class::Write), "{argv:?}");
         }
     }
 

@@ -395,7 +395,8 @@ async fn refuse_before_authentication(
 }
 
 /// The bearer token from the `Authorization` header (RFC 6750 section 2.1).
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, IdentityError> {
+#[doc(hidden)]
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, IdentityError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
