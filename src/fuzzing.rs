@@ -170,7 +170,12 @@ fn path_readings(arg: &str, operand: bool) -> Vec<&str> {
         }
     } else {
         readings.push(arg);
-        readings.extend(arg.split_once('=').map(|(_, v)| v));
+        // `a/b=c` is a file name; only a key without a slash takes a value.
+        readings.extend(
+            arg.split_once('=')
+                .filter(|(k, _)| !k.contains('/'))
+                .map(|(_, v)| v),
+        );
     }
     readings.retain(|r| !r.is_empty());
     readings
@@ -941,9 +946,10 @@ fn audit_arguments(fixture: &AuditFixture, json: &[u8]) {
 }
 
 fn audit_sealed_body(fixture: &AuditFixture, json: &[u8]) {
-    let Ok(body) = serde_json::from_slice::<ReceiptBody>(json) else {
+    let Ok(mut body) = serde_json::from_slice::<ReceiptBody>(json) else {
         return;
     };
+    body.kid = fixture.key.kid().to_string();
     let Ok(receipt) = Receipt::seal(body, &fixture.key) else {
         return;
     };
@@ -1014,10 +1020,14 @@ fn audit_consistency(fixture: &AuditFixture, bytes: &[u8]) {
     if !merkle::verify_consistency(old, new, &old_root, &new_root, &proof) {
         return;
     }
-    // From the empty tree nothing binds either head (RFC 9162, and every
-    // other verifier): only the proof must be empty.
-    if old == 0 {
-        assert!(proof.is_empty(), "a non-empty proof from the empty tree");
+    // From the empty tree nothing binds either head, and between equal sizes
+    // only their equality is proved (RFC 9162, and every other verifier).
+    if old == 0 || old == new {
+        assert!(proof.is_empty(), "a non-empty proof for {old} -> {new}");
+        assert!(
+            old == 0 || old_root == new_root,
+            "unequal heads of one size"
+        );
         return;
     }
     assert_eq!(Some(old_root), fixture.tree.root(old), "another old root");

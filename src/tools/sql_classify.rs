@@ -122,10 +122,21 @@ pub fn classify_sql(sql: &str, dialect: SqlDialect) -> Result<ClassifiedSql, Ref
             walker.reasons.join(", ")
         )
     };
+    // The engine runs the re-rendered text, so it must be the statement that
+    // was classified: where the renderer gets quoting wrong (an identifier
+    // holding `"`), the text could hold a call the tree did not.
+    let canonical_sql = statement.to_string();
+    let reparsed = Parser::parse_sql(parser_dialect, &canonical_sql);
+    if !matches!(reparsed.as_deref(), Ok([again]) if again == statement) {
+        return Err(Refusal::new(
+            "ambiguous_sql",
+            "the statement does not read back the same once normalized, so it is not run; simplify its quoting",
+        ));
+    }
     Ok(ClassifiedSql {
         class,
         summary,
-        canonical_sql: statement.to_string(),
+        canonical_sql,
     })
 }
 
@@ -394,6 +405,26 @@ mod tests {
         assert_eq!(class("SELECT [load_extension]('x')"), Class::Admin);
         assert_eq!(class("SELECT `writefile`('/tmp/x', 'y')"), Class::Admin);
         assert_eq!(class("SELECT \"LOAD_EXTENSION\"('x')"), Class::Admin);
+    }
+
+    /// Found by `fuzz/` (target `sql`): the rendered text was another
+    /// statement than the parsed one.
+    #[test]
+    fn fuzz_finding_canonical_text_must_be_the_classified_statement() {
+        for sql in [
+            r#"SELECT """"""="""" pg_stat_ion_rit1"#,
+            r#"SELECT "x"" , nextval('s') --""#,
+        ] {
+            for dialect in [SqlDialect::Sqlite, SqlDialect::Postgres] {
+                match classify_sql(sql, dialect) {
+                    Err(r) => assert_eq!(r.code, "ambiguous_sql", "{sql}"),
+                    Ok(c) => {
+                        let again = classify_sql(&c.canonical_sql, dialect).map(|a| a.class);
+                        assert_eq!(again.ok(), Some(c.class), "{sql}: {}", c.canonical_sql);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -762,7 +762,9 @@ impl Terminal {
     /// A dangling symlink exists: writing through it creates its target,
     /// which cannot be resolved here, so it is outside.
     fn inside_roots(&self, path: &Path) -> bool {
-        let mut existing = path.to_path_buf();
+        // Rebuilt from its components, so a trailing `/` does not make the
+        // lookup below follow a dangling link and miss it.
+        let mut existing: PathBuf = path.components().collect();
         let mut rest = Vec::new();
         while std::fs::symlink_metadata(&existing).is_err() {
             match (existing.file_name(), existing.parent()) {
@@ -1469,15 +1471,17 @@ mod tests {
         ] {
             assert_eq!(classify(&t, argv), Err("path_outside_roots"), "{argv:?}");
         }
-        let summary = t
-            .classify(&TerminalArgs {
-                argv: vec!["shred".into(), "dangling".into()],
-                cwd: None,
-                timeout_ms: None,
-            })
-            .expect("destructive")
-            .summary;
-        assert!(summary.contains("OUTSIDE"), "{summary}");
+        for target in ["dangling", "dangling/"] {
+            let summary = t
+                .classify(&TerminalArgs {
+                    argv: vec!["shred".into(), target.into()],
+                    cwd: None,
+                    timeout_ms: None,
+                })
+                .expect("destructive")
+                .summary;
+            assert!(summary.contains("OUTSIDE"), "{summary}");
+        }
         // Ordinary spellings stay ordinary.
         for argv in [
             &["ls", "-la"][..],
