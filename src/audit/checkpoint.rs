@@ -87,6 +87,15 @@ pub fn verifier_key(name: &str, key: &VerifyingKey) -> String {
     )
 }
 
+/// A number exactly as the note format writes it (tlog-checkpoint: ASCII
+/// decimal, no sign, no leading zeros), so one checkpoint has one text.
+fn decimal(text: &str) -> Option<u64> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
+}
+
 impl Checkpoint {
     fn body(&self) -> String {
         format!(
@@ -125,7 +134,7 @@ impl Checkpoint {
         if note_origin != origin {
             return Err(CheckpointError::WrongOrigin);
         }
-        let size: u64 = size.parse().map_err(|_| CheckpointError::Malformed)?;
+        let size = decimal(size).ok_or(CheckpointError::Malformed)?;
         let root: Hash = STANDARD
             .decode(root)
             .ok()
@@ -133,7 +142,7 @@ impl Checkpoint {
             .ok_or(CheckpointError::Malformed)?;
         let time = lines
             .find_map(|l| l.strip_prefix("time "))
-            .and_then(|t| t.parse().ok())
+            .and_then(decimal)
             .unwrap_or(0);
         let expected_hash = key_hash(origin, key);
         let mut found = false;
@@ -209,5 +218,40 @@ mod tests {
             Err(CheckpointError::Malformed)
         );
         assert!(verifier_key(&origin, &key.verifying_key()).starts_with(&format!("{origin}+")));
+    }
+
+    /// Found by `fuzz/` (target `audit`): a signed body whose numbers carry
+    /// a sign or leading zeros verified as the checkpoint of another text.
+    #[test]
+    fn fuzz_finding_numbers_have_one_spelling() {
+        let key = KeyPair::generate().expect("key");
+        let origin = origin_for(key.kid());
+        let root = STANDARD.encode([7u8; 32]);
+        let sign = |body: String| {
+            let mut blob = key_hash(&origin, &key.verifying_key()).to_vec();
+            blob.extend_from_slice(&key.sign(body.as_bytes()));
+            format!(
+                "{body}\n{SIGNATURE_PREFIX}{origin} {}\n",
+                STANDARD.encode(blob)
+            )
+        };
+        for (size, time) in [
+            ("+42", "1"),
+            ("042", "1"),
+            ("42", "0850000000"),
+            ("42", "+5"),
+        ] {
+            let note = sign(format!("{origin}\n{size}\n{root}\ntime {time}\n"));
+            let opened = Checkpoint::verify(&note, &origin, &key.verifying_key());
+            assert!(
+                opened
+                    .as_ref()
+                    .ok()
+                    .is_none_or(|cp| cp.size == 42 && cp.time == 0 && size == "42"),
+                "{size} {time}: {opened:?}"
+            );
+        }
+        let note = sign(format!("{origin}\n0\n{root}\ntime 0\n"));
+        assert!(Checkpoint::verify(&note, &origin, &key.verifying_key()).is_ok());
     }
 }
