@@ -20,7 +20,10 @@ use sqlparser::parser::Parser;
 use crate::gate::{Class, Refusal};
 
 /// Functions that reach outside the query: files, extensions, other
-/// sessions, sequences, sleeps. Calling one makes a statement `admin`.
+/// sessions, sequences, sleeps, session locks, large objects, and SQL run
+/// from a string (which no parse of this statement can see into). Calling
+/// one makes a statement `admin`. PostgreSQL lets several of these through
+/// a `READ ONLY` transaction (tests/e2e/sql_differential.rs).
 const SIDE_EFFECT_FUNCTIONS: &[&str] = &[
     "load_extension",
     "readfile",
@@ -45,6 +48,41 @@ const SIDE_EFFECT_FUNCTIONS: &[&str] = &[
     "pg_sleep_for",
     "pg_sleep_until",
     "pg_advisory_lock",
+    "pg_try_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock_shared",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+    "pg_notify",
+    "lo_creat",
+    "lo_create",
+    "lo_from_bytea",
+    "lo_open",
+    "lo_put",
+    "lo_unlink",
+    "lo_truncate",
+    "lo_truncate64",
+    "lowrite",
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "ts_stat",
+    "dblink_connect",
+    "dblink_connect_u",
+    "dblink_disconnect",
+    "dblink_open",
+    "dblink_close",
+    "dblink_send_query",
+    "pg_logical_emit_message",
+    "pg_create_restore_point",
+    "pg_switch_wal",
+    "pg_rotate_logfile",
+    "pg_stat_reset",
+    "pg_stat_reset_shared",
+    "pg_stat_reset_single_table_counters",
 ];
 
 /// One classified statement, and the canonical text that will execute.
@@ -198,8 +236,15 @@ impl Visitor for Walker {
             Statement::Revoke(_) => self.raise(Class::Destructive, "REVOKE"),
             // EXPLAIN without ANALYZE does not run its statement; the inner
             // statement is still visited, which can only make it stricter.
-            Statement::Explain { analyze, .. } => {
-                if *analyze {
+            // `EXPLAIN (ANALYZE)` runs it as well as `EXPLAIN ANALYZE`.
+            Statement::Explain {
+                analyze, options, ..
+            } => {
+                let analyze_option = options
+                    .iter()
+                    .flatten()
+                    .any(|o| o.name.value.eq_ignore_ascii_case("analyze"));
+                if *analyze || analyze_option {
                     self.raise(Class::Admin, "EXPLAIN ANALYZE")
                 }
             }
@@ -424,6 +469,29 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Found by the differential check (tests/e2e/sql_differential.rs):
+    /// each was classified `read` and changed state in PostgreSQL despite
+    /// `BEGIN READ ONLY` (a session lock, a large object, a notification,
+    /// a session setting through SQL run from a string).
+    #[test]
+    fn differential_findings_are_not_read() {
+        for sql in [
+            "SELECT pg_try_advisory_lock(1)",
+            "SELECT pg_advisory_lock_shared(1)",
+            "SELECT * FROM LATERAL pg_try_advisory_lock_shared(1)",
+            "SELECT lo_create(0)",
+            "SELECT lo_from_bytea(0, 'x')",
+            "SELECT pg_notify('c', 'x')",
+            "SELECT query_to_xml('SELECT set_config(''a.b'', ''c'', false)', true, true, '')",
+            "SELECT query_to_xml_and_xmlschema('SELECT 1', true, true, '')",
+            "SELECT ts_stat('SELECT to_tsvector(pg_try_advisory_lock(8)::text)')",
+            "EXPLAIN (ANALYZE) SELECT 1",
+        ] {
+            let class = classify_sql(sql, SqlDialect::Postgres).map(|c| c.class);
+            assert!(class.is_ok_and(|c| c >= Class::Admin), "{sql}");
         }
     }
 

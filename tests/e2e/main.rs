@@ -13,6 +13,8 @@
 //! - `audit_log`: the RFC 6962 log: proofs, checkpoints, tampering, kill -9.
 //! - `sandbox`: the kernel boundary of terminal.execute: escapes, an approved shell, each layer.
 //! - `cli`: the command line: init, token, keys, audit export and offline verify.
+//! - `sql_differential`: statements the SQL classifier calls `read` change nothing in a real
+//!   PostgreSQL or SQLite (seeded grammar, the fuzz corpus, known state-changing calls).
 
 mod audit_log;
 mod cli;
@@ -23,4 +25,5 @@ mod postgres;
 mod quorum;
 mod replicas;
 mod sandbox;
+mod sql_differential;
 mod stdio;
