@@ -456,9 +456,19 @@ mod tests {
     /// statement than the parsed one.
     #[test]
     fn fuzz_finding_canonical_text_must_be_the_classified_statement() {
+        // The renderer leaves `\"` in an identifier unescaped, so before the
+        // check the alias below was run as a second column calling the lock.
+        let smuggled = r#"SELECT 1 AS "x\"" , pg_try_advisory_lock(1) --""#;
+        assert_eq!(
+            classify_sql(smuggled, SqlDialect::Postgres)
+                .err()
+                .map(|r| r.code),
+            Some("ambiguous_sql")
+        );
         for sql in [
             r#"SELECT """"""="""" pg_stat_ion_rit1"#,
             r#"SELECT "x"" , nextval('s') --""#,
+            smuggled,
         ] {
             for dialect in [SqlDialect::Sqlite, SqlDialect::Postgres] {
                 match classify_sql(sql, dialect) {
