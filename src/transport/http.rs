@@ -102,6 +102,28 @@ pub fn router(app: Arc<App>, public_url: String, shutdown: CancellationToken) ->
         .with_state(state.clone())
         .merge(protected)
         .layer(middleware::from_fn_with_state(state, cors))
+        .layer(middleware::from_fn(contain_panics))
+}
+
+/// A panic anywhere in a request's handling becomes a 500 with fixed text
+/// and a log line, instead of a connection dropped without an answer. (The
+/// gate contains a tool's panic itself and records it; this is for the
+/// layers around it.)
+async fn contain_panics(request: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!("an HTTP handler panicked; answered 500");
+            json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({ "error": "internal", "error_description": "the server failed on this request" }),
+            )
+        }
+    }
 }
 
 /// Headers a browser-based MCP client sends and must be allowed to read.
