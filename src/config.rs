@@ -207,7 +207,7 @@ impl Default for HttpConfig {
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             max_connections: 4096,
-            max_connections_per_address: 256,
+            max_connections_per_address: 1024,
         }
     }
 }

@@ -5,8 +5,8 @@
 //!
 //! - At most `http.max_connections` connections in total (lowered to what
 //!   the open-file limit allows) and `http.max_connections_per_address`
-//!   from one client address; a connection past either limit is closed at
-//!   once, before a byte of it is read.
+//!   from one client address; a connection past either limit is answered
+//!   503 with `Retry-After` and closed, before a byte of it is read.
 //! - A request head (request line and headers) must arrive within
 //!   `http.header_timeout_ms`; the same bound holds for the silence between
 //!   requests on a kept-alive connection. The body must arrive within
@@ -27,6 +27,9 @@ use crate::config::HttpConfig;
 /// Open-file descriptors kept back from the connection limit for the
 /// store, the database pools, JWKS fetches and terminal pipes.
 const RESERVED_FDS: u64 = 256;
+
+/// The whole answer to a connection past a limit.
+const OVER_LIMIT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 94\r\n\r\n{\"error\":\"temporarily_unavailable\",\"error_description\":\"too many connections; retry shortly\"}\n";
 
 /// Counts connections in total and per client address.
 #[derive(Clone)]
@@ -155,6 +158,10 @@ pub async fn serve(
         let Some(admitted) = limits.admit(peer.ip()) else {
             refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(client = %peer.ip(), "connection refused: connection limit");
+            // Said without reading the request, so it costs an attacker's
+            // connection nothing to be refused, and a legitimate client
+            // learns why and when to retry (a fresh socket has room for it).
+            let _ = stream.try_write(OVER_LIMIT);
             drop(stream);
             continue;
         };
