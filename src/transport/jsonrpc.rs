@@ -153,7 +153,10 @@ pub fn screen(bytes: &[u8]) -> Result<(), Rejected> {
             id,
         ));
     }
-    match serde_json::from_value::<ClientJsonRpcMessage>(value.clone()) {
+    match serde_json::from_slice::<ClientJsonRpcMessage>(bytes) {
+        // From the bytes, as rmcp parses them: a `Value` would hide a
+        // repeated member name (the last wins), which rmcp's typed parse
+        // rejects and would then drop unanswered.
         // rmcp parses any other method as a custom request; this server
         // serves none, so it is answered here, with the other refusals.
         Ok(JsonRpcMessage::Request(request))
@@ -237,6 +240,11 @@ mod tests {
             (
                 r#"{"jsonrpc":"2.0","id":1,"method":"no/such/method"}"#,
                 METHOD_NOT_FOUND,
+            ),
+            // Found by the fuzzer: a repeated member passed a `Value` parse.
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"ping"}"#,
+                INVALID_PARAMS,
             ),
         ] {
             assert_eq!(code(message), Some(expected), "{message}");
