@@ -1237,6 +1237,52 @@ pub fn config(data: &[u8]) {
     );
 }
 
+// ---------------------------------------------------------------------------
+// JSON-RPC: the screen both transports run before rmcp
+// ---------------------------------------------------------------------------
+
+/// Input: one client message, as a stdio line or an HTTP body. Property:
+/// what the screen lets through, rmcp parses as a client message (so it is
+/// never dropped unanswered); what it refuses gets a JSON-RPC error with one
+/// of the four codes, a short fixed message, and an id that is null or the
+/// request's own string or number id.
+pub fn jsonrpc(data: &[u8]) {
+    use crate::transport::jsonrpc::{
+        INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, screen,
+    };
+    let unprefixed = data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data);
+    match screen(data) {
+        Ok(()) => {
+            assert!(
+                serde_json::from_slice::<rmcp::model::ClientJsonRpcMessage>(unprefixed).is_ok(),
+                "let through what rmcp cannot parse"
+            );
+        }
+        Err(rejected) => {
+            assert!(
+                [
+                    PARSE_ERROR,
+                    INVALID_REQUEST,
+                    METHOD_NOT_FOUND,
+                    INVALID_PARAMS
+                ]
+                .contains(&rejected.code)
+            );
+            assert!(rejected.message.len() <= 200, "{}", rejected.message);
+            assert!(!rejected.notification || rejected.code == INVALID_PARAMS);
+            let response = rejected.response();
+            assert_eq!(response["jsonrpc"], "2.0");
+            let id = &response["id"];
+            assert!(id.is_null() || id.is_string() || id.is_number());
+            if !id.is_null() {
+                let sent: serde_json::Value =
+                    serde_json::from_slice(unprefixed).expect("an id came from valid JSON");
+                assert_eq!(&sent["id"], id, "the id is the request's own");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -173,11 +173,12 @@ pub fn screen(bytes: &[u8]) -> Result<(), Rejected> {
             notification: true,
             ..Rejected::new(INVALID_PARAMS, "malformed notification", Value::Null)
         }),
-        // Every other method parses (as a custom request), so this one is
-        // known and its params are what failed.
-        Some(method) => Err(Rejected::new(
+        // Known methods with malformed params, and other methods whose
+        // params are not even an object; the method is not echoed (it is
+        // the client's text, of any length).
+        Some(_) => Err(Rejected::new(
             INVALID_PARAMS,
-            format!("invalid params for `{method}`"),
+            "invalid params for this method",
             id,
         )),
         None => Err(Rejected::new(
