@@ -160,9 +160,39 @@ pub fn canonical_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, ReceiptCheckE
     serde_json_canonicalizer::to_vec(value).map_err(|_| ReceiptCheckError::Canonicalization)
 }
 
+/// The largest integer I-JSON (RFC 7493 section 2.2) carries exactly. RFC
+/// 8785 writes numbers as IEEE doubles, so past it two bodies would share
+/// one canonical form, and one signature (found by the `audit` fuzz target:
+/// `ts_ms` 144448700000000005 canonicalized as …000).
+const MAX_EXACT_INTEGER: u64 = (1 << 53) - 1;
+
+/// The signed bytes of a receipt body: its RFC 8785 form, refused when a
+/// number in it could not be carried exactly.
+pub fn body_bytes(body: &ReceiptBody) -> Result<Vec<u8>, ReceiptCheckError> {
+    fn exact(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Number(n) => {
+                n.as_u64().is_none_or(|u| u <= MAX_EXACT_INTEGER)
+                    && n.as_i64()
+                        .is_none_or(|i| i.unsigned_abs() <= MAX_EXACT_INTEGER)
+            }
+            serde_json::Value::Array(items) => items.iter().all(exact),
+            serde_json::Value::Object(members) => members.values().all(exact),
+            _ => true,
+        }
+    }
+    if body.seq > MAX_EXACT_INTEGER
+        || body.ts_ms > MAX_EXACT_INTEGER
+        || !body.outcome.as_ref().is_none_or(exact)
+    {
+        return Err(ReceiptCheckError::Canonicalization);
+    }
+    canonical_bytes(body)
+}
+
 impl Receipt {
     pub fn seal(body: ReceiptBody, key: &KeyPair) -> Result<Self, ReceiptCheckError> {
-        let bytes = canonical_bytes(&body)?;
+        let bytes = body_bytes(&body)?;
         Ok(Self {
             hash: crate::sha256_hex(&bytes),
             sig: URL_SAFE_NO_PAD.encode(key.sign(&bytes)),
@@ -184,7 +214,7 @@ impl Receipt {
         &self,
         keys: &[(String, VerifyingKey)],
     ) -> Result<merkle::Hash, ReceiptCheckError> {
-        let bytes = canonical_bytes(&self.body)?;
+        let bytes = body_bytes(&self.body)?;
         if crate::sha256_hex(&bytes) != self.hash {
             return Err(ReceiptCheckError::HashMismatch);
         }
@@ -225,7 +255,7 @@ pub struct Appended {
 
 /// RFC 6962 leaf of a receipt: its RFC 8785 canonical body.
 pub fn leaf_hash_of(body: &ReceiptBody) -> Result<merkle::Hash, ReceiptCheckError> {
-    Ok(merkle::leaf_hash(&canonical_bytes(body)?))
+    Ok(merkle::leaf_hash(&body_bytes(body)?))
 }
 
 struct LogState {
@@ -291,7 +321,7 @@ const SCRUB_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 fn derive_row(row: &LogRow) -> Result<(Receipt, merkle::Hash), &'static str> {
     let receipt: Receipt =
         serde_json::from_str(&row.receipt).map_err(|_| "its stored JSON is not a receipt")?;
-    let bytes = canonical_bytes(&receipt.body).map_err(|_| "its body cannot be canonicalized")?;
+    let bytes = body_bytes(&receipt.body).map_err(|_| "its body cannot be canonicalized")?;
     if crate::sha256_hex(&bytes) != receipt.hash {
         return Err("its body does not hash to its recorded hash");
     }
@@ -1003,6 +1033,25 @@ mod tests {
             verify_chain(honest, &other_keys),
             Err((0, ReceiptCheckError::BadSignature))
         );
+    }
+
+    #[test]
+    fn numbers_past_what_i_json_carries_exactly_are_not_signed() {
+        let key = KeyPair::generate().expect("key");
+        let mut body = chain(&key, 1).remove(0).body;
+        body.ts_ms = 144_448_700_000_000_005;
+        assert_eq!(
+            Receipt::seal(body.clone(), &key).err(),
+            Some(ReceiptCheckError::Canonicalization)
+        );
+        body.ts_ms = 1_700_000_000_000;
+        body.outcome = Some(serde_json::json!({ "rows": [9_007_199_254_740_993u64] }));
+        assert_eq!(
+            Receipt::seal(body.clone(), &key).err(),
+            Some(ReceiptCheckError::Canonicalization)
+        );
+        body.outcome = Some(serde_json::json!({ "rows": 9_007_199_254_740_991u64 }));
+        assert!(Receipt::seal(body, &key).is_ok());
     }
 
     #[test]
