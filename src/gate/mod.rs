@@ -503,15 +503,7 @@ impl Gate {
                     tool: T::NAME.into(),
                     ..Default::default()
                 };
-                let refusal = internal_refusal();
-                self.finish(
-                    draft,
-                    Status::Error,
-                    None,
-                    Some(refusal.clone().into()),
-                    Some(refusal.code),
-                )
-                .await
+                self.reject(draft, internal_refusal().into()).await
             }
         };
         self.metrics
@@ -659,15 +651,7 @@ impl Gate {
             Rejection::denied("invalid_arguments", "arguments cannot be canonicalized")
         })?;
         draft.args_digest = Some(digest.clone());
-        let classification = classify_contained(tool, &args).map_err(|refusal| Rejection {
-            status: if refusal.code == INTERNAL {
-                Status::Error
-            } else {
-                Status::Denied
-            },
-            code: refusal.code,
-            message: refusal.message,
-        })?;
+        let classification = classify_contained(tool, &args).map_err(Rejection::from)?;
         draft.class = Some(classification.class.as_str());
         draft.scope = Some(classification.scope.clone());
         let action = Action {
@@ -1242,6 +1226,22 @@ struct Rejection {
     status: Status,
     code: &'static str,
     message: String,
+}
+
+/// A tool's refusal; the server's own failure (`internal`) is an error,
+/// not a denial.
+impl From<Refusal> for Rejection {
+    fn from(refusal: Refusal) -> Self {
+        Self {
+            status: if refusal.code == INTERNAL {
+                Status::Error
+            } else {
+                Status::Denied
+            },
+            code: refusal.code,
+            message: refusal.message,
+        }
+    }
 }
 
 impl Rejection {
