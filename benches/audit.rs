@@ -17,7 +17,7 @@ use dualtrust::audit::{
     AuditLog, Decision, GENESIS_PREV, RECEIPT_TYPE, Receipt, ReceiptBody, ReceiptDraft,
 };
 use dualtrust::keys::KeyPair;
-use dualtrust::store::Store;
+use dualtrust::store::{LogRow, Store};
 
 fn draft(i: u64) -> ReceiptDraft {
     ReceiptDraft {
@@ -114,11 +114,13 @@ async fn load_time(receipts: Vec<Receipt>, key: Arc<KeyPair>) -> LoadTime {
         .expect("store");
     let n = receipts.len() as u64;
     for chunk in receipts.chunks(10_000) {
-        let rows: Vec<(Receipt, String)> = chunk
+        let rows: Vec<LogRow> = chunk
             .iter()
-            .map(|r| {
-                let leaf = dualtrust::audit::leaf_hash_of(&r.body).expect("leaf");
-                (r.clone(), hex::encode(leaf))
+            .map(|r| LogRow {
+                seq: r.body.seq,
+                hash: r.hash.clone(),
+                leaf_hash: hex::encode(dualtrust::audit::leaf_hash_of(&r.body).expect("leaf")),
+                receipt: serde_json::to_string(r).expect("json"),
             })
             .collect();
         store.insert_receipts(&rows, &[]).await.expect("insert");

@@ -521,6 +521,15 @@ pub struct ApproverConfig {
     pub subject: Option<String>,
 }
 
+/// A registered approver, its key parsed once at start-up.
+#[derive(Debug, Clone)]
+pub struct Approver {
+    pub id: String,
+    pub key: ed25519_dalek::VerifyingKey,
+    /// See [`ApproverConfig::subject`].
+    pub subject: Option<String>,
+}
+
 /// k-of-n for one tool's destructive calls.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -633,7 +642,7 @@ pub struct Config {
     pub terminal: TerminalConfig,
     pub passport: PassportConfig,
     pub scopes: ScopeConfig,
-    pub approvers: Vec<ApproverConfig>,
+    pub approvers: Vec<Approver>,
     pub quorum: QuorumConfig,
     pub leases: LeaseConfig,
     pub limits: LimitsConfig,
@@ -834,7 +843,7 @@ impl Config {
             }
         }
         positive("http.shutdown_grace_s", raw.http.shutdown_grace_s)?;
-        validate_quorum(&raw)?;
+        let approvers = validate_quorum(&raw)?;
         positive("leases.ttl_s", raw.leases.ttl_s)?;
         positive("leases.ordinary_ttl_s", raw.leases.ordinary_ttl_s)?;
         positive(
@@ -890,7 +899,7 @@ impl Config {
             terminal,
             passport: raw.passport,
             scopes: raw.scopes,
-            approvers: raw.approvers,
+            approvers,
             quorum: raw.quorum,
             leases: raw.leases,
             limits: raw.limits,
@@ -1030,8 +1039,9 @@ fn confine_roots(
     Ok(())
 }
 
-fn validate_quorum(raw: &FileConfig) -> Result<(), ConfigError> {
+fn validate_quorum(raw: &FileConfig) -> Result<Vec<Approver>, ConfigError> {
     let mut seen = std::collections::BTreeSet::new();
+    let mut approvers = Vec::with_capacity(raw.approvers.len());
     for (i, approver) in raw.approvers.iter().enumerate() {
         let valid_id = !approver.id.is_empty()
             && approver.id.len() <= 64
@@ -1051,12 +1061,17 @@ fn validate_quorum(raw: &FileConfig) -> Result<(), ConfigError> {
                 format!("`{}` is registered twice", approver.id),
             ));
         }
-        if crate::gate::quorum::parse_public_key(&approver.public_key).is_none() {
+        let Some(key) = crate::keys::parse_public_key(&approver.public_key) else {
             return Err(ConfigError::key(
                 &format!("approvers[{i}].public_key"),
                 "not a base64url-encoded 32-byte Ed25519 public key",
             ));
-        }
+        };
+        approvers.push(Approver {
+            id: approver.id.clone(),
+            key,
+            subject: approver.subject.clone(),
+        });
     }
     let mut rules: Vec<(String, usize, &Vec<String>)> =
         vec![("quorum".into(), raw.quorum.k, &raw.quorum.approvers)];
@@ -1093,7 +1108,7 @@ fn validate_quorum(raw: &FileConfig) -> Result<(), ConfigError> {
             ));
         }
     }
-    Ok(())
+    Ok(approvers)
 }
 
 fn absolute(path: &Path) -> PathBuf {

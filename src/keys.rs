@@ -155,6 +155,13 @@ impl KeyPair {
     }
 }
 
+/// Parses a base64url (no padding) Ed25519 public key: a JWK's `x`.
+pub fn parse_public_key(b64: &str) -> Option<VerifyingKey> {
+    let bytes = URL_SAFE_NO_PAD.decode(b64.trim()).ok()?;
+    let bytes: [u8; 32] = bytes.as_slice().try_into().ok()?;
+    VerifyingKey::from_bytes(&bytes).ok()
+}
+
 /// The public JWK for an Ed25519 key (RFC 8037 section 2).
 pub fn public_jwk(key: &VerifyingKey) -> serde_json::Value {
     serde_json::json!({

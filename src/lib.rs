@@ -50,3 +50,162 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// The module graph: every module may use only modules in layers below its
+/// own, so the graph has no cycle and a reader can learn the crate bottom-up.
+#[cfg(test)]
+mod module_graph {
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+
+    /// Lowest first. Modules in one layer do not use each other.
+    const LAYERS: &[&[&str]] = &[
+        &["keys", "metrics", "sandbox", "demo"],
+        &["config"],
+        &["store"],
+        &["audit", "identity"],
+        &["gate"],
+        &["tools"],
+        &["server"],
+        &["transport"],
+        // Test support for the fuzz targets: may reach everything.
+        &["fuzzing"],
+    ];
+
+    fn layer_of(module: &str) -> Option<usize> {
+        LAYERS.iter().position(|layer| layer.contains(&module))
+    }
+
+    fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read src").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// The code of a file without its comments and its unit tests (a test
+    /// may drive its module from above).
+    fn code(text: &str) -> String {
+        let body = match text.find("#[cfg(test)]\nmod tests") {
+            Some(end) => &text[..end],
+            None => text,
+        };
+        body.lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The top-level modules named by `crate::…` paths in `code`, including
+    /// every branch of a `use crate::{a::X, b}` group.
+    fn used_modules(code: &str) -> BTreeSet<String> {
+        let mut used = BTreeSet::new();
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            rest = &rest[at + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                let mut depth = 1;
+                let mut start_of_path = true;
+                let mut name = String::new();
+                for c in group.chars() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        ',' if depth == 1 => {
+                            if !name.is_empty() {
+                                used.insert(std::mem::take(&mut name));
+                            }
+                            start_of_path = true;
+                        }
+                        c if depth == 1 && start_of_path && (c.is_alphanumeric() || c == '_') => {
+                            name.push(c)
+                        }
+                        _ if depth == 1 && start_of_path && !name.is_empty() => {
+                            used.insert(std::mem::take(&mut name));
+                            start_of_path = false;
+                        }
+                        _ => {}
+                    }
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                if !name.is_empty() {
+                    used.insert(name);
+                }
+            } else {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                used.insert(name);
+            }
+        }
+        used
+    }
+
+    #[test]
+    fn the_group_parser_sees_every_branch() {
+        let used =
+            used_modules("use crate::{audit::{A, B}, config, gate::quorum::X};\ncrate::keys::f()");
+        let expected: BTreeSet<String> = ["audit", "config", "gate", "keys"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(used, expected);
+    }
+
+    #[test]
+    fn every_module_uses_only_layers_below_its_own() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let lib = std::fs::read_to_string(root.join("lib.rs")).expect("lib.rs");
+        for line in lib.lines() {
+            if let Some(module) = line
+                .trim()
+                .strip_prefix("pub mod ")
+                .and_then(|m| m.strip_suffix(';'))
+            {
+                assert!(
+                    layer_of(module).is_some(),
+                    "module `{module}` is not placed in LAYERS"
+                );
+            }
+        }
+        let mut files = Vec::new();
+        sources(&root, &mut files);
+        let mut upward = Vec::new();
+        for file in files {
+            let relative = file.strip_prefix(&root).expect("under src");
+            let Some(module) = relative
+                .iter()
+                .next()
+                .and_then(|m| m.to_str())
+                .map(|m| m.trim_end_matches(".rs").to_string())
+            else {
+                continue;
+            };
+            let Some(own) = layer_of(&module) else {
+                continue;
+            };
+            let text = std::fs::read_to_string(&file).expect("source");
+            for used in used_modules(&code(&text)) {
+                if used == module {
+                    continue;
+                }
+                if let Some(layer) = layer_of(&used)
+                    && layer >= own
+                {
+                    upward.push(format!("{} uses crate::{used}", relative.display()));
+                }
+            }
+        }
+        assert!(
+            upward.is_empty(),
+            "dependencies that are not downward: {upward:#?}"
+        );
+    }
+}

@@ -479,7 +479,7 @@ async fn audit(config: Config, command: AuditCommand) -> Result<(), BoxError> {
             };
             let mut next = 0u64;
             loop {
-                let batch = store.receipts(next, 1000).await?;
+                let batch = dualtrust::audit::stored_receipts(&store, next, 1000).await?;
                 let Some(last) = batch.last() else { break };
                 next = last.body.seq + 1;
                 for receipt in &batch {

@@ -69,8 +69,6 @@ pub struct App {
     pub tools: Arc<ToolSet>,
     /// Seals `requestState` for 2026-07-28 multi-round-trip calls.
     request_state: RequestStateCodec,
-    /// HTTP connections open, in total and per client address.
-    pub connections: crate::transport::connections::ConnectionLimits,
 }
 
 /// What a sealed `requestState` carries: a handle on a held call. The store,
@@ -236,7 +234,6 @@ impl App {
         let request_state = RequestStateCodec::new_unchecked(
             server_key.derive_secret(REQUEST_STATE_LABEL).to_vec(),
         );
-        let config_http = config.http.clone();
         Ok(Self {
             config,
             server_key,
@@ -244,10 +241,6 @@ impl App {
             gate,
             tools: Arc::new(tools),
             request_state,
-            connections: crate::transport::connections::ConnectionLimits::new(
-                crate::transport::connections::connection_capacity(config_http.max_connections),
-                config_http.max_connections_per_address,
-            ),
         })
     }
 

@@ -19,7 +19,6 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::audit::Receipt;
 use crate::config::StoreTarget;
 
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
@@ -93,7 +92,8 @@ impl LeaseState {
     }
 }
 
-/// One stored receipt as the store holds it, derived columns included.
+/// One stored receipt as the store holds it, derived columns included. The
+/// store does not interpret the receipt: the audit log writes and reads it.
 #[derive(Debug, Clone)]
 pub struct LogRow {
     pub seq: u64,
@@ -580,10 +580,10 @@ impl Store {
     /// the inserts run under an advisory lock shared by all replicas.
     pub async fn insert_receipts(
         &self,
-        batch: &[(Receipt, String)],
+        batch: &[LogRow],
         consumed_leases: &[&Lease],
     ) -> Result<(), StoreError> {
-        let Some((first, _)) = batch.first() else {
+        let Some(first) = batch.first() else {
             return Ok(());
         };
         on_backend!(self, pool, pg => {
@@ -599,19 +599,18 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-            if next != to_i64(first.body.seq) {
+            if next != to_i64(first.seq) {
                 return Err(StoreError::Conflict);
             }
             for lease in consumed_leases {
                 insert_leases!(std::slice::from_ref(lease), tx)?;
             }
-            for (receipt, leaf_hash) in batch {
-                let json = serde_json::to_string(receipt).map_err(|_| StoreError::Corrupt)?;
+            for row in batch {
                 sqlx::query(sql(pg, "INSERT INTO audit_log (seq, hash, receipt, leaf_hash) VALUES (?, ?, ?, ?)"))
-                    .bind(to_i64(receipt.body.seq))
-                    .bind(&receipt.hash)
-                    .bind(json)
-                    .bind(leaf_hash)
+                    .bind(to_i64(row.seq))
+                    .bind(&row.hash)
+                    .bind(&row.receipt)
+                    .bind(&row.leaf_hash)
                     .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
@@ -639,33 +638,6 @@ impl Store {
                 })
                 .collect()
         })
-    }
-
-    pub async fn receipt_at(&self, seq: u64) -> Result<Option<Receipt>, StoreError> {
-        let json: Option<String> = on_backend!(self, pool, pg => {
-            sqlx::query_scalar(sql(pg, "SELECT receipt FROM audit_log WHERE seq = ?"))
-                .bind(to_i64(seq))
-                .fetch_optional(pool)
-                .await
-                .map_err(unavailable)?
-        });
-        json.map(|j| serde_json::from_str(&j).map_err(|_| StoreError::Corrupt))
-            .transpose()
-    }
-
-    /// Receipts in log order from `from_seq`, at most `limit`.
-    pub async fn receipts(&self, from_seq: u64, limit: u32) -> Result<Vec<Receipt>, StoreError> {
-        let rows: Vec<String> = on_backend!(self, pool, pg => {
-            sqlx::query_scalar(sql(pg, "SELECT receipt FROM audit_log WHERE seq >= ? ORDER BY seq LIMIT ?"))
-                .bind(to_i64(from_seq))
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await
-                .map_err(unavailable)?
-        });
-        rows.iter()
-            .map(|j| serde_json::from_str(j).map_err(|_| StoreError::Corrupt))
-            .collect()
     }
 }
 

@@ -318,6 +318,21 @@ const SCRUB_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A stored row re-derived from its receipt bytes: the receipt and its
 /// RFC 6962 leaf, after checking every derived column against them.
+/// Receipts in log order from `from_seq`, at most `limit`, parsed from the
+/// store's bytes (not checked: that is the verifiers' work).
+pub async fn stored_receipts(
+    store: &Store,
+    from_seq: u64,
+    limit: u32,
+) -> Result<Vec<Receipt>, StoreError> {
+    store
+        .log_rows(from_seq, limit)
+        .await?
+        .iter()
+        .map(|row| serde_json::from_str(&row.receipt).map_err(|_| StoreError::Corrupt))
+        .collect()
+}
+
 fn derive_row(row: &LogRow) -> Result<(Receipt, merkle::Hash), &'static str> {
     let receipt: Receipt =
         serde_json::from_str(&row.receipt).map_err(|_| "its stored JSON is not a receipt")?;
@@ -650,6 +665,7 @@ impl LogInner {
             let base_hash = state.last_hash.clone();
             let now = crate::now_unix_ms();
             let mut rows = Vec::with_capacity(drafts.len());
+            let mut receipts = Vec::with_capacity(drafts.len());
             let mut prev = base_hash.clone();
             for (i, draft) in drafts.iter().enumerate() {
                 let body = ReceiptBody {
@@ -674,7 +690,13 @@ impl LogInner {
                 let receipt = Receipt::seal(body, &self.key).map_err(|_| StoreError::Corrupt)?;
                 prev = receipt.hash.clone();
                 state.tree.push(leaf);
-                rows.push((receipt, hex::encode(leaf)));
+                rows.push(LogRow {
+                    seq: receipt.body.seq,
+                    hash: receipt.hash.clone(),
+                    leaf_hash: hex::encode(leaf),
+                    receipt: serde_json::to_string(&receipt).map_err(|_| StoreError::Corrupt)?,
+                });
+                receipts.push(receipt);
             }
             let leases: Vec<_> = drafts
                 .iter()
@@ -687,9 +709,9 @@ impl LogInner {
                     let checkpoint = self
                         .checkpoint_note(&state.tree, size)
                         .ok_or(StoreError::Corrupt)?;
-                    return rows
+                    return receipts
                         .into_iter()
-                        .map(|(receipt, _)| {
+                        .map(|receipt| {
                             let index = receipt.body.seq;
                             let inclusion = state
                                 .tree
@@ -782,7 +804,7 @@ impl LogInner {
 
     /// Stored receipts from `from_seq`, at most `limit`.
     pub async fn receipts(&self, from_seq: u64, limit: u32) -> Result<Vec<Receipt>, StoreError> {
-        self.store.receipts(from_seq, limit).await
+        stored_receipts(&self.store, from_seq, limit).await
     }
 
     /// Consistency proof between two sizes of the current tree.

@@ -13,21 +13,14 @@ use std::collections::BTreeSet;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::{Signature, VerifyingKey};
+use ed25519_dalek::Signature;
 use serde::Serialize;
 
-use crate::config::{ApproverConfig, QuorumConfig};
+use crate::config::{Approver, QuorumConfig};
 use crate::store::{Lease, StoredApproval};
 
 /// The first line of every signed approval statement.
 pub const APPROVAL_DOMAIN: &str = "dualtrust-approval-v1";
-
-/// Parses a base64url (no padding) Ed25519 public key.
-pub fn parse_public_key(b64: &str) -> Option<VerifyingKey> {
-    let bytes = URL_SAFE_NO_PAD.decode(b64.trim()).ok()?;
-    let bytes: [u8; 32] = bytes.as_slice().try_into().ok()?;
-    VerifyingKey::from_bytes(&bytes).ok()
-}
 
 /// The exact bytes an approver signs for `lease`.
 pub fn approval_message(lease: &Lease) -> String {
@@ -106,12 +99,6 @@ impl ApprovalError {
     }
 }
 
-struct Approver {
-    id: String,
-    key: VerifyingKey,
-    subject: Option<String>,
-}
-
 /// k and the eligible approver ids for one tool.
 #[derive(Debug, Clone, Serialize)]
 pub struct QuorumRule {
@@ -133,20 +120,9 @@ pub struct ApproverRegistry {
 }
 
 impl ApproverRegistry {
-    /// Built from validated configuration (keys were checked there; an
-    /// unparseable one is skipped rather than trusted).
-    pub fn new(approvers: &[ApproverConfig], quorum: &QuorumConfig) -> Self {
+    pub fn new(approvers: &[Approver], quorum: &QuorumConfig) -> Self {
         Self {
-            approvers: approvers
-                .iter()
-                .filter_map(|a| {
-                    Some(Approver {
-                        id: a.id.clone(),
-                        key: parse_public_key(&a.public_key)?,
-                        subject: a.subject.clone(),
-                    })
-                })
-                .collect(),
+            approvers: approvers.to_vec(),
             quorum: quorum.clone(),
         }
     }
@@ -259,11 +235,11 @@ mod tests {
     }
 
     fn registry(keys: &[(&str, &KeyPair, Option<&str>)], k: usize) -> ApproverRegistry {
-        let approvers: Vec<ApproverConfig> = keys
+        let approvers: Vec<Approver> = keys
             .iter()
-            .map(|(id, key, subject)| ApproverConfig {
+            .map(|(id, key, subject)| Approver {
                 id: id.to_string(),
-                public_key: URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()),
+                key: key.verifying_key(),
                 subject: subject.map(String::from),
             })
             .collect();

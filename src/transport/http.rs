@@ -25,6 +25,7 @@ use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::connections::ConnectionLimits;
 use crate::gate::quorum::ApprovalError;
 use crate::gate::rate::KeyedLimit;
 use crate::identity::{IdentityError, Principal};
@@ -36,6 +37,8 @@ struct HttpState {
     public_url: String,
     /// Failed authentications per client address.
     auth_failures: Option<Arc<KeyedLimit<IpAddr>>>,
+    /// HTTP connections open, in total and per client address.
+    connections: ConnectionLimits,
 }
 
 impl HttpState {
@@ -45,7 +48,12 @@ impl HttpState {
 }
 
 /// Builds the router for a server reachable at `public_url`.
-pub fn router(app: Arc<App>, public_url: String, shutdown: CancellationToken) -> Router {
+pub fn router(
+    app: Arc<App>,
+    public_url: String,
+    connections: ConnectionLimits,
+    shutdown: CancellationToken,
+) -> Router {
     let http = &app.config.http;
     let mut mcp_config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(http.allowed_hosts.clone())
@@ -68,6 +76,7 @@ pub fn router(app: Arc<App>, public_url: String, shutdown: CancellationToken) ->
         app,
         public_url,
         auth_failures,
+        connections,
     };
     let approvals = Router::new()
         .route("/approvals", post(submit_approval))
@@ -771,7 +780,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     let mut text = gate.metrics().render(&extra);
     text.push_str(&format!(
         "# HELP dualtrust_http_connections_open HTTP connections open now.\n# TYPE dualtrust_http_connections_open gauge\ndualtrust_http_connections_open {}\n",
-        state.app.connections.open()
+        state.connections.open()
     ));
     (
         StatusCode::OK,
@@ -797,12 +806,20 @@ pub async fn serve(
         .unwrap_or_else(|| format!("http://{local}"));
     let shutdown = CancellationToken::new();
     let grace = std::time::Duration::from_secs(app.config.http.shutdown_grace_s);
-    let router = router(app.clone(), public_url.clone(), shutdown.clone());
+    let http = app.config.http.clone();
+    let limits = ConnectionLimits::new(
+        super::connections::connection_capacity(http.max_connections),
+        http.max_connections_per_address,
+    );
+    let router = router(
+        app.clone(),
+        public_url.clone(),
+        limits.clone(),
+        shutdown.clone(),
+    );
     eprintln!("dualtrust listening on {public_url}/mcp");
     tracing::info!(address = %local, "serving MCP over streamable HTTP");
     let stop_accepting = CancellationToken::new();
-    let http = app.config.http.clone();
-    let limits = app.connections.clone();
     let refused = app.gate.metrics().connections_refused.clone();
     let mut server = tokio::spawn({
         let stop_accepting = stop_accepting.clone();
