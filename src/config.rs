@@ -134,14 +134,30 @@ pub struct PublicKeyConfig {
     pub pem_file: PathBuf,
 }
 
-/// A secret from configuration: never printed, not even by `Debug`.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+/// A secret from configuration: never printed, not even by `Debug`. Clones
+/// share one buffer, which is zeroed when the last of them is dropped.
+#[derive(Clone)]
+pub struct Secret(std::sync::Arc<zeroize::Zeroizing<String>>);
 
 impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(std::sync::Arc::new(zeroize::Zeroizing::new(value)))
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self::new(value.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
     }
 }
 
@@ -217,7 +233,7 @@ impl Default for HttpConfig {
 pub struct StoreConfig {
     /// `sqlite://PATH` (relative to the data directory), or
     /// `postgres://…` for a store shared by several replicas.
-    pub url: String,
+    pub url: Secret,
     /// PostgreSQL only: connections in the store's pool.
     pub max_connections: u32,
 }
@@ -225,7 +241,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            url: "sqlite://state.db".into(),
+            url: Secret::from("sqlite://state.db"),
             max_connections: 8,
         }
     }
@@ -262,9 +278,9 @@ pub struct DatabaseConfig {
     /// The database `db.query` runs against: `sqlite://PATH` (relative to
     /// the data directory) or `postgres://USER@HOST:PORT/DB`. Writes and
     /// admin statements use this URL's role.
-    pub url: String,
+    pub url: Secret,
     /// PostgreSQL only: a separate URL (a read-only role) for reads.
-    pub read_url: Option<String>,
+    pub read_url: Option<Secret>,
     /// PostgreSQL only: connections per pool.
     pub max_connections: u32,
     /// How long a call waits for a free connection before failing.
@@ -283,7 +299,7 @@ pub struct DatabaseConfig {
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
-            url: "sqlite://demo.db".into(),
+            url: Secret::from("sqlite://demo.db"),
             read_url: None,
             max_connections: 4,
             acquire_timeout_ms: 5_000,
@@ -692,13 +708,13 @@ impl Config {
 
     fn validate(data_dir: &Path, raw: FileConfig) -> Result<Self, ConfigError> {
         let data_dir = absolute(data_dir);
-        let store_target = if is_postgres_url(&raw.store.url) {
+        let store_target = if is_postgres_url(raw.store.url.expose()) {
             StoreTarget::Postgres {
-                url: Secret(raw.store.url.clone()),
+                url: raw.store.url.clone(),
                 max_connections: raw.store.max_connections,
             }
         } else {
-            StoreTarget::Sqlite(sqlite_path(&data_dir, "store.url", &raw.store.url)?)
+            StoreTarget::Sqlite(sqlite_path(&data_dir, "store.url", raw.store.url.expose())?)
         };
         let database_target = database_target(&data_dir, &raw.database)?;
         let positive = |key: &str, v: u64| {
@@ -1151,18 +1167,37 @@ impl DatabaseTarget {
     }
 }
 
-/// `scheme://user:password@host/db` → `scheme://user@host/db`.
+/// `scheme://user:password@host/db?sslpassword=…&password=…` →
+/// `scheme://user@host/db?sslpassword=[redacted]&password=[redacted]`:
+/// libpq takes a password in the query as well as in the userinfo.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "[unparseable url]".into();
     };
-    match rest.split_once('@') {
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
+    let location = match rest.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split(':').next().unwrap_or("");
             format!("{scheme}://{user}@{host}")
         }
-        None => url.to_string(),
-    }
+        None => format!("{scheme}://{rest}"),
+    };
+    let Some(query) = query else {
+        return location;
+    };
+    let parameters: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                format!("{key}=[redacted]")
+            }
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{location}?{}", parameters.join("&"))
 }
 
 fn is_postgres_url(url: &str) -> bool {
@@ -1170,9 +1205,9 @@ fn is_postgres_url(url: &str) -> bool {
 }
 
 fn database_target(data_dir: &Path, db: &DatabaseConfig) -> Result<DatabaseTarget, ConfigError> {
-    if is_postgres_url(&db.url) {
+    if is_postgres_url(db.url.expose()) {
         let read_url = match &db.read_url {
-            Some(r) if is_postgres_url(r) => r.clone(),
+            Some(r) if is_postgres_url(r.expose()) => r.clone(),
             Some(_) => {
                 return Err(ConfigError::key(
                     "database.read_url",
@@ -1182,8 +1217,8 @@ fn database_target(data_dir: &Path, db: &DatabaseConfig) -> Result<DatabaseTarge
             None => db.url.clone(),
         };
         return Ok(DatabaseTarget::Postgres {
-            url: Secret(db.url.clone()),
-            read_url: Secret(read_url),
+            url: db.url.clone(),
+            read_url,
         });
     }
     if db.read_url.is_some() {
@@ -1195,7 +1230,7 @@ fn database_target(data_dir: &Path, db: &DatabaseConfig) -> Result<DatabaseTarge
     Ok(DatabaseTarget::Sqlite(sqlite_path(
         data_dir,
         "database.url",
-        &db.url,
+        db.url.expose(),
     )?))
 }
 
@@ -1272,6 +1307,32 @@ mod tests {
         let c = load("", &[]).expect("defaults");
         assert_eq!(c.mode, Mode::Development);
         assert!(matches!(&c.store_target, StoreTarget::Sqlite(p) if p.ends_with("state.db")));
+    }
+
+    #[test]
+    fn database_and_store_passwords_appear_in_no_log_line_or_debug_output() {
+        let c = load(
+            "[database]\nurl = \"postgres://app:hunter2@db:5432/prod?sslmode=require&password=hunter3\"\n\
+             [store]\nurl = \"postgres://dt:hunter4@db/dt?sslpassword=hunter5\"\n",
+            &[],
+        )
+        .expect("config");
+        let shown = format!(
+            "{c:?} {} {}",
+            c.database_target.describe(),
+            c.store_target.describe()
+        );
+        for password in ["hunter2", "hunter3", "hunter4", "hunter5"] {
+            assert!(!shown.contains(password), "{password} leaked: {shown}");
+        }
+        assert!(shown.contains("postgres://app@db:5432/prod?sslmode=require&password=[redacted]"));
+        assert!(shown.contains("postgres://dt@db/dt?sslpassword=[redacted]"));
+        // A clone shares the secret; it does not copy it.
+        let url = match &c.database_target {
+            DatabaseTarget::Postgres { url, .. } => url.clone(),
+            DatabaseTarget::Sqlite(_) => panic!("postgres expected"),
+        };
+        assert!(std::ptr::eq(url.expose(), c.database.url.expose()));
     }
 
     #[test]

@@ -182,7 +182,7 @@ impl App {
             path: config.database_target.describe(),
             message,
         };
-        if config.database.url == DatabaseConfig::default().url
+        if config.database.url.expose() == DatabaseConfig::default().url.expose()
             && let DatabaseTarget::Sqlite(path) = &config.database_target
             && crate::demo::ensure_demo_database(path)
                 .await

@@ -219,7 +219,8 @@ pub struct GateOutcome {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrorInfo {
-    pub code: String,
+    /// Also the receipt's `reason`: callers and auditors read one code.
+    pub code: &'static str,
     pub message: String,
 }
 
@@ -542,8 +543,7 @@ impl Gate {
                         draft,
                         Status::Denied,
                         None,
-                        Some(ErrorInfo::new("unauthenticated", e.to_string())),
-                        Some(e.code()),
+                        Some(ErrorInfo::new(e.code(), e.to_string())),
                     )
                     .await;
             }
@@ -587,10 +587,9 @@ impl Gate {
                         Status::Error,
                         None,
                         Some(ErrorInfo::new(
-                            "internal",
+                            RANDOM_UNAVAILABLE,
                             "random source unavailable".into(),
                         )),
-                        Some("random_unavailable"),
                     )
                     .await;
             }
@@ -677,7 +676,6 @@ impl Gate {
             rejection.status,
             None,
             Some(ErrorInfo::new(rejection.code, rejection.message)),
-            Some(rejection.code),
         )
         .await
     }
@@ -737,10 +735,9 @@ impl Gate {
                     Status::Error,
                     None,
                     Some(ErrorInfo::new(
-                        "internal",
+                        RANDOM_UNAVAILABLE,
                         "random source unavailable".into(),
                     )),
-                    Some("random_unavailable"),
                 )
                 .await;
         };
@@ -797,7 +794,6 @@ impl Gate {
                 Status::ApprovalRequired,
                 Some(approval),
                 Some(ErrorInfo::new("approval_required", message)),
-                Some("approval_required"),
             )
             .await
         } else {
@@ -817,7 +813,6 @@ impl Gate {
                 Status::LeaseIssued,
                 Some(issued),
                 Some(ErrorInfo::new("lease_issued", message)),
-                Some("lease_issued"),
             )
             .await
         }
@@ -905,7 +900,6 @@ impl Gate {
                         Status::ApprovalRequired,
                         Some(approval),
                         Some(ErrorInfo::new("approval_required", message)),
-                        Some("insufficient_approvals"),
                     )
                     .await;
             }
@@ -960,7 +954,6 @@ impl Gate {
                         Status::Error,
                         None,
                         Some(self.audit_unavailable("the call was not executed")),
-                        Some("audit_unavailable"),
                     )
                     .await;
             }
@@ -989,19 +982,13 @@ impl Gate {
         match executed {
             Ok(executed) => {
                 draft.outcome = Some(with_approvals(executed.outcome));
-                self.finish(draft, Status::Ok, Some(executed.result), None, None)
+                self.finish(draft, Status::Ok, Some(executed.result), None)
                     .await
             }
             Err(refusal) => {
                 draft.outcome = (!approvals.is_empty()).then(|| with_approvals(Value::Null));
-                self.finish(
-                    draft,
-                    Status::Error,
-                    None,
-                    Some(refusal.clone().into()),
-                    Some(refusal.code),
-                )
-                .await
+                self.finish(draft, Status::Error, None, Some(refusal.clone().into()))
+                    .await
             }
         }
     }
@@ -1126,19 +1113,20 @@ impl Gate {
             Status::Denied,
             None,
             Some(ErrorInfo::new(code, message.into())),
-            Some(code),
         )
         .await
     }
 
+    /// Records the decision and builds the answer. The receipt's reason is
+    /// the code the caller gets: one vocabulary for clients and auditors.
     async fn finish(
         &self,
         mut draft: ReceiptDraft,
         status: Status,
         payload: Option<Value>,
         error: Option<ErrorInfo>,
-        reason: Option<&'static str>,
     ) -> GateOutcome {
+        let reason = error.as_ref().map(|e| e.code);
         if status == Status::Denied
             && let Some(code) = reason
         {
@@ -1207,11 +1195,8 @@ impl Gate {
 }
 
 impl ErrorInfo {
-    pub fn new(code: &str, message: String) -> Self {
-        Self {
-            code: code.to_string(),
-            message,
-        }
+    pub fn new(code: &'static str, message: String) -> Self {
+        Self { code, message }
     }
 }
 
@@ -1259,6 +1244,9 @@ pub const APPROVAL: &str = "approval";
 
 /// The code of a call whose token lacks the scope its class needs.
 pub const INSUFFICIENT_SCOPE: &str = "insufficient_scope";
+
+/// The code of a call refused because the system's random source failed.
+const RANDOM_UNAVAILABLE: &str = "random_unavailable";
 
 /// The code of a call the server failed on, not one the caller got wrong.
 pub const INTERNAL: &str = "internal";

@@ -965,7 +965,7 @@ impl Tool for Terminal {
             .any(|a| a.len() > MAX_ARG_BYTES || a.contains('\0'))
         {
             return Err(refuse(
-                "invalid_argument",
+                "invalid_arguments",
                 format!("arguments must be under {MAX_ARG_BYTES} bytes and contain no NUL"),
             ));
         }

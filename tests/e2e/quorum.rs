@@ -87,6 +87,9 @@ async fn destructive_command_runs_once_after_k_approvals() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 of 2"));
     let (env, _) = call(&client, "terminal.execute", redeem.clone()).await;
     assert_eq!(status(&env), "approval_required", "k-1 approvals: {env}");
+    // One code for the agent and the auditor, at issue and at redemption.
+    assert_eq!(error_code(&env), "approval_required");
+    assert_eq!(receipt(&env)["body"]["reason"], "approval_required");
     assert_eq!(env["approval"]["approved_by"], json!(["alice"]));
     assert!(victim.exists());
     // The same approver twice is one approval.
