@@ -316,8 +316,6 @@ pub struct IntegrityFailure {
 /// nobody asks about them.
 const SCRUB_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// A stored row re-derived from its receipt bytes: the receipt and its
-/// RFC 6962 leaf, after checking every derived column against them.
 /// Receipts in log order from `from_seq`, at most `limit`, parsed from the
 /// store's bytes (not checked: that is the verifiers' work).
 pub async fn stored_receipts(
@@ -333,6 +331,8 @@ pub async fn stored_receipts(
         .collect()
 }
 
+/// A stored row re-derived from its receipt bytes: the receipt and its
+/// RFC 6962 leaf, after checking every derived column against them.
 fn derive_row(row: &LogRow) -> Result<(Receipt, merkle::Hash), &'static str> {
     let receipt: Receipt =
         serde_json::from_str(&row.receipt).map_err(|_| "its stored JSON is not a receipt")?;

@@ -987,7 +987,7 @@ impl Gate {
             }
             Err(refusal) => {
                 draft.outcome = (!approvals.is_empty()).then(|| with_approvals(Value::Null));
-                self.finish(draft, Status::Error, None, Some(refusal.clone().into()))
+                self.finish(draft, Status::Error, None, Some(refusal.into()))
                     .await
             }
         }
