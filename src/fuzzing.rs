@@ -94,8 +94,7 @@ fn terminal_fixture() -> &'static TerminalFixture {
             roots: vec![root.clone()],
             ..TerminalConfig::default()
         };
-        let terminal = Terminal::new(config, ScopeConfig::default(), Mode::Development)
-            .expect("fixture: terminal");
+        let terminal = Terminal::new(config, Mode::Development).expect("fixture: terminal");
         let root = std::fs::canonicalize(&root).expect("fixture: canonical root");
         TerminalFixture { terminal, root }
     })
@@ -212,7 +211,6 @@ pub fn terminal(data: &[u8]) {
         !NEVER_ALLOWED.contains(&name),
         "{argv:?}: `{name}` must never classify"
     );
-    let scopes = ScopeConfig::default();
     let cwd_path = landing(&fixture.root, cwd.as_deref().unwrap_or("."))
         .unwrap_or_else(|| panic!("{argv:?}: cwd {cwd:?} classified but loops"));
     assert!(
@@ -223,7 +221,6 @@ pub fn terminal(data: &[u8]) {
     let paths_matter = !NO_PATH_PROGRAMS.contains(&name);
     match classification.class {
         Class::Write => {
-            assert_eq!(classification.scope, scopes.terminal_execute, "{argv:?}");
             assert!(
                 !ALWAYS_DESTRUCTIVE.contains(&name) && !name.starts_with("mkfs"),
                 "{argv:?}: `{name}` classified ordinary"
@@ -245,7 +242,6 @@ pub fn terminal(data: &[u8]) {
             }
         }
         Class::Destructive => {
-            assert_eq!(classification.scope, scopes.terminal_admin, "{argv:?}");
             if paths_matter {
                 let targets = classification
                     .summary

@@ -17,9 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditLog;
 use crate::config::{Config, DatabaseConfig, DatabaseTarget, Mode};
-use crate::gate::quorum::ApproverRegistry;
-use crate::gate::rate::CallLimits;
-use crate::gate::{Caller, Gate, GateOutcome, GatePolicy, Status};
+use crate::gate::{Caller, Gate, GateOutcome, Policy, Status};
 use crate::identity::{Principal, TokenVerifier};
 use crate::keys::KeyPair;
 use crate::store::Store;
@@ -202,32 +200,16 @@ impl App {
             verifier,
             store.clone(),
             log.clone(),
-            GatePolicy {
-                leases: config.leases.clone(),
-                approvers: ApproverRegistry::new(&config.approvers, &config.quorum),
-                limits: CallLimits::new(&config.limits),
-            },
+            Policy::from_config(&config),
         ));
         let tools = ToolSet {
-            db_query: DbQuery::open(
-                &config.database_target,
-                config.database.clone(),
-                config.scopes.clone(),
-            )
-            .await
-            .map_err(|e| db_error(e.to_string()))?,
-            terminal: Terminal::new(config.terminal.clone(), config.scopes.clone(), config.mode)
+            db_query: DbQuery::open(&config.database_target, config.database.clone())
+                .await
+                .map_err(|e| db_error(e.to_string()))?,
+            terminal: Terminal::new(config.terminal.clone(), config.mode)
                 .map_err(StartupError::Terminal)?,
-            passport: PassportIssuer::new(
-                server_key.clone(),
-                config.passport.clone(),
-                config.scopes.clone(),
-            ),
-            audit_verify: AuditVerify::new(
-                log,
-                config.passport.issuer.clone(),
-                config.scopes.clone(),
-            ),
+            passport: PassportIssuer::new(server_key.clone(), config.passport.clone()),
+            audit_verify: AuditVerify::new(log, config.passport.issuer.clone()),
             #[cfg(feature = "bench")]
             bench_echo: crate::tools::bench_echo::BenchEcho,
         };

@@ -14,6 +14,7 @@
 //! tool's `execute` cannot be reached without steps 1–5 (the rustls
 //! "proof value" pattern): adding a tool cannot skip the gate by accident.
 
+pub mod policy;
 pub mod quorum;
 pub mod rate;
 
@@ -30,12 +31,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::audit::{AuditLog, Decision, LogProof, Receipt, ReceiptDraft};
-use crate::config::LeaseConfig;
 use crate::identity::{IdentityError, Principal, TokenVerifier};
 use crate::metrics::Metrics;
 use crate::store::{Lease, LeaseState, Store, StoreError};
+pub use policy::Policy;
 use quorum::{ApprovalError, ApprovalProof, ApproverRegistry};
-use rate::CallLimits;
 
 /// The argument that names a previously issued lease when a call is repeated.
 /// It is taken out of the arguments before they are parsed and digested.
@@ -63,14 +63,16 @@ impl Class {
     }
 }
 
-/// A tool's judgement of one call.
+/// A tool's judgement of one call, and what it found that running the call
+/// needs (the canonical statement, the resolved program): execution uses the
+/// plan rather than judging the arguments again, so what runs is what was
+/// judged. Which scope the class needs is [`policy`]'s business.
 #[derive(Debug, Clone)]
-pub struct Classification {
+pub struct Classification<P = ()> {
     pub class: Class,
-    /// The scope policy requires for this class of this tool.
-    pub scope: String,
     /// What the call will do, in words a human approver can check.
     pub summary: String,
+    pub plan: P,
 }
 
 /// A call refused before it ran, with a reason the caller can act on.
@@ -100,7 +102,9 @@ pub struct Executed {
 #[derive(Debug, Clone)]
 pub struct Action {
     tool: &'static str,
-    classification: Classification,
+    class: Class,
+    scope: String,
+    summary: String,
     args_digest: String,
 }
 
@@ -109,13 +113,13 @@ impl Action {
         self.tool
     }
     pub fn class(&self) -> Class {
-        self.classification.class
+        self.class
     }
     pub fn scope(&self) -> &str {
-        &self.classification.scope
+        &self.scope
     }
     pub fn summary(&self) -> &str {
-        &self.classification.summary
+        &self.summary
     }
     pub fn args_digest(&self) -> &str {
         &self.args_digest
@@ -124,15 +128,16 @@ impl Action {
 
 /// Proof that a call passed identity, scope, lease and quorum. Only
 /// [`Gate::run`] constructs one; a tool's `execute` requires it.
-pub struct Authorized<'a, A> {
+pub struct Authorized<'a, T: Tool + ?Sized> {
     principal: &'a Principal,
     action: &'a Action,
     lease_id: &'a str,
     approvals: &'a [ApprovalProof],
-    args: A,
+    args: T::Args,
+    plan: T::Plan,
 }
 
-impl<A> Authorized<'_, A> {
+impl<T: Tool + ?Sized> Authorized<'_, T> {
     pub fn principal(&self) -> &Principal {
         self.principal
     }
@@ -146,8 +151,12 @@ impl<A> Authorized<'_, A> {
     pub fn approvals(&self) -> &[ApprovalProof] {
         self.approvals
     }
-    pub fn args(&self) -> &A {
+    pub fn args(&self) -> &T::Args {
         &self.args
+    }
+    /// What classification established about this very call.
+    pub fn plan(&self) -> &T::Plan {
+        &self.plan
     }
 }
 
@@ -159,12 +168,17 @@ pub trait Tool: Send + Sync + 'static {
     /// Whether every call of this tool leaves its environment unchanged.
     const READ_ONLY: bool;
     type Args: DeserializeOwned + Serialize + JsonSchema + Send + Sync;
+    /// What classification hands to execution; `()` when nothing.
+    type Plan: Send + Sync;
 
-    fn classify(&self, args: &Self::Args) -> Result<Classification, Refusal>;
+    /// Judges the call without side effects the caller could observe
+    /// beyond the verdict: it runs only for callers holding one of the
+    /// tool's scopes.
+    fn classify(&self, args: &Self::Args) -> Result<Classification<Self::Plan>, Refusal>;
 
     fn execute(
         &self,
-        call: Authorized<'_, Self::Args>,
+        call: Authorized<'_, Self>,
     ) -> impl Future<Output = Result<Executed, Refusal>> + Send;
 }
 
@@ -224,27 +238,11 @@ pub struct ErrorInfo {
     pub message: String,
 }
 
-/// Lease, quorum and rate policy.
-pub struct GatePolicy {
-    pub leases: LeaseConfig,
-    pub approvers: ApproverRegistry,
-    pub limits: CallLimits,
-}
-
-impl GatePolicy {
-    fn explicit_lease(&self, tool: &str, class: Class) -> bool {
-        self.leases
-            .explicit
-            .iter()
-            .any(|entry| entry.split_once(':') == Some((tool, class.as_str())))
-    }
-}
-
 pub struct Gate {
     verifier: Arc<TokenVerifier>,
     store: Store,
     log: Arc<AuditLog>,
-    policy: GatePolicy,
+    policy: Policy,
     metrics: Metrics,
     in_flight: AtomicUsize,
     /// Benchmark builds only: run tools with no identity, scope, rate,
@@ -292,7 +290,7 @@ impl Gate {
         verifier: Arc<TokenVerifier>,
         store: Store,
         log: Arc<AuditLog>,
-        policy: GatePolicy,
+        policy: Policy,
     ) -> Self {
         Self {
             verifier,
@@ -354,15 +352,18 @@ impl Gate {
         let principal = Principal::unverified_for_benchmark();
         let action = Action {
             tool: T::NAME,
-            classification,
+            class: classification.class,
+            scope: String::new(),
+            summary: classification.summary,
             args_digest: String::new(),
         };
-        let call = Authorized {
+        let call = Authorized::<T> {
             principal: &principal,
             action: &action,
             lease_id: "",
             approvals: &[],
             args,
+            plan: classification.plan,
         };
         match tool.execute(call).await {
             Ok(executed) => GateOutcome {
@@ -551,10 +552,11 @@ impl Gate {
         draft.subject = Some(principal.subject().to_string());
         draft.token_id = principal.token_id().map(String::from);
 
-        let (lease_id, args, action) = match self.admit(tool, &mut draft, &principal, arguments) {
+        let admitted = match self.admit(tool, &mut draft, &principal, arguments) {
             Ok(admitted) => admitted,
             Err(rejection) => return self.reject(draft, rejection).await,
         };
+        let action = &admitted.action;
 
         // 4. Rate.
         if let Err(retry_after) = self.policy.limits.check(principal.subject(), T::NAME) {
@@ -566,15 +568,15 @@ impl Gate {
         }
 
         // 4–5. Lease and quorum.
-        let needs_quorum = action.class() == Class::Destructive;
-        if let Some(id) = lease_id {
+        let needs_quorum = self.policy.needs_quorum(action.class());
+        if admitted.lease_id.is_some() {
             return self
-                .redeem(tool, draft, &principal, &action, args, id, needs_quorum)
+                .redeem(tool, draft, &principal, admitted, needs_quorum)
                 .await;
         }
-        if needs_quorum || self.policy.explicit_lease(T::NAME, action.class()) {
+        if needs_quorum || self.policy.needs_explicit_lease(T::NAME, action.class()) {
             return self
-                .issue::<T>(draft, &principal, &action, &args, needs_quorum)
+                .issue::<T>(draft, &principal, action, &admitted.args, needs_quorum)
                 .await;
         }
         let now = crate::now_unix();
@@ -614,7 +616,7 @@ impl Gate {
             args_json: String::new(),
             quorum_k: 0,
         });
-        self.execute(tool, draft, &principal, &action, &lease_id, &[], args)
+        self.execute(tool, draft, &principal, admitted, &lease_id, &[])
             .await
     }
 
@@ -628,7 +630,21 @@ impl Gate {
         draft: &mut ReceiptDraft,
         principal: &Principal,
         arguments: Option<Map<String, Value>>,
-    ) -> Result<(Option<String>, T::Args, Action), Rejection> {
+    ) -> Result<Admitted<T>, Rejection> {
+        // A caller holding none of the tool's scopes learns nothing from its
+        // classifier (which may look at the filesystem or the schema).
+        let tool_scopes = self.policy.tool_scopes(T::NAME);
+        if !tool_scopes.iter().any(|scope| principal.has_scope(scope)) {
+            let least = tool_scopes.first().copied().unwrap_or(T::NAME);
+            draft.scope = Some(least.to_string());
+            return Err(Rejection::denied(
+                INSUFFICIENT_SCOPE,
+                format!(
+                    "`{}` needs the `{least}` scope, which the token does not grant",
+                    T::NAME
+                ),
+            ));
+        }
         let mut arguments = arguments.unwrap_or_default();
         let lease_id = match arguments.remove(LEASE_ARG) {
             None => None,
@@ -652,10 +668,25 @@ impl Gate {
         draft.args_digest = Some(digest.clone());
         let classification = classify_contained(tool, &args).map_err(Rejection::from)?;
         draft.class = Some(classification.class.as_str());
-        draft.scope = Some(classification.scope.clone());
+        let Some(scope) = self.policy.scope_for(T::NAME, classification.class) else {
+            tracing::error!(
+                tool = T::NAME,
+                class = classification.class.as_str(),
+                "policy names no scope for this class of call"
+            );
+            return Err(Rejection {
+                status: Status::Error,
+                code: NO_POLICY,
+                message: "the server's policy has no rule for this class of call; it was refused"
+                    .into(),
+            });
+        };
+        draft.scope = Some(scope.to_string());
         let action = Action {
             tool: T::NAME,
-            classification,
+            class: classification.class,
+            scope: scope.to_string(),
+            summary: classification.summary,
             args_digest: digest,
         };
         if !principal.has_scope(action.scope()) {
@@ -667,7 +698,12 @@ impl Gate {
                 ),
             ));
         }
-        Ok((lease_id, args, action))
+        Ok(Admitted {
+            lease_id,
+            args,
+            plan: classification.plan,
+            action,
+        })
     }
 
     async fn reject(&self, draft: ReceiptDraft, rejection: Rejection) -> GateOutcome {
@@ -719,7 +755,7 @@ impl Gate {
         args: &T::Args,
         needs_quorum: bool,
     ) -> GateOutcome {
-        let rule = self.policy.approvers.rule_for(T::NAME);
+        let rule = self.policy.quorum_rule(T::NAME);
         if needs_quorum && self.policy.approvers.is_empty() {
             let message = format!(
                 "approval required: {}; no approvers are registered on this server, so destructive calls cannot run",
@@ -819,17 +855,16 @@ impl Gate {
     }
 
     /// Redeems an issued lease for exactly the call it was issued for.
-    #[allow(clippy::too_many_arguments)]
     async fn redeem<T: Tool>(
         &self,
         tool: &T,
         mut draft: ReceiptDraft,
         principal: &Principal,
-        action: &Action,
-        args: T::Args,
-        id: String,
+        admitted: Admitted<T>,
         needs_quorum: bool,
     ) -> GateOutcome {
+        let action = &admitted.action;
+        let id = admitted.lease_id.clone().unwrap_or_default();
         draft.lease = Some(id.clone());
         let deny = |code: &'static str, message: &str| (code, message.to_string());
         let now = crate::now_unix();
@@ -873,7 +908,7 @@ impl Gate {
         if let Some((code, message)) = problem {
             return self.deny(draft, code, message).await;
         }
-        let rule = self.policy.approvers.rule_for(T::NAME);
+        let rule = self.policy.quorum_rule(T::NAME);
         let k = if needs_quorum {
             lease.quorum_k.max(rule.k)
         } else {
@@ -921,24 +956,26 @@ impl Gate {
                 return self.deny(draft, "store_unavailable", e.to_string()).await;
             }
         }
-        self.execute(tool, draft, principal, action, &id, &approvals, args)
+        self.execute(tool, draft, principal, admitted, &id, &approvals)
             .await
     }
 
     /// Step 6: run the tool with its proof; for any call that may change
     /// state, record the intent first, so a crash mid-call still leaves a
     /// trace of everything that ran.
-    #[allow(clippy::too_many_arguments)]
     async fn execute<T: Tool>(
         &self,
         tool: &T,
         mut draft: ReceiptDraft,
         principal: &Principal,
-        action: &Action,
+        admitted: Admitted<T>,
         lease_id: &str,
         approvals: &[ApprovalProof],
-        args: T::Args,
     ) -> GateOutcome {
+        let Admitted {
+            action, args, plan, ..
+        } = admitted;
+        let action = &action;
         let approvals_json = serde_json::to_value(approvals).unwrap_or(Value::Null);
         // Anything that may change state is recorded before it runs.
         if action.class() != Class::Read {
@@ -958,12 +995,13 @@ impl Gate {
                     .await;
             }
         }
-        let call = Authorized {
+        let call = Authorized::<T> {
             principal,
             action,
             lease_id,
             approvals,
             args,
+            plan,
         };
         let with_approvals = |outcome: Value| {
             if approvals.is_empty() {
@@ -1206,6 +1244,14 @@ impl From<Refusal> for ErrorInfo {
     }
 }
 
+/// A call that passed admission: what the gate and the tool established.
+struct Admitted<T: Tool> {
+    lease_id: Option<String>,
+    args: T::Args,
+    plan: T::Plan,
+    action: Action,
+}
+
 /// A call turned away before it ran: how, with which code, and why.
 struct Rejection {
     status: Status,
@@ -1248,6 +1294,9 @@ pub const INSUFFICIENT_SCOPE: &str = "insufficient_scope";
 /// The code of a call refused because the system's random source failed.
 const RANDOM_UNAVAILABLE: &str = "random_unavailable";
 
+/// The code of a call whose class policy names no scope for.
+const NO_POLICY: &str = "no_policy";
+
 /// The code of a call the server failed on, not one the caller got wrong.
 pub const INTERNAL: &str = "internal";
 
@@ -1260,7 +1309,10 @@ fn internal_refusal() -> Refusal {
 
 /// A tool's classifier, with any panic in it turned into an `internal`
 /// refusal: request data must never take a call down without its receipt.
-fn classify_contained<T: Tool>(tool: &T, args: &T::Args) -> Result<Classification, Refusal> {
+fn classify_contained<T: Tool>(
+    tool: &T,
+    args: &T::Args,
+) -> Result<Classification<T::Plan>, Refusal> {
     std::panic::catch_unwind(AssertUnwindSafe(|| tool.classify(args))).unwrap_or_else(|panic| {
         log_panic(T::NAME, "classification", panic.as_ref());
         Err(internal_refusal())
@@ -1300,7 +1352,7 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{IdentityConfig, LimitsConfig, QuorumConfig};
+    use crate::config::{IdentityConfig, LeaseConfig, LimitsConfig, QuorumConfig, ScopeConfig};
     use crate::keys::KeyPair;
 
     /// A tool whose classifier or body panics when asked to: stands for any
@@ -1318,6 +1370,7 @@ mod tests {
         const DESCRIPTION: &'static str = "panics on request";
         const READ_ONLY: bool = true;
         type Args = FragileArgs;
+        type Plan = ();
 
         fn classify(&self, args: &FragileArgs) -> Result<Classification, Refusal> {
             if args.panic_in == "classify" {
@@ -1327,12 +1380,12 @@ mod tests {
             }
             Ok(Classification {
                 class: Class::Read,
-                scope: "db:read".into(),
                 summary: "fragile".into(),
+                plan: (),
             })
         }
 
-        async fn execute(&self, call: Authorized<'_, FragileArgs>) -> Result<Executed, Refusal> {
+        async fn execute(&self, call: Authorized<'_, Self>) -> Result<Executed, Refusal> {
             if call.args().panic_in == "execute" {
                 panic!("tool body failed");
             }
@@ -1358,11 +1411,13 @@ mod tests {
             Arc::new(verifier),
             store,
             Arc::new(log),
-            GatePolicy {
-                leases: LeaseConfig::default(),
-                approvers: ApproverRegistry::new(&[], &QuorumConfig::default()),
-                limits: CallLimits::new(&LimitsConfig::default()),
-            },
+            Policy::new(
+                &ScopeConfig::default(),
+                &LeaseConfig::default(),
+                ApproverRegistry::new(&[], &QuorumConfig::default()),
+                rate::CallLimits::new(&LimitsConfig::default()),
+            )
+            .with_scope(Fragile::NAME, Class::Read, "db:read"),
         );
         let now = crate::now_unix();
         let token = issuer

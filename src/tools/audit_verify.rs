@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 
 use crate::audit::merkle;
 use crate::audit::{AuditLog, LogProof, Receipt, ReceiptCheckError};
-use crate::config::ScopeConfig;
 use crate::gate::{Authorized, Class, Classification, Executed, Refusal, Tool};
 use crate::tools::passport::verify_passport;
 
@@ -58,15 +57,13 @@ pub struct AuditVerifyArgs {
 pub struct AuditVerify {
     log: Arc<AuditLog>,
     passport_issuer: String,
-    scopes: ScopeConfig,
 }
 
 impl AuditVerify {
-    pub fn new(log: Arc<AuditLog>, passport_issuer: String, scopes: ScopeConfig) -> Self {
+    pub fn new(log: Arc<AuditLog>, passport_issuer: String) -> Self {
         Self {
             log,
             passport_issuer,
-            scopes,
         }
     }
 
@@ -239,6 +236,7 @@ impl Tool for AuditVerify {
         Pass exactly one of receipt, checkpoint, range, passport. Needs `audit:read`.";
     const READ_ONLY: bool = true;
     type Args = AuditVerifyArgs;
+    type Plan = ();
 
     fn classify(&self, args: &AuditVerifyArgs) -> Result<Classification, Refusal> {
         let modes = [
@@ -283,12 +281,12 @@ impl Tool for AuditVerify {
         };
         Ok(Classification {
             class: Class::Read,
-            scope: self.scopes.audit_read.clone(),
             summary,
+            plan: (),
         })
     }
 
-    async fn execute(&self, call: Authorized<'_, AuditVerifyArgs>) -> Result<Executed, Refusal> {
+    async fn execute(&self, call: Authorized<'_, Self>) -> Result<Executed, Refusal> {
         let args = call.args();
         let result = if let Some(receipt) = &args.receipt {
             self.verify_receipt(receipt, args.log.as_ref()).await?

@@ -28,6 +28,7 @@ impl Tool for BenchEcho {
         "Returns its text unchanged. Exists only in `bench` builds. Needs `bench:echo`.";
     const READ_ONLY: bool = true;
     type Args = EchoArgs;
+    type Plan = ();
 
     fn classify(&self, args: &EchoArgs) -> Result<Classification, Refusal> {
         if args.text.len() > MAX_TEXT {
@@ -38,12 +39,12 @@ impl Tool for BenchEcho {
         }
         Ok(Classification {
             class: Class::Read,
-            scope: "bench:echo".into(),
             summary: String::new(),
+            plan: (),
         })
     }
 
-    async fn execute(&self, call: Authorized<'_, EchoArgs>) -> Result<Executed, Refusal> {
+    async fn execute(&self, call: Authorized<'_, Self>) -> Result<Executed, Refusal> {
         Ok(Executed {
             result: json!({ "text": call.args().text }),
             outcome: serde_json::Value::Null,

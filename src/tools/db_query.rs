@@ -30,7 +30,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 
-use crate::config::{DatabaseConfig, DatabaseTarget, ScopeConfig};
+use crate::config::{DatabaseConfig, DatabaseTarget};
 use crate::gate::{Authorized, Class, Classification, Executed, Refusal, Tool};
 use crate::tools::sql_classify::{SqlDialect, classify_sql};
 
@@ -69,7 +69,6 @@ enum Backend {
 pub struct DbQuery {
     backend: Backend,
     limits: DatabaseConfig,
-    scopes: ScopeConfig,
 }
 
 fn engine_error(error: sqlx::Error, timeout_ms: u64) -> Refusal {
@@ -125,7 +124,6 @@ impl DbQuery {
     pub async fn open(
         target: &DatabaseTarget,
         limits: DatabaseConfig,
-        scopes: ScopeConfig,
     ) -> Result<Self, sqlx::Error> {
         let backend = match target {
             DatabaseTarget::Sqlite(path) => Self::open_sqlite(path).await?,
@@ -158,11 +156,7 @@ impl DbQuery {
                 backend
             }
         };
-        Ok(Self {
-            backend,
-            limits,
-            scopes,
-        })
+        Ok(Self { backend, limits })
     }
 
     async fn open_sqlite(path: &Path) -> Result<Backend, sqlx::Error> {
@@ -481,8 +475,10 @@ impl Tool for DbQuery {
         Bind values with `?` placeholders and `params`. The result holds columns, rows, a truncated flag and a signed audit receipt.";
     const READ_ONLY: bool = false;
     type Args = DbQueryArgs;
+    /// The statement re-rendered from its syntax tree: what runs.
+    type Plan = String;
 
-    fn classify(&self, args: &DbQueryArgs) -> Result<Classification, Refusal> {
+    fn classify(&self, args: &DbQueryArgs) -> Result<Classification<String>, Refusal> {
         if args.sql.len() > self.limits.max_sql_bytes {
             return Err(Refusal::new(
                 "sql_too_large",
@@ -499,28 +495,17 @@ impl Tool for DbQuery {
             ));
         }
         let classified = classify_sql(&args.sql, self.dialect())?;
-        let scope = match classified.class {
-            Class::Read => &self.scopes.db_read,
-            Class::Write => &self.scopes.db_write,
-            Class::Admin | Class::Destructive => &self.scopes.db_admin,
-        };
         Ok(Classification {
             class: classified.class,
-            scope: scope.clone(),
             summary: classified.summary,
+            plan: classified.canonical_sql,
         })
     }
 
-    async fn execute(&self, call: Authorized<'_, DbQueryArgs>) -> Result<Executed, Refusal> {
-        // Re-derive the canonical statement from the authorized arguments:
-        // what runs is exactly the one statement that was classified.
-        let classified = classify_sql(&call.args().sql, self.dialect())?;
+    async fn execute(&self, call: Authorized<'_, Self>) -> Result<Executed, Refusal> {
+        // What runs is exactly the one statement that was classified.
         let result = self
-            .run(
-                &classified.canonical_sql,
-                call.action().class(),
-                &call.args().params,
-            )
+            .run(call.plan(), call.action().class(), &call.args().params)
             .await?;
         let outcome = json!({
             "row_count": result.get("row_count"),

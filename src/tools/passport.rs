@@ -18,7 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::config::{PassportConfig, ScopeConfig};
+use crate::config::PassportConfig;
 use crate::gate::{Authorized, Class, Classification, Executed, Refusal, Tool};
 use crate::keys::KeyPair;
 
@@ -61,7 +61,6 @@ pub struct PassportArgs {
 pub struct PassportIssuer {
     key: Arc<KeyPair>,
     config: PassportConfig,
-    scopes: ScopeConfig,
 }
 
 fn valid_id(s: &str) -> bool {
@@ -72,12 +71,8 @@ fn valid_id(s: &str) -> bool {
 }
 
 impl PassportIssuer {
-    pub fn new(key: Arc<KeyPair>, config: PassportConfig, scopes: ScopeConfig) -> Self {
-        Self {
-            key,
-            config,
-            scopes,
-        }
+    pub fn new(key: Arc<KeyPair>, config: PassportConfig) -> Self {
+        Self { key, config }
     }
 }
 
@@ -89,6 +84,7 @@ impl Tool for PassportIssuer {
         (/.well-known/jwks.json). Needs `passport:issue`.";
     const READ_ONLY: bool = false;
     type Args = PassportArgs;
+    type Plan = ();
 
     fn classify(&self, args: &PassportArgs) -> Result<Classification, Refusal> {
         if !valid_id(&args.agent_id) {
@@ -122,12 +118,12 @@ impl Tool for PassportIssuer {
         }
         Ok(Classification {
             class: Class::Write,
-            scope: self.scopes.passport_issue.clone(),
             summary: format!("issue a {ttl} s passport for agent `{}`", args.agent_id),
+            plan: (),
         })
     }
 
-    async fn execute(&self, call: Authorized<'_, PassportArgs>) -> Result<Executed, Refusal> {
+    async fn execute(&self, call: Authorized<'_, Self>) -> Result<Executed, Refusal> {
         let args = call.args();
         let now = crate::now_unix();
         let ttl = args.ttl_s.unwrap_or(self.config.default_ttl_s);

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::config::{ScopeConfig, TerminalConfig};
+use crate::config::TerminalConfig;
 use crate::gate::{Authorized, Class, Classification, Executed, Refusal, Tool};
 
 const MAX_ARGS: usize = 256;
@@ -100,7 +100,6 @@ const SYSTEM_READ: &[&str] = &[
 
 pub struct Terminal {
     config: TerminalConfig,
-    scopes: ScopeConfig,
     programs: HashMap<String, Program>,
     roots: Vec<PathBuf>,
     child_path: String,
@@ -389,11 +388,7 @@ fn judge_git(args: &[String]) -> Result<Verdict, Refusal> {
 impl Terminal {
     /// Resolves the allow-list in the configured program directories,
     /// creates the roots and asks the kernel which sandbox layers it offers.
-    pub fn new(
-        config: TerminalConfig,
-        scopes: ScopeConfig,
-        mode: crate::config::Mode,
-    ) -> std::io::Result<Self> {
+    pub fn new(config: TerminalConfig, mode: crate::config::Mode) -> std::io::Result<Self> {
         let mut roots = Vec::new();
         for root in &config.roots {
             std::fs::create_dir_all(root)?;
@@ -529,7 +524,6 @@ impl Terminal {
         }
         Ok(Self {
             config,
-            scopes,
             programs,
             roots,
             child_path,
@@ -948,8 +942,9 @@ impl Tool for Terminal {
         stdout, stderr, truncation flags and a signed audit receipt.";
     const READ_ONLY: bool = false;
     type Args = TerminalArgs;
+    type Plan = TerminalPlan;
 
-    fn classify(&self, args: &TerminalArgs) -> Result<Classification, Refusal> {
+    fn classify(&self, args: &TerminalArgs) -> Result<Classification<TerminalPlan>, Refusal> {
         let Some(argv0) = args.argv.first() else {
             return Err(refuse("empty_argv", "argv must name a program"));
         };
@@ -969,7 +964,7 @@ impl Tool for Terminal {
                 format!("arguments must be under {MAX_ARG_BYTES} bytes and contain no NUL"),
             ));
         }
-        self.timeout(args.timeout_ms)?;
+        let timeout = self.timeout(args.timeout_ms)?;
         let cwd = self.resolve_cwd(args.cwd.as_deref())?;
         let (name, _) = self.resolve_program(argv0)?;
         let rest = &args.argv[1..];
@@ -1001,25 +996,39 @@ impl Tool for Terminal {
                 })
             }
         };
-        match verdict {
-            Verdict::Ordinary => Ok(Classification {
-                class: Class::Write,
-                scope: self.scopes.terminal_execute.clone(),
-                summary: format!("run `{shown}`"),
-            }),
-            Verdict::Destructive(why) => Ok(Classification {
-                class: Class::Destructive,
-                scope: self.scopes.terminal_admin.clone(),
-                summary: format!("run `{shown}`: {why}"),
-            }),
-        }
+        let (class, summary) = match verdict {
+            Verdict::Ordinary => (Class::Write, format!("run `{shown}`")),
+            Verdict::Destructive(why) => (Class::Destructive, format!("run `{shown}`: {why}")),
+        };
+        Ok(Classification {
+            class,
+            summary,
+            plan: TerminalPlan {
+                program: name.to_string(),
+                cwd,
+                timeout,
+            },
+        })
     }
 
-    async fn execute(&self, call: Authorized<'_, TerminalArgs>) -> Result<Executed, Refusal> {
+    async fn execute(&self, call: Authorized<'_, Self>) -> Result<Executed, Refusal> {
         let args = call.args();
-        let (name, program) = self.resolve_program(&args.argv[0])?;
-        let cwd = self.resolve_cwd(args.cwd.as_deref())?;
-        let timeout = self.timeout(args.timeout_ms)?;
+        let TerminalPlan {
+            program,
+            cwd,
+            timeout,
+        } = call.plan();
+        let (name, program) = self
+            .programs
+            .get_key_value(program)
+            .map(|(name, program)| (name.as_str(), program))
+            .ok_or_else(|| {
+                refuse(
+                    "internal",
+                    "the classified program is not on the allow-list",
+                )
+            })?;
+        let (cwd, timeout) = (cwd.clone(), *timeout);
         let cap = self.config.output_cap_bytes;
         let _slot = self.take_slot(call.principal().subject())?;
 
@@ -1192,6 +1201,15 @@ impl Tool for Terminal {
     }
 }
 
+/// What classification resolved, so execution does not resolve it again.
+pub struct TerminalPlan {
+    /// The allow-list entry the call's argv[0] resolved to.
+    program: String,
+    /// The canonical working directory inside the roots.
+    cwd: PathBuf,
+    timeout: Duration,
+}
+
 /// The argv as a human would type it, for summaries only (never executed).
 fn shell_words(argv: &[String]) -> String {
     argv.iter()
@@ -1218,12 +1236,7 @@ mod tests {
             roots: vec![dir.join("root")],
             ..TerminalConfig::default()
         };
-        Terminal::new(
-            config,
-            ScopeConfig::default(),
-            crate::config::Mode::Development,
-        )
-        .expect("terminal")
+        Terminal::new(config, crate::config::Mode::Development).expect("terminal")
     }
 
     fn classify(t: &Terminal, argv: &[&str]) -> Result<Class, &'static str> {

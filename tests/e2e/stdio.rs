@@ -133,6 +133,39 @@ async fn write_sql_with_read_scope_is_denied_and_changes_nothing() {
     client.cancel().await.expect("close");
 }
 
+/// A tool's classifier looks at the host (the terminal resolves working
+/// directories and paths), so a caller holding none of the tool's scopes
+/// must get the same answer whatever it names: nothing to learn from.
+#[tokio::test]
+async fn a_caller_without_any_of_a_tools_scopes_learns_nothing_from_its_classifier() {
+    let data = DataDir::new();
+    std::fs::create_dir_all(data.workspace().join("exists")).expect("mkdir");
+    let client = data
+        .stdio_client(Some(&data.token("mallory", "db:read")))
+        .await;
+    let mut answers = Vec::new();
+    for args in [
+        json!({ "argv": ["ls"], "cwd": "exists" }),
+        json!({ "argv": ["ls"], "cwd": "missing" }),
+        json!({ "argv": ["cat", "/etc/passwd"] }),
+        json!({ "argv": ["cat", "/no/such/file"] }),
+        json!({ "argv": ["no-such-program"] }),
+        json!({ "argv": [] }),
+    ] {
+        let (env, is_error) = call(&client, "terminal.execute", args.clone()).await;
+        assert!(is_error, "{args}");
+        assert_eq!(error_code(&env), "insufficient_scope", "{args}: {env}");
+        let body = &receipt(&env)["body"];
+        assert_eq!(body["reason"], "insufficient_scope", "{args}");
+        assert_eq!(body["scope"], "terminal:execute", "{args}");
+        assert!(body["class"].is_null(), "not classified: {args}");
+        answers.push(env["error"]["message"].clone());
+    }
+    answers.dedup();
+    assert_eq!(answers.len(), 1, "one answer for every probe: {answers:?}");
+    client.cancel().await.expect("close");
+}
+
 #[tokio::test]
 async fn writes_run_with_write_scope_and_batches_never_run() {
     let data = DataDir::new();
