@@ -407,7 +407,7 @@ async fn approve(
         .approvers()
         .tally(&lease, &stored)
         .into_iter()
-        .map(|a| a.approver)
+        .map(|a| a.approver().to_string())
         .collect();
     // Show the approver what they are about to sign, from the server's record.
     let mut out = std::io::stderr().lock();

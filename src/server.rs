@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditLog;
 use crate::config::{Config, DatabaseConfig, DatabaseTarget, Mode};
-use crate::gate::{Caller, Gate, GateOutcome, Policy, Status};
-use crate::identity::{Principal, TokenVerifier};
+use crate::gate::{Authenticated, Caller, Gate, GateOutcome, Policy, Status};
+use crate::identity::TokenVerifier;
 use crate::keys::KeyPair;
 use crate::store::Store;
 use crate::tools::{AuditVerify, DbQuery, PassportIssuer, Terminal, ToolSet};
@@ -283,7 +283,7 @@ impl McpServer {
             Transport::Http => context
                 .extensions
                 .get::<http::request::Parts>()
-                .and_then(|parts| parts.extensions.get::<Principal>())
+                .and_then(|parts| parts.extensions.get::<Authenticated>())
                 .cloned()
                 .map(Caller::Verified)
                 .unwrap_or(Caller::Token(None)),

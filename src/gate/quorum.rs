@@ -17,7 +17,10 @@ use ed25519_dalek::Signature;
 use serde::Serialize;
 
 use crate::config::{Approver, QuorumConfig};
-use crate::store::{Lease, StoredApproval};
+use crate::store::{Lease, StoreError, StoredApproval};
+
+use super::record::{Halt, Held, Status};
+use super::{Action, Denial, Gate};
 
 /// The first line of every signed approval statement.
 pub const APPROVAL_DOMAIN: &str = "dualtrust-approval-v1";
@@ -106,11 +109,113 @@ pub struct QuorumRule {
     pub approvers: Vec<String>,
 }
 
-/// A counted approval, as listed in receipts.
+/// A counted approval, as listed in receipts: a registered approver's
+/// signature that verified over this lease's statement. Only the tally
+/// makes one.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ApprovalProof {
-    pub approver: String,
-    pub signature: String,
+    approver: String,
+    signature: String,
+}
+
+impl ApprovalProof {
+    pub fn approver(&self) -> &str {
+        &self.approver
+    }
+    pub fn signature(&self) -> &str {
+        &self.signature
+    }
+}
+
+/// Proof that a call needs no approval, or that k eligible approvers signed
+/// this very lease. Only the quorum step makes one.
+#[derive(Debug)]
+pub struct QuorumMet {
+    approvals: Vec<ApprovalProof>,
+}
+
+impl QuorumMet {
+    /// The verified approvals that let the call run (empty when none were needed).
+    pub fn approvals(&self) -> &[ApprovalProof] {
+        &self.approvals
+    }
+
+    #[cfg(feature = "bench")]
+    pub(super) fn unchecked_for_benchmark() -> Self {
+        Self {
+            approvals: Vec::new(),
+        }
+    }
+}
+
+impl Gate {
+    /// Step 5 for a call on a freshly minted lease: only a class that needs
+    /// no quorum gets here, and it is checked again rather than trusted.
+    pub(super) fn no_quorum_needed(&self, action: &Action) -> Result<QuorumMet, Denial> {
+        if self.policy.needs_quorum(action.class()) {
+            tracing::error!(
+                tool = action.tool(),
+                "a call that needs quorum reached a minted lease"
+            );
+            return Err(Denial::Internal);
+        }
+        Ok(QuorumMet {
+            approvals: Vec::new(),
+        })
+    }
+
+    /// Step 5 for a redeemed lease: the stored approvals that verify now,
+    /// against the larger of the k recorded at issue and the k policy asks
+    /// for today. Short of k, the call stays held.
+    pub(super) async fn quorum(&self, lease: &Lease, action: &Action) -> Result<QuorumMet, Halt> {
+        let rule = self.policy.quorum_rule(&lease.tool);
+        let k = if self.policy.needs_quorum(action.class()) {
+            lease.quorum_k.max(rule.k)
+        } else {
+            lease.quorum_k
+        };
+        if k == 0 {
+            return Ok(QuorumMet {
+                approvals: Vec::new(),
+            });
+        }
+        let stored = self
+            .store
+            .approvals(&lease.id)
+            .await
+            .map_err(|_| Denial::StoreUnavailable)?;
+        let approvals = self.policy.approvers.tally(lease, &stored);
+        if approvals.len() < k as usize {
+            let approved_by: Vec<String> = approvals.iter().map(|a| a.approver.clone()).collect();
+            return Err(Halt::Hold(Held {
+                status: Status::ApprovalRequired,
+                approval: approval_view(lease, &rule, &approved_by),
+                message: format!(
+                    "approval required: {} of {k} approvals so far for lease {}",
+                    approvals.len(),
+                    lease.id
+                ),
+            }));
+        }
+        Ok(QuorumMet { approvals })
+    }
+
+    /// What approvers are shown about `lease`, from the server's records:
+    /// the statement to sign, who may sign, and who already did.
+    pub async fn approval_view(&self, lease: &Lease) -> Result<serde_json::Value, StoreError> {
+        let rule = self.policy.quorum_rule(&lease.tool);
+        let stored = self.store.approvals(&lease.id).await?;
+        let approved_by: Vec<String> = self
+            .policy
+            .approvers
+            .tally(lease, &stored)
+            .into_iter()
+            .map(|a| a.approver)
+            .collect();
+        let mut view = approval_view(lease, &rule, &approved_by);
+        view["state"] = serde_json::json!(lease.state.as_str());
+        Ok(view)
+    }
 }
 
 /// The registered approvers and the quorum policy.

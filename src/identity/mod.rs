@@ -352,7 +352,9 @@ impl TokenVerifier {
         }
     }
 
-    pub async fn verify(&self, token: &str) -> Result<Principal, IdentityError> {
+    /// The token's own checks only: callers want [`crate::gate::Gate::authenticate`],
+    /// which adds revocation and is the only way to an `Authenticated` caller.
+    pub(crate) async fn verify(&self, token: &str) -> Result<Principal, IdentityError> {
         if token.is_empty() {
             return Err(IdentityError::Missing);
         }

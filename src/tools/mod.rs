@@ -15,8 +15,7 @@ use std::sync::Arc;
 use rmcp::model::{JsonObject, ToolAnnotations};
 use serde_json::{Map, Value, json};
 
-use crate::gate::{Caller, Gate, GateOutcome, LEASE_ARG, Tool};
-use crate::identity::Principal;
+use crate::gate::{Authenticated, Caller, Gate, GateOutcome, LEASE_ARG, Tool};
 
 pub use audit_verify::AuditVerify;
 pub use db_query::DbQuery;
@@ -121,37 +120,37 @@ impl ToolSet {
     }
 
     /// The HTTP scope challenge for a call of the named tool: the scope
-    /// `principal` lacks for it, with the refusal recorded; `None` when the
+    /// `caller` lacks for it, with the refusal recorded; `None` when the
     /// call may go on to the gate (which also judges unknown tools and
     /// arguments that do not parse).
     pub async fn challenge_scope(
         &self,
         gate: &Gate,
         name: &str,
-        principal: &Principal,
+        caller: &Authenticated,
         arguments: Option<&Map<String, Value>>,
     ) -> Option<String> {
         let transport = "http";
         match name {
             DbQuery::NAME => {
-                gate.challenge_scope(&self.db_query, transport, principal, arguments)
+                gate.challenge_scope(&self.db_query, transport, caller, arguments)
                     .await
             }
             Terminal::NAME => {
-                gate.challenge_scope(&self.terminal, transport, principal, arguments)
+                gate.challenge_scope(&self.terminal, transport, caller, arguments)
                     .await
             }
             PassportIssuer::NAME => {
-                gate.challenge_scope(&self.passport, transport, principal, arguments)
+                gate.challenge_scope(&self.passport, transport, caller, arguments)
                     .await
             }
             AuditVerify::NAME => {
-                gate.challenge_scope(&self.audit_verify, transport, principal, arguments)
+                gate.challenge_scope(&self.audit_verify, transport, caller, arguments)
                     .await
             }
             #[cfg(feature = "bench")]
             bench_echo::BenchEcho::NAME => {
-                gate.challenge_scope(&self.bench_echo, transport, principal, arguments)
+                gate.challenge_scope(&self.bench_echo, transport, caller, arguments)
                     .await
             }
             _ => None,

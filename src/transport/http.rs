@@ -5,8 +5,8 @@
 //! rebinding; 403), then the bearer token (RFC 6750 header only; 401 with
 //! `WWW-Authenticate: Bearer … resource_metadata=…` per RFC 9728 section
 //! 5.1). Failed authentications are recorded in the audit log. The verified
-//! [`Principal`](crate::identity::Principal) travels to the gate in the
-//! request's extensions. rmcp's own Host/Origin checks stay on as a second
+//! [`Authenticated`] caller travels to the gate in the request's
+//! extensions. rmcp's own Host/Origin checks stay on as a second
 //! layer. Error bodies carry fixed text only.
 
 use std::net::{IpAddr, SocketAddr};
@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use super::connections::ConnectionLimits;
 use crate::gate::quorum::ApprovalError;
 use crate::gate::rate::KeyedLimit;
-use crate::identity::{IdentityError, Principal};
+use crate::gate::{Authenticated, Denial};
+use crate::identity::IdentityError;
 use crate::server::{App, McpServer, Transport};
 
 #[derive(Clone)]
@@ -212,9 +213,10 @@ async fn check_tool_scope(
     if request.method() != Method::POST {
         return next.run(request).await;
     }
-    let Some(principal) = request.extensions().get::<Principal>().cloned() else {
+    let Some(caller) = request.extensions().get::<Authenticated>().cloned() else {
         return next.run(request).await;
     };
+    let principal = caller.principal();
     let (parts, body) = request.into_parts();
     let http = &state.app.config.http;
     let body = tokio::time::timeout(
@@ -225,26 +227,11 @@ async fn check_tool_scope(
     let bytes = match body {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(_)) => {
-            state
-                .app
-                .gate
-                .record_refusal("http", "http", Some(&principal), "payload_too_large")
-                .await;
-            return json_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                json!({ "error": "payload_too_large", "error_description": "the request body exceeds the configured limit" }),
-            );
+            return refuse_authenticated(&state, "http", principal, Denial::PayloadTooLarge).await;
         }
         Err(_) => {
-            state
-                .app
-                .gate
-                .record_refusal("http", "http", Some(&principal), "body_timeout")
-                .await;
-            let mut response = json_response(
-                StatusCode::REQUEST_TIMEOUT,
-                json!({ "error": "request_timeout", "error_description": "the request body did not arrive in time" }),
-            );
+            let mut response =
+                refuse_authenticated(&state, "http", principal, Denial::BodyTimeout).await;
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -257,7 +244,12 @@ async fn check_tool_scope(
         state
             .app
             .gate
-            .record_refusal("http", "jsonrpc", Some(&principal), rejected.reason())
+            .record_refusal(
+                "http",
+                "jsonrpc",
+                Some(principal),
+                &Denial::MalformedMessage(rejected.reason()),
+            )
             .await;
         tracing::info!(
             code = rejected.code,
@@ -278,7 +270,7 @@ async fn check_tool_scope(
             .challenge_scope(
                 &state.app.gate,
                 &params.name,
-                &principal,
+                &caller,
                 params.arguments.as_ref(),
             )
             .await
@@ -288,6 +280,29 @@ async fn check_tool_scope(
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// A refusal of an authenticated request, recorded, answered with the
+/// denial's status, code and text.
+async fn refuse_authenticated(
+    state: &HttpState,
+    route: &str,
+    principal: &crate::identity::Principal,
+    denial: Denial,
+) -> Response {
+    state
+        .app
+        .gate
+        .record_refusal("http", route, Some(principal), &denial)
+        .await;
+    denial_response(&denial)
+}
+
+fn denial_response(denial: &Denial) -> Response {
+    json_response(
+        StatusCode::from_u16(denial.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+        json!({ "error": denial.code(), "error_description": denial.message() }),
+    )
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
@@ -325,7 +340,7 @@ async fn check_host_and_origin(
             return refuse_before_authentication(
                 &state,
                 client_address(&request),
-                "ambiguous_host",
+                &Denial::AmbiguousHost,
                 response,
             )
             .await;
@@ -339,7 +354,7 @@ async fn check_host_and_origin(
         return refuse_before_authentication(
             &state,
             client_address(&request),
-            "host_not_allowed",
+            &Denial::HostNotAllowed,
             response,
         )
         .await;
@@ -357,7 +372,7 @@ async fn check_host_and_origin(
             return refuse_before_authentication(
                 &state,
                 client_address(&request),
-                "origin_not_allowed",
+                &Denial::OriginNotAllowed,
                 response,
             )
             .await;
@@ -402,7 +417,7 @@ fn client_address(request: &Request) -> Option<std::net::IpAddr> {
 async fn refuse_before_authentication(
     state: &HttpState,
     address: Option<std::net::IpAddr>,
-    reason: &'static str,
+    denial: &Denial,
     response: Response,
 ) -> Response {
     if let (Some(limit), Some(ip)) = (&state.auth_failures, address)
@@ -419,9 +434,9 @@ async fn refuse_before_authentication(
     state
         .app
         .gate
-        .record_refusal("http", "http", None, reason)
+        .record_refusal("http", "http", None, denial)
         .await;
-    tracing::info!(reason, client = ?address, "http request refused");
+    tracing::info!(reason = denial.code(), client = ?address, "http request refused");
     response
 }
 
@@ -463,8 +478,8 @@ async fn authenticate(
         }
     };
     match verdict {
-        Ok(principal) => {
-            request.extensions_mut().insert(principal);
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
             next.run(request).await
         }
         Err(IdentityError::Unavailable) => {
@@ -484,7 +499,8 @@ async fn authenticate(
             let response = unauthorized(&state, error);
             let address = client_address(&request);
             let response =
-                refuse_before_authentication(&state, address, error.code(), response).await;
+                refuse_before_authentication(&state, address, &Denial::Identity(error), response)
+                    .await;
             if response.status() == StatusCode::TOO_MANY_REQUESTS {
                 return response;
             }
@@ -571,30 +587,35 @@ fn insufficient_scope(state: &HttpState, scope: &str) -> Response {
     response
 }
 
-async fn refuse_approval_scope(state: &HttpState, principal: &Principal) -> Response {
+async fn refuse_approval_scope(state: &HttpState, caller: &Authenticated) -> Response {
+    let scope = &state.app.config.scopes.approvals_write;
+    let denial = Denial::InsufficientScope {
+        scope: scope.clone(),
+        message: format!("approvals need the `{scope}` scope"),
+    };
     state
         .app
         .gate
         .record_refusal(
             "http",
             crate::gate::APPROVAL,
-            Some(principal),
-            crate::gate::INSUFFICIENT_SCOPE,
+            Some(caller.principal()),
+            &denial,
         )
         .await;
-    insufficient_scope(state, &state.app.config.scopes.approvals_write)
+    insufficient_scope(state, scope)
 }
 
 /// `GET /approvals/{lease_id}`: what an approver is asked to sign, from the
 /// server's own record (never from the agent's copy).
 async fn show_approval(
     State(state): State<HttpState>,
-    Extension(principal): Extension<Principal>,
+    Extension(caller): Extension<Authenticated>,
     axum::extract::Path(lease_id): axum::extract::Path<String>,
 ) -> Response {
     let scope = &state.app.config.scopes.approvals_write;
-    if !principal.has_scope(scope) {
-        return refuse_approval_scope(&state, &principal).await;
+    if !caller.principal().has_scope(scope) {
+        return refuse_approval_scope(&state, &caller).await;
     }
     let gate = &state.app.gate;
     let not_found = || {
@@ -606,20 +627,13 @@ async fn show_approval(
     if lease_id.len() != 32 {
         return not_found();
     }
-    match gate.store().lease(&lease_id).await {
-        Ok(Some(lease)) => {
-            let rule = gate.approvers().rule_for(&lease.tool);
-            let stored = gate.store().approvals(&lease.id).await.unwrap_or_default();
-            let approved_by: Vec<String> = gate
-                .approvers()
-                .tally(&lease, &stored)
-                .into_iter()
-                .map(|a| a.approver)
-                .collect();
-            let mut view = crate::gate::quorum::approval_view(&lease, &rule, &approved_by);
-            view["state"] = json!(lease.state.as_str());
-            json_response(StatusCode::OK, view)
-        }
+    let view = match gate.store().lease(&lease_id).await {
+        Ok(Some(lease)) => gate.approval_view(&lease).await.map(Some),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    match view {
+        Ok(Some(view)) => json_response(StatusCode::OK, view),
         Ok(None) => not_found(),
         Err(_) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -641,35 +655,29 @@ struct ApprovalSubmission {
 /// approver's own token (`approvals:write`, subject bound to the approver).
 async fn submit_approval(
     State(state): State<HttpState>,
-    Extension(principal): Extension<Principal>,
+    Extension(caller): Extension<Authenticated>,
     body: axum::body::Bytes,
 ) -> Response {
     let scope = &state.app.config.scopes.approvals_write;
-    if !principal.has_scope(scope) {
-        return refuse_approval_scope(&state, &principal).await;
+    if !caller.principal().has_scope(scope) {
+        return refuse_approval_scope(&state, &caller).await;
     }
+    let principal = caller.principal();
     let Ok(submission) = serde_json::from_slice::<ApprovalSubmission>(&body) else {
-        state
-            .app
-            .gate
-            .record_refusal(
-                "http",
-                crate::gate::APPROVAL,
-                Some(&principal),
-                "invalid_request",
-            )
-            .await;
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            json!({ "error": "invalid_request", "error_description": "expected {\"lease_id\", \"approver_id\", \"signature\"}" }),
-        );
+        return refuse_authenticated(
+            &state,
+            crate::gate::APPROVAL,
+            principal,
+            Denial::InvalidRequest,
+        )
+        .await;
     };
     match state
         .app
         .gate
         .submit_approval(
             "http",
-            Some(&principal),
+            Some(principal),
             &submission.lease_id,
             &submission.approver_id,
             &submission.signature,

@@ -22,9 +22,10 @@ pub async fn serve(
     token: Option<String>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let principal = match app.gate.authenticate(token.as_deref()).await {
-        Ok(p) => {
+        Ok(caller) => {
+            let p = caller.principal();
             tracing::info!(subject = p.subject(), scopes = ?p.scopes(), "stdio token accepted");
-            Some(p)
+            Some(p.clone())
         }
         Err(e) => {
             tracing::warn!(
@@ -93,7 +94,12 @@ pub async fn serve(
                     );
                     reader_app
                         .gate
-                        .record_refusal("stdio", "jsonrpc", principal.as_ref(), rejected.reason())
+                        .record_refusal(
+                            "stdio",
+                            "jsonrpc",
+                            principal.as_ref(),
+                            &crate::gate::Denial::MalformedMessage(rejected.reason()),
+                        )
                         .await;
                     if rejected.notification {
                         continue;

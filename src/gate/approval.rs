@@ -1,0 +1,134 @@
+//! Approval submissions: a registered approver's signature over a held
+//! lease, checked and stored. Counting happens again at redemption
+//! ([`Gate::quorum`]), so nothing stored here is trusted later.
+
+use serde::Serialize;
+
+use crate::audit::{Decision, Receipt};
+use crate::identity::Principal;
+use crate::store::{LeaseState, StoreError};
+
+use super::admit::valid_lease_id;
+use super::quorum::ApprovalError;
+use super::record::CallRecord;
+use super::{APPROVAL, Gate};
+
+/// What happened to an approval submission.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalStatus {
+    pub lease_id: String,
+    pub approvals: usize,
+    pub k: u32,
+    pub complete: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
+}
+
+impl Gate {
+    /// Checks and records one approval; `submitter` is the verified token
+    /// subject when it arrived over HTTP. Every outcome leaves a receipt.
+    pub async fn submit_approval(
+        &self,
+        transport: &'static str,
+        submitter: Option<&Principal>,
+        lease_id: &str,
+        approver_id: &str,
+        signature: &str,
+    ) -> Result<ApprovalStatus, ApprovalError> {
+        let mut record = CallRecord::new(transport, APPROVAL);
+        match submitter {
+            Some(principal) => record.caller(principal),
+            None => record.approver(approver_id),
+        }
+        if valid_lease_id(lease_id) {
+            record.lease(lease_id);
+        }
+        let result = self
+            .check_and_record(submitter, lease_id, approver_id, signature)
+            .await;
+        self.metrics.record_approval(match &result {
+            Ok(_) => "accepted",
+            Err(e) => e.code(),
+        });
+        let receipt = match &result {
+            Ok(status) => {
+                record.outcome(serde_json::json!({
+                    "approver": approver_id,
+                    "signature": signature,
+                    "approvals": status.approvals,
+                    "k": status.k,
+                }));
+                self.record_approval(record, Decision::ApprovalRecorded, None)
+                    .await
+            }
+            Err(e) => {
+                record.outcome(serde_json::json!({
+                    "approver": approver_id.chars().take(64).collect::<String>(),
+                }));
+                self.record_approval(record, Decision::Denied, Some(e.code()))
+                    .await
+            }
+        };
+        match (result, receipt) {
+            (Ok(mut status), Ok(receipt)) => {
+                status.receipt = Some(receipt);
+                Ok(status)
+            }
+            (Ok(_), Err(_)) => Err(ApprovalError::StoreUnavailable),
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    async fn check_and_record(
+        &self,
+        submitter: Option<&Principal>,
+        lease_id: &str,
+        approver_id: &str,
+        signature: &str,
+    ) -> Result<ApprovalStatus, ApprovalError> {
+        if !valid_lease_id(lease_id) {
+            return Err(ApprovalError::LeaseNotFound);
+        }
+        let lease = self
+            .store
+            .lease(lease_id)
+            .await
+            .map_err(|_| ApprovalError::StoreUnavailable)?
+            .ok_or(ApprovalError::LeaseNotFound)?;
+        let now = crate::now_unix();
+        if lease.state != LeaseState::PendingApproval {
+            return Err(ApprovalError::LeaseNotPending);
+        }
+        if lease.expires_at <= now {
+            return Err(ApprovalError::LeaseExpired);
+        }
+        self.policy.approvers.check(
+            &lease,
+            approver_id,
+            signature,
+            submitter.map(Principal::subject),
+        )?;
+        match self
+            .store
+            .record_approval(lease_id, approver_id, signature, now)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => return Err(ApprovalError::Duplicate),
+            Err(_) => return Err(ApprovalError::StoreUnavailable),
+        }
+        let stored = self
+            .store
+            .approvals(lease_id)
+            .await
+            .map_err(|_| ApprovalError::StoreUnavailable)?;
+        let approvals = self.policy.approvers.tally(&lease, &stored).len();
+        Ok(ApprovalStatus {
+            lease_id: lease_id.to_string(),
+            approvals,
+            k: lease.quorum_k,
+            complete: approvals >= lease.quorum_k as usize,
+            receipt: None,
+        })
+    }
+}

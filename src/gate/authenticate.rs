@@ -1,0 +1,64 @@
+//! Step 1, identity: a verified token whose `jti` is not revoked.
+
+use crate::identity::{IdentityError, Principal};
+
+use super::Gate;
+
+/// Proof that a token verified (signature, issuer, audience, times) and was
+/// not revoked when checked. Only [`Gate::authenticate`] makes one.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    principal: Principal,
+}
+
+impl Authenticated {
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// A principal no token stands behind, for the benchmark's gate-off
+    /// baseline only.
+    #[cfg(feature = "bench")]
+    pub(super) fn unchecked_for_benchmark() -> Self {
+        Self {
+            principal: Principal::unverified_for_benchmark(),
+        }
+    }
+}
+
+/// Who the transport says is calling.
+pub enum Caller {
+    /// A raw token (stdio: from the launching environment), verified per call.
+    Token(Option<String>),
+    /// Authenticated by the HTTP front door for this very request.
+    Verified(Authenticated),
+}
+
+impl Gate {
+    /// Verifies a token and checks its revocation in the store.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Authenticated, IdentityError> {
+        let principal = self.verifier.verify(token.unwrap_or_default()).await?;
+        if let Some(jti) = principal.token_id() {
+            match self.store.is_revoked(jti).await {
+                Ok(false) => {}
+                Ok(true) => return Err(IdentityError::Revoked),
+                // Fail closed: an unknown revocation state is not "not revoked".
+                Err(_) => return Err(IdentityError::Unavailable),
+            }
+        }
+        Ok(Authenticated { principal })
+    }
+
+    pub(super) async fn identify(&self, caller: Caller) -> Result<Authenticated, IdentityError> {
+        match caller {
+            Caller::Token(token) => self.authenticate(token.as_deref()).await,
+            // Checked for this very request; only the clock has moved since.
+            Caller::Verified(authenticated) => {
+                if authenticated.principal.expires_at() < crate::now_unix() {
+                    return Err(IdentityError::Expired);
+                }
+                Ok(authenticated)
+            }
+        }
+    }
+}
