@@ -48,6 +48,8 @@ pub enum StartupError {
     Database { path: String, message: String },
     #[error("terminal roots: {0}")]
     Terminal(std::io::Error),
+    #[error("internal: policy names no scope for any class of `{0}`, so it could never be called")]
+    NoPolicy(&'static str),
     #[cfg(feature = "bench")]
     #[error(
         "--bench-gate-off is for benchmarks in development mode; this configuration is production"
@@ -65,6 +67,8 @@ pub struct App {
     pub store: Store,
     pub gate: Arc<Gate>,
     pub tools: Arc<ToolSet>,
+    /// The terminal tool again, for the sandbox status `/readyz` reports.
+    pub terminal: Arc<Terminal>,
     /// Seals `requestState` for 2026-07-28 multi-round-trip calls.
     request_state: RequestStateCodec,
 }
@@ -202,17 +206,29 @@ impl App {
             log.clone(),
             Policy::from_config(&config),
         ));
-        let tools = ToolSet {
-            db_query: DbQuery::open(&config.database_target, config.database.clone())
+        let terminal = Arc::new(
+            Terminal::new(config.terminal.clone(), config.mode).map_err(StartupError::Terminal)?,
+        );
+        let mut tools = ToolSet::default();
+        tools.register(Arc::new(
+            DbQuery::open(&config.database_target, config.database.clone())
                 .await
                 .map_err(|e| db_error(e.to_string()))?,
-            terminal: Terminal::new(config.terminal.clone(), config.mode)
-                .map_err(StartupError::Terminal)?,
-            passport: PassportIssuer::new(server_key.clone(), config.passport.clone()),
-            audit_verify: AuditVerify::new(log, config.passport.issuer.clone()),
-            #[cfg(feature = "bench")]
-            bench_echo: crate::tools::bench_echo::BenchEcho,
-        };
+        ));
+        tools.register(terminal.clone());
+        tools.register(Arc::new(PassportIssuer::new(
+            server_key.clone(),
+            config.passport.clone(),
+        )));
+        tools.register(Arc::new(AuditVerify::new(
+            log,
+            config.passport.issuer.clone(),
+        )));
+        #[cfg(feature = "bench")]
+        tools.register(Arc::new(crate::tools::BenchEcho));
+        if let Some(tool) = tools.names().find(|name| !gate.has_policy_for(name)) {
+            return Err(StartupError::NoPolicy(tool));
+        }
         let request_state = RequestStateCodec::new_unchecked(
             server_key.derive_secret(REQUEST_STATE_LABEL).to_vec(),
         );
@@ -222,6 +238,7 @@ impl App {
             store,
             gate,
             tools: Arc::new(tools),
+            terminal,
             request_state,
         })
     }

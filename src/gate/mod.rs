@@ -143,6 +143,11 @@ pub trait Tool: Send + Sync + 'static {
         &self,
         call: Authorized<'_, Self>,
     ) -> impl Future<Output = Result<Executed, Refusal>> + Send;
+
+    /// What `tools/list` says about the tool; may depend on the host.
+    fn description(&self) -> String {
+        Self::DESCRIPTION.to_string()
+    }
 }
 
 pub struct Gate {
@@ -219,6 +224,12 @@ impl Gate {
 
     pub fn verifier(&self) -> &TokenVerifier {
         &self.verifier
+    }
+
+    /// Whether policy names a scope for any class of `tool`: a tool
+    /// without one could never be called, so the server refuses to start.
+    pub fn has_policy_for(&self, tool: &str) -> bool {
+        !self.policy.tool_scopes(tool).is_empty()
     }
 
     pub fn log(&self) -> &Arc<AuditLog> {

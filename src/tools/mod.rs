@@ -1,4 +1,4 @@
-//! The four tools. Each implements [`crate::gate::Tool`]; [`ToolSet`] is the
+//! The tools. Each implements [`crate::gate::Tool`]; [`ToolSet`] is the
 //! only place that maps a tool name to a tool, and it can only reach a tool
 //! through [`Gate::run`].
 
@@ -12,23 +12,73 @@ pub mod terminal;
 
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use rmcp::model::{JsonObject, ToolAnnotations};
 use serde_json::{Map, Value, json};
 
 use crate::gate::{Authenticated, Caller, Gate, GateOutcome, LEASE_ARG, Tool};
 
 pub use audit_verify::AuditVerify;
+#[cfg(feature = "bench")]
+pub use bench_echo::BenchEcho;
 pub use db_query::DbQuery;
 pub use passport::PassportIssuer;
 pub use terminal::Terminal;
 
+/// The tools this server offers, in the order `tools/list` shows them.
+/// Adding a tool is its file, one [`ToolSet::register`] line in
+/// `App::build`, and its classes' scopes in [`crate::gate::policy`].
+#[derive(Default)]
 pub struct ToolSet {
-    pub db_query: DbQuery,
-    pub terminal: Terminal,
-    pub passport: PassportIssuer,
-    pub audit_verify: AuditVerify,
-    #[cfg(feature = "bench")]
-    pub bench_echo: bench_echo::BenchEcho,
+    tools: Vec<Box<dyn Registered>>,
+}
+
+/// A registered tool with its type erased, so one set holds them all.
+trait Registered: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn definition(&self) -> rmcp::model::Tool;
+    fn call<'a>(
+        &'a self,
+        gate: &'a Gate,
+        transport: &'static str,
+        caller: Caller,
+        arguments: Option<Map<String, Value>>,
+    ) -> BoxFuture<'a, GateOutcome>;
+    fn challenge_scope<'a>(
+        &'a self,
+        gate: &'a Gate,
+        caller: &'a Authenticated,
+        arguments: Option<&'a Map<String, Value>>,
+    ) -> BoxFuture<'a, Option<String>>;
+}
+
+impl<T: Tool> Registered for Arc<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn definition(&self) -> rmcp::model::Tool {
+        definition::<T>(&self.description())
+    }
+
+    fn call<'a>(
+        &'a self,
+        gate: &'a Gate,
+        transport: &'static str,
+        caller: Caller,
+        arguments: Option<Map<String, Value>>,
+    ) -> BoxFuture<'a, GateOutcome> {
+        Box::pin(gate.run(&**self, transport, caller, arguments))
+    }
+
+    fn challenge_scope<'a>(
+        &'a self,
+        gate: &'a Gate,
+        caller: &'a Authenticated,
+        arguments: Option<&'a Map<String, Value>>,
+    ) -> BoxFuture<'a, Option<String>> {
+        Box::pin(gate.challenge_scope(&**self, "http", caller, arguments))
+    }
 }
 
 /// The structured content every tool returns: the gate's envelope.
@@ -107,16 +157,23 @@ fn definition<T: Tool>(description: &str) -> rmcp::model::Tool {
 }
 
 impl ToolSet {
+    pub fn register<T: Tool>(&mut self, tool: Arc<T>) {
+        self.tools.push(Box::new(tool));
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.tools.iter().map(|tool| tool.name())
+    }
+
+    fn find(&self, name: &str) -> Option<&dyn Registered> {
+        self.tools
+            .iter()
+            .find(|tool| tool.name() == name)
+            .map(|tool| &**tool)
+    }
+
     pub fn definitions(&self) -> Vec<rmcp::model::Tool> {
-        vec![
-            definition::<DbQuery>(DbQuery::DESCRIPTION),
-            // Says which sandbox guarantees this host lacks, if any.
-            definition::<Terminal>(&self.terminal.description()),
-            definition::<PassportIssuer>(PassportIssuer::DESCRIPTION),
-            definition::<AuditVerify>(AuditVerify::DESCRIPTION),
-            #[cfg(feature = "bench")]
-            definition::<bench_echo::BenchEcho>(bench_echo::BenchEcho::DESCRIPTION),
-        ]
+        self.tools.iter().map(|tool| tool.definition()).collect()
     }
 
     /// The HTTP scope challenge for a call of the named tool: the scope
@@ -130,31 +187,9 @@ impl ToolSet {
         caller: &Authenticated,
         arguments: Option<&Map<String, Value>>,
     ) -> Option<String> {
-        let transport = "http";
-        match name {
-            DbQuery::NAME => {
-                gate.challenge_scope(&self.db_query, transport, caller, arguments)
-                    .await
-            }
-            Terminal::NAME => {
-                gate.challenge_scope(&self.terminal, transport, caller, arguments)
-                    .await
-            }
-            PassportIssuer::NAME => {
-                gate.challenge_scope(&self.passport, transport, caller, arguments)
-                    .await
-            }
-            AuditVerify::NAME => {
-                gate.challenge_scope(&self.audit_verify, transport, caller, arguments)
-                    .await
-            }
-            #[cfg(feature = "bench")]
-            bench_echo::BenchEcho::NAME => {
-                gate.challenge_scope(&self.bench_echo, transport, caller, arguments)
-                    .await
-            }
-            _ => None,
-        }
+        self.find(name)?
+            .challenge_scope(gate, caller, arguments)
+            .await
     }
 
     /// Runs the named tool through the gate; `None` for an unknown name.
@@ -166,20 +201,10 @@ impl ToolSet {
         caller: Caller,
         arguments: Option<Map<String, Value>>,
     ) -> Option<GateOutcome> {
-        Some(match name {
-            DbQuery::NAME => gate.run(&self.db_query, transport, caller, arguments).await,
-            Terminal::NAME => gate.run(&self.terminal, transport, caller, arguments).await,
-            PassportIssuer::NAME => gate.run(&self.passport, transport, caller, arguments).await,
-            AuditVerify::NAME => {
-                gate.run(&self.audit_verify, transport, caller, arguments)
-                    .await
-            }
-            #[cfg(feature = "bench")]
-            bench_echo::BenchEcho::NAME => {
-                gate.run(&self.bench_echo, transport, caller, arguments)
-                    .await
-            }
-            _ => return None,
-        })
+        Some(
+            self.find(name)?
+                .call(gate, transport, caller, arguments)
+                .await,
+        )
     }
 }

@@ -557,28 +557,6 @@ impl Terminal {
             .collect()
     }
 
-    /// The tool's description, saying which guarantees this host lacks.
-    pub fn description(&self) -> String {
-        if self.missing.is_empty() {
-            return Self::DESCRIPTION.to_string();
-        }
-        let lost: Vec<String> = self
-            .missing
-            .iter()
-            .map(|(l, _)| format!("{} ({})", l.name(), l.guarantee()))
-            .collect();
-        format!(
-            "{} WARNING: this host does not enforce: {}.{}",
-            Self::DESCRIPTION,
-            lost.join("; "),
-            if self.require_sandbox {
-                " Commands are refused until it does."
-            } else {
-                ""
-            }
-        )
-    }
-
     /// `pids_cgroup` when each command gets a process limit, else why not.
     pub fn process_limit_status(&self) -> String {
         match &self.cgroups {
@@ -1009,6 +987,28 @@ impl Tool for Terminal {
                 timeout,
             },
         })
+    }
+
+    /// The tool's description, saying which guarantees this host lacks.
+    fn description(&self) -> String {
+        if self.missing.is_empty() {
+            return Self::DESCRIPTION.to_string();
+        }
+        let lost: Vec<String> = self
+            .missing
+            .iter()
+            .map(|(l, _)| format!("{} ({})", l.name(), l.guarantee()))
+            .collect();
+        format!(
+            "{} WARNING: this host does not enforce: {}.{}",
+            Self::DESCRIPTION,
+            lost.join("; "),
+            if self.require_sandbox {
+                " Commands are refused until it does."
+            } else {
+                ""
+            }
+        )
     }
 
     async fn execute(&self, call: Authorized<'_, Self>) -> Result<Executed, Refusal> {

@@ -739,9 +739,9 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
-    let sandbox = state.app.tools.terminal.sandbox_status();
-    let sandbox_missing = state.app.tools.terminal.sandbox_missing();
-    let processes = state.app.tools.terminal.process_limit_status();
+    let sandbox = state.app.terminal.sandbox_status();
+    let sandbox_missing = state.app.terminal.sandbox_missing();
+    let processes = state.app.terminal.process_limit_status();
     let store_ok = state.app.store.ping().await.is_ok();
     let keys_ok = state.app.gate.verifier().keys_loaded();
     let integrity = state.app.gate.log().integrity();
