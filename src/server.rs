@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditLog;
 use crate::config::{Config, DatabaseConfig, DatabaseTarget, Mode};
-use crate::gate::{Authenticated, Caller, Gate, GateOutcome, Policy, Status};
+use crate::gate::{Authenticated, Caller, Gate, GateOutcome, Policy, Preadmitted, Status};
 use crate::identity::TokenVerifier;
 use crate::keys::KeyPair;
 use crate::store::Store;
@@ -297,13 +297,16 @@ impl McpServer {
     fn caller(&self, context: &RequestContext<RoleServer>) -> Caller {
         match &self.transport {
             Transport::Stdio { token } => Caller::Token(token.clone()),
-            Transport::Http => context
-                .extensions
-                .get::<http::request::Parts>()
-                .and_then(|parts| parts.extensions.get::<Authenticated>())
-                .cloned()
-                .map(Caller::Verified)
-                .unwrap_or(Caller::Token(None)),
+            Transport::Http => {
+                let parts = context.extensions.get::<http::request::Parts>();
+                match parts.and_then(|p| p.extensions.get::<Authenticated>()) {
+                    Some(caller) => Caller::Verified(
+                        caller.clone(),
+                        parts.and_then(|p| p.extensions.get::<Preadmitted>().cloned()),
+                    ),
+                    None => Caller::Token(None),
+                }
+            }
         }
     }
 }

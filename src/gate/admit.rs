@@ -3,7 +3,9 @@
 //! scope policy names for that class. Shared by the pipeline and the HTTP
 //! scope challenge, so both judge, and record, a call identically.
 
+use std::any::Any;
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -154,29 +156,83 @@ impl Gate {
         })
     }
 
-    /// The HTTP front door's scope challenge (MCP authorization): when the
-    /// verified caller lacks the scope this call needs, the refusal is
-    /// recorded exactly as the pipeline records it and the scope is returned
-    /// for the 403. Anything else (including arguments that do not parse)
-    /// is left to the pipeline, which judges and records it itself.
+    /// The HTTP front door's scope challenge (MCP authorization), made by
+    /// the same admission the pipeline makes. A caller lacking the scope is
+    /// refused here, recorded exactly as the pipeline records it, and the
+    /// scope named for the 403. An admitted call is handed on, so the tool
+    /// classifies it once. Other refusals (arguments that do not parse…)
+    /// are left to the pipeline, which judges and records them itself.
     pub async fn challenge_scope<T: Tool>(
         &self,
         tool: &T,
         transport: &'static str,
         caller: &Authenticated,
-        arguments: Option<&Map<String, Value>>,
-    ) -> Option<String> {
+        arguments: Option<Map<String, Value>>,
+    ) -> Challenge {
         let mut record = CallRecord::new(transport, T::NAME);
         record.caller(caller.principal());
-        let denial = match self.admit(tool, &mut record, caller, arguments.cloned()) {
-            Err(denial @ Denial::InsufficientScope { .. }) => denial,
-            _ => return None,
-        };
-        let scope = record.scope_named()?.to_string();
-        self.metrics
-            .count_call(T::NAME, super::Status::Denied.as_str());
-        self.halt(record, denial.into()).await;
-        Some(scope)
+        match self.admit(tool, &mut record, caller, arguments.clone()) {
+            Ok(admitted) => {
+                let carried: Box<dyn Any + Send> = Box::new(Carried::<T> {
+                    subject: caller.principal().subject().to_string(),
+                    token_id: caller.principal().token_id().map(String::from),
+                    arguments,
+                    admitted,
+                });
+                Challenge::Admitted(Preadmitted(Arc::new(Mutex::new(Some(carried)))))
+            }
+            Err(Denial::InsufficientScope { scope, message }) => {
+                self.metrics
+                    .count_call(T::NAME, super::Status::Denied.as_str());
+                let denial = Denial::InsufficientScope {
+                    scope: scope.clone(),
+                    message,
+                };
+                self.halt(record, denial.into()).await;
+                Challenge::Refused(scope)
+            }
+            Err(_) => Challenge::Undecided,
+        }
+    }
+}
+
+/// What the HTTP scope challenge decided about a call.
+pub enum Challenge {
+    /// Refused for want of this scope, and recorded: answer 403.
+    Refused(String),
+    /// Admitted: the pipeline takes this admission instead of making it again.
+    Admitted(Preadmitted),
+    /// Left to the pipeline, which judges and records the call itself.
+    Undecided,
+}
+
+/// An admission made by the scope challenge of this very HTTP request,
+/// carried in its extensions to the pipeline, which takes it at most once.
+#[derive(Clone)]
+pub struct Preadmitted(Arc<Mutex<Option<Box<dyn Any + Send>>>>);
+
+struct Carried<T: Tool> {
+    subject: String,
+    token_id: Option<String>,
+    arguments: Option<Map<String, Value>>,
+    admitted: Admitted<T>,
+}
+
+impl Preadmitted {
+    /// The admission, if it was made for this tool, this caller and exactly
+    /// these arguments; otherwise the pipeline admits the call afresh.
+    pub(super) fn take<T: Tool>(
+        &self,
+        caller: &Authenticated,
+        arguments: Option<&Map<String, Value>>,
+    ) -> Option<Admitted<T>> {
+        let carried = self.0.lock().ok()?.take()?.downcast::<Carried<T>>().ok()?;
+        let principal = caller.principal();
+        let empty = Map::new();
+        let same = carried.subject == principal.subject()
+            && carried.token_id.as_deref() == principal.token_id()
+            && carried.arguments.as_ref().unwrap_or(&empty) == arguments.unwrap_or(&empty);
+        same.then_some(carried.admitted)
     }
 }
 

@@ -3,6 +3,7 @@
 use crate::identity::{IdentityError, Principal};
 
 use super::Gate;
+use super::admit::Preadmitted;
 
 /// Proof that a token verified (signature, issuer, audience, times) and was
 /// not revoked when checked. Only [`Gate::authenticate`] makes one.
@@ -30,8 +31,9 @@ impl Authenticated {
 pub enum Caller {
     /// A raw token (stdio: from the launching environment), verified per call.
     Token(Option<String>),
-    /// Authenticated by the HTTP front door for this very request.
-    Verified(Authenticated),
+    /// Authenticated by the HTTP front door for this very request, with
+    /// the admission its scope challenge already made, if it made one.
+    Verified(Authenticated, Option<Preadmitted>),
 }
 
 impl Gate {
@@ -49,15 +51,18 @@ impl Gate {
         Ok(Authenticated { principal })
     }
 
-    pub(super) async fn identify(&self, caller: Caller) -> Result<Authenticated, IdentityError> {
+    pub(super) async fn identify(
+        &self,
+        caller: Caller,
+    ) -> Result<(Authenticated, Option<Preadmitted>), IdentityError> {
         match caller {
-            Caller::Token(token) => self.authenticate(token.as_deref()).await,
+            Caller::Token(token) => Ok((self.authenticate(token.as_deref()).await?, None)),
             // Checked for this very request; only the clock has moved since.
-            Caller::Verified(authenticated) => {
+            Caller::Verified(authenticated, preadmitted) => {
                 if authenticated.principal.expires_at() < crate::now_unix() {
                     return Err(IdentityError::Expired);
                 }
-                Ok(authenticated)
+                Ok((authenticated, preadmitted))
             }
         }
     }

@@ -43,7 +43,7 @@ use crate::identity::TokenVerifier;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-pub use admit::{Action, ScopeGranted, args_digest};
+pub use admit::{Action, Challenge, Preadmitted, ScopeGranted, args_digest};
 pub use approval::ApprovalStatus;
 pub use authenticate::{Authenticated, Caller};
 pub use denial::{Denial, INSUFFICIENT_SCOPE};
@@ -130,9 +130,9 @@ pub trait Tool: Send + Sync + 'static {
     const DESCRIPTION: &'static str;
     /// Whether every call of this tool leaves its environment unchanged.
     const READ_ONLY: bool;
-    type Args: DeserializeOwned + Serialize + JsonSchema + Send + Sync;
+    type Args: DeserializeOwned + Serialize + JsonSchema + Send + Sync + 'static;
     /// What classification hands to execution; `()` when nothing.
-    type Plan: Send + Sync;
+    type Plan: Send + Sync + 'static;
 
     /// Judges the call without side effects the caller could observe
     /// beyond the verdict: it runs only for callers holding one of the
@@ -242,7 +242,7 @@ impl Gate {
         transport: &'static str,
         caller: Caller,
     ) -> Option<Receipt> {
-        let caller = self.identify(caller).await.ok();
+        let caller = self.identify(caller).await.ok().map(|(caller, _)| caller);
         let principal = caller.as_ref().map(Authenticated::principal);
         self.record_refusal(transport, "unknown", principal, &Denial::UnknownTool)
             .await
@@ -299,9 +299,15 @@ impl Gate {
         caller: Caller,
         arguments: Option<Map<String, Value>>,
     ) -> Result<Value, Halt> {
-        let caller = self.identify(caller).await.map_err(Denial::from)?;
+        let (caller, preadmitted) = self.identify(caller).await.map_err(Denial::from)?;
         record.caller(caller.principal());
-        let admitted = self.admit(tool, record, &caller, arguments)?;
+        let admitted = match preadmitted.and_then(|p| p.take::<T>(&caller, arguments.as_ref())) {
+            Some(admitted) => {
+                record.admitted(&admitted.action);
+                admitted
+            }
+            None => self.admit(tool, record, &caller, arguments)?,
+        };
         let action = &admitted.action;
         self.policy
             .limits
@@ -415,7 +421,8 @@ mod tests {
                 ApproverRegistry::new(&[], &QuorumConfig::default()),
                 rate::CallLimits::new(&LimitsConfig::default()),
             )
-            .with_scope(Fragile::NAME, Class::Read, "db:read"),
+            .with_scope(Fragile::NAME, Class::Read, "db:read")
+            .with_scope(Counting::NAME, Class::Read, "db:read"),
         );
         let now = crate::now_unix();
         let token = issuer
@@ -472,11 +479,106 @@ mod tests {
         assert_eq!(healthy.status, Status::Ok);
         assert_eq!(gate.in_flight(), 0);
         let principal = gate.authenticate(Some(&token)).await.expect("principal");
-        assert_eq!(
-            gate.challenge_scope(&Fragile, "http", &principal, arguments("classify").as_ref())
-                .await,
-            None,
+        assert!(
+            matches!(
+                gate.challenge_scope(&Fragile, "http", &principal, arguments("classify"))
+                    .await,
+                Challenge::Undecided
+            ),
             "the HTTP scope challenge survives the classifier's panic and leaves the call to the gate"
         );
+    }
+
+    /// Counts its classifications; its plan is its text, upper-cased, and
+    /// its result the plan: which admission ran shows in the answer.
+    #[derive(Default)]
+    struct Counting {
+        classified: AtomicUsize,
+    }
+
+    #[derive(serde::Deserialize, Serialize, JsonSchema)]
+    struct CountingArgs {
+        text: String,
+    }
+
+    impl Tool for Counting {
+        const NAME: &'static str = "test.counting";
+        const TITLE: &'static str = "counting";
+        const DESCRIPTION: &'static str = "counts its classifications";
+        const READ_ONLY: bool = true;
+        type Args = CountingArgs;
+        type Plan = String;
+
+        fn classify(&self, args: &CountingArgs) -> Result<Classification<String>, Refusal> {
+            self.classified.fetch_add(1, Ordering::SeqCst);
+            Ok(Classification {
+                class: Class::Read,
+                summary: String::new(),
+                plan: args.text.to_uppercase(),
+            })
+        }
+
+        async fn execute(&self, call: Authorized<'_, Self>) -> Result<Executed, Refusal> {
+            Ok(Executed {
+                result: Value::from(call.plan().as_str()),
+                outcome: Value::Null,
+            })
+        }
+    }
+
+    fn text(text: &str) -> Option<Map<String, Value>> {
+        match serde_json::json!({ "text": text }) {
+            Value::Object(map) => Some(map),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_http_call_is_classified_once_and_a_carried_admission_fits_only_its_own_call() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (gate, token) = gate(dir.path()).await;
+        let tool = Counting::default();
+        let caller = gate.authenticate(Some(&token)).await.expect("caller");
+        let admitted = |challenge: Challenge| match challenge {
+            Challenge::Admitted(admitted) => admitted,
+            _ => panic!("the challenge should admit a call within the token's scope"),
+        };
+
+        let carried = admitted(
+            gate.challenge_scope(&tool, "http", &caller, text("a"))
+                .await,
+        );
+        let verified = Caller::Verified(caller.clone(), Some(carried.clone()));
+        let outcome = gate.run(&tool, "http", verified, text("a")).await;
+        assert_eq!(outcome.status, Status::Ok);
+        assert_eq!(outcome.result, Some(Value::from("A")));
+        assert_eq!(tool.classified.load(Ordering::SeqCst), 1, "classified once");
+        let body = serde_json::to_value(outcome.receipt.expect("receipt")).expect("json");
+        assert_eq!(
+            body["body"]["class"], "read",
+            "the record has the carried class"
+        );
+        assert!(body["body"]["args_digest"].is_string());
+
+        // Taken once: the same admission does not serve a second call.
+        let again = Caller::Verified(caller.clone(), Some(carried));
+        gate.run(&tool, "http", again, text("a")).await;
+        assert_eq!(tool.classified.load(Ordering::SeqCst), 2);
+
+        // Made for other arguments: judged afresh, and what runs is this call.
+        let other = admitted(
+            gate.challenge_scope(&tool, "http", &caller, text("b"))
+                .await,
+        );
+        let outcome = gate
+            .run(
+                &tool,
+                "http",
+                Caller::Verified(caller.clone(), Some(other)),
+                text("c"),
+            )
+            .await;
+        assert_eq!(outcome.result, Some(Value::from("C")));
+        assert_eq!(tool.classified.load(Ordering::SeqCst), 4);
     }
 }

@@ -132,8 +132,11 @@ impl CallRecord {
         self.draft.scope = Some(scope.to_string());
     }
 
-    pub fn scope_named(&self) -> Option<&str> {
-        self.draft.scope.as_deref()
+    /// What an admission made earlier in this request established.
+    pub fn admitted(&mut self, action: &super::Action) {
+        self.args_digest(action.args_digest());
+        self.class(action.class());
+        self.scope(action.scope());
     }
 
     pub fn class(&mut self, class: super::Class) {

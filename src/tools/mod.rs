@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use rmcp::model::{JsonObject, ToolAnnotations};
 use serde_json::{Map, Value, json};
 
-use crate::gate::{Authenticated, Caller, Gate, GateOutcome, LEASE_ARG, Tool};
+use crate::gate::{Authenticated, Caller, Challenge, Gate, GateOutcome, LEASE_ARG, Tool};
 
 pub use audit_verify::AuditVerify;
 #[cfg(feature = "bench")]
@@ -48,8 +48,8 @@ trait Registered: Send + Sync {
         &'a self,
         gate: &'a Gate,
         caller: &'a Authenticated,
-        arguments: Option<&'a Map<String, Value>>,
-    ) -> BoxFuture<'a, Option<String>>;
+        arguments: Option<Map<String, Value>>,
+    ) -> BoxFuture<'a, Challenge>;
 }
 
 impl<T: Tool> Registered for Arc<T> {
@@ -75,8 +75,8 @@ impl<T: Tool> Registered for Arc<T> {
         &'a self,
         gate: &'a Gate,
         caller: &'a Authenticated,
-        arguments: Option<&'a Map<String, Value>>,
-    ) -> BoxFuture<'a, Option<String>> {
+        arguments: Option<Map<String, Value>>,
+    ) -> BoxFuture<'a, Challenge> {
         Box::pin(gate.challenge_scope(&**self, "http", caller, arguments))
     }
 }
@@ -176,20 +176,19 @@ impl ToolSet {
         self.tools.iter().map(|tool| tool.definition()).collect()
     }
 
-    /// The HTTP scope challenge for a call of the named tool: the scope
-    /// `caller` lacks for it, with the refusal recorded; `None` when the
-    /// call may go on to the gate (which also judges unknown tools and
-    /// arguments that do not parse).
+    /// The HTTP scope challenge for a call of the named tool (see
+    /// [`Gate::challenge_scope`]); an unknown tool is left to the pipeline.
     pub async fn challenge_scope(
         &self,
         gate: &Gate,
         name: &str,
         caller: &Authenticated,
-        arguments: Option<&Map<String, Value>>,
-    ) -> Option<String> {
-        self.find(name)?
-            .challenge_scope(gate, caller, arguments)
-            .await
+        arguments: Option<Map<String, Value>>,
+    ) -> Challenge {
+        match self.find(name) {
+            Some(tool) => tool.challenge_scope(gate, caller, arguments).await,
+            None => Challenge::Undecided,
+        }
     }
 
     /// Runs the named tool through the gate; `None` for an unknown name.

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::connections::ConnectionLimits;
 use crate::gate::quorum::ApprovalError;
 use crate::gate::rate::KeyedLimit;
-use crate::gate::{Authenticated, Denial};
+use crate::gate::{Authenticated, Challenge, Denial};
 use crate::identity::IdentityError;
 use crate::server::{App, McpServer, Transport};
 
@@ -217,7 +217,7 @@ async fn check_tool_scope(
         return next.run(request).await;
     };
     let principal = caller.principal();
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let http = &state.app.config.http;
     let body = tokio::time::timeout(
         std::time::Duration::from_millis(http.body_timeout_ms),
@@ -264,19 +264,23 @@ async fn check_tool_scope(
         params: Some(params),
     }) = serde_json::from_slice::<ToolCallProbe>(&bytes)
         && method == "tools/call"
-        && let Some(scope) = state
+    {
+        let challenge = state
             .app
             .tools
-            .challenge_scope(
-                &state.app.gate,
-                &params.name,
-                &caller,
-                params.arguments.as_ref(),
-            )
-            .await
-    {
-        tracing::info!(subject = principal.subject(), tool = %params.name, scope = %scope, "tool call refused: insufficient scope");
-        return insufficient_scope(&state, &scope);
+            .challenge_scope(&state.app.gate, &params.name, &caller, params.arguments)
+            .await;
+        match challenge {
+            Challenge::Refused(scope) => {
+                tracing::info!(subject = principal.subject(), tool = %params.name, scope = %scope, "tool call refused: insufficient scope");
+                return insufficient_scope(&state, &scope);
+            }
+            // The tool has classified this call; the pipeline need not again.
+            Challenge::Admitted(admitted) => {
+                parts.extensions.insert(admitted);
+            }
+            Challenge::Undecided => {}
+        }
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
