@@ -10,6 +10,9 @@
 //! BENCH_JSON=path the figures are also written there (tools/bench merges
 //! them into its table).
 
+// A benchmark or test harness: a failed set-up step ends the run loudly.
+#![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -10,6 +10,10 @@
 //! seeds stay valid: the keys are derived from constant seeds and must never
 //! be used for anything else.
 
+// A property that does not hold must panic: that is how libFuzzer learns
+// of the input. Fixture set-up failing is a broken harness, not a finding.
+#![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
+
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::ops::ControlFlow;
@@ -1090,7 +1094,10 @@ pub const FUZZ_SERVER_SEED: [u8; 32] = [0x3b; 32];
 
 fn request_state_codec() -> &'static rmcp::model::RequestStateCodec {
     static CODEC: OnceLock<rmcp::model::RequestStateCodec> = OnceLock::new();
-    CODEC.get_or_init(|| crate::server::request_state_codec(&KeyPair::from_seed(&FUZZ_SERVER_SEED)))
+    CODEC.get_or_init(|| {
+        crate::server::request_state_codec(&KeyPair::from_seed(&FUZZ_SERVER_SEED))
+            .expect("fixture: the request-state key derives")
+    })
 }
 
 /// Input: one selector byte, then

@@ -87,8 +87,11 @@ const REQUEST_STATE_LABEL: &str = "dualtrust-request-state-v1";
 
 /// The codec [`App`] seals `requestState` with, for a server key.
 #[doc(hidden)]
-pub fn request_state_codec(server_key: &KeyPair) -> RequestStateCodec {
-    RequestStateCodec::new_unchecked(server_key.derive_secret(REQUEST_STATE_LABEL).to_vec())
+pub fn request_state_codec(
+    server_key: &KeyPair,
+) -> Result<RequestStateCodec, crate::keys::KeyError> {
+    let secret = server_key.derive_secret(REQUEST_STATE_LABEL)?;
+    Ok(RequestStateCodec::new_unchecked(secret.to_vec()))
 }
 
 /// What `call_tool` does with a client's `requestState` (for the fuzz
@@ -229,9 +232,7 @@ impl App {
         if let Some(tool) = tools.names().find(|name| !gate.has_policy_for(name)) {
             return Err(StartupError::NoPolicy(tool));
         }
-        let request_state = RequestStateCodec::new_unchecked(
-            server_key.derive_secret(REQUEST_STATE_LABEL).to_vec(),
-        );
+        let request_state = request_state_codec(&server_key)?;
         Ok(Self {
             config,
             server_key,
