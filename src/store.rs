@@ -38,9 +38,14 @@ pub enum StoreError {
     /// The database could not be reached or failed; the call fails closed.
     #[error("the state store is unavailable")]
     Unavailable,
-    /// A concurrent writer won a uniqueness race.
-    #[error("a concurrent write conflicted")]
-    Conflict,
+    /// The row exists already (an approver approving twice, a lease id
+    /// used twice): retrying cannot help.
+    #[error("the record exists already")]
+    Duplicate,
+    /// Another writer (a replica, `dualtrust approve`) appended to the log
+    /// first: re-read the log and rebuild the batch.
+    #[error("another writer appended to the log first")]
+    LogMoved,
     /// A stored row does not parse: the store was edited outside dualtrust.
     #[error("the state store holds a corrupt record")]
     Corrupt,
@@ -53,7 +58,7 @@ fn unavailable(error: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &error
         && db.is_unique_violation()
     {
-        return StoreError::Conflict;
+        return StoreError::Duplicate;
     }
     tracing::error!(%error, "state store error");
     StoreError::Unavailable
@@ -105,6 +110,13 @@ pub struct LogRow {
     pub receipt: String,
 }
 
+/// The newest receipt of the log: its sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
 /// A lease for one exact call: (subject, tool, argument digest) until expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -123,9 +135,6 @@ pub struct Lease {
     /// Approvals needed; 0 for an explicit lease without quorum.
     pub quorum_k: u32,
 }
-
-/// The name under which ordinary calls mint-and-consume.
-pub type NewLease = Lease;
 
 /// An approval as stored: the signature is checked again at every use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,10 +241,6 @@ fn to_u64(v: i64) -> Result<u64, StoreError> {
 /// migrations across replicas ("dualtrst" in ASCII).
 const LOG_LOCK_KEY: i64 = 0x6475_616c_7472_7374;
 
-/// Rows per multi-row INSERT: one statement (one trip to the driver's
-/// connection thread) per chunk, far below both backends' bind limits.
-const INSERT_CHUNK: usize = 100;
-
 /// The single-use compare-and-set: only the one caller that moves this
 /// lease to `consumed`, for its own subject, tool and argument digest,
 /// before expiry, changes a row. Quorum is checked by the gate before it
@@ -258,36 +263,31 @@ macro_rules! begin_write {
     };
 }
 
-/// Inserts `$leases` (a slice of leases or of references to them) inside
-/// the open transaction `$tx`, as multi-row INSERTs.
-macro_rules! insert_leases {
-    ($leases:expr, $tx:ident) => {{
-        let mut inserted = Ok(());
-        for chunk in $leases.chunks(INSERT_CHUNK) {
-            let mut query = sqlx::QueryBuilder::new(
-                "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, consumed_at) ",
-            );
-            query.push_values(chunk, |mut row, lease| {
-                row.push_bind(lease.id.clone())
-                    .push_bind(lease.subject.clone())
-                    .push_bind(lease.tool.clone())
-                    .push_bind(lease.args_digest.clone())
-                    .push_bind(lease.scope.clone())
-                    .push_bind(to_i64(lease.issued_at))
-                    .push_bind(to_i64(lease.expires_at))
-                    .push_bind(lease.state.as_str())
-                    .push_bind(lease.summary.clone())
-                    .push_bind(lease.args_json.clone())
-                    .push_bind(i64::from(lease.quorum_k))
-                    // A lease stored already consumed was minted and used at once.
-                    .push_bind((lease.state == LeaseState::Consumed).then(|| to_i64(lease.issued_at)));
-            });
-            if let Err(e) = query.build().execute(&mut *$tx).await {
-                inserted = Err(unavailable(e));
-                break;
-            }
-        }
-        inserted
+/// Inserts one lease inside the open transaction `$tx` of either backend.
+macro_rules! insert_lease {
+    ($pg:expr, $lease:expr, $tx:ident) => {{
+        let lease: &Lease = $lease;
+        sqlx::query(sql(
+            $pg,
+            "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, consumed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(&lease.id)
+        .bind(&lease.subject)
+        .bind(&lease.tool)
+        .bind(&lease.args_digest)
+        .bind(&lease.scope)
+        .bind(to_i64(lease.issued_at))
+        .bind(to_i64(lease.expires_at))
+        .bind(lease.state.as_str())
+        .bind(&lease.summary)
+        .bind(&lease.args_json)
+        .bind(i64::from(lease.quorum_k))
+        // A lease stored already consumed was minted and used at once.
+        .bind((lease.state == LeaseState::Consumed).then(|| to_i64(lease.issued_at)))
+        .execute(&mut *$tx)
+        .await
+        .map(|_| ())
+        .map_err(unavailable)
     }};
 }
 
@@ -435,7 +435,7 @@ impl Store {
             if open >= i64::from(max_open) {
                 return Err(StoreError::TooManyOpenLeases);
             }
-            insert_leases!(std::slice::from_ref(lease), tx)?;
+            insert_lease!(pg, lease, tx)?;
             tx.commit().await.map_err(unavailable)
         })
     }
@@ -559,15 +559,16 @@ impl Store {
         Ok(())
     }
 
-    /// Sequence number and hash of the newest receipt.
-    pub async fn log_head(&self) -> Result<Option<(u64, String)>, StoreError> {
+    /// The newest receipt's place: `None` for an empty log.
+    pub async fn log_head(&self) -> Result<Option<LogHead>, StoreError> {
         on_backend!(self, pool, _pg => {
             let row: Option<(i64, String)> =
                 sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
                     .fetch_optional(pool)
                     .await
                     .map_err(unavailable)?;
-            row.map(|(seq, hash)| Ok((to_u64(seq)?, hash))).transpose()
+            row.map(|(seq, hash)| Ok(LogHead { seq: to_u64(seq)?, hash }))
+                .transpose()
         })
     }
 
@@ -600,10 +601,10 @@ impl Store {
                 .await
                 .map_err(unavailable)?;
             if next != to_i64(first.seq) {
-                return Err(StoreError::Conflict);
+                return Err(StoreError::LogMoved);
             }
             for lease in consumed_leases {
-                insert_leases!(std::slice::from_ref(lease), tx)?;
+                insert_lease!(pg, lease, tx)?;
             }
             for row in batch {
                 sqlx::query(sql(pg, "INSERT INTO audit_log (seq, hash, receipt, leaf_hash) VALUES (?, ?, ?, ?)"))
@@ -613,7 +614,12 @@ impl Store {
                     .bind(&row.leaf_hash)
                     .execute(&mut *tx)
                     .await
-                    .map_err(unavailable)?;
+                    // Under the lock a taken seq cannot happen; if it does,
+                    // another writer was there first.
+                    .map_err(|e| match unavailable(e) {
+                        StoreError::Duplicate => StoreError::LogMoved,
+                        other => other,
+                    })?;
             }
             tx.commit().await.map_err(unavailable)
         })
@@ -683,9 +689,16 @@ mod tests {
             .await
             .expect("log");
         log.append(consumed_draft("l1")).await.expect("first");
-        // The same lease again: the whole batch fails, the receipt with it.
-        assert!(log.append(consumed_draft("l1")).await.is_err());
-        assert_eq!(store.log_head().await.expect("head").map(|h| h.0), Some(0));
+        // The same lease again: the whole batch fails at once, the receipt
+        // with it (a duplicate is not retried as if the log had moved).
+        assert!(matches!(
+            log.append(consumed_draft("l1")).await,
+            Err(StoreError::Duplicate)
+        ));
+        assert_eq!(
+            store.log_head().await.expect("head").map(|h| h.seq),
+            Some(0)
+        );
         // A consumed lease cannot be redeemed.
         assert!(
             !store
@@ -700,6 +713,9 @@ mod tests {
             store.lease_state("l1").await.expect("q").as_deref(),
             Some("consumed")
         );
-        assert_eq!(store.log_head().await.expect("head").map(|h| h.0), Some(0));
+        assert_eq!(
+            store.log_head().await.expect("head").map(|h| h.seq),
+            Some(0)
+        );
     }
 }

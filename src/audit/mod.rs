@@ -636,7 +636,8 @@ impl LogInner {
             Err(e) => {
                 for waiter in waiters {
                     let _ = waiter.send(Err(match e {
-                        StoreError::Conflict => StoreError::Conflict,
+                        StoreError::Duplicate => StoreError::Duplicate,
+                        StoreError::LogMoved => StoreError::LogMoved,
                         StoreError::Corrupt => StoreError::Corrupt,
                         _ => StoreError::Unavailable,
                     }));
@@ -732,7 +733,7 @@ impl LogInner {
                         })
                         .collect();
                 }
-                Err(StoreError::Conflict) => {
+                Err(StoreError::LogMoved) => {
                     state.tree.truncate(base);
                     state.last_hash = base_hash;
                     continue;
@@ -744,7 +745,7 @@ impl LogInner {
                 }
             }
         }
-        Err(StoreError::Conflict)
+        Err(StoreError::LogMoved)
     }
 
     fn checkpoint_note(&self, tree: &MerkleTree, size: u64) -> Option<String> {

@@ -114,7 +114,7 @@ impl Gate {
             .await
         {
             Ok(()) => {}
-            Err(StoreError::Conflict) => return Err(ApprovalError::Duplicate),
+            Err(StoreError::Duplicate) => return Err(ApprovalError::Duplicate),
             Err(_) => return Err(ApprovalError::StoreUnavailable),
         }
         let stored = self
