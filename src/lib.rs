@@ -21,6 +21,8 @@ pub mod server;
 pub mod store;
 pub mod tools;
 pub mod transport;
+#[cfg(test)]
+mod vectors;
 
 /// Seconds since the Unix epoch. Every expiry in dualtrust is compared with this.
 pub fn now_unix() -> u64 {
@@ -68,8 +70,8 @@ mod module_graph {
         &["tools"],
         &["server"],
         &["transport"],
-        // Test support for the fuzz targets: may reach everything.
-        &["fuzzing"],
+        // Test support (the fuzz targets, the shared vectors): may reach everything.
+        &["fuzzing", "vectors"],
     ];
 
     fn layer_of(module: &str) -> Option<usize> {

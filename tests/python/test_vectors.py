@@ -1,0 +1,78 @@
+"""The known-answer vectors in tests/vectors, checked with code that shares
+nothing with the server: rfc8785, hashlib and cryptography. The Rust side
+(src/vectors.rs) checks the same files, so the two agree on every format."""
+
+import hashlib
+import json
+import pathlib
+
+import pytest
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from test_python_client import b64url_decode, verify_log_proof_independently, verify_receipt_independently
+
+VECTORS = pathlib.Path(__file__).resolve().parents[1] / "vectors"
+GENESIS = "0" * 64
+
+
+def load(name: str) -> dict:
+    return json.loads((VECTORS / name).read_text())
+
+
+def test_args_digest_is_sha256_of_the_canonical_tool_and_args():
+    for case in load("args_digest.json")["cases"]:
+        canonical = rfc8785.dumps({"tool": case["tool"], "args": case["args"]})
+        assert canonical == case["canonical"].encode()
+        assert hashlib.sha256(canonical).hexdigest() == case["digest"]
+
+
+def statement(lease: dict) -> bytes:
+    return (
+        "dualtrust-approval-v1\n"
+        f"lease={lease['id']}\ntool={lease['tool']}\nargs_digest={lease['args_digest']}\n"
+        f"subject={lease['subject']}\nexpires_at={lease['expires_at']}\n"
+    ).encode()
+
+
+def test_an_approval_signs_exactly_one_lease():
+    vectors = load("approval_statement.json")
+    key = Ed25519PublicKey.from_public_bytes(b64url_decode(vectors["approver_public_key"]))
+    assert statement(vectors["lease"]) == vectors["statement"].encode()
+    key.verify(b64url_decode(vectors["signature"]), statement(vectors["lease"]))
+    for case in vectors["refused"]:
+        with pytest.raises(InvalidSignature):
+            key.verify(b64url_decode(case["signature"]), statement(case["lease"]))
+
+
+def verify_chain(receipts: list, keyset: dict) -> None:
+    prev = GENESIS
+    for seq, receipt in enumerate(receipts):
+        verify_receipt_independently(receipt, keyset)
+        assert receipt["body"]["seq"] == seq, f"seq at {seq}"
+        assert receipt["body"]["prev"] == prev, f"chain at {seq}"
+        prev = receipt["hash"]
+
+
+def test_receipts_chain_and_prove_their_inclusion_under_a_signed_checkpoint():
+    vectors = load("receipts.json")
+    keyset = {"keys": [vectors["server_public_key"]]}
+    verify_chain(vectors["receipts"], keyset)
+    for receipt, proof in zip(vectors["receipts"], vectors["proofs"]):
+        verify_log_proof_independently(receipt, proof, keyset)
+
+    refused = vectors["refused"]
+    with pytest.raises(AssertionError):
+        verify_receipt_independently(refused["edited_body"]["receipt"], keyset)
+    with pytest.raises(InvalidSignature):
+        verify_receipt_independently(refused["signed_by_another_key"]["receipt"], keyset)
+    with pytest.raises(AssertionError, match="chain at 3"):
+        verify_chain(refused["broken_chain"]["receipts"], keyset)
+    wrong = refused["wrong_inclusion_path"]
+    with pytest.raises(AssertionError):
+        verify_log_proof_independently(wrong["receipt"], wrong["proof"], keyset)
+    # The size matches the forged note, so its signature is what fails.
+    forged = dict(vectors["proofs"][0], checkpoint=refused["checkpoint_with_another_size"]["checkpoint"], tree_size=6)
+    with pytest.raises(InvalidSignature):
+        verify_log_proof_independently(vectors["receipts"][0], forged, keyset)
