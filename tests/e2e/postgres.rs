@@ -1,5 +1,5 @@
 //! `db.query` against the real PostgreSQL on 127.0.0.1:5432, set up the way
-//! the README tells operators to: the server connects as a read-only role
+//! docs/tools.md tells operators to: the server connects as a read-only role
 //! for reads and a read-write (not superuser) role for writes. The known
 //! bypasses of "read-only" database MCP servers are each tried; the database
 //! must come out unchanged.
@@ -68,7 +68,7 @@ impl PgFixture {
         format!("postgres://{role}@127.0.0.1:5432/{}", self.name)
     }
 
-    /// The README's setup: writes as the read-write role, reads as the
+    /// The setup docs/tools.md describes: writes as the read-write role, reads as the
     /// read-only role (or, with `separate_reader` false, as the writer too).
     fn configure(&self, data: &DataDir, separate_reader: bool) {
         let read_url = if separate_reader {
