@@ -233,6 +233,48 @@ impl Receipt {
     }
 }
 
+/// The rule that makes receipts one log: sequence numbers without gaps from
+/// 0, and each `prev` the hash of the receipt before (the first: 64 zeros).
+/// The one place it is checked: at load, online (`audit.verify`), and
+/// offline (`dualtrust audit verify`).
+#[derive(Debug, Clone)]
+pub struct Chain {
+    next_seq: u64,
+    prev: String,
+}
+
+impl Chain {
+    pub fn genesis() -> Self {
+        Self::after(0, GENESIS_PREV)
+    }
+
+    /// The chain continuing with receipt `next_seq`, after one hashing to `prev`.
+    pub fn after(next_seq: u64, prev: &str) -> Self {
+        Self {
+            next_seq,
+            prev: prev.to_string(),
+        }
+    }
+
+    /// Links `receipt`, whose hash and signature the caller has checked.
+    pub fn link(&mut self, receipt: &Receipt) -> Result<(), ReceiptCheckError> {
+        if receipt.body.seq != self.next_seq {
+            return Err(ReceiptCheckError::NotInLog);
+        }
+        if receipt.body.prev != self.prev {
+            return Err(ReceiptCheckError::ChainBroken);
+        }
+        self.next_seq += 1;
+        self.prev.clone_from(&receipt.hash);
+        Ok(())
+    }
+
+    /// The hash the next receipt's `prev` must name.
+    pub fn prev(&self) -> &str {
+        &self.prev
+    }
+}
+
 /// A receipt with what proves it is in the log: its leaf index, an RFC 6962
 /// inclusion proof, and the signed checkpoint that proof is against.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
@@ -482,19 +524,18 @@ impl LogInner {
             if rows.is_empty() {
                 break;
             }
+            let mut chain = Chain::after(state.tree.len(), &state.last_hash);
             for row in &rows {
                 if row.seq != state.tree.len() {
                     return Err(self.flag(state.tree.len(), "it is missing from the store"));
                 }
                 let (receipt, leaf) =
                     derive_row(row).map_err(|problem| self.flag(row.seq, problem))?;
-                if receipt.body.prev != state.last_hash {
-                    return Err(
-                        self.flag(row.seq, "its prev is not the hash of the receipt before it")
-                    );
-                }
+                chain.link(&receipt).map_err(|_| {
+                    self.flag(row.seq, "its prev is not the hash of the receipt before it")
+                })?;
                 state.tree.push(leaf);
-                state.last_hash.clone_from(&receipt.hash);
+                state.last_hash = chain.prev().to_string();
                 newest = Some(receipt);
             }
         }
@@ -846,18 +887,13 @@ impl LogInner {
         if !in_log_ok {
             return Ok(checks);
         }
-        let chain = if receipt.body.seq == 0 {
-            if receipt.body.prev == GENESIS_PREV {
-                Ok(())
-            } else {
-                Err(ReceiptCheckError::ChainBroken)
-            }
-        } else {
-            match self.stored_receipt(receipt.body.seq - 1).await? {
+        let chain = match receipt.body.seq.checked_sub(1) {
+            None => Chain::genesis().link(receipt),
+            Some(before) => match self.stored_receipt(before).await? {
                 Err(e) => Err(e),
-                Ok(Some(before)) if before.hash == receipt.body.prev => Ok(()),
-                Ok(_) => Err(ReceiptCheckError::ChainBroken),
-            }
+                Ok(Some(before)) => Chain::after(receipt.body.seq, &before.hash).link(receipt),
+                Ok(None) => Err(ReceiptCheckError::ChainBroken),
+            },
         };
         checks.push(("chain", chain));
         let fresh;
@@ -957,7 +993,7 @@ pub fn verify_log(
         // A worker panicked; nothing it checked can be trusted.
         return Err((0, ReceiptCheckError::NotInLog));
     }
-    let mut expected_prev = GENESIS_PREV;
+    let mut chain = Chain::genesis();
     let mut tree = MerkleTree::new();
     for (index, (receipt, leaf)) in receipts.iter().zip(checked).enumerate() {
         let count = index as u64;
@@ -965,11 +1001,8 @@ pub fn verify_log(
             return Err((count, ReceiptCheckError::NotInLog));
         }
         let leaf = leaf.map_err(|e| (count, e))?;
-        if receipt.body.prev != expected_prev {
-            return Err((count, ReceiptCheckError::ChainBroken));
-        }
+        chain.link(receipt).map_err(|e| (count, e))?;
         tree.push(leaf);
-        expected_prev = &receipt.hash;
     }
     Ok(tree)
 }
