@@ -1095,7 +1095,7 @@ pub const FUZZ_SERVER_SEED: [u8; 32] = [0x3b; 32];
 fn request_state_codec() -> &'static rmcp::model::RequestStateCodec {
     static CODEC: OnceLock<rmcp::model::RequestStateCodec> = OnceLock::new();
     CODEC.get_or_init(|| {
-        crate::server::request_state_codec(&KeyPair::from_seed(&FUZZ_SERVER_SEED))
+        crate::app::request_state_codec(&KeyPair::from_seed(&FUZZ_SERVER_SEED))
             .expect("fixture: the request-state key derives")
     })
 }

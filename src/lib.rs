@@ -7,7 +7,9 @@
 //! [`gate::Authorized`] value, which nothing but the gate constructs.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod demo;
 #[doc(hidden)]
@@ -68,8 +70,10 @@ mod module_graph {
         &["audit", "identity"],
         &["gate"],
         &["tools"],
+        &["app"],
         &["server"],
         &["transport"],
+        &["cli"],
         // Test support (the fuzz targets, the shared vectors): may reach everything.
         &["fuzzing", "vectors"],
     ];

@@ -1,8 +1,6 @@
-//! The MCP face of dualtrust: builds the application from a validated
-//! [`Config`] and answers MCP requests, routing every `tools/call` through
-//! the gate.
+//! The MCP face of dualtrust: answers MCP requests for an [`App`], routing
+//! every `tools/call` through the gate.
 
-use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use rmcp::model::{
@@ -15,63 +13,10 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::AuditLog;
-use crate::config::{Config, DatabaseConfig, DatabaseTarget, Mode};
-use crate::gate::{Authenticated, Caller, Gate, GateOutcome, Policy, Preadmitted, Status};
-use crate::identity::TokenVerifier;
-use crate::keys::KeyPair;
-use crate::store::Store;
-use crate::tools::{AuditVerify, DbQuery, PassportIssuer, Terminal, ToolSet};
+use crate::app::App;
+use crate::gate::{Authenticated, Caller, GateOutcome, Preadmitted, Status};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StartupError {
-    #[error("data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Key(#[from] crate::keys::KeyError),
-    #[error(transparent)]
-    Verifier(#[from] crate::identity::VerifierSetupError),
-    #[error("state store {path}: {source}")]
-    Store {
-        path: String,
-        #[source]
-        source: crate::store::StoreError,
-    },
-    #[error("database {path}: {message}")]
-    Database { path: String, message: String },
-    #[error("terminal roots: {0}")]
-    Terminal(std::io::Error),
-    #[error("internal: policy names no scope for any class of `{0}`, so it could never be called")]
-    NoPolicy(&'static str),
-    #[cfg(feature = "bench")]
-    #[error(
-        "--bench-gate-off is for benchmarks in development mode; this configuration is production"
-    )]
-    GateOffInProduction,
-    #[cfg(feature = "bench")]
-    #[error("internal: the gate was shared before it could be switched off")]
-    GateShared,
-}
-
-/// Everything a running server holds.
-pub struct App {
-    pub config: Config,
-    pub server_key: Arc<KeyPair>,
-    pub store: Store,
-    pub gate: Arc<Gate>,
-    pub tools: Arc<ToolSet>,
-    /// The terminal tool again, for the sandbox status `/readyz` reports.
-    pub terminal: Arc<Terminal>,
-    /// Seals `requestState` for 2026-07-28 multi-round-trip calls.
-    request_state: RequestStateCodec,
-}
 
 /// What a sealed `requestState` carries: a handle on a held call. The store,
 /// not this blob, decides whether the lease may still be used.
@@ -83,16 +28,6 @@ struct HeldCall {
 
 /// The key of the single input request a held call asks the client for.
 const APPROVAL_INPUT: &str = "approval";
-const REQUEST_STATE_LABEL: &str = "dualtrust-request-state-v1";
-
-/// The codec [`App`] seals `requestState` with, for a server key.
-#[doc(hidden)]
-pub fn request_state_codec(
-    server_key: &KeyPair,
-) -> Result<RequestStateCodec, crate::keys::KeyError> {
-    let secret = server_key.derive_secret(REQUEST_STATE_LABEL)?;
-    Ok(RequestStateCodec::new_unchecked(secret.to_vec()))
-}
 
 /// What `call_tool` does with a client's `requestState` (for the fuzz
 /// target): the held call's lease id, if the state opens and names `tool`.
@@ -122,150 +57,6 @@ pub fn seal_request_state(
             &SealOptions::new().ttl(ttl),
         )
         .ok()
-}
-
-/// Creates the data directory (mode 0700) if it is missing.
-pub fn ensure_data_dir(config: &Config) -> Result<(), StartupError> {
-    let dir = &config.data_dir;
-    let err = |source| StartupError::DataDir {
-        path: dir.display().to_string(),
-        source,
-    };
-    if !dir.exists() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
-    }
-    Ok(())
-}
-
-/// Loads (or, in development, creates) the server signing key.
-pub fn load_server_key(config: &Config) -> Result<KeyPair, StartupError> {
-    let (key, created) =
-        KeyPair::load_or_create(&config.server_key_path(), config.mode == Mode::Development)?;
-    if created {
-        tracing::warn!(path = %config.server_key_path().display(), kid = key.kid(), "DEVELOPMENT MODE: generated a new server signing key");
-    }
-    Ok(key)
-}
-
-/// Loads (creating if missing) the development token-issuer key.
-pub fn load_dev_issuer(config: &Config) -> Result<KeyPair, StartupError> {
-    let (key, created) = KeyPair::load_or_create(&config.dev_issuer_key_path(), true)?;
-    if created {
-        tracing::warn!(path = %config.dev_issuer_key_path().display(), "DEVELOPMENT MODE: generated a development token-issuer key");
-    }
-    Ok(key)
-}
-
-impl App {
-    pub async fn build(config: Config) -> Result<Self, StartupError> {
-        ensure_data_dir(&config)?;
-        let server_key = Arc::new(load_server_key(&config)?);
-        let dev_issuer = if config.identity.dev_tokens && config.mode == Mode::Development {
-            tracing::warn!(
-                "DEVELOPMENT MODE: accepting tokens minted by `dualtrust token`; never expose this server"
-            );
-            Some(load_dev_issuer(&config)?)
-        } else {
-            None
-        };
-        let verifier = Arc::new(TokenVerifier::new(
-            &config.identity,
-            dev_issuer.as_ref(),
-            &config.scopes.implies,
-        )?);
-        verifier.prime().await;
-        verifier.retry_until_loaded();
-        let store =
-            Store::open(&config.store_target)
-                .await
-                .map_err(|source| StartupError::Store {
-                    path: config.store_target.describe(),
-                    source,
-                })?;
-        let db_error = |message: String| StartupError::Database {
-            path: config.database_target.describe(),
-            message,
-        };
-        if config.database.url.expose() == DatabaseConfig::default().url.expose()
-            && let DatabaseTarget::Sqlite(path) = &config.database_target
-            && crate::demo::ensure_demo_database(path)
-                .await
-                .map_err(|e| db_error(e.to_string()))?
-        {
-            tracing::info!(path = %path.display(), "created the demo database");
-        }
-        let log = Arc::new(
-            AuditLog::open(store.clone(), server_key.clone())
-                .await
-                .map_err(|source| StartupError::Store {
-                    path: config.store_target.describe(),
-                    source,
-                })?,
-        );
-        let gate = Arc::new(Gate::new(
-            verifier,
-            store.clone(),
-            log.clone(),
-            Policy::from_config(&config),
-        ));
-        let terminal = Arc::new(
-            Terminal::new(config.terminal.clone(), config.mode).map_err(StartupError::Terminal)?,
-        );
-        let mut tools = ToolSet::default();
-        tools.register(Arc::new(
-            DbQuery::open(&config.database_target, config.database.clone())
-                .await
-                .map_err(|e| db_error(e.to_string()))?,
-        ));
-        tools.register(terminal.clone());
-        tools.register(Arc::new(PassportIssuer::new(
-            server_key.clone(),
-            config.passport.clone(),
-        )));
-        tools.register(Arc::new(AuditVerify::new(
-            log,
-            config.passport.issuer.clone(),
-        )));
-        #[cfg(feature = "bench")]
-        tools.register(Arc::new(crate::tools::BenchEcho));
-        if let Some(tool) = tools.names().find(|name| !gate.has_policy_for(name)) {
-            return Err(StartupError::NoPolicy(tool));
-        }
-        let request_state = request_state_codec(&server_key)?;
-        Ok(Self {
-            config,
-            server_key,
-            store,
-            gate,
-            tools: Arc::new(tools),
-            terminal,
-            request_state,
-        })
-    }
-
-    /// A benchmark's baseline: the same server with the gate switched off.
-    /// Exists only in `bench` builds and refuses production configurations.
-    #[cfg(feature = "bench")]
-    pub async fn build_gate_off(config: Config) -> Result<Self, StartupError> {
-        if config.mode == Mode::Production {
-            return Err(StartupError::GateOffInProduction);
-        }
-        let mut app = Self::build(config).await?;
-        // Nothing else holds the gate yet.
-        Arc::get_mut(&mut app.gate)
-            .ok_or(StartupError::GateShared)?
-            .switch_off_for_benchmark();
-        tracing::warn!(
-            "BENCHMARK BUILD: the gate is OFF; calls run with no identity, scope, lease, quorum or receipt"
-        );
-        Ok(app)
-    }
-
-    /// The server's public keys as an RFC 7517 JWK Set.
-    pub fn jwks(&self) -> serde_json::Value {
-        crate::keys::jwks(&[&self.server_key.verifying_key()])
-    }
 }
 
 /// Which front door a request came through.
@@ -482,26 +273,4 @@ impl McpServer {
 
 fn truncate_name(name: &str) -> String {
     name.chars().take(64).collect()
-}
-
-#[cfg(all(test, feature = "bench"))]
-mod bench_build_tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn gate_off_is_refused_in_production_before_anything_is_opened() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let env = [
-            ("DUALTRUST_MODE", "production"),
-            ("DUALTRUST_IDENTITY__DEV_TOKENS", "false"),
-            ("DUALTRUST_IDENTITY__JWKS_FILE", "idp-jwks.json"),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string()));
-        let config = Config::load(dir.path(), None, env).expect("a valid production config");
-        assert!(matches!(
-            App::build_gate_off(config).await,
-            Err(StartupError::GateOffInProduction)
-        ));
-        assert!(!dir.path().join("server.key").exists());
-    }
 }

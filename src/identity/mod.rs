@@ -287,6 +287,22 @@ impl TokenVerifier {
         })
     }
 
+    /// A verifier that trusts no key: every token is refused. For contexts
+    /// that authenticate nobody (the command line works on the store as
+    /// its operator), so they need no identity provider.
+    pub fn trusting_no_one(config: &IdentityConfig) -> Self {
+        Self {
+            verified: VerifiedTokens::default(),
+            static_keys: Vec::new(),
+            remote: None,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            leeway_s: config.leeway_s,
+            max_token_bytes: config.max_token_bytes,
+            implies: BTreeMap::new(),
+        }
+    }
+
     /// Fetches the JWKS URL, if one is configured. A failure is logged and
     /// reported by [`TokenVerifier::keys_loaded`]; later tokens retry.
     pub async fn prime(&self) {

@@ -26,11 +26,12 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::connections::ConnectionLimits;
+use crate::app::App;
 use crate::gate::quorum::ApprovalError;
 use crate::gate::rate::KeyedLimit;
 use crate::gate::{Authenticated, Challenge, Denial};
 use crate::identity::IdentityError;
-use crate::server::{App, McpServer, Transport};
+use crate::server::{McpServer, Transport};
 
 #[derive(Clone)]
 struct HttpState {

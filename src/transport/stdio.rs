@@ -12,7 +12,8 @@ use std::sync::Arc;
 use rmcp::ServiceExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use crate::server::{App, McpServer, Transport};
+use crate::app::App;
+use crate::server::{McpServer, Transport};
 
 /// Lines in flight between the reader, rmcp and the stdout writer.
 const PIPE_BYTES: usize = 64 * 1024;

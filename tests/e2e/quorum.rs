@@ -29,6 +29,66 @@ fn decisions(data: &DataDir) -> Vec<String> {
         .collect()
 }
 
+/// Approving beside the store is the operator's work on the store: the
+/// command line neither asks the identity provider for keys nor connects to
+/// the target database, so neither being away (or hostile) holds it up.
+#[tokio::test]
+async fn approving_from_the_command_line_reaches_neither_the_idp_nor_the_database() {
+    let (data, alice, bob, carol) = setup("");
+    let client = data
+        .stdio_client(Some(
+            &data.token("agent", "terminal:execute terminal:admin"),
+        ))
+        .await;
+    std::fs::create_dir_all(data.workspace().join("build")).expect("mkdir");
+    let (held, _) = call(
+        &client,
+        "terminal.execute",
+        json!({ "argv": ["rm", "-rf", "build"] }),
+    )
+    .await;
+    let lease = lease_of(&held);
+    let listener = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.set_nonblocking(true).expect("nonblocking");
+        l
+    };
+    let (idp, database) = (listener(), listener());
+    let port = |l: &std::net::TcpListener| l.local_addr().expect("addr").port();
+    data.configure(
+        &[
+            (&alice, Some("alice@idp")),
+            (&bob, None),
+            (&carol, Some("carol@idp")),
+        ],
+        &format!(
+            "[quorum]\nk = 2\n[identity]\njwks_url = \"http://127.0.0.1:{}/jwks\"\n[database]\nurl = \"postgres://dt@127.0.0.1:{}/shop\"\n",
+            port(&idp),
+            port(&database)
+        ),
+    );
+    let listed = data.cli(&["approvals", "list"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(&lease),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let out = data.approve(&lease, &alice);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 of 2"));
+    for (name, l) in [("identity provider", &idp), ("database", &database)] {
+        assert!(
+            matches!(l.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "the command line connected to the {name}"
+        );
+    }
+    client.cancel().await.expect("close");
+}
+
 #[tokio::test]
 async fn destructive_command_runs_once_after_k_approvals() {
     let (data, alice, bob, _) = setup("");

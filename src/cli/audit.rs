@@ -1,0 +1,95 @@
+//! `dualtrust audit export | checkpoint | verify`.
+
+use std::sync::Arc;
+
+use crate::app;
+use crate::config::Config;
+
+use super::{AuditCommand, BoxError};
+
+pub(super) async fn run(config: Config, command: AuditCommand) -> Result<(), BoxError> {
+    use std::io::Write;
+    match command {
+        AuditCommand::Export { out } => {
+            let store = crate::store::Store::open(&config.store_target).await?;
+            let mut sink: Box<dyn Write> = match out {
+                Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let mut next = 0u64;
+            loop {
+                let batch = crate::audit::stored_receipts(&store, next, 1000).await?;
+                let Some(last) = batch.last() else { break };
+                next = last.body.seq + 1;
+                for receipt in &batch {
+                    serde_json::to_writer(&mut sink, receipt)?;
+                    sink.write_all(b"\n")?;
+                }
+            }
+            sink.flush()?;
+        }
+        AuditCommand::Checkpoint => {
+            let store = crate::store::Store::open(&config.store_target).await?;
+            let key = Arc::new(app::load_server_key(&config)?);
+            let log = crate::audit::AuditLog::open(store, key.clone()).await?;
+            eprintln!(
+                "verifier key: {}",
+                crate::audit::checkpoint::verifier_key(log.origin(), &key.verifying_key())
+            );
+            print!("{}", log.current_checkpoint().await?);
+        }
+        AuditCommand::Verify {
+            log,
+            jwks,
+            checkpoint,
+        } => {
+            let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&jwks)?)?;
+            let keys = crate::keys::ed25519_keys_from_jwks(&doc);
+            if keys.is_empty() {
+                return Err("the JWKS holds no Ed25519 key".into());
+            }
+            let text = std::fs::read_to_string(&log)?;
+            let mut receipts = Vec::new();
+            for (n, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                receipts.push(
+                    serde_json::from_str(line)
+                        .map_err(|e| format!("line {}: not a receipt: {e}", n + 1))?,
+                );
+            }
+            let tree = crate::audit::verify_log(receipts, &keys)
+                .map_err(|(seq, error)| format!("receipt {seq}: {error}"))?;
+            println!(
+                "ok: {} receipts verified (signatures, sequence, chain); RFC 6962 root {}",
+                tree.len(),
+                tree.root(tree.len()).map(hex::encode).unwrap_or_default()
+            );
+            for path in checkpoint {
+                let note = std::fs::read_to_string(&path)?;
+                let verified = keys.iter().find_map(|(kid, key)| {
+                    crate::audit::checkpoint::Checkpoint::verify(
+                        &note,
+                        &crate::audit::checkpoint::origin_for(kid),
+                        key,
+                    )
+                    .ok()
+                });
+                let cp = verified.ok_or_else(|| {
+                    format!(
+                        "{}: not a checkpoint signed by a key in the JWKS",
+                        path.display()
+                    )
+                })?;
+                match tree.root(cp.size) {
+                    Some(root) if root == cp.root => println!("ok: checkpoint {} (size {}) is a prefix of this log", path.display(), cp.size),
+                    Some(_) => return Err(format!("{}: the log was rewritten: its first {} receipts do not match the checkpoint", path.display(), cp.size).into()),
+                    None => return Err(format!("{}: the log was truncated: it holds {} receipts, the checkpoint {}", path.display(), tree.len(), cp.size).into()),
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,304 @@
+//! The `dualtrust` command line: its arguments and what each command does.
+//! `main.rs` only parses, starts logging and the runtime, and calls [`run`].
+
+mod approvals;
+mod audit;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{self, App};
+use crate::config::{Config, Mode};
+use crate::identity::DevTokenClaims;
+
+/// dualtrust: an MCP server that gates SQL and shell access for AI agents
+/// behind a verified identity, single-use leases and signed quorum approval,
+/// and leaves a verifiable receipt for every decision.
+#[derive(Parser)]
+#[command(name = "dualtrust", version, propagate_version = true)]
+pub struct Cli {
+    /// Directory holding keys, the state store, the demo database and dualtrust.toml.
+    #[arg(
+        long,
+        env = "DUALTRUST_DATA_DIR",
+        default_value = "./dualtrust-data",
+        global = true
+    )]
+    data_dir: PathBuf,
+    /// Configuration file (default: DATA_DIR/dualtrust.toml when present).
+    #[arg(long, env = "DUALTRUST_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create the data directory: keys, state store, demo database.
+    Init,
+    /// Serve MCP over stdio or streamable HTTP.
+    Serve {
+        /// Speak MCP on stdin/stdout; the token comes from DUALTRUST_TOKEN.
+        #[arg(long, conflicts_with = "http")]
+        stdio: bool,
+        /// Listen for streamable HTTP on ADDR (MCP at /mcp), e.g. 127.0.0.1:8080.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
+        http: Option<String>,
+        /// Benchmark builds only: run every call with the gate switched off
+        /// (no identity, scope, lease, quorum or receipt). Refused in production.
+        #[cfg(feature = "bench")]
+        #[arg(long)]
+        bench_gate_off: bool,
+    },
+    /// Mint a short-lived development token (development mode only), or
+    /// `token revoke --jti ID` to revoke any token.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Token {
+        #[command(subcommand)]
+        action: Option<TokenAction>,
+        /// The token's subject.
+        #[arg(long, required = true)]
+        sub: Option<String>,
+        /// Space-separated scopes, e.g. "db:read audit:read".
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Lifetime in seconds (default: identity.dev_token_ttl_s).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Revoke a token by its `jti` (same as `token revoke`).
+    Revoke {
+        #[arg(long)]
+        jti: String,
+    },
+    /// Print the server's public keys as a JWK Set.
+    Keys,
+    /// Create the server signing key if it does not exist, and print its JWK.
+    Keygen,
+    /// Internal: the launcher terminal.execute runs commands through
+    /// (applies resource limits and no-new-privileges, then execs).
+    #[command(hide = true)]
+    SandboxExec {
+        /// The command's sandbox plan, as JSON (see `sandbox::Plan`).
+        #[arg(long)]
+        plan: String,
+    },
+    /// Internal: report which sandbox layers this kernel offers (JSON).
+    #[command(hide = true)]
+    SandboxProbe,
+    /// Work with the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Create an approver's key pair and print its configuration entry.
+    ApproverKeygen {
+        /// The approver's id, as it will appear in [[approvers]].
+        #[arg(long)]
+        id: String,
+        /// Where to write the approver's private key (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Held calls waiting for approval.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+    /// Review a held call, sign it with your approver key and record the
+    /// approval (run beside the server, with its data directory).
+    Approve {
+        /// The lease id from the approval_required result.
+        #[arg(long)]
+        lease: String,
+        /// Your approver id, as registered in [[approvers]].
+        #[arg(long)]
+        approver: String,
+        /// Your approver private key file (from `approver-keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ApprovalsCommand {
+    /// List held calls waiting for approval, with what they would do.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Write the whole log as JSON lines, one receipt per line.
+    Export {
+        /// Output file (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify an exported log offline: signatures, sequence and chain.
+    Verify {
+        /// The JSONL file written by `audit export`.
+        #[arg(long)]
+        log: PathBuf,
+        /// The server's JWKS (from `dualtrust keys` or /.well-known/jwks.json).
+        #[arg(long)]
+        jwks: PathBuf,
+        /// Signed checkpoints you hold (from receipts or `audit checkpoint`):
+        /// the exported log must contain each one as a prefix.
+        #[arg(long)]
+        checkpoint: Vec<PathBuf>,
+    },
+    /// Print a signed checkpoint (C2SP signed note) of the log as it is now.
+    Checkpoint,
+}
+
+#[derive(Subcommand)]
+pub enum TokenAction {
+    /// Revoke a token by its `jti`; checked on every call, by every replica.
+    Revoke {
+        #[arg(long)]
+        jti: String,
+    },
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn revoke(config: &Config, jti: &str) -> Result<(), BoxError> {
+    app::ensure_data_dir(config)?;
+    let store = crate::store::Store::open(&config.store_target).await?;
+    store.revoke(jti, crate::now_unix()).await?;
+    println!("revoked {jti}");
+    Ok(())
+}
+
+pub async fn run(cli: Cli) -> Result<(), BoxError> {
+    let config = Config::load(&cli.data_dir, cli.config.as_deref(), std::env::vars())?;
+    match cli.command {
+        Command::Init => {
+            let app = App::build(config).await?;
+            println!("data directory: {}", app.config.data_dir.display());
+            println!("server key id:  {}", app.server_key.kid());
+            println!("state store:    {}", app.config.store_target.describe());
+            println!("database:       {}", app.config.database_target.describe());
+        }
+        Command::Serve {
+            stdio,
+            http,
+            #[cfg(feature = "bench")]
+            bench_gate_off,
+        } => {
+            #[cfg(feature = "bench")]
+            let app = if bench_gate_off {
+                App::build_gate_off(config).await?
+            } else {
+                App::build(config).await?
+            };
+            #[cfg(not(feature = "bench"))]
+            let app = App::build(config).await?;
+            let app = Arc::new(app);
+            if stdio {
+                let token = std::env::var("DUALTRUST_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty());
+                crate::transport::stdio::serve(app, token).await?;
+            } else {
+                let bind = match http.as_deref() {
+                    Some("") | None => app.config.http.bind.clone(),
+                    Some(addr) => addr.to_string(),
+                };
+                crate::transport::http::serve(app, &bind).await?;
+            }
+        }
+        Command::Token {
+            action: Some(TokenAction::Revoke { jti }),
+            ..
+        }
+        | Command::Revoke { jti } => revoke(&config, &jti).await?,
+        Command::Token {
+            sub, scope, ttl, ..
+        } => {
+            let sub = sub.unwrap_or_default();
+            if config.mode != Mode::Development || !config.identity.dev_tokens {
+                return Err("development tokens are disabled (production mode or identity.dev_tokens = false)".into());
+            }
+            app::ensure_data_dir(&config)?;
+            let issuer = app::load_dev_issuer(&config)?;
+            let now = crate::now_unix();
+            let jti = crate::random_id()?;
+            let claims = DevTokenClaims {
+                iss: &config.identity.issuer,
+                aud: &config.identity.audience,
+                sub: &sub,
+                scope: &scope,
+                iat: now,
+                nbf: now,
+                exp: now + ttl.unwrap_or(config.identity.dev_token_ttl_s),
+                jti: &jti,
+            };
+            println!("{}", issuer.sign_jws("JWT", &claims)?);
+        }
+        Command::Keys => {
+            let key = app::load_server_key(&config)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::keys::jwks(&[&key.verifying_key()]))?
+            );
+        }
+        Command::Keygen => {
+            app::ensure_data_dir(&config)?;
+            let (key, created) =
+                crate::keys::KeyPair::load_or_create(&config.server_key_path(), true)?;
+            eprintln!(
+                "{} {}",
+                if created {
+                    "created"
+                } else {
+                    "existing key kept:"
+                },
+                config.server_key_path().display()
+            );
+            println!("{}", serde_json::to_string_pretty(&key.public_jwk())?);
+        }
+        Command::SandboxExec { .. } | Command::SandboxProbe => unreachable_launcher()?,
+        Command::Audit { command } => audit::run(config, command).await?,
+        Command::ApproverKeygen { id, out } => {
+            let (key, created) = crate::keys::KeyPair::load_or_create(&out, true)?;
+            if !created {
+                return Err(format!(
+                    "{} already exists; not overwriting an approver key",
+                    out.display()
+                )
+                .into());
+            }
+            let x = key.public_jwk()["x"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            eprintln!(
+                "wrote {} (keep it secret; it is your approval signature)",
+                out.display()
+            );
+            println!(
+                "[[approvers]]\nid = \"{id}\"\npublic_key = \"{x}\"\n# subject = \"{id}@your-idp\"  # your token subject, if you also call the server"
+            );
+        }
+        Command::Approvals {
+            command: ApprovalsCommand::List,
+        } => approvals::list(&config).await?,
+        Command::Approve {
+            lease,
+            approver,
+            key,
+            yes,
+        } => approvals::approve(&config, &lease, &approver, &key, yes).await?,
+    }
+    Ok(())
+}
+
+fn unreachable_launcher() -> Result<(), BoxError> {
+    Err("sandbox-exec is handled before configuration is loaded".into())
+}
