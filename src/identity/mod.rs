@@ -452,7 +452,9 @@ impl TokenVerifier {
 /// with a repeated member name in the header or the claims (RFC 7515
 /// section 5.2 and RFC 8725 section 3.2: a repeated `alg` or `sub` must not
 /// mean whichever one a library happens to keep).
-fn strict_header(token: &str) -> Result<serde_json::Map<String, serde_json::Value>, IdentityError> {
+pub(crate) fn strict_header(
+    token: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, IdentityError> {
     use base64::Engine;
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(_signature), None) =

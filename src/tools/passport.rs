@@ -11,9 +11,9 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::{Signature, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -185,51 +185,41 @@ impl PassportError {
     }
 }
 
-/// Verifies a passport against this server's keys; returns its claims.
+/// Verifies a passport against this server's keys; returns its claims. The
+/// compact form is held to the same strictness as access tokens (three
+/// unpadded segments, no repeated member names); the signature is checked by
+/// `jsonwebtoken`, against the key the header names, for EdDSA only.
 pub fn verify_passport(
     token: &str,
     keys: &[(String, VerifyingKey)],
     issuer: &str,
     now: u64,
 ) -> Result<Value, PassportError> {
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(PassportError::Malformed);
-    };
-    let decode_json = |part: &str| -> Result<Value, PassportError> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(part)
-            .map_err(|_| PassportError::Malformed)?;
-        serde_json::from_slice(&bytes).map_err(|_| PassportError::Malformed)
-    };
-    let header = decode_json(h)?;
-    if header.get("alg").and_then(Value::as_str) != Some("EdDSA")
-        || header.get("typ").and_then(Value::as_str) != Some(PASSPORT_TYP)
-    {
+    crate::identity::strict_header(token).map_err(|_| PassportError::Malformed)?;
+    let header = jsonwebtoken::decode_header(token).map_err(|_| PassportError::Malformed)?;
+    if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(PASSPORT_TYP) {
         return Err(PassportError::WrongType);
     }
-    let kid = header
-        .get("kid")
-        .and_then(Value::as_str)
-        .ok_or(PassportError::UnknownKey)?;
+    let kid = header.kid.as_deref().ok_or(PassportError::UnknownKey)?;
     let (_, key) = keys
         .iter()
         .find(|(k, _)| k == kid)
         .ok_or(PassportError::UnknownKey)?;
-    let sig = URL_SAFE_NO_PAD
-        .decode(s)
-        .ok()
-        .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
-        .ok_or(PassportError::Malformed)?;
-    let signing_input = &token[..h.len() + 1 + p.len()];
-    key.verify_strict(signing_input.as_bytes(), &Signature::from_bytes(&sig))
-        .map_err(|_| PassportError::BadSignature)?;
-    let claims = decode_json(p)?;
-    if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
-        return Err(PassportError::WrongIssuer);
-    }
+    let key = DecodingKey::from_ed_der(key.as_bytes());
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.set_issuer(&[issuer]);
+    validation.set_required_spec_claims(&["exp", "iss"]);
+    // The times are checked below against `now`, the caller's clock.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => PassportError::BadSignature,
+            ErrorKind::InvalidIssuer => PassportError::WrongIssuer,
+            _ => PassportError::Malformed,
+        })?
+        .claims;
     let exp = claims
         .get("exp")
         .and_then(Value::as_u64)
@@ -250,6 +240,8 @@ pub fn verify_passport(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     #[test]
     fn passport_verification_catches_tampering() {
@@ -287,6 +279,20 @@ mod tests {
         );
         assert_eq!(
             verify_passport("a.b", &keys, "dualtrust", 1500),
+            Err(PassportError::Malformed)
+        );
+        // A repeated claim must not mean whichever one a parser keeps.
+        let header = URL_SAFE_NO_PAD
+            .encode(json!({ "alg": "EdDSA", "typ": PASSPORT_TYP, "kid": key.kid() }).to_string());
+        let repeated = URL_SAFE_NO_PAD
+            .encode(r#"{"iss":"other","iss":"dualtrust","sub":"agent-1","exp":2000}"#);
+        let input = format!("{header}.{repeated}");
+        let signed = format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()))
+        );
+        assert_eq!(
+            verify_passport(&signed, &keys, "dualtrust", 1500),
             Err(PassportError::Malformed)
         );
         // An access token (typ JWT) is not a passport.
