@@ -10,6 +10,7 @@
 pub mod app;
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 #[doc(hidden)]
@@ -64,7 +65,7 @@ mod module_graph {
 
     /// Lowest first. Modules in one layer do not use each other.
     const LAYERS: &[&[&str]] = &[
-        &["keys", "metrics", "sandbox", "demo"],
+        &["keys", "metrics", "sandbox", "demo", "clock"],
         &["config"],
         &["store"],
         &["audit", "identity"],

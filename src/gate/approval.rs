@@ -95,7 +95,7 @@ impl Gate {
             .await
             .map_err(|_| ApprovalError::StoreUnavailable)?
             .ok_or(ApprovalError::LeaseNotFound)?;
-        let now = crate::now_unix();
+        let now = self.clock.now_unix();
         if lease.state != LeaseState::PendingApproval {
             return Err(ApprovalError::LeaseNotPending);
         }

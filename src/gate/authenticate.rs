@@ -59,7 +59,7 @@ impl Gate {
             Caller::Token(token) => Ok((self.authenticate(token.as_deref()).await?, None)),
             // Checked for this very request; only the clock has moved since.
             Caller::Verified(authenticated, preadmitted) => {
-                if authenticated.principal.expires_at() < crate::now_unix() {
+                if authenticated.principal.expires_at() < self.clock.now_unix() {
                     return Err(IdentityError::Expired);
                 }
                 Ok((authenticated, preadmitted))

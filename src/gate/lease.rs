@@ -30,7 +30,7 @@ impl LeaseConsumed {
 
 impl Gate {
     fn lease_for(&self, caller: &Authenticated, action: &Action, id: String, ttl_s: u64) -> Lease {
-        let now = crate::now_unix();
+        let now = self.clock.now_unix();
         Lease {
             id,
             subject: caller.principal().subject().to_string(),
@@ -178,7 +178,7 @@ impl Gate {
             Err(Denial::LeaseConsumed)
         } else if lease.state != LeaseState::Ready && lease.state != LeaseState::PendingApproval {
             Err(Denial::LeaseRevoked)
-        } else if lease.expires_at <= crate::now_unix() {
+        } else if lease.expires_at <= self.clock.now_unix() {
             Err(Denial::LeaseExpired)
         } else {
             Ok(lease)
@@ -195,7 +195,7 @@ impl Gate {
                 &lease.subject,
                 &lease.tool,
                 &lease.args_digest,
-                crate::now_unix(),
+                self.clock.now_unix(),
             )
             .await
         {

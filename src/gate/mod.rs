@@ -39,6 +39,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::audit::{AuditLog, Receipt};
+use crate::clock::Clock;
 use crate::identity::TokenVerifier;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -157,6 +158,7 @@ pub struct Gate {
     policy: Policy,
     metrics: Metrics,
     in_flight: AtomicUsize,
+    clock: Clock,
     /// See [`danger`]: benchmark builds only.
     #[cfg(feature = "bench")]
     gate_off: bool,
@@ -192,6 +194,7 @@ impl Gate {
             policy,
             metrics: Metrics::default(),
             in_flight: AtomicUsize::new(0),
+            clock: Clock::system(),
             #[cfg(feature = "bench")]
             gate_off: false,
         }
@@ -203,6 +206,13 @@ impl Gate {
     #[cfg(not(feature = "bench"))]
     pub fn is_off(&self) -> bool {
         false
+    }
+
+    /// A gate deciding by `clock` (unit tests move it to reach expiry).
+    #[cfg(test)]
+    pub(crate) fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Tool calls inside the gate right now (graceful shutdown waits for 0).
@@ -401,6 +411,10 @@ mod tests {
     }
 
     async fn gate(dir: &std::path::Path) -> (Gate, String) {
+        gate_with(dir, LeaseConfig::default(), Clock::system()).await
+    }
+
+    async fn gate_with(dir: &std::path::Path, leases: LeaseConfig, clock: Clock) -> (Gate, String) {
         let config = IdentityConfig::default();
         let issuer = KeyPair::generate().expect("key");
         let verifier =
@@ -417,13 +431,14 @@ mod tests {
             Arc::new(log),
             Policy::new(
                 &ScopeConfig::default(),
-                &LeaseConfig::default(),
+                &leases,
                 ApproverRegistry::new(&[], &QuorumConfig::default()),
                 rate::CallLimits::new(&LimitsConfig::default()),
             )
             .with_scope(Fragile::NAME, Class::Read, "db:read")
             .with_scope(Counting::NAME, Class::Read, "db:read"),
-        );
+        )
+        .with_clock(clock);
         let now = crate::now_unix();
         let token = issuer
             .sign_jws(
@@ -580,5 +595,58 @@ mod tests {
             .await;
         assert_eq!(outcome.result, Some(Value::from("C")));
         assert_eq!(tool.classified.load(Ordering::SeqCst), 4);
+    }
+
+    fn with_lease(
+        mut arguments: Option<Map<String, Value>>,
+        held: &GateOutcome,
+    ) -> Option<Map<String, Value>> {
+        let id = held.approval.as_ref().map(|a| a["lease_id"].clone());
+        if let (Some(arguments), Some(id)) = (arguments.as_mut(), id) {
+            arguments.insert(LEASE_ARG.into(), id);
+        }
+        arguments
+    }
+
+    #[tokio::test]
+    async fn leases_and_verified_tokens_expire_by_the_gates_clock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Clock::manual(crate::now_unix());
+        let leases = LeaseConfig {
+            explicit: vec![format!("{}:read", Counting::NAME)],
+            ttl_s: 60,
+            ..LeaseConfig::default()
+        };
+        let (gate, token) = gate_with(dir.path(), leases, clock.clone()).await;
+        let tool = Counting::default();
+        let caller = || Caller::Token(Some(token.clone()));
+
+        let held = gate.run(&tool, "stdio", caller(), text("a")).await;
+        assert_eq!(held.status, Status::LeaseIssued);
+        clock.advance(61);
+        let late = gate
+            .run(&tool, "stdio", caller(), with_lease(text("a"), &held))
+            .await;
+        assert_eq!(late.error.map(|e| e.code), Some("lease_expired"));
+
+        let held = gate.run(&tool, "stdio", caller(), text("b")).await;
+        clock.advance(59);
+        let redeemed = gate
+            .run(&tool, "stdio", caller(), with_lease(text("b"), &held))
+            .await;
+        assert_eq!(redeemed.result, Some(Value::from("B")), "in time, it runs");
+        let again = gate
+            .run(&tool, "stdio", caller(), with_lease(text("b"), &held))
+            .await;
+        assert_eq!(again.error.map(|e| e.code), Some("lease_consumed"));
+
+        // The front door verified the token; by the time the call reaches
+        // the gate, the token has expired.
+        let verified = gate.authenticate(Some(&token)).await.expect("caller");
+        clock.advance(600);
+        let stale = gate
+            .run(&tool, "http", Caller::Verified(verified, None), text("c"))
+            .await;
+        assert_eq!(stale.error.map(|e| e.code), Some("expired"));
     }
 }
