@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::audit::{Decision, Receipt};
 use crate::identity::Principal;
-use crate::store::{LeaseState, StoreError};
+use crate::store::{LeaseState, StoreError, StoredApproval};
 
 use super::admit::valid_lease_id;
 use super::quorum::ApprovalError;
@@ -110,7 +110,14 @@ impl Gate {
         )?;
         match self
             .store
-            .record_approval(lease_id, approver_id, signature, now)
+            .record_approval(
+                &StoredApproval {
+                    approver_id: approver_id.to_string(),
+                    signature: signature.to_string(),
+                    signed_at: now,
+                },
+                lease_id,
+            )
             .await
         {
             Ok(()) => {}

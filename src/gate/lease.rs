@@ -188,17 +188,7 @@ impl Gate {
     /// Uses the lease up: one compare-and-set in the store, so of two
     /// concurrent redemptions exactly one runs.
     pub(super) async fn consume(&self, lease: &Lease) -> Result<LeaseConsumed, Denial> {
-        match self
-            .store
-            .consume_lease(
-                &lease.id,
-                &lease.subject,
-                &lease.tool,
-                &lease.args_digest,
-                self.clock.now_unix(),
-            )
-            .await
-        {
+        match self.store.consume_lease(lease, self.clock.now_unix()).await {
             Ok(true) => Ok(LeaseConsumed {
                 id: lease.id.clone(),
             }),

@@ -1,0 +1,336 @@
+//! The state store: leases, the receipt log, revoked token ids.
+//!
+//! One interface, [`Backend`], in domain rows, implemented once over sqlx
+//! (`sql.rs`) for two databases: SQLite, embedded (one file, WAL,
+//! `synchronous = FULL` so a returned receipt is on disk), and PostgreSQL,
+//! shared by several replicas.
+//! Every guarantee that matters (single-use leases, one linear log) is
+//! enforced by a constraint or a compare-and-set in the database itself, not
+//! by process memory, so it holds across restarts and processes.
+
+mod sql;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::config::StoreTarget;
+use sql::SqlBackend;
+
+pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_quorum.sql")),
+    (3, include_str!("../../migrations/sqlite/0003_merkle.sql")),
+];
+
+pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+
+/// Store failures. `Display` is safe to show a caller; the underlying
+/// database error goes to the log only.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be reached or failed; the call fails closed.
+    #[error("the state store is unavailable")]
+    Unavailable,
+    /// The row exists already (an approver approving twice, a lease id
+    /// used twice): retrying cannot help.
+    #[error("the record exists already")]
+    Duplicate,
+    /// Another writer (a replica, `dualtrust approve`) appended to the log
+    /// first: re-read the log and rebuild the batch.
+    #[error("another writer appended to the log first")]
+    LogMoved,
+    /// A stored row does not parse: the store was edited outside dualtrust.
+    #[error("the state store holds a corrupt record")]
+    Corrupt,
+    /// The subject already holds the maximum number of open leases.
+    #[error("too many open leases for this subject; redeem or let some expire first")]
+    TooManyOpenLeases,
+}
+
+/// Where a lease is in its life. Only `ready`/`pending_approval` can be consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    PendingApproval,
+    Ready,
+    Consumed,
+    Expired,
+    Revoked,
+}
+
+impl LeaseState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingApproval => "pending_approval",
+            Self::Ready => "ready",
+            Self::Consumed => "consumed",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending_approval" => Self::PendingApproval,
+            "ready" => Self::Ready,
+            "consumed" => Self::Consumed,
+            "expired" => Self::Expired,
+            "revoked" => Self::Revoked,
+            _ => return None,
+        })
+    }
+}
+
+/// One stored receipt as the store holds it, derived columns included. The
+/// store does not interpret the receipt: the audit log writes and reads it.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub seq: u64,
+    /// The `hash` column (the receipt's hash when it was written).
+    pub hash: String,
+    /// The RFC 6962 leaf hash column; empty in logs written before it existed.
+    pub leaf_hash: String,
+    /// The receipt's JSON, the bytes everything else derives from.
+    pub receipt: String,
+}
+
+/// The newest receipt of the log: its sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// A lease for one exact call: (subject, tool, argument digest) until expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub id: String,
+    pub subject: String,
+    pub tool: String,
+    pub args_digest: String,
+    pub scope: String,
+    pub issued_at: u64,
+    pub expires_at: u64,
+    pub state: LeaseState,
+    /// What the call does, for approvers.
+    pub summary: String,
+    /// The canonical arguments, for approvers to read.
+    pub args_json: String,
+    /// Approvals needed; 0 for an explicit lease without quorum.
+    pub quorum_k: u32,
+}
+
+/// An approval as stored: the signature is checked again at every use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredApproval {
+    pub approver_id: String,
+    pub signature: String,
+    pub signed_at: u64,
+}
+
+/// What the store does, in domain rows. Every guarantee is the database's:
+/// a lease is consumed by one compare-and-set, a batch of receipts lands
+/// only where the log ends.
+pub trait Backend: Send + Sync {
+    /// Creates the schema, or brings it up to date.
+    fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Stores a lease for later redemption, unless its subject holds
+    /// `max_open` open leases already (`TooManyOpenLeases`).
+    fn issue_lease<'a>(
+        &'a self,
+        lease: &'a Lease,
+        max_open: u32,
+        now: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// True only for the one caller that moves `lease` (by id, for its own
+    /// subject, tool and digest, before expiry) from ready or pending to
+    /// consumed.
+    fn consume_lease<'a>(
+        &'a self,
+        lease: &'a Lease,
+        now: u64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn lease<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Lease>, StoreError>>;
+    /// Leases waiting for approval and not yet expired, oldest first.
+    fn pending_leases(&self, now: u64) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>>;
+    /// A second approval by the same approver is `Duplicate`.
+    fn record_approval<'a>(
+        &'a self,
+        approval: &'a StoredApproval,
+        lease_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn approvals<'a>(
+        &'a self,
+        lease_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<StoredApproval>, StoreError>>;
+    fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn revoke<'a>(&'a self, jti: &'a str, now: u64) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// The newest receipt's place: `None` for an empty log.
+    fn log_head(&self) -> BoxFuture<'_, Result<Option<LogHead>, StoreError>>;
+    /// Appends receipts (with their RFC 6962 leaf hashes), and stores the
+    /// already-consumed leases of the ordinary calls they record, in one
+    /// transaction: all become durable together or none does. The batch
+    /// must continue the log exactly where the store's log ends; otherwise
+    /// another writer got there first (`LogMoved`: re-read and rebuild).
+    fn insert_receipts<'a>(
+        &'a self,
+        batch: &'a [LogRow],
+        consumed_leases: &'a [&'a Lease],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// The stored rows of the log from `from_seq` on, in order, at most `limit`.
+    fn log_rows(&self, from_seq: u64, limit: u32)
+    -> BoxFuture<'_, Result<Vec<LogRow>, StoreError>>;
+}
+
+/// The state store the server opened: a [`Backend`] behind a cheap handle.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+    fn deref(&self) -> &Self::Target {
+        &*self.backend
+    }
+}
+
+impl Store {
+    /// Opens the store named by `target`, creating and migrating it.
+    pub async fn open(target: &StoreTarget) -> Result<Self, StoreError> {
+        match target {
+            StoreTarget::Sqlite(path) => Self::open_sqlite(path).await,
+            StoreTarget::Postgres {
+                url,
+                max_connections,
+            } => Self::open_postgres(url.expose(), *max_connections).await,
+        }
+    }
+
+    /// Opens (creating if missing) the SQLite store at `path` and migrates it.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|_| StoreError::Unavailable)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(unreachable)?;
+        Self::migrated(SqlBackend::new(pool)).await
+    }
+
+    /// Connects to a PostgreSQL store shared by replicas and migrates it
+    /// (serialized, so replicas starting together agree).
+    pub async fn open_postgres(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            // A connection broken while PostgreSQL was away is replaced,
+            // not handed to the next call.
+            .test_before_acquire(true)
+            .connect(url)
+            .await
+            .map_err(unreachable)?;
+        Self::migrated(SqlBackend::new(pool)).await
+    }
+
+    async fn migrated(backend: impl Backend + 'static) -> Result<Self, StoreError> {
+        backend.migrate().await?;
+        Ok(Self {
+            backend: Arc::new(backend),
+        })
+    }
+}
+
+fn unreachable(error: sqlx::Error) -> StoreError {
+    tracing::error!(%error, "the state store cannot be opened");
+    StoreError::Unavailable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(id: &str) -> Lease {
+        Lease {
+            id: id.into(),
+            subject: "alice".into(),
+            tool: "db.query".into(),
+            args_digest: "d".into(),
+            scope: "db:read".into(),
+            issued_at: 100,
+            expires_at: 200,
+            state: LeaseState::Ready,
+            summary: String::new(),
+            args_json: "{}".into(),
+            quorum_k: 0,
+        }
+    }
+
+    fn consumed_draft(lease_id: &str) -> crate::audit::ReceiptDraft {
+        crate::audit::ReceiptDraft {
+            tool: "db.query".into(),
+            lease: Some(lease_id.into()),
+            consumed_lease: Some(Lease {
+                state: LeaseState::Consumed,
+                ..lease(lease_id)
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ordinary_lease_is_stored_consumed_with_its_receipt_once_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let store = Store::open_sqlite(&path).await.expect("open");
+        let key = std::sync::Arc::new(crate::keys::KeyPair::generate().expect("key"));
+        let log = crate::audit::AuditLog::open(store.clone(), key.clone())
+            .await
+            .expect("log");
+        log.append(consumed_draft("l1")).await.expect("first");
+        // The same lease again: the whole batch fails at once, the receipt
+        // with it (a duplicate is not retried as if the log had moved).
+        assert!(matches!(
+            log.append(consumed_draft("l1")).await,
+            Err(StoreError::Duplicate)
+        ));
+        assert_eq!(
+            store.log_head().await.expect("head").map(|h| h.seq),
+            Some(0)
+        );
+        // A consumed lease cannot be redeemed.
+        assert!(
+            !store
+                .consume_lease(&lease("l1"), 150)
+                .await
+                .expect("consume")
+        );
+        drop(log);
+        drop(store);
+        let store = Store::open_sqlite(&path).await.expect("reopen");
+        assert_eq!(
+            store.lease("l1").await.expect("q").map(|l| l.state),
+            Some(LeaseState::Consumed)
+        );
+        assert_eq!(
+            store.log_head().await.expect("head").map(|h| h.seq),
+            Some(0)
+        );
+    }
+}

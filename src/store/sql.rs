@@ -1,0 +1,471 @@
+//! The one implementation of [`Backend`], generic over sqlx's `Database`:
+//! every statement is the same text on SQLite and PostgreSQL (`$n`
+//! placeholders, which SQLite reads as numbered parameters too), and what
+//! differs (how a writing transaction starts, how replicas are kept from
+//! appending at once) is the backend's [`Dialect`].
+
+use futures_util::future::BoxFuture;
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type,
+};
+
+use super::{
+    Backend, Lease, LeaseState, LogHead, LogRow, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS,
+    StoreError, StoredApproval,
+};
+
+/// What one database does its own way.
+pub(super) trait Dialect: Database {
+    const MIGRATIONS: &'static [(i64, &'static str)];
+
+    /// Run first in a transaction that appends to the log or migrates, so
+    /// that replicas sharing the store take turns.
+    const SERIALIZE: Option<&'static str>;
+
+    /// A transaction that will write.
+    fn begin_write(
+        pool: &Pool<Self>,
+    ) -> BoxFuture<'_, Result<Transaction<'static, Self>, sqlx::Error>>;
+
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+}
+
+impl Dialect for sqlx::Sqlite {
+    const MIGRATIONS: &'static [(i64, &'static str)] = SQLITE_MIGRATIONS;
+    // One writer at a time already: the write lock of `BEGIN IMMEDIATE`.
+    const SERIALIZE: Option<&'static str> = None;
+
+    /// `BEGIN IMMEDIATE` takes the write lock (waiting up to the busy
+    /// timeout) before the first read; a deferred transaction that reads and
+    /// then writes fails at once with SQLITE_BUSY when another connection is
+    /// writing.
+    fn begin_write(
+        pool: &Pool<Self>,
+    ) -> BoxFuture<'_, Result<Transaction<'static, Self>, sqlx::Error>> {
+        Box::pin(pool.begin_with("BEGIN IMMEDIATE"))
+    }
+
+    fn rows_affected(result: &Self::QueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+impl Dialect for sqlx::Postgres {
+    const MIGRATIONS: &'static [(i64, &'static str)] = POSTGRES_MIGRATIONS;
+    // An advisory lock shared by all replicas, released with the
+    // transaction; the key is "dualtrst" in ASCII.
+    const SERIALIZE: Option<&'static str> =
+        Some("SELECT pg_advisory_xact_lock(7238799094505960308)");
+
+    fn begin_write(
+        pool: &Pool<Self>,
+    ) -> BoxFuture<'_, Result<Transaction<'static, Self>, sqlx::Error>> {
+        Box::pin(pool.begin())
+    }
+
+    fn rows_affected(result: &Self::QueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+pub(super) struct SqlBackend<DB: Database> {
+    pool: Pool<DB>,
+}
+
+impl<DB: Database> SqlBackend<DB> {
+    pub(super) fn new(pool: Pool<DB>) -> Self {
+        Self { pool }
+    }
+}
+
+fn failed(error: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &error
+        && db.is_unique_violation()
+    {
+        return StoreError::Duplicate;
+    }
+    tracing::error!(%error, "state store error");
+    StoreError::Unavailable
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt)
+}
+
+// A macro so that the column list is part of each statement's constant text.
+macro_rules! lease_columns {
+    () => {
+        "id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k"
+    };
+}
+
+const INSERT_LEASE: &str = "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, consumed_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+/// The single-use compare-and-set: only the one caller that moves this
+/// lease to `consumed`, for its own subject, tool and argument digest,
+/// before expiry, changes a row. Quorum is checked by the gate before it
+/// calls this; approvals can only be added, never withdrawn.
+const CONSUME_LEASE: &str = "UPDATE leases SET state = 'consumed', consumed_at = $1 \
+     WHERE id = $2 AND state IN ('ready', 'pending_approval') AND subject = $3 AND tool = $4 AND args_digest = $5 AND expires_at > $1";
+
+fn lease_from_row<R>(row: &R) -> Result<Lease, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    let get_u64 = |name: &str| -> Result<u64, StoreError> {
+        let v: i64 = row.try_get(name).map_err(|_| StoreError::Corrupt)?;
+        u64::try_from(v).map_err(|_| StoreError::Corrupt)
+    };
+    let get_str = |name: &str| -> Result<String, StoreError> {
+        row.try_get(name).map_err(|_| StoreError::Corrupt)
+    };
+    Ok(Lease {
+        id: get_str("id")?,
+        subject: get_str("subject")?,
+        tool: get_str("tool")?,
+        args_digest: get_str("args_digest")?,
+        scope: get_str("scope")?,
+        issued_at: get_u64("issued_at")?,
+        expires_at: get_u64("expires_at")?,
+        state: LeaseState::parse(&get_str("state")?).ok_or(StoreError::Corrupt)?,
+        summary: get_str("summary")?,
+        args_json: get_str("args_json")?,
+        quorum_k: u32::try_from(get_u64("quorum_k")?).map_err(|_| StoreError::Corrupt)?,
+    })
+}
+
+async fn insert_lease<DB>(conn: &mut DB::Connection, lease: &Lease) -> Result<(), StoreError>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+    Option<i64>: for<'q> Encode<'q, DB> + Type<DB>,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(INSERT_LEASE)
+        .bind(lease.id.clone())
+        .bind(lease.subject.clone())
+        .bind(lease.tool.clone())
+        .bind(lease.args_digest.clone())
+        .bind(lease.scope.clone())
+        .bind(to_i64(lease.issued_at))
+        .bind(to_i64(lease.expires_at))
+        .bind(lease.state.as_str().to_string())
+        .bind(lease.summary.clone())
+        .bind(lease.args_json.clone())
+        .bind(i64::from(lease.quorum_k))
+        // A lease stored already consumed was minted and used at once.
+        .bind((lease.state == LeaseState::Consumed).then(|| to_i64(lease.issued_at)))
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(failed)
+}
+
+async fn serialize<DB>(conn: &mut DB::Connection) -> Result<(), StoreError>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+{
+    if let Some(statement) = DB::SERIALIZE {
+        sqlx::query(statement).execute(conn).await.map_err(failed)?;
+    }
+    Ok(())
+}
+
+impl<DB> Backend for SqlBackend<DB>
+where
+    DB: Dialect,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    i64: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>,
+    Option<i64>: for<'q> Encode<'q, DB> + Type<DB>,
+    String: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>,
+    for<'a> &'a str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+{
+    fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await.map_err(failed)?;
+            serialize::<DB>(&mut tx).await?;
+            sqlx::raw_sql(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+            for (version, text) in DB::MIGRATIONS {
+                let done: Option<i64> =
+                    sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                        .bind(*version)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(failed)?;
+                if done.is_some() {
+                    continue;
+                }
+                sqlx::raw_sql(*text)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(failed)?;
+                sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                    .bind(*version)
+                    .bind(to_i64(crate::now_unix()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(failed)?;
+            }
+            tx.commit().await.map_err(failed)
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(failed)
+        })
+    }
+
+    fn issue_lease<'a>(
+        &'a self,
+        lease: &'a Lease,
+        max_open: u32,
+        now: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut tx = DB::begin_write(&self.pool).await.map_err(failed)?;
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM leases WHERE subject = $1 AND state IN ('pending_approval', 'ready') AND expires_at > $2",
+            )
+            .bind(lease.subject.clone())
+            .bind(to_i64(now))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(failed)?;
+            if open >= i64::from(max_open) {
+                return Err(StoreError::TooManyOpenLeases);
+            }
+            insert_lease::<DB>(&mut tx, lease).await?;
+            tx.commit().await.map_err(failed)
+        })
+    }
+
+    fn consume_lease<'a>(
+        &'a self,
+        lease: &'a Lease,
+        now: u64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let result = sqlx::query(CONSUME_LEASE)
+                .bind(to_i64(now))
+                .bind(lease.id.clone())
+                .bind(lease.subject.clone())
+                .bind(lease.tool.clone())
+                .bind(lease.args_digest.clone())
+                .execute(&self.pool)
+                .await
+                .map_err(failed)?;
+            Ok(DB::rows_affected(&result) == 1)
+        })
+    }
+
+    fn lease<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Lease>, StoreError>> {
+        Box::pin(async move {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                lease_columns!(),
+                " FROM leases WHERE id = $1"
+            ))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(failed)?;
+            row.as_ref().map(lease_from_row).transpose()
+        })
+    }
+
+    fn pending_leases(&self, now: u64) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                lease_columns!(),
+                " FROM leases WHERE state = 'pending_approval' AND expires_at > $1 ORDER BY issued_at"
+            ))
+            .bind(to_i64(now))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(failed)?;
+            rows.iter().map(lease_from_row).collect()
+        })
+    }
+
+    fn record_approval<'a>(
+        &'a self,
+        approval: &'a StoredApproval,
+        lease_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO approvals (lease_id, approver_id, signature, signed_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(lease_id.to_string())
+            .bind(approval.approver_id.clone())
+            .bind(approval.signature.clone())
+            .bind(to_i64(approval.signed_at))
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(failed)
+        })
+    }
+
+    fn approvals<'a>(
+        &'a self,
+        lease_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<StoredApproval>, StoreError>> {
+        Box::pin(async move {
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT approver_id, signature, signed_at FROM approvals WHERE lease_id = $1 ORDER BY signed_at, approver_id",
+            )
+            .bind(lease_id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(failed)?;
+            rows.into_iter()
+                .map(|(approver_id, signature, signed_at)| {
+                    Ok(StoredApproval {
+                        approver_id,
+                        signature,
+                        signed_at: to_u64(signed_at)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let hits: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM revoked_tokens WHERE jti = $1")
+                    .bind(jti.to_string())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(failed)?;
+            Ok(hits > 0)
+        })
+    }
+
+    fn revoke<'a>(&'a self, jti: &'a str, now: u64) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO revoked_tokens (jti, revoked_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+            )
+            .bind(jti.to_string())
+            .bind(to_i64(now))
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(failed)
+        })
+    }
+
+    fn log_head(&self) -> BoxFuture<'_, Result<Option<LogHead>, StoreError>> {
+        Box::pin(async move {
+            let row: Option<(i64, String)> =
+                sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(failed)?;
+            row.map(|(seq, hash)| {
+                Ok(LogHead {
+                    seq: to_u64(seq)?,
+                    hash,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn insert_receipts<'a>(
+        &'a self,
+        batch: &'a [LogRow],
+        consumed_leases: &'a [&'a Lease],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let Some(first) = batch.first() else {
+                return Ok(());
+            };
+            let mut tx = DB::begin_write(&self.pool).await.map_err(failed)?;
+            serialize::<DB>(&mut tx).await?;
+            let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_log")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(failed)?;
+            if next != to_i64(first.seq) {
+                return Err(StoreError::LogMoved);
+            }
+            for lease in consumed_leases {
+                insert_lease::<DB>(&mut tx, lease).await?;
+            }
+            for row in batch {
+                sqlx::query(
+                    "INSERT INTO audit_log (seq, hash, receipt, leaf_hash) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(to_i64(row.seq))
+                .bind(row.hash.clone())
+                .bind(row.receipt.clone())
+                .bind(row.leaf_hash.clone())
+                .execute(&mut *tx)
+                .await
+                // Serialized, a taken seq cannot happen; if it does, another
+                // writer was there first.
+                .map_err(|e| match failed(e) {
+                    StoreError::Duplicate => StoreError::LogMoved,
+                    other => other,
+                })?;
+            }
+            tx.commit().await.map_err(failed)
+        })
+    }
+
+    fn log_rows(
+        &self,
+        from_seq: u64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<LogRow>, StoreError>> {
+        Box::pin(async move {
+            let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+                "SELECT seq, hash, leaf_hash, receipt FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(to_i64(from_seq))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(failed)?;
+            rows.into_iter()
+                .map(|(seq, hash, leaf_hash, receipt)| {
+                    Ok(LogRow {
+                        seq: to_u64(seq)?,
+                        hash,
+                        leaf_hash,
+                        receipt,
+                    })
+                })
+                .collect()
+        })
+    }
+}
