@@ -1,0 +1,120 @@
+//! `GET /approvals/{id}` and `POST /approvals`: what an approver signs, and
+//! their signed approval, with the approver's own token.
+
+use super::*;
+
+pub(super) async fn refuse_approval_scope(state: &HttpState, caller: &Authenticated) -> Response {
+    let scope = &state.app.config.scopes.approvals_write;
+    let denial = Denial::InsufficientScope {
+        scope: scope.clone(),
+        message: format!("approvals need the `{scope}` scope"),
+    };
+    state
+        .app
+        .gate
+        .record_refusal(
+            "http",
+            crate::gate::APPROVAL,
+            Some(caller.principal()),
+            &denial,
+        )
+        .await;
+    super::scope::insufficient_scope(state, scope)
+}
+/// `GET /approvals/{lease_id}`: what an approver is asked to sign, from the
+/// server's own record (never from the agent's copy).
+pub(super) async fn show_approval(
+    State(state): State<HttpState>,
+    Extension(caller): Extension<Authenticated>,
+    axum::extract::Path(lease_id): axum::extract::Path<String>,
+) -> Response {
+    let scope = &state.app.config.scopes.approvals_write;
+    if !caller.principal().has_scope(scope) {
+        return refuse_approval_scope(&state, &caller).await;
+    }
+    let gate = &state.app.gate;
+    let not_found = || {
+        json_response(
+            StatusCode::NOT_FOUND,
+            json!({ "error": "lease_not_found", "error_description": ApprovalError::LeaseNotFound.to_string() }),
+        )
+    };
+    if lease_id.len() != 32 {
+        return not_found();
+    }
+    let view = match gate.store().lease(&lease_id).await {
+        Ok(Some(lease)) => gate.approval_view(&lease).await.map(Some),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    match view {
+        Ok(Some(view)) => json_response(StatusCode::OK, view),
+        Ok(None) => not_found(),
+        Err(_) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": "store_unavailable" }),
+        ),
+    }
+}
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ApprovalSubmission {
+    lease_id: String,
+    approver_id: String,
+    /// base64url Ed25519 signature over the lease's `sign` statement.
+    signature: String,
+}
+/// `POST /approvals`: an approver's signed approval, submitted with the
+/// approver's own token (`approvals:write`, subject bound to the approver).
+pub(super) async fn submit_approval(
+    State(state): State<HttpState>,
+    Extension(caller): Extension<Authenticated>,
+    body: axum::body::Bytes,
+) -> Response {
+    let scope = &state.app.config.scopes.approvals_write;
+    if !caller.principal().has_scope(scope) {
+        return refuse_approval_scope(&state, &caller).await;
+    }
+    let principal = caller.principal();
+    let Ok(submission) = serde_json::from_slice::<ApprovalSubmission>(&body) else {
+        return refuse_authenticated(
+            &state,
+            crate::gate::APPROVAL,
+            principal,
+            Denial::InvalidRequest,
+        )
+        .await;
+    };
+    match state
+        .app
+        .gate
+        .submit_approval(
+            "http",
+            Some(principal),
+            &submission.lease_id,
+            &submission.approver_id,
+            &submission.signature,
+        )
+        .await
+    {
+        Ok(status) => json_response(
+            StatusCode::OK,
+            serde_json::to_value(status).unwrap_or_default(),
+        ),
+        Err(error) => {
+            let code = match error {
+                ApprovalError::LeaseNotFound => StatusCode::NOT_FOUND,
+                ApprovalError::Duplicate
+                | ApprovalError::LeaseNotPending
+                | ApprovalError::LeaseExpired => StatusCode::CONFLICT,
+                ApprovalError::MalformedSignature => StatusCode::BAD_REQUEST,
+                ApprovalError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::FORBIDDEN,
+            };
+            json_response(
+                code,
+                json!({ "error": error.code(), "error_description": error.to_string() }),
+            )
+        }
+    }
+}
