@@ -332,8 +332,8 @@ pub struct AuditLog {
     appends: tokio::sync::mpsc::UnboundedSender<Job>,
 }
 
-/// The log's shared state; reached through [`AuditLog`].
-pub struct LogInner {
+/// The log's shared state, between callers and the writer task.
+struct LogInner {
     store: Store,
     key: Arc<KeyPair>,
     origin: String,
@@ -393,13 +393,6 @@ fn derive_row(row: &LogRow) -> Result<(Receipt, merkle::Hash), &'static str> {
         return Err("its leaf hash column disagrees with its body");
     }
     Ok((receipt, leaf))
-}
-
-impl std::ops::Deref for AuditLog {
-    type Target = LogInner;
-    fn deref(&self) -> &LogInner {
-        &self.inner
-    }
 }
 
 // Each attempt loses only to a batch another writer (a replica, the CLI)
@@ -469,6 +462,86 @@ impl AuditLog {
             let _ = rx.await;
         }
     }
+
+    pub fn origin(&self) -> &str {
+        self.inner.origin()
+    }
+
+    pub fn server_keys(&self) -> Vec<(String, VerifyingKey)> {
+        self.inner.server_keys()
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.inner.verifying_key()
+    }
+
+    /// The first disagreement found between the store and the tree, if any.
+    pub fn integrity(&self) -> Option<IntegrityFailure> {
+        self.inner.integrity()
+    }
+
+    /// Re-derives every stored receipt and holds it against the tree the
+    /// checkpoints sign, a page at a time so appends go on in between.
+    /// Callers that arrive while one runs wait and share the next one, so a
+    /// burst of callers costs at most two passes.
+    pub async fn scrub(&self) -> Result<Option<IntegrityFailure>, StoreError> {
+        self.inner.scrub().await
+    }
+
+    /// A signed checkpoint of the log as it is now.
+    pub async fn current_checkpoint(&self) -> Result<String, StoreError> {
+        self.inner.current_checkpoint().await
+    }
+
+    /// Verifies a checkpoint note signed by this server.
+    pub fn open_checkpoint(&self, note: &str) -> Result<Checkpoint, CheckpointError> {
+        self.inner.open_checkpoint(note)
+    }
+
+    /// Inclusion proof for `index` against the current tree, with its checkpoint.
+    pub async fn prove_inclusion(&self, index: u64) -> Result<Option<LogProof>, StoreError> {
+        self.inner.prove_inclusion(index).await
+    }
+
+    /// The tree's leaf hashes for `[from, to)` (fewer if the log is shorter).
+    pub async fn leaves(&self, from: u64, to: u64) -> Result<Vec<merkle::Hash>, StoreError> {
+        self.inner.leaves(from, to).await
+    }
+
+    /// Stored receipts from `from_seq`, at most `limit`.
+    pub async fn receipts(&self, from_seq: u64, limit: u32) -> Result<Vec<Receipt>, StoreError> {
+        self.inner.receipts(from_seq, limit).await
+    }
+
+    /// Consistency proof between two sizes of the current tree.
+    pub async fn prove_consistency(
+        &self,
+        old: u64,
+        new: u64,
+    ) -> Result<Option<Vec<merkle::Hash>>, StoreError> {
+        self.inner.prove_consistency(old, new).await
+    }
+
+    /// Checks a receipt: hash and signature, then that the log holds it at
+    /// its sequence number with an intact link to its predecessor, then its
+    /// inclusion proof — the one given (against the checkpoint given) or a
+    /// fresh one against the current checkpoint.
+    pub async fn check(
+        &self,
+        receipt: &Receipt,
+        proof: Option<&LogProof>,
+    ) -> Result<Vec<(&'static str, Result<(), ReceiptCheckError>)>, StoreError> {
+        self.inner.check(receipt, proof).await
+    }
+
+    /// Offline part of [`Self::check`]: the proof against its checkpoint.
+    pub fn check_inclusion(
+        &self,
+        receipt: &Receipt,
+        proof: &LogProof,
+    ) -> Result<(), ReceiptCheckError> {
+        self.inner.check_inclusion(receipt, proof)
+    }
 }
 
 impl LogInner {
@@ -497,15 +570,15 @@ impl LogInner {
         }
     }
 
-    pub fn origin(&self) -> &str {
+    fn origin(&self) -> &str {
         &self.origin
     }
 
-    pub fn server_keys(&self) -> Vec<(String, VerifyingKey)> {
+    fn server_keys(&self) -> Vec<(String, VerifyingKey)> {
         vec![(self.key.kid().to_string(), self.key.verifying_key())]
     }
 
-    pub fn verifying_key(&self) -> VerifyingKey {
+    fn verifying_key(&self) -> VerifyingKey {
         self.key.verifying_key()
     }
 
@@ -564,19 +637,14 @@ impl LogInner {
         StoreError::Corrupt
     }
 
-    /// The first disagreement found between the store and the tree, if any.
-    pub fn integrity(&self) -> Option<IntegrityFailure> {
+    fn integrity(&self) -> Option<IntegrityFailure> {
         self.integrity
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// Re-derives every stored receipt and holds it against the tree the
-    /// checkpoints sign, a page at a time so appends go on in between.
-    /// Callers that arrive while one runs wait and share the next one, so a
-    /// burst of callers costs at most two passes.
-    pub async fn scrub(&self) -> Result<Option<IntegrityFailure>, StoreError> {
+    async fn scrub(&self) -> Result<Option<IntegrityFailure>, StoreError> {
         let arrived = std::time::Instant::now();
         let mut last_started = self.scrub.lock().await;
         if let Some(failure) = self.integrity() {
@@ -802,8 +870,7 @@ impl LogInner {
         )
     }
 
-    /// A signed checkpoint of the log as it is now.
-    pub async fn current_checkpoint(&self) -> Result<String, StoreError> {
+    async fn current_checkpoint(&self) -> Result<String, StoreError> {
         let mut state = self.state.lock().await;
         self.sync(&mut state).await?;
         let size = state.tree.len();
@@ -811,13 +878,11 @@ impl LogInner {
             .ok_or(StoreError::Corrupt)
     }
 
-    /// Verifies a checkpoint note signed by this server.
-    pub fn open_checkpoint(&self, note: &str) -> Result<Checkpoint, CheckpointError> {
+    fn open_checkpoint(&self, note: &str) -> Result<Checkpoint, CheckpointError> {
         Checkpoint::verify(note, &self.origin, &self.key.verifying_key())
     }
 
-    /// Inclusion proof for `index` against the current tree, with its checkpoint.
-    pub async fn prove_inclusion(&self, index: u64) -> Result<Option<LogProof>, StoreError> {
+    async fn prove_inclusion(&self, index: u64) -> Result<Option<LogProof>, StoreError> {
         let mut state = self.state.lock().await;
         self.sync(&mut state).await?;
         let size = state.tree.len();
@@ -835,8 +900,7 @@ impl LogInner {
         }))
     }
 
-    /// The tree's leaf hashes for `[from, to)` (fewer if the log is shorter).
-    pub async fn leaves(&self, from: u64, to: u64) -> Result<Vec<merkle::Hash>, StoreError> {
+    async fn leaves(&self, from: u64, to: u64) -> Result<Vec<merkle::Hash>, StoreError> {
         let mut state = self.state.lock().await;
         self.sync(&mut state).await?;
         Ok((from..to.min(state.tree.len()))
@@ -844,13 +908,11 @@ impl LogInner {
             .collect())
     }
 
-    /// Stored receipts from `from_seq`, at most `limit`.
-    pub async fn receipts(&self, from_seq: u64, limit: u32) -> Result<Vec<Receipt>, StoreError> {
+    async fn receipts(&self, from_seq: u64, limit: u32) -> Result<Vec<Receipt>, StoreError> {
         stored_receipts(&self.store, from_seq, limit).await
     }
 
-    /// Consistency proof between two sizes of the current tree.
-    pub async fn prove_consistency(
+    async fn prove_consistency(
         &self,
         old: u64,
         new: u64,
@@ -860,11 +922,7 @@ impl LogInner {
         Ok(state.tree.consistency_proof(old, new))
     }
 
-    /// Checks a receipt: hash and signature, then that the log holds it at
-    /// its sequence number with an intact link to its predecessor, then its
-    /// inclusion proof — the one given (against the checkpoint given) or a
-    /// fresh one against the current checkpoint.
-    pub async fn check(
+    async fn check(
         &self,
         receipt: &Receipt,
         proof: Option<&LogProof>,
@@ -914,8 +972,7 @@ impl LogInner {
         Ok(checks)
     }
 
-    /// Offline part of [`Self::check`]: the proof against its checkpoint.
-    pub fn check_inclusion(
+    fn check_inclusion(
         &self,
         receipt: &Receipt,
         proof: &LogProof,
