@@ -922,7 +922,9 @@ fn audit_arguments(fixture: &AuditFixture, json: &[u8]) {
         && let Ok(old) = Checkpoint::verify(old, &fixture.origin, &vk)
     {
         let new = match &args.checkpoint_new {
-            Some(n) => Checkpoint::verify(n, &fixture.origin, &vk).ok(),
+            Some(n) => Checkpoint::verify(n, &fixture.origin, &vk)
+                .ok()
+                .map(|cp| (*cp).clone()),
             None => Some(fixture.checkpoint(FUZZ_LOG_SIZE)),
         };
         // Every checkpoint the fixture signs is of its one linear log, so

@@ -36,6 +36,19 @@ pub struct Checkpoint {
     pub time: u64,
 }
 
+/// A checkpoint whose signature verified for its origin's key: what proofs
+/// are checked against. Only [`Checkpoint::verify`] makes one; it reads as
+/// the checkpoint it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCheckpoint(Checkpoint);
+
+impl std::ops::Deref for VerifiedCheckpoint {
+    type Target = Checkpoint;
+    fn deref(&self) -> &Checkpoint {
+        &self.0
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CheckpointError {
@@ -122,7 +135,11 @@ impl Checkpoint {
 
     /// Parses and verifies a signed checkpoint against `key`, whose log has
     /// origin `origin`.
-    pub fn verify(note: &str, origin: &str, key: &VerifyingKey) -> Result<Self, CheckpointError> {
+    pub fn verify(
+        note: &str,
+        origin: &str,
+        key: &VerifyingKey,
+    ) -> Result<VerifiedCheckpoint, CheckpointError> {
         let (body, signatures) = note.split_once("\n\n").ok_or(CheckpointError::Malformed)?;
         let body = format!("{body}\n");
         let mut lines = body.lines();
@@ -163,12 +180,12 @@ impl Checkpoint {
                 .verify_strict(body.as_bytes(), &Signature::from_bytes(&sig))
                 .is_ok()
             {
-                return Ok(Self {
+                return Ok(VerifiedCheckpoint(Self {
                     origin: origin.to_string(),
                     size,
                     root,
                     time,
-                });
+                }));
             }
         }
         Err(if found {
@@ -196,8 +213,8 @@ mod tests {
         let note = cp.sign(&key);
         assert!(note.contains("\n\n\u{2014} dualtrust/"));
         assert_eq!(
-            Checkpoint::verify(&note, &origin, &key.verifying_key()),
-            Ok(cp)
+            Checkpoint::verify(&note, &origin, &key.verifying_key()).as_deref(),
+            Ok(&cp)
         );
         let edited = note.replacen("\n42\n", "\n43\n", 1);
         assert_eq!(

@@ -28,7 +28,7 @@ use crate::store::{LogRow, Store, StoreError};
 pub mod checkpoint;
 pub mod merkle;
 
-use checkpoint::{Checkpoint, CheckpointError};
+use checkpoint::{Checkpoint, CheckpointError, VerifiedCheckpoint};
 use merkle::MerkleTree;
 
 pub const RECEIPT_TYPE: &str = "dualtrust.receipt.v1";
@@ -494,7 +494,7 @@ impl AuditLog {
     }
 
     /// Verifies a checkpoint note signed by this server.
-    pub fn open_checkpoint(&self, note: &str) -> Result<Checkpoint, CheckpointError> {
+    pub fn open_checkpoint(&self, note: &str) -> Result<VerifiedCheckpoint, CheckpointError> {
         self.inner.open_checkpoint(note)
     }
 
@@ -878,7 +878,7 @@ impl LogInner {
             .ok_or(StoreError::Corrupt)
     }
 
-    fn open_checkpoint(&self, note: &str) -> Result<Checkpoint, CheckpointError> {
+    fn open_checkpoint(&self, note: &str) -> Result<VerifiedCheckpoint, CheckpointError> {
         Checkpoint::verify(note, &self.origin, &self.key.verifying_key())
     }
 
@@ -988,7 +988,7 @@ impl LogInner {
 pub fn verify_log_proof(
     receipt: &Receipt,
     proof: &LogProof,
-    checkpoint: &Checkpoint,
+    checkpoint: &VerifiedCheckpoint,
 ) -> Result<(), ReceiptCheckError> {
     if proof.tree_size != checkpoint.size || proof.leaf_index != receipt.body.seq {
         return Err(ReceiptCheckError::InclusionFailed);
