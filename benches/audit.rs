@@ -122,7 +122,9 @@ async fn load_time(receipts: Vec<Receipt>, key: Arc<KeyPair>) -> LoadTime {
             .map(|r| LogRow {
                 seq: r.body.seq,
                 hash: r.hash.clone(),
-                leaf_hash: hex::encode(dualtrust::audit::leaf_hash_of(&r.body).expect("leaf")),
+                leaf_hash: Some(hex::encode(
+                    dualtrust::audit::leaf_hash_of(&r.body).expect("leaf"),
+                )),
                 receipt: serde_json::to_string(r).expect("json"),
             })
             .collect();
@@ -139,7 +141,7 @@ async fn load_time(receipts: Vec<Receipt>, key: Arc<KeyPair>) -> LoadTime {
         let Some(last) = rows.last() else { break };
         seq = last.seq + 1;
         for row in &rows {
-            let leaf: [u8; 32] = hex::decode(&row.leaf_hash)
+            let leaf: [u8; 32] = hex::decode(row.leaf_hash.as_deref().unwrap_or_default())
                 .expect("hex")
                 .try_into()
                 .expect("32 bytes");

@@ -389,7 +389,11 @@ fn derive_row(row: &LogRow) -> Result<(Receipt, merkle::Hash), &'static str> {
         return Err("its sequence number disagrees with its row");
     }
     let leaf = merkle::leaf_hash(&bytes);
-    if !row.leaf_hash.is_empty() && row.leaf_hash != hex::encode(leaf) {
+    if row
+        .leaf_hash
+        .as_ref()
+        .is_some_and(|stored| *stored != hex::encode(leaf))
+    {
         return Err("its leaf hash column disagrees with its body");
     }
     Ok((receipt, leaf))
@@ -803,7 +807,7 @@ impl LogInner {
                 rows.push(LogRow {
                     seq: receipt.body.seq,
                     hash: receipt.hash.clone(),
-                    leaf_hash: hex::encode(leaf),
+                    leaf_hash: Some(hex::encode(leaf)),
                     receipt: serde_json::to_string(&receipt).map_err(|_| StoreError::Corrupt)?,
                 });
                 receipts.push(receipt);

@@ -28,8 +28,13 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/sqlite/0003_merkle.sql")),
 ];
 
-pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_leaf_hash_required.sql"),
+    ),
+];
 
 /// Store failures. `Display` is safe to show a caller; the underlying
 /// database error goes to the log only.
@@ -95,8 +100,10 @@ pub struct LogRow {
     pub seq: u64,
     /// The `hash` column (the receipt's hash when it was written).
     pub hash: String,
-    /// The RFC 6962 leaf hash column; empty in logs written before it existed.
-    pub leaf_hash: String,
+    /// The RFC 6962 leaf hash column; `None` for receipts a SQLite store
+    /// holds from before the column existed (stored as '', which only the
+    /// backend knows).
+    pub leaf_hash: Option<String>,
     /// The receipt's JSON, the bytes everything else derives from.
     pub receipt: String,
 }

@@ -428,7 +428,7 @@ where
                 .bind(to_i64(row.seq))
                 .bind(row.hash.clone())
                 .bind(row.receipt.clone())
-                .bind(row.leaf_hash.clone())
+                .bind(row.leaf_hash.clone().unwrap_or_default())
                 .execute(&mut *tx)
                 .await
                 // Serialized, a taken seq cannot happen; if it does, another
@@ -461,7 +461,7 @@ where
                     Ok(LogRow {
                         seq: to_u64(seq)?,
                         hash,
-                        leaf_hash,
+                        leaf_hash: Some(leaf_hash).filter(|h| !h.is_empty()),
                         receipt,
                     })
                 })
