@@ -32,7 +32,7 @@ use crate::gate::{Class, Tool};
 use crate::identity::TokenVerifier;
 use crate::keys::KeyPair;
 use crate::tools::audit_verify::AuditVerifyArgs;
-use crate::tools::sql_classify::{SqlDialect, classify_sql};
+use crate::tools::db_query::classify::{SqlDialect, classify_sql};
 use crate::tools::terminal::{NO_PATH_PROGRAMS, Terminal, TerminalArgs};
 
 // ---------------------------------------------------------------------------

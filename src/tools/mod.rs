@@ -7,7 +7,6 @@ pub mod audit_verify;
 pub mod bench_echo;
 pub mod db_query;
 pub mod passport;
-pub mod sql_classify;
 pub mod terminal;
 
 use std::sync::Arc;

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use dualtrust::gate::Class;
-use dualtrust::tools::sql_classify::{SqlDialect, classify_sql};
+use dualtrust::tools::db_query::classify::{SqlDialect, classify_sql};
 use sqlx::Connection;
 
 use crate::common::PG_ADMIN_URL;

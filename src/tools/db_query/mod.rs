@@ -14,6 +14,10 @@
 //! never a simple-query batch), so a second statement cannot ride along.
 //!
 //! Both: a row cap and a byte cap on the returned cells.
+//!
+//! Which statements are which class is `classify.rs`: pure, parser only.
+
+pub mod classify;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -32,7 +36,7 @@ use sqlx::{Column, Row, TypeInfo, ValueRef};
 
 use crate::config::{DatabaseConfig, DatabaseTarget};
 use crate::gate::{Authorized, Class, Classification, Executed, Refusal, Tool};
-use crate::tools::sql_classify::{SqlDialect, classify_sql};
+use classify::{SqlDialect, classify_sql};
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
