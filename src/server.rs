@@ -29,8 +29,8 @@ struct HeldCall {
 /// The key of the single input request a held call asks the client for.
 const APPROVAL_INPUT: &str = "approval";
 
-/// What `call_tool` does with a client's `requestState` (for the fuzz
-/// target): the held call's lease id, if the state opens and names `tool`.
+/// The held call's lease id in a client's `requestState`, if the state
+/// opens and names `tool` (`call_tool` and the fuzz target).
 #[doc(hidden)]
 pub fn open_request_state(codec: &RequestStateCodec, state: &str, tool: &str) -> Option<String> {
     codec
@@ -40,7 +40,8 @@ pub fn open_request_state(codec: &RequestStateCodec, state: &str, tool: &str) ->
         .map(|held| held.lease_id)
 }
 
-/// What `input_required` seals for a held call (for the fuzz target).
+/// The `requestState` sealed for a held call (`input_required` and the
+/// fuzz target).
 #[doc(hidden)]
 pub fn seal_request_state(
     codec: &RequestStateCodec,
@@ -156,13 +157,8 @@ impl ServerHandler for McpServer {
         // state names the lease; the gate still checks it against the store.
         let mut declined = false;
         if let Some(state) = &request.request_state {
-            let held = self
-                .app
-                .request_state
-                .open_json::<HeldCall>(state)
-                .ok()
-                .filter(|held| held.tool == request.name);
-            let Some(held) = held else {
+            let Some(lease_id) = open_request_state(&self.app.request_state, state, &request.name)
+            else {
                 return Err(McpError::invalid_params(
                     "requestState is invalid, expired or for another tool",
                     None,
@@ -175,7 +171,7 @@ impl ServerHandler for McpServer {
                 .and_then(|r| r.get("action"))
                 .and_then(|a| a.as_str())
                 .is_some_and(|action| action != "accept");
-            arguments.insert(crate::gate::LEASE_ARG.into(), held.lease_id.into());
+            arguments.insert(crate::gate::LEASE_ARG.into(), lease_id.into());
         }
         let Some(outcome) = self
             .app
@@ -222,17 +218,7 @@ impl McpServer {
         let expires_at = approval.get("expires_at")?.as_u64()?;
         let ttl =
             std::time::Duration::from_secs(expires_at.saturating_sub(crate::now_unix()).max(1));
-        let state = self
-            .app
-            .request_state
-            .seal_json_with(
-                &HeldCall {
-                    lease_id: lease_id.clone(),
-                    tool: tool.to_string(),
-                },
-                &SealOptions::new().ttl(ttl),
-            )
-            .ok()?;
+        let state = seal_request_state(&self.app.request_state, &lease_id, tool, ttl)?;
         let message = format!(
             "{}\n\nLease {lease_id} needs {} approval(s) from: {}. Each approver runs:\n  dualtrust approve --lease {lease_id} --approver <your-approver-id> --key <your-key-file>\nAccept once they have approved; the call then runs exactly once.",
             outcome
