@@ -129,9 +129,27 @@ pub struct PublicKeyConfig {
     /// Tokens naming this `kid` use this key; without one, tokens without a
     /// `kid` do.
     pub kid: Option<String>,
-    /// `RS256`, `ES256` or `EdDSA`.
-    pub alg: String,
+    pub alg: PemAlgorithm,
     pub pem_file: PathBuf,
+}
+
+/// The one algorithm a PEM public key verifies (RFC 8725 section 3.1: a
+/// key is bound to its algorithm, never taken from the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum PemAlgorithm {
+    RS256,
+    ES256,
+    EdDSA,
+}
+
+impl PemAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RS256 => "RS256",
+            Self::ES256 => "ES256",
+            Self::EdDSA => "EdDSA",
+        }
+    }
 }
 
 /// A secret from configuration: never printed, not even by `Debug`. Clones
@@ -975,14 +993,6 @@ fn validate_identity(raw: &FileConfig) -> Result<(), ConfigError> {
                     "must be https:// (plain http only on loopback)",
                 ));
             }
-        }
-    }
-    for (i, key) in identity.public_keys.iter().enumerate() {
-        if !matches!(key.alg.as_str(), "RS256" | "ES256" | "EdDSA") {
-            return Err(ConfigError::key(
-                &format!("identity.public_keys[{i}].alg"),
-                "must be RS256, ES256 or EdDSA",
-            ));
         }
     }
     for (key, value) in [

@@ -23,6 +23,8 @@ use jsonwebtoken::jwk::{
 };
 use jsonwebtoken::{Algorithm, DecodingKey};
 
+use crate::config::PemAlgorithm;
+
 /// Largest JWK Set body accepted from an identity provider.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
@@ -87,23 +89,18 @@ pub(crate) fn parse_set(bytes: &[u8]) -> Result<Vec<TrustedKey>, String> {
 /// A PEM public key with its configured algorithm.
 pub(crate) fn key_from_pem(
     kid: Option<String>,
-    alg: &str,
+    alg: PemAlgorithm,
     pem: &[u8],
 ) -> Result<TrustedKey, String> {
     let (algorithm, key) = match alg {
-        "RS256" => (Algorithm::RS256, DecodingKey::from_rsa_pem(pem)),
-        "ES256" => (Algorithm::ES256, DecodingKey::from_ec_pem(pem)),
-        "EdDSA" => (Algorithm::EdDSA, DecodingKey::from_ed_pem(pem)),
-        other => {
-            return Err(format!(
-                "unsupported algorithm {other}: use RS256, ES256 or EdDSA"
-            ));
-        }
+        PemAlgorithm::RS256 => (Algorithm::RS256, DecodingKey::from_rsa_pem(pem)),
+        PemAlgorithm::ES256 => (Algorithm::ES256, DecodingKey::from_ec_pem(pem)),
+        PemAlgorithm::EdDSA => (Algorithm::EdDSA, DecodingKey::from_ed_pem(pem)),
     };
     Ok(TrustedKey {
         kid,
         algorithm,
-        key: key.map_err(|e| format!("not a {alg} public key in PEM: {e}"))?,
+        key: key.map_err(|e| format!("not a {} public key in PEM: {e}", alg.as_str()))?,
     })
 }
 

@@ -251,7 +251,7 @@ impl TokenVerifier {
                 message,
             };
             let pem = std::fs::read(&entry.pem_file).map_err(|e| err(e.to_string()))?;
-            keys.push(jwks::key_from_pem(entry.kid.clone(), &entry.alg, &pem).map_err(err)?);
+            keys.push(jwks::key_from_pem(entry.kid.clone(), entry.alg, &pem).map_err(err)?);
         }
         if let Some(secret) = &config.hs256_secret {
             keys.push(TrustedKey {
