@@ -119,7 +119,7 @@ impl Gate {
             T::NAME
         );
         let held = if needs_quorum {
-            let mut approval = super::quorum::approval_view(&lease, &rule, &[]);
+            let mut approval = super::quorum::approval_view(&lease, &self.policy.approvers, &[]);
             approval["approve_command"] = Value::from(format!(
                 "dualtrust approve --lease {id} --approver <your-approver-id> --key <your-key-file>"
             ));

@@ -34,10 +34,11 @@ pub fn approval_message(lease: &Lease) -> String {
 }
 
 /// What an approver (or the agent) is shown about a held call. Built from
-/// the server's lease record only.
+/// the server's lease record only; `approvers` are those who can approve
+/// this very lease (the requester never can).
 pub fn approval_view(
     lease: &Lease,
-    rule: &QuorumRule,
+    registry: &ApproverRegistry,
     approved_by: &[String],
 ) -> serde_json::Value {
     serde_json::json!({
@@ -49,11 +50,16 @@ pub fn approval_view(
         "args_digest": lease.args_digest,
         "expires_at": lease.expires_at,
         "k": lease.quorum_k,
-        "approvers": rule.approvers,
+        "approvers": registry.eligible_for(lease),
         "approvals": approved_by.len(),
         "approved_by": approved_by,
         "sign": approval_message(lease),
     })
+}
+
+/// Whether `approver` is the requester of `lease`, by id or token subject.
+fn requested_by(approver: &Approver, lease: &Lease) -> bool {
+    approver.id == lease.subject || approver.subject.as_deref() == Some(lease.subject.as_str())
 }
 
 /// Why an approval does not count. `Display` is safe to show the submitter.
@@ -189,7 +195,7 @@ impl Gate {
             let approved_by: Vec<String> = approvals.iter().map(|a| a.approver.clone()).collect();
             return Err(Halt::Hold(Held {
                 status: Status::ApprovalRequired,
-                approval: approval_view(lease, &rule, &approved_by),
+                approval: approval_view(lease, &self.policy.approvers, &approved_by),
                 message: format!(
                     "approval required: {} of {k} approvals so far for lease {}",
                     approvals.len(),
@@ -203,7 +209,6 @@ impl Gate {
     /// What approvers are shown about `lease`, from the server's records:
     /// the statement to sign, who may sign, and who already did.
     pub async fn approval_view(&self, lease: &Lease) -> Result<serde_json::Value, StoreError> {
-        let rule = self.policy.quorum_rule(&lease.tool);
         let stored = self.store.approvals(&lease.id).await?;
         let approved_by: Vec<String> = self
             .policy
@@ -212,7 +217,7 @@ impl Gate {
             .into_iter()
             .map(|a| a.approver)
             .collect();
-        let mut view = approval_view(lease, &rule, &approved_by);
+        let mut view = approval_view(lease, &self.policy.approvers, &approved_by);
         view["state"] = serde_json::json!(lease.state.as_str());
         Ok(view)
     }
@@ -274,9 +279,7 @@ impl ApproverRegistry {
         {
             return Err(ApprovalError::NotEligible);
         }
-        if approver.id == lease.subject
-            || approver.subject.as_deref() == Some(lease.subject.as_str())
-        {
+        if requested_by(approver, lease) {
             return Err(ApprovalError::SelfApproval);
         }
         if let Some(submitter) = submitter {
@@ -297,6 +300,19 @@ impl ApproverRegistry {
                 &Signature::from_bytes(&signature),
             )
             .map_err(|_| ApprovalError::BadSignature)
+    }
+
+    /// The approver ids policy lets approve `lease`: eligible for its tool,
+    /// and not its requester.
+    pub fn eligible_for(&self, lease: &Lease) -> Vec<String> {
+        self.rule_for(&lease.tool)
+            .approvers
+            .into_iter()
+            .filter(|id| {
+                let approver = self.approvers.iter().find(|a| &a.id == id);
+                approver.is_some_and(|a| !requested_by(a, lease))
+            })
+            .collect()
     }
 
     /// The stored approvals that verify for `lease`, one per approver.
@@ -378,6 +394,11 @@ mod tests {
             2,
         );
         let l = lease();
+        assert_eq!(
+            reg.eligible_for(&l),
+            ["alice", "bob"],
+            "the requester is not offered as an approver"
+        );
         assert_eq!(reg.check(&l, "alice", &sign(&a, &l), None), Ok(()));
         assert_eq!(
             reg.check(&l, "mallory", &sign(&outsider, &l), None),

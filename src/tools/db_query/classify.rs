@@ -97,6 +97,42 @@ pub struct ClassifiedSql {
     pub canonical_sql: String,
 }
 
+/// What an approver (and the receipt) is told: the class, why, the
+/// relations the statement touches, and the normalized statement itself,
+/// which is exactly what runs.
+fn summarize(
+    statement: &Statement,
+    class: Class,
+    verb: &str,
+    reasons: &[String],
+    canonical_sql: &str,
+) -> String {
+    const MAX_SHOWN: usize = 400;
+    let mut touched: Vec<String> = Vec::new();
+    let _ = sqlparser::ast::visit_relations(statement, |name| {
+        let name = name.to_string();
+        if !touched.contains(&name) && touched.len() < 16 {
+            touched.push(name);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let mut summary = format!("{} SQL statement: {verb}", class.as_str());
+    if !reasons.is_empty() {
+        summary.push_str(&format!(" ({})", reasons.join(", ")));
+    }
+    if !touched.is_empty() {
+        summary.push_str(&format!("; touches {}", touched.join(", ")));
+    }
+    let shown: String = canonical_sql.chars().take(MAX_SHOWN).collect();
+    let cut = if shown.len() < canonical_sql.len() {
+        "…"
+    } else {
+        ""
+    };
+    summary.push_str(&format!(": `{shown}{cut}`"));
+    summary
+}
+
 /// Which SQL the text is parsed as: the target database's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SqlDialect {
@@ -151,19 +187,11 @@ pub fn classify_sql(sql: &str, dialect: SqlDialect) -> Result<ClassifiedSql, Ref
     let _ = statement.visit(&mut walker);
     let class = walker.class;
     let verb = statement_verb(statement);
-    let summary = if walker.reasons.is_empty() {
-        format!("{} SQL statement: {verb}", class.as_str())
-    } else {
-        format!(
-            "{} SQL statement: {verb} ({})",
-            class.as_str(),
-            walker.reasons.join(", ")
-        )
-    };
+    let canonical_sql = statement.to_string();
+    let summary = summarize(statement, class, &verb, &walker.reasons, &canonical_sql);
     // The engine runs the re-rendered text, so it must be the statement that
     // was classified: where the renderer gets quoting wrong (an identifier
     // holding `"`), the text could hold a call the tree did not.
-    let canonical_sql = statement.to_string();
     let reparsed = Parser::parse_sql(parser_dialect, &canonical_sql);
     if !matches!(reparsed.as_deref(), Ok([again]) if again == statement) {
         return Err(Refusal::new(
@@ -341,6 +369,22 @@ mod tests {
             .err()
             .map(|r| r.code)
             .unwrap_or("accepted")
+    }
+
+    #[test]
+    fn the_summary_names_what_the_statement_touches_and_shows_what_runs() {
+        let summary = |sql: &str| {
+            classify_sql(sql, SqlDialect::Sqlite)
+                .map(|c| c.summary)
+                .unwrap_or_default()
+        };
+        let drop = summary("drop   table orders");
+        assert!(drop.starts_with("destructive SQL statement"), "{drop}");
+        assert!(drop.contains("`DROP TABLE orders`"), "{drop}");
+        let join = summary("SELECT c.name FROM customers c JOIN orders o ON o.customer_id = c.id");
+        assert!(join.contains("touches customers, orders"), "{join}");
+        let long = summary(&format!("SELECT '{}'", "x".repeat(1000)));
+        assert!(long.ends_with("…`") && long.len() < 600, "{long}");
     }
 
     #[test]
