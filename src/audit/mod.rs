@@ -52,6 +52,8 @@ pub enum Decision {
     Intent,
     /// A registered approver's signed approval was recorded.
     ApprovalRecorded,
+    /// A registered approver's signed rejection ended a held call.
+    RejectionRecorded,
 }
 
 /// What the gate knows about a decision; the log adds position and time.

@@ -1,11 +1,16 @@
-//! `dualtrust approvals list` and `dualtrust approve`: beside the server,
+//! `dualtrust approvals list`, `approve` and `reject`: beside the server,
 //! on its store, through the lighter [`Desk`] (no tools, no target database,
 //! no identity provider).
 
 use std::io::Write;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
 use crate::app::Desk;
 use crate::config::Config;
+use crate::keys::KeyPair;
+use crate::store::Lease;
 
 use super::BoxError;
 
@@ -32,14 +37,9 @@ pub(super) async fn list(config: &Config) -> Result<(), BoxError> {
     Ok(())
 }
 
-pub(super) async fn approve(
-    config: &Config,
-    lease_id: &str,
-    approver: &str,
-    key: &std::path::Path,
-    yes: bool,
-) -> Result<(), BoxError> {
-    let desk = Desk::open(config).await?;
+/// Shows the approver what they are about to sign, from the server's
+/// record, and asks (unless `yes`).
+async fn review(desk: &Desk, lease_id: &str, question: &str, yes: bool) -> Result<Lease, BoxError> {
     let lease = desk
         .store
         .lease(lease_id)
@@ -54,7 +54,6 @@ pub(super) async fn approve(
         .into_iter()
         .map(|a| a.approver().to_string())
         .collect();
-    // Show the approver what they are about to sign, from the server's record.
     let mut out = std::io::stderr().lock();
     writeln!(out, "lease        {}", lease.id)?;
     writeln!(
@@ -80,20 +79,32 @@ pub(super) async fn approve(
         lease.expires_at
     )?;
     if !yes {
-        write!(out, "Approve this exact call? [y/N] ")?;
+        write!(out, "{question} [y/N] ")?;
         out.flush()?;
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            return Err("not approved".into());
+            return Err("nothing was signed".into());
         }
     }
-    let (pair, _) = crate::keys::KeyPair::load_or_create(key, false)?;
-    let signature = {
-        use base64::Engine;
-        let message = crate::gate::quorum::approval_message(&lease);
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.sign(message.as_bytes()))
-    };
+    Ok(lease)
+}
+
+fn sign(key: &std::path::Path, message: &str) -> Result<String, BoxError> {
+    let (pair, _) = KeyPair::load_or_create(key, false)?;
+    Ok(URL_SAFE_NO_PAD.encode(pair.sign(message.as_bytes())))
+}
+
+pub(super) async fn approve(
+    config: &Config,
+    lease_id: &str,
+    approver: &str,
+    key: &std::path::Path,
+    yes: bool,
+) -> Result<(), BoxError> {
+    let desk = Desk::open(config).await?;
+    let lease = review(&desk, lease_id, "Approve this exact call?", yes).await?;
+    let signature = sign(key, &crate::gate::quorum::approval_message(&lease))?;
     let status = desk
         .gate
         .submit_approval("cli", None, &lease.id, approver, &signature)
@@ -109,6 +120,29 @@ pub(super) async fn approve(
         } else {
             ""
         }
+    );
+    Ok(())
+}
+
+pub(super) async fn reject(
+    config: &Config,
+    lease_id: &str,
+    approver: &str,
+    key: &std::path::Path,
+    reason: &str,
+    yes: bool,
+) -> Result<(), BoxError> {
+    let desk = Desk::open(config).await?;
+    let lease = review(&desk, lease_id, "Reject this call?", yes).await?;
+    let signature = sign(key, &crate::gate::quorum::rejection_message(&lease, reason))?;
+    let status = desk
+        .gate
+        .submit_rejection("cli", None, &lease.id, approver, &signature, reason)
+        .await
+        .map_err(|e| format!("rejection not recorded: {e}"))?;
+    println!(
+        "lease {} rejected by {}: the call will not run",
+        status.lease_id, status.rejected_by
     );
     Ok(())
 }

@@ -123,6 +123,26 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Refuse a held call: sign its rejection, with your reason, and record
+    /// it; the call ends at once (run beside the server, with its data
+    /// directory).
+    Reject {
+        /// The lease id from the approval_required result.
+        #[arg(long)]
+        lease: String,
+        /// Your approver id, as registered in [[approvers]].
+        #[arg(long)]
+        approver: String,
+        /// Your approver private key file (from `approver-keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Why, in one line: the agent is told, the receipt records it.
+        #[arg(long)]
+        reason: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -295,6 +315,13 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             key,
             yes,
         } => approvals::approve(&config, &lease, &approver, &key, yes).await?,
+        Command::Reject {
+            lease,
+            approver,
+            key,
+            reason,
+            yes,
+        } => approvals::reject(&config, &lease, &approver, &key, &reason, yes).await?,
     }
     Ok(())
 }

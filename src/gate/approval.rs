@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::audit::{Decision, Receipt};
 use crate::identity::Principal;
-use crate::store::{LeaseState, StoreError, StoredApproval};
+use crate::store::{Lease, LeaseState, StoreError, StoredApproval, StoredRejection};
 
 use super::admit::valid_lease_id;
 use super::quorum::ApprovalError;
@@ -35,14 +35,7 @@ impl Gate {
         approver_id: &str,
         signature: &str,
     ) -> Result<ApprovalStatus, ApprovalError> {
-        let mut record = CallRecord::new(transport, APPROVAL);
-        match submitter {
-            Some(principal) => record.caller(principal),
-            None => record.approver(approver_id),
-        }
-        if valid_lease_id(lease_id) {
-            record.lease(lease_id);
-        }
+        let mut record = submission_record(transport, submitter, lease_id, approver_id);
         let result = self
             .check_and_record(submitter, lease_id, approver_id, signature)
             .await;
@@ -86,22 +79,8 @@ impl Gate {
         approver_id: &str,
         signature: &str,
     ) -> Result<ApprovalStatus, ApprovalError> {
-        if !valid_lease_id(lease_id) {
-            return Err(ApprovalError::LeaseNotFound);
-        }
-        let lease = self
-            .store
-            .lease(lease_id)
-            .await
-            .map_err(|_| ApprovalError::StoreUnavailable)?
-            .ok_or(ApprovalError::LeaseNotFound)?;
+        let lease = self.pending_lease(lease_id).await?;
         let now = self.clock.now_unix();
-        if lease.state != LeaseState::PendingApproval {
-            return Err(ApprovalError::LeaseNotPending);
-        }
-        if lease.expires_at <= now {
-            return Err(ApprovalError::LeaseExpired);
-        }
         self.policy.approvers.check(
             &lease,
             approver_id,
@@ -138,4 +117,134 @@ impl Gate {
             receipt: None,
         })
     }
+
+    /// A held lease that approvals and rejections may still act on.
+    async fn pending_lease(&self, lease_id: &str) -> Result<Lease, ApprovalError> {
+        if !valid_lease_id(lease_id) {
+            return Err(ApprovalError::LeaseNotFound);
+        }
+        let lease = self
+            .store
+            .lease(lease_id)
+            .await
+            .map_err(|_| ApprovalError::StoreUnavailable)?
+            .ok_or(ApprovalError::LeaseNotFound)?;
+        if lease.state != LeaseState::PendingApproval {
+            return Err(ApprovalError::LeaseNotPending);
+        }
+        if lease.expires_at <= self.clock.now_unix() {
+            return Err(ApprovalError::LeaseExpired);
+        }
+        Ok(lease)
+    }
+
+    /// Checks and records one rejection: an eligible approver's signature
+    /// over the lease and `reason` ends the held call at once. Every outcome
+    /// leaves a receipt; the agent's next call is answered `rejected`.
+    pub async fn submit_rejection(
+        &self,
+        transport: &'static str,
+        submitter: Option<&Principal>,
+        lease_id: &str,
+        approver_id: &str,
+        signature: &str,
+        reason: &str,
+    ) -> Result<RejectionStatus, ApprovalError> {
+        let mut record = submission_record(transport, submitter, lease_id, approver_id);
+        let result = self
+            .check_and_reject(submitter, lease_id, approver_id, signature, reason)
+            .await;
+        self.metrics.record_approval(match &result {
+            Ok(()) => "rejected",
+            Err(e) => e.code(),
+        });
+        let receipt = match &result {
+            Ok(()) => {
+                record.outcome(serde_json::json!({
+                    "approver": approver_id,
+                    "signature": signature,
+                    "reason": reason,
+                }));
+                self.record_approval(record, Decision::RejectionRecorded, None)
+                    .await
+            }
+            Err(e) => {
+                record.outcome(serde_json::json!({
+                    "approver": approver_id.chars().take(64).collect::<String>(),
+                }));
+                self.record_approval(record, Decision::Denied, Some(e.code()))
+                    .await
+            }
+        };
+        match (result, receipt) {
+            (Ok(()), Ok(receipt)) => Ok(RejectionStatus {
+                lease_id: lease_id.to_string(),
+                rejected_by: approver_id.to_string(),
+                reason: reason.to_string(),
+                receipt: Some(receipt),
+            }),
+            (Ok(()), Err(_)) => Err(ApprovalError::StoreUnavailable),
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    async fn check_and_reject(
+        &self,
+        submitter: Option<&Principal>,
+        lease_id: &str,
+        approver_id: &str,
+        signature: &str,
+        reason: &str,
+    ) -> Result<(), ApprovalError> {
+        let lease = self.pending_lease(lease_id).await?;
+        self.policy.approvers.check_rejection(
+            &lease,
+            approver_id,
+            signature,
+            submitter.map(Principal::subject),
+            reason,
+        )?;
+        let now = self.clock.now_unix();
+        let rejection = StoredRejection {
+            approver_id: approver_id.to_string(),
+            signature: signature.to_string(),
+            reason: reason.to_string(),
+            signed_at: now,
+        };
+        match self.store.reject_lease(lease_id, &rejection, now).await {
+            Ok(true) => Ok(()),
+            // Approved and redeemed, expired or rejected in between.
+            Ok(false) => Err(ApprovalError::LeaseNotPending),
+            Err(_) => Err(ApprovalError::StoreUnavailable),
+        }
+    }
+}
+
+/// The record of an approval or rejection submission: by the submitting
+/// token's subject, or by the approver on the command line.
+fn submission_record(
+    transport: &'static str,
+    submitter: Option<&Principal>,
+    lease_id: &str,
+    approver_id: &str,
+) -> CallRecord {
+    let mut record = CallRecord::new(transport, APPROVAL);
+    match submitter {
+        Some(principal) => record.caller(principal),
+        None => record.approver(approver_id),
+    }
+    if valid_lease_id(lease_id) {
+        record.lease(lease_id);
+    }
+    record
+}
+
+/// What happened to a rejection submission.
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectionStatus {
+    pub lease_id: String,
+    pub rejected_by: String,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
 }

@@ -57,6 +57,11 @@ pub enum Denial {
     LeaseConsumed,
     LeaseRevoked,
     LeaseExpired,
+    /// An eligible approver refused the held call, with a signed reason.
+    Rejected {
+        by: String,
+        reason: String,
+    },
 
     // The server's own failures: errors, not the caller's fault.
     StoreUnavailable,
@@ -102,6 +107,7 @@ impl Denial {
             Self::LeaseConsumed => "lease_consumed",
             Self::LeaseRevoked => "lease_revoked",
             Self::LeaseExpired => "lease_expired",
+            Self::Rejected { .. } => "rejected",
             Self::StoreUnavailable => "store_unavailable",
             Self::RandomUnavailable => "random_unavailable",
             Self::Internal => INTERNAL,
@@ -153,7 +159,7 @@ impl Denial {
             Self::BodyTimeout => "the request body did not arrive in time".into(),
             Self::MalformedMessage(code) => format!("the message was refused: {code}"),
             Self::InvalidRequest => {
-                "expected {\"lease_id\", \"approver_id\", \"signature\"}".into()
+                "expected {\"lease_id\", \"approver_id\", \"signature\"}, and \"reason\" for a rejection".into()
             }
             Self::UnknownTool => "no tool with this name exists".into(),
             Self::InvalidLeaseId => {
@@ -182,6 +188,9 @@ impl Denial {
             }
             Self::LeaseConsumed => "this lease has already been used".into(),
             Self::LeaseRevoked => "this lease is no longer valid".into(),
+            Self::Rejected { by, reason } => {
+                format!("approver `{by}` rejected this call: {reason}")
+            }
             Self::LeaseExpired => {
                 "this lease has expired; make the call again to get a new one".into()
             }
@@ -250,6 +259,10 @@ mod tests {
             Denial::LeaseConsumed,
             Denial::LeaseRevoked,
             Denial::LeaseExpired,
+            Denial::Rejected {
+                by: "alice".into(),
+                reason: "no".into(),
+            },
             Denial::StoreUnavailable,
             Denial::RandomUnavailable,
             Denial::Internal,

@@ -177,7 +177,14 @@ impl Gate {
         } else if lease.state == LeaseState::Consumed {
             Err(Denial::LeaseConsumed)
         } else if lease.state != LeaseState::Ready && lease.state != LeaseState::PendingApproval {
-            Err(Denial::LeaseRevoked)
+            match self.store.rejection(id).await {
+                Ok(Some(rejection)) => Err(Denial::Rejected {
+                    by: rejection.approver_id,
+                    reason: rejection.reason,
+                }),
+                Ok(None) => Err(Denial::LeaseRevoked),
+                Err(_) => Err(Denial::StoreUnavailable),
+            }
         } else if lease.expires_at <= self.clock.now_unix() {
             Err(Denial::LeaseExpired)
         } else {

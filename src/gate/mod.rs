@@ -45,7 +45,7 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 
 pub use admit::{Action, Challenge, Preadmitted, ScopeGranted, args_digest};
-pub use approval::ApprovalStatus;
+pub use approval::{ApprovalStatus, RejectionStatus};
 pub use authenticate::{Authenticated, Caller};
 pub use denial::{Denial, INSUFFICIENT_SCOPE};
 pub use execute::Authorized;

@@ -33,6 +33,22 @@ pub fn approval_message(lease: &Lease) -> String {
     )
 }
 
+/// The first line of every signed rejection statement.
+pub const REJECTION_DOMAIN: &str = "dualtrust-rejection-v1";
+
+/// The longest reason a rejection may give.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// The exact bytes an approver signs to refuse `lease`, with their reason:
+/// the lease's own statement fields under another domain, so an approval
+/// can never be replayed as a rejection or the other way round.
+pub fn rejection_message(lease: &Lease, reason: &str) -> String {
+    format!(
+        "{REJECTION_DOMAIN}\nlease={}\ntool={}\nargs_digest={}\nsubject={}\nexpires_at={}\nreason={reason}\n",
+        lease.id, lease.tool, lease.args_digest, lease.subject, lease.expires_at
+    )
+}
+
 /// What an approver (or the agent) is shown about a held call. Built from
 /// the server's lease record only; `approvers` are those who can approve
 /// this very lease (the requester never can).
@@ -54,6 +70,7 @@ pub fn approval_view(
         "approvals": approved_by.len(),
         "approved_by": approved_by,
         "sign": approval_message(lease),
+        "sign_to_reject": rejection_message(lease, "<your reason>"),
     })
 }
 
@@ -86,6 +103,8 @@ pub enum ApprovalError {
     BadSignature,
     #[error("this approver has already approved this lease")]
     Duplicate,
+    #[error("a rejection needs a reason of 1-500 printable characters on one line")]
+    InvalidReason,
     #[error("the state store is unavailable")]
     StoreUnavailable,
 }
@@ -103,6 +122,7 @@ impl ApprovalError {
             Self::MalformedSignature => "malformed_signature",
             Self::BadSignature => "bad_signature",
             Self::Duplicate => "duplicate_approval",
+            Self::InvalidReason => "invalid_reason",
             Self::StoreUnavailable => "store_unavailable",
         }
     }
@@ -266,6 +286,48 @@ impl ApproverRegistry {
         signature_b64: &str,
         submitter: Option<&str>,
     ) -> Result<(), ApprovalError> {
+        self.check_signed(
+            lease,
+            approver_id,
+            signature_b64,
+            submitter,
+            &approval_message(lease),
+        )
+    }
+
+    /// Checks one rejection: the same approver rules as an approval, over
+    /// the rejection statement with its reason.
+    pub fn check_rejection(
+        &self,
+        lease: &Lease,
+        approver_id: &str,
+        signature_b64: &str,
+        submitter: Option<&str>,
+        reason: &str,
+    ) -> Result<(), ApprovalError> {
+        let valid = !reason.trim().is_empty()
+            && reason.chars().count() <= MAX_REASON_CHARS
+            && !reason.chars().any(char::is_control);
+        if !valid {
+            return Err(ApprovalError::InvalidReason);
+        }
+        self.check_signed(
+            lease,
+            approver_id,
+            signature_b64,
+            submitter,
+            &rejection_message(lease, reason),
+        )
+    }
+
+    fn check_signed(
+        &self,
+        lease: &Lease,
+        approver_id: &str,
+        signature_b64: &str,
+        submitter: Option<&str>,
+        message: &str,
+    ) -> Result<(), ApprovalError> {
         let approver = self
             .approvers
             .iter()
@@ -295,10 +357,7 @@ impl ApproverRegistry {
             .ok_or(ApprovalError::MalformedSignature)?;
         approver
             .key
-            .verify_strict(
-                approval_message(lease).as_bytes(),
-                &Signature::from_bytes(&signature),
-            )
+            .verify_strict(message.as_bytes(), &Signature::from_bytes(&signature))
             .map_err(|_| ApprovalError::BadSignature)
     }
 

@@ -26,6 +26,10 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_quorum.sql")),
     (3, include_str!("../../migrations/sqlite/0003_merkle.sql")),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_rejections.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -33,6 +37,10 @@ pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         2,
         include_str!("../../migrations/postgres/0002_leaf_hash_required.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_rejections.sql"),
     ),
 ];
 
@@ -134,6 +142,16 @@ pub struct Lease {
     pub quorum_k: u32,
 }
 
+/// A rejection as stored: who refused a held call, why, and their signature
+/// over the lease and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRejection {
+    pub approver_id: String,
+    pub signature: String,
+    pub reason: String,
+    pub signed_at: u64,
+}
+
 /// An approval as stored: the signature is checked again at every use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredApproval {
@@ -178,6 +196,18 @@ pub trait Backend: Send + Sync {
         &'a self,
         lease_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<StoredApproval>, StoreError>>;
+    /// Ends a lease still pending approval and not expired, recording who
+    /// refused it: true only for the one rejection that moved it (revoked).
+    fn reject_lease<'a>(
+        &'a self,
+        lease_id: &'a str,
+        rejection: &'a StoredRejection,
+        now: u64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn rejection<'a>(
+        &'a self,
+        lease_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredRejection>, StoreError>>;
     fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
     fn revoke<'a>(&'a self, jti: &'a str, now: u64) -> BoxFuture<'a, Result<(), StoreError>>;
     /// The newest receipt's place: `None` for an empty log.

@@ -11,7 +11,7 @@ use sqlx::{
 
 use super::{
     Backend, Lease, LeaseState, LogHead, LogRow, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS,
-    StoreError, StoredApproval,
+    StoreError, StoredApproval, StoredRejection,
 };
 
 /// What one database does its own way.
@@ -354,6 +354,65 @@ where
                     })
                 })
                 .collect()
+        })
+    }
+
+    fn reject_lease<'a>(
+        &'a self,
+        lease_id: &'a str,
+        rejection: &'a StoredRejection,
+        now: u64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut tx = DB::begin_write(&self.pool).await.map_err(failed)?;
+            let moved = sqlx::query(
+                "UPDATE leases SET state = 'revoked' WHERE id = $1 AND state = 'pending_approval' AND expires_at > $2",
+            )
+            .bind(lease_id.to_string())
+            .bind(to_i64(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+            if DB::rows_affected(&moved) != 1 {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO rejections (lease_id, approver_id, signature, reason, signed_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(lease_id.to_string())
+            .bind(rejection.approver_id.clone())
+            .bind(rejection.signature.clone())
+            .bind(rejection.reason.clone())
+            .bind(to_i64(rejection.signed_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+            tx.commit().await.map_err(failed)?;
+            Ok(true)
+        })
+    }
+
+    fn rejection<'a>(
+        &'a self,
+        lease_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredRejection>, StoreError>> {
+        Box::pin(async move {
+            let row: Option<(String, String, String, i64)> = sqlx::query_as(
+                "SELECT approver_id, signature, reason, signed_at FROM rejections WHERE lease_id = $1",
+            )
+            .bind(lease_id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(failed)?;
+            row.map(|(approver_id, signature, reason, signed_at)| {
+                Ok(StoredRejection {
+                    approver_id,
+                    signature,
+                    reason,
+                    signed_at: to_u64(signed_at)?,
+                })
+            })
+            .transpose()
         })
     }
 

@@ -89,6 +89,95 @@ async fn approving_from_the_command_line_reaches_neither_the_idp_nor_the_databas
     client.cancel().await.expect("close");
 }
 
+/// An eligible approver can say no: a signed rejection, with a reason, ends
+/// the held call at once, whatever approvals it already had; the agent is
+/// told who and why, and the log holds the signed reason.
+#[tokio::test]
+async fn a_signed_rejection_ends_a_held_call_and_the_agent_learns_who_and_why() {
+    let (data, alice, bob, carol) = setup("");
+    let victim = data.workspace().join("build");
+    std::fs::create_dir_all(&victim).expect("mkdir");
+    let client = data
+        .stdio_client(Some(
+            &data.token("agent", "terminal:execute terminal:admin"),
+        ))
+        .await;
+    let args = json!({ "argv": ["rm", "-rf", "build"] });
+    let (held, _) = call(&client, "terminal.execute", args.clone()).await;
+    let lease = lease_of(&held);
+    assert!(
+        held["approval"]["sign_to_reject"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("dualtrust-rejection-v1\n"),
+        "{held}"
+    );
+    let reject = |approver: &Approver, key: &std::path::Path, reason: &str| {
+        data.cli(&[
+            "reject",
+            "--lease",
+            &lease,
+            "--approver",
+            &approver.id,
+            "--key",
+            key.to_str().expect("utf8"),
+            "--reason",
+            reason,
+            "--yes",
+        ])
+    };
+    let refused = |out: std::process::Output, code: &str| {
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(stderr.contains("rejection not recorded"), "{stderr}");
+        let last = data.receipts().pop().expect("a receipt");
+        assert_eq!(last["body"]["reason"], code, "{last}");
+    };
+    // Signed with another approver's key, or without a reason: refused.
+    refused(reject(&bob, &alice.key, "no"), "bad_signature");
+    refused(reject(&bob, &bob.key, " "), "invalid_reason");
+
+    assert!(data.approve(&lease, &alice).status.success());
+    let out = reject(&bob, &bob.key, "not during the release freeze");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut redeem = args.clone();
+    redeem["lease_id"] = json!(lease);
+    let (env, is_error) = call(&client, "terminal.execute", redeem).await;
+    assert!(is_error);
+    assert_eq!(error_code(&env), "rejected", "{env}");
+    let message = env["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("bob") && message.contains("not during the release freeze"),
+        "{message}"
+    );
+    assert_eq!(receipt(&env)["body"]["reason"], "rejected");
+    assert!(victim.exists(), "the rejected call did not run");
+    // Later approvals count for nothing: the lease is over.
+    assert!(!data.approve(&lease, &carol).status.success());
+
+    let recorded = data
+        .receipts()
+        .into_iter()
+        .find(|r| r["body"]["decision"] == "rejection_recorded")
+        .expect("the rejection's receipt");
+    let outcome = &recorded["body"]["outcome"];
+    assert_eq!(outcome["approver"], "bob");
+    assert_eq!(outcome["reason"], "not during the release freeze");
+    // Anyone can recheck the signature over the documented statement
+    // (Ed25519 is deterministic, so signing it again gives the same bytes).
+    let statement = held["approval"]["sign_to_reject"]
+        .as_str()
+        .unwrap_or_default()
+        .replace("<your reason>", "not during the release freeze");
+    assert_eq!(outcome["signature"], data.sign(&bob, &statement));
+    client.cancel().await.expect("close");
+}
+
 #[tokio::test]
 async fn destructive_command_runs_once_after_k_approvals() {
     let (data, alice, bob, _) = setup("");
@@ -455,6 +544,72 @@ async fn approvals_over_http_are_bound_to_the_approver_the_lease_and_the_key() {
     .await;
     assert_eq!(status(&env), "ok", "{env}");
     assert_eq!(env["result"]["rows_affected"], 15);
+
+    // The other held call, refused over HTTP. The approver sees which table.
+    let summary = held_b["approval"]["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("`DROP TABLE customers`"), "{summary}");
+    let reject = |token: String, body: Value| {
+        let http = http.clone();
+        let url = format!("{}/rejections", server.base);
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .expect("post");
+            let code = r.status().as_u16();
+            (code, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let reason = "customers is the system of record";
+    let statement = held_b["approval"]["sign_to_reject"]
+        .as_str()
+        .unwrap_or_default()
+        .replace("<your reason>", reason);
+    let rejection = |sig: String| json!({ "lease_id": other_lease, "approver_id": "alice", "signature": sig, "reason": reason });
+    let before = data.receipts().len();
+    let (code, body) = reject(
+        data.token("alice@idp", "db:read"),
+        rejection(data.sign(&alice, &statement)),
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (403, Some("insufficient_scope"))
+    );
+    let (code, body) = reject(alice_token.clone(), json!({ "lease_id": other_lease })).await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    // An approval is not a rejection: the domains differ.
+    let (code, body) = reject(
+        alice_token.clone(),
+        rejection(data.sign(&alice, &other_message)),
+    )
+    .await;
+    assert_eq!((code, body["error"].as_str()), (403, Some("bad_signature")));
+    assert_eq!(
+        data.receipts().len(),
+        before + 3,
+        "each refusal is recorded"
+    );
+    let (code, body) = reject(
+        alice_token.clone(),
+        rejection(data.sign(&alice, &statement)),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["rejected_by"], "alice");
+    let (env, _) = call(
+        &agent,
+        "db.query",
+        json!({ "sql": "DROP TABLE customers", "lease_id": other_lease }),
+    )
+    .await;
+    assert_eq!(error_code(&env), "rejected", "{env}");
     agent.cancel().await.expect("close");
     server.stop().await;
 }

@@ -101,20 +101,75 @@ pub(super) async fn submit_approval(
             StatusCode::OK,
             serde_json::to_value(status).unwrap_or_default(),
         ),
-        Err(error) => {
-            let code = match error {
-                ApprovalError::LeaseNotFound => StatusCode::NOT_FOUND,
-                ApprovalError::Duplicate
-                | ApprovalError::LeaseNotPending
-                | ApprovalError::LeaseExpired => StatusCode::CONFLICT,
-                ApprovalError::MalformedSignature => StatusCode::BAD_REQUEST,
-                ApprovalError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::FORBIDDEN,
-            };
-            json_response(
-                code,
-                json!({ "error": error.code(), "error_description": error.to_string() }),
-            )
+        Err(error) => approval_error(error),
+    }
+}
+
+fn approval_error(error: ApprovalError) -> Response {
+    let code = match error {
+        ApprovalError::LeaseNotFound => StatusCode::NOT_FOUND,
+        ApprovalError::Duplicate | ApprovalError::LeaseNotPending | ApprovalError::LeaseExpired => {
+            StatusCode::CONFLICT
         }
+        ApprovalError::MalformedSignature | ApprovalError::InvalidReason => StatusCode::BAD_REQUEST,
+        ApprovalError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::FORBIDDEN,
+    };
+    json_response(
+        code,
+        json!({ "error": error.code(), "error_description": error.to_string() }),
+    )
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RejectionSubmission {
+    lease_id: String,
+    approver_id: String,
+    /// base64url Ed25519 signature over the lease's rejection statement
+    /// with this reason (`sign_to_reject` in `GET /approvals/{id}`).
+    signature: String,
+    reason: String,
+}
+
+/// `POST /rejections`: an approver's signed refusal of a held call, with
+/// the approver's own token; the call ends at once.
+pub(super) async fn submit_rejection(
+    State(state): State<HttpState>,
+    Extension(caller): Extension<Authenticated>,
+    body: axum::body::Bytes,
+) -> Response {
+    let scope = &state.app.config.scopes.approvals_write;
+    if !caller.principal().has_scope(scope) {
+        return refuse_approval_scope(&state, &caller).await;
+    }
+    let principal = caller.principal();
+    let Ok(submission) = serde_json::from_slice::<RejectionSubmission>(&body) else {
+        return refuse_authenticated(
+            &state,
+            crate::gate::APPROVAL,
+            principal,
+            Denial::InvalidRequest,
+        )
+        .await;
+    };
+    match state
+        .app
+        .gate
+        .submit_rejection(
+            "http",
+            Some(principal),
+            &submission.lease_id,
+            &submission.approver_id,
+            &submission.signature,
+            &submission.reason,
+        )
+        .await
+    {
+        Ok(status) => json_response(
+            StatusCode::OK,
+            serde_json::to_value(status).unwrap_or_default(),
+        ),
+        Err(error) => approval_error(error),
     }
 }

@@ -91,6 +91,7 @@ pub fn router(
     };
     let approvals = Router::new()
         .route("/approvals", post(approvals::submit_approval))
+        .route("/rejections", post(approvals::submit_rejection))
         .route("/approvals/{lease_id}", get(approvals::show_approval))
         .with_state(state.clone());
     let mut protected = Router::new().nest_service("/mcp", mcp).merge(approvals);
