@@ -23,7 +23,7 @@ use crate::audit::{
     leaf_hash_of, verify_log, verify_log_proof,
 };
 use crate::gate::args_digest;
-use crate::gate::quorum::approval_message;
+use crate::gate::quorum::{approval_message, rejection_message};
 use crate::keys::{KeyPair, public_jwk};
 use crate::store::{Lease, LeaseState};
 
@@ -126,8 +126,15 @@ fn approval_vectors() -> Value {
     let mut other_args = lease.clone();
     other_args.args_digest = "0".repeat(64);
     let refused = |name: &str, lease: &Lease, signature: &str| json!({ "name": name, "lease": lease_json(lease), "signature": signature });
+    let reason = "not during the release freeze";
+    let rejection = rejection_message(&lease, reason);
     json!({
-        "about": "approvers sign, with Ed25519, the exact bytes of `statement`, built from the lease record",
+        "about": "approvers sign, with Ed25519, the exact bytes of `statement`, built from the lease record; a rejection signs `rejection.statement`, the same fields under another first line, with the reason",
+        "rejection": {
+            "reason": reason,
+            "statement": rejection,
+            "signature": URL_SAFE_NO_PAD.encode(approver.sign(rejection.as_bytes())),
+        },
         "approver_public_key": public_jwk(&approver.verifying_key())["x"],
         "lease": lease_json(&lease),
         "statement": statement,
@@ -303,6 +310,27 @@ fn vectors_recompute_from_their_inputs_and_every_refused_case_fails() {
         &lease,
         approval["signature"].as_str().expect("signature")
     ));
+    let rejection = &approval["rejection"];
+    let reason = rejection["reason"].as_str().expect("reason");
+    let statement = rejection_message(&lease, reason);
+    assert_eq!(rejection["statement"].as_str(), Some(statement.as_str()));
+    let signature = URL_SAFE_NO_PAD
+        .decode(rejection["signature"].as_str().expect("signature"))
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
+        .expect("64 bytes");
+    let signature = ed25519_dalek::Signature::from_bytes(&signature);
+    assert!(
+        approver_key
+            .verify_strict(statement.as_bytes(), &signature)
+            .is_ok()
+    );
+    assert!(
+        approver_key
+            .verify_strict(approval_message(&lease).as_bytes(), &signature)
+            .is_err(),
+        "a rejection's signature is not an approval"
+    );
     for case in approval["refused"].as_array().expect("refused") {
         let refused = verifies(
             &lease_of(&case["lease"]),

@@ -46,6 +46,22 @@ def test_an_approval_signs_exactly_one_lease():
             key.verify(b64url_decode(case["signature"]), statement(case["lease"]))
 
 
+def test_a_rejection_signs_the_lease_and_the_reason_under_its_own_domain():
+    vectors = load("approval_statement.json")
+    key = Ed25519PublicKey.from_public_bytes(b64url_decode(vectors["approver_public_key"]))
+    rejection = vectors["rejection"]
+    lease = vectors["lease"]
+    expected = (
+        "dualtrust-rejection-v1\n"
+        f"lease={lease['id']}\ntool={lease['tool']}\nargs_digest={lease['args_digest']}\n"
+        f"subject={lease['subject']}\nexpires_at={lease['expires_at']}\nreason={rejection['reason']}\n"
+    ).encode()
+    assert expected == rejection["statement"].encode()
+    key.verify(b64url_decode(rejection["signature"]), expected)
+    with pytest.raises(InvalidSignature):
+        key.verify(b64url_decode(rejection["signature"]), statement(lease))
+
+
 def verify_chain(receipts: list, keyset: dict) -> None:
     prev = GENESIS
     for seq, receipt in enumerate(receipts):
