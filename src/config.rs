@@ -8,8 +8,9 @@
 //!
 //! Environment overrides use `DUALTRUST_<SECTION>__<KEY>`, for example
 //! `DUALTRUST_DATABASE__URL=sqlite:///srv/app.db` or `DUALTRUST_MODE=production`.
-//! `DUALTRUST_TOKEN`, `DUALTRUST_DATA_DIR`, `DUALTRUST_CONFIG` and
-//! `DUALTRUST_LOG`, `DUALTRUST_LOG_FORMAT` are not configuration keys; any other unknown
+//! `DUALTRUST_TOKEN`, `DUALTRUST_APPROVER_TOKEN`, `DUALTRUST_DATA_DIR`,
+//! `DUALTRUST_CONFIG`, `DUALTRUST_LOG` and `DUALTRUST_LOG_FORMAT` are not
+//! configuration keys; any other unknown
 //! `DUALTRUST_*` variable is an error, so a typo cannot silently do nothing.
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 /// Environment variables that carry inputs other than configuration keys.
 pub const NON_CONFIG_ENV: &[&str] = &[
     "DUALTRUST_TOKEN",
+    "DUALTRUST_APPROVER_TOKEN",
     "DUALTRUST_DATA_DIR",
     "DUALTRUST_CONFIG",
     "DUALTRUST_LOG",

@@ -1,67 +1,165 @@
-//! `dualtrust approvals list`, `approve` and `reject`: beside the server,
-//! on its store, through the lighter [`Desk`] (no tools, no target database,
-//! no identity provider).
+//! `dualtrust approvals list`, `approve` and `reject`. Beside the server
+//! they work on its store through the lighter [`Desk`] (no tools, target
+//! database or identity provider); with `--server URL` they work from the
+//! approver's own machine, with the approver's token
+//! (`DUALTRUST_APPROVER_TOKEN`, scope `approvals:write`) and their key,
+//! which never leaves it. Both print the same review, built from the
+//! server's record, and sign the statement locally.
 
 use std::io::Write;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
 
 use crate::app::Desk;
 use crate::config::Config;
+use crate::gate::args_digest;
+use crate::gate::quorum::{approval_message, rejection_message};
 use crate::keys::KeyPair;
-use crate::store::Lease;
+use crate::store::{Lease, LeaseState};
 
 use super::BoxError;
 
-pub(super) async fn list(config: &Config) -> Result<(), BoxError> {
-    let desk = Desk::open(config).await?;
-    let now = crate::now_unix();
-    let pending = desk.store.pending_leases(now).await?;
-    if pending.is_empty() {
-        println!("no calls are waiting for approval");
-    }
-    for lease in pending {
-        let stored = desk.store.approvals(&lease.id).await?;
-        let approved = desk.gate.approvers().tally(&lease, &stored);
-        println!(
-            "{}  {}/{} approvals  expires in {}s  requested by {}\n    {}",
-            lease.id,
-            approved.len(),
-            lease.quorum_k,
-            lease.expires_at.saturating_sub(now),
-            lease.subject,
-            lease.summary
-        );
-    }
-    Ok(())
+/// Where the held calls are: this host's store, or a server elsewhere.
+enum HeldCalls {
+    Local(Box<Desk>),
+    Remote(Remote),
 }
 
-/// Shows the approver what they are about to sign, from the server's
-/// record, and asks (unless `yes`).
-async fn review(desk: &Desk, lease_id: &str, question: &str, yes: bool) -> Result<Lease, BoxError> {
-    let lease = desk
-        .store
-        .lease(lease_id)
-        .await?
-        .ok_or("no lease with this id exists")?;
+struct Remote {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Remote {
+    fn new(server: &str) -> Result<Self, BoxError> {
+        let token = std::env::var("DUALTRUST_APPROVER_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .ok_or("set DUALTRUST_APPROVER_TOKEN to your approver token (scope approvals:write)")?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(15))
+            .build()?;
+        Ok(Self {
+            base: server.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, BoxError> {
+        let response = request.bearer_auth(&self.token).send().await?;
+        let status = response.status();
+        let body: Value = serde_json::from_slice(&response.bytes().await?).unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(format!(
+                "{}: {} {}",
+                status.as_u16(),
+                body["error"].as_str().unwrap_or("error"),
+                body["error_description"].as_str().unwrap_or_default()
+            )
+            .into());
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, BoxError> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, BoxError> {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+}
+
+impl HeldCalls {
+    async fn open(config: &Config, server: Option<&str>) -> Result<Self, BoxError> {
+        Ok(match server {
+            Some(server) => Self::Remote(Remote::new(server)?),
+            None => Self::Local(Box::new(Desk::open(config).await?)),
+        })
+    }
+
+    /// The approval view of one held call, as the server builds it.
+    async fn view(&self, lease_id: &str) -> Result<Value, BoxError> {
+        match self {
+            Self::Remote(remote) => remote.get(&format!("/approvals/{lease_id}")).await,
+            Self::Local(desk) => {
+                let lease = desk
+                    .store
+                    .lease(lease_id)
+                    .await?
+                    .ok_or("no lease with this id exists")?;
+                Ok(desk.gate.approval_view(&lease).await?)
+            }
+        }
+    }
+}
+
+/// The lease a view describes, once the view is shown to say what it asks
+/// to be signed: the shown arguments digest to the lease's digest, and the
+/// statement is the one built from the shown fields. A server that shows
+/// one call and asks for a signature over another is refused here.
+fn lease_from_view(view: &Value) -> Result<Lease, String> {
+    let text = |key: &str| {
+        view[key]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| format!("the server's view has no `{key}`"))
+    };
+    let tool = text("tool")?;
+    let digest = text("args_digest")?;
+    if args_digest(&tool, &view["arguments"]).as_deref() != Some(digest.as_str()) {
+        return Err("the arguments shown do not digest to the lease's argument digest".into());
+    }
+    let lease = Lease {
+        id: text("lease_id")?,
+        subject: text("requested_by")?,
+        tool,
+        args_digest: digest,
+        scope: String::new(),
+        issued_at: 0,
+        expires_at: view["expires_at"]
+            .as_u64()
+            .ok_or("the server's view has no `expires_at`")?,
+        state: LeaseState::PendingApproval,
+        summary: text("summary")?,
+        args_json: String::new(),
+        quorum_k: 0,
+    };
+    if view["sign"].as_str() != Some(approval_message(&lease).as_str()) {
+        return Err("the statement to sign is not the one the view describes".into());
+    }
+    Ok(lease)
+}
+
+/// Shows the approver what they are about to sign and asks (unless `yes`).
+fn review(view: &Value, question: &str, yes: bool) -> Result<Lease, BoxError> {
+    let lease = lease_from_view(view)?;
     let now = crate::now_unix();
-    let stored = desk.store.approvals(&lease.id).await?;
-    let approved: Vec<String> = desk
-        .gate
-        .approvers()
-        .tally(&lease, &stored)
-        .into_iter()
-        .map(|a| a.approver().to_string())
-        .collect();
+    let approved: Vec<&str> = view["approved_by"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     let mut out = std::io::stderr().lock();
     writeln!(out, "lease        {}", lease.id)?;
     writeln!(
         out,
         "state        {} ({} of {} approvals so far{})",
-        lease.state.as_str(),
+        view["state"].as_str().unwrap_or("pending_approval"),
         approved.len(),
-        lease.quorum_k,
+        view["k"],
         if approved.is_empty() {
             String::new()
         } else {
@@ -71,7 +169,7 @@ async fn review(desk: &Desk, lease_id: &str, question: &str, yes: bool) -> Resul
     writeln!(out, "requested by {}", lease.subject)?;
     writeln!(out, "tool         {}", lease.tool)?;
     writeln!(out, "will         {}", lease.summary)?;
-    writeln!(out, "arguments    {}", lease.args_json)?;
+    writeln!(out, "arguments    {}", view["arguments"])?;
     writeln!(
         out,
         "expires in   {} s (unix {})",
@@ -95,27 +193,71 @@ fn sign(key: &std::path::Path, message: &str) -> Result<String, BoxError> {
     Ok(URL_SAFE_NO_PAD.encode(pair.sign(message.as_bytes())))
 }
 
+pub(super) async fn list(config: &Config, server: Option<&str>) -> Result<(), BoxError> {
+    let now = crate::now_unix();
+    let views: Vec<Value> = match HeldCalls::open(config, server).await? {
+        HeldCalls::Remote(remote) => remote.get("/approvals").await?["pending"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+        HeldCalls::Local(desk) => {
+            let mut views = Vec::new();
+            for lease in desk.store.pending_leases(now).await? {
+                views.push(desk.gate.approval_view(&lease).await?);
+            }
+            views
+        }
+    };
+    if views.is_empty() {
+        println!("no calls are waiting for approval");
+    }
+    for view in views {
+        println!(
+            "{}  {}/{} approvals  expires in {}s  requested by {}\n    {}",
+            view["lease_id"].as_str().unwrap_or_default(),
+            view["approvals"],
+            view["k"],
+            view["expires_at"].as_u64().unwrap_or(0).saturating_sub(now),
+            view["requested_by"].as_str().unwrap_or_default(),
+            view["summary"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
 pub(super) async fn approve(
     config: &Config,
+    server: Option<&str>,
     lease_id: &str,
     approver: &str,
     key: &std::path::Path,
     yes: bool,
 ) -> Result<(), BoxError> {
-    let desk = Desk::open(config).await?;
-    let lease = review(&desk, lease_id, "Approve this exact call?", yes).await?;
-    let signature = sign(key, &crate::gate::quorum::approval_message(&lease))?;
-    let status = desk
-        .gate
-        .submit_approval("cli", None, &lease.id, approver, &signature)
-        .await
-        .map_err(|e| format!("approval not recorded: {e}"))?;
+    let desk = HeldCalls::open(config, server).await?;
+    let lease = review(&desk.view(lease_id).await?, "Approve this exact call?", yes)?;
+    let signature = sign(key, &approval_message(&lease))?;
+    let status = match &desk {
+        HeldCalls::Remote(remote) => {
+            let body =
+                json!({ "lease_id": lease.id, "approver_id": approver, "signature": signature });
+            remote
+                .post("/approvals", &body)
+                .await
+                .map_err(|e| format!("approval not recorded: {e}"))?
+        }
+        HeldCalls::Local(desk) => serde_json::to_value(
+            desk.gate
+                .submit_approval("cli", None, &lease.id, approver, &signature)
+                .await
+                .map_err(|e| format!("approval not recorded: {e}"))?,
+        )?,
+    };
     println!(
         "approval recorded: {} of {} for lease {}{}",
-        status.approvals,
-        status.k,
-        status.lease_id,
-        if status.complete {
+        status["approvals"],
+        status["k"],
+        lease.id,
+        if status["complete"].as_bool() == Some(true) {
             "; the call can now be repeated with this lease_id"
         } else {
             ""
@@ -126,23 +268,76 @@ pub(super) async fn approve(
 
 pub(super) async fn reject(
     config: &Config,
+    server: Option<&str>,
     lease_id: &str,
     approver: &str,
     key: &std::path::Path,
     reason: &str,
     yes: bool,
 ) -> Result<(), BoxError> {
-    let desk = Desk::open(config).await?;
-    let lease = review(&desk, lease_id, "Reject this call?", yes).await?;
-    let signature = sign(key, &crate::gate::quorum::rejection_message(&lease, reason))?;
-    let status = desk
-        .gate
-        .submit_rejection("cli", None, &lease.id, approver, &signature, reason)
-        .await
-        .map_err(|e| format!("rejection not recorded: {e}"))?;
+    let desk = HeldCalls::open(config, server).await?;
+    let lease = review(&desk.view(lease_id).await?, "Reject this call?", yes)?;
+    let signature = sign(key, &rejection_message(&lease, reason))?;
+    match &desk {
+        HeldCalls::Remote(remote) => {
+            let body = json!({ "lease_id": lease.id, "approver_id": approver, "signature": signature, "reason": reason });
+            remote
+                .post("/rejections", &body)
+                .await
+                .map_err(|e| format!("rejection not recorded: {e}"))?;
+        }
+        HeldCalls::Local(desk) => {
+            desk.gate
+                .submit_rejection("cli", None, &lease.id, approver, &signature, reason)
+                .await
+                .map_err(|e| format!("rejection not recorded: {e}"))?;
+        }
+    }
     println!(
-        "lease {} rejected by {}: the call will not run",
-        status.lease_id, status.rejected_by
+        "lease {} rejected by {approver}: the call will not run",
+        lease.id
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> Value {
+        let arguments = json!({ "sql": "DROP TABLE orders", "params": [] });
+        let mut lease = Lease {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            subject: "agent".into(),
+            tool: "db.query".into(),
+            args_digest: args_digest("db.query", &arguments).expect("digest"),
+            scope: String::new(),
+            issued_at: 0,
+            expires_at: 2_000_000_000,
+            state: LeaseState::PendingApproval,
+            summary: "destructive SQL statement: DROP".into(),
+            args_json: String::new(),
+            quorum_k: 1,
+        };
+        lease.summary.push_str(": `DROP TABLE orders`");
+        json!({
+            "lease_id": lease.id, "tool": lease.tool, "requested_by": lease.subject,
+            "summary": lease.summary, "arguments": arguments, "args_digest": lease.args_digest,
+            "expires_at": lease.expires_at, "sign": approval_message(&lease),
+        })
+    }
+
+    #[test]
+    fn a_view_that_shows_one_call_and_signs_another_is_refused() {
+        assert!(lease_from_view(&view()).is_ok());
+        let mut other_arguments = view();
+        other_arguments["arguments"]["sql"] = json!("DROP TABLE customers");
+        assert!(lease_from_view(&other_arguments).is_err());
+        let mut other_statement = view();
+        other_statement["expires_at"] = json!(2_000_000_001);
+        assert!(lease_from_view(&other_statement).is_err());
+        let mut other_requester = view();
+        other_requester["requested_by"] = json!("someone-else");
+        assert!(lease_from_view(&other_requester).is_err());
+    }
 }

@@ -122,6 +122,10 @@ pub enum Command {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        /// Approve on this server (its base URL), from your own machine,
+        /// with your approver token in DUALTRUST_APPROVER_TOKEN.
+        #[arg(long)]
+        server: Option<String>,
     },
     /// Refuse a held call: sign its rejection, with your reason, and record
     /// it; the call ends at once (run beside the server, with its data
@@ -142,13 +146,22 @@ pub enum Command {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        /// Reject on this server (its base URL), from your own machine,
+        /// with your approver token in DUALTRUST_APPROVER_TOKEN.
+        #[arg(long)]
+        server: Option<String>,
     },
 }
 
 #[derive(Subcommand)]
 pub enum ApprovalsCommand {
     /// List held calls waiting for approval, with what they would do.
-    List,
+    List {
+        /// Ask this server (its base URL) with your approver token in
+        /// DUALTRUST_APPROVER_TOKEN, instead of reading the local store.
+        #[arg(long)]
+        server: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -307,21 +320,34 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             );
         }
         Command::Approvals {
-            command: ApprovalsCommand::List,
-        } => approvals::list(&config).await?,
+            command: ApprovalsCommand::List { server },
+        } => approvals::list(&config, server.as_deref()).await?,
         Command::Approve {
             lease,
             approver,
             key,
             yes,
-        } => approvals::approve(&config, &lease, &approver, &key, yes).await?,
+            server,
+        } => approvals::approve(&config, server.as_deref(), &lease, &approver, &key, yes).await?,
         Command::Reject {
             lease,
             approver,
             key,
             reason,
             yes,
-        } => approvals::reject(&config, &lease, &approver, &key, &reason, yes).await?,
+            server,
+        } => {
+            approvals::reject(
+                &config,
+                server.as_deref(),
+                &lease,
+                &approver,
+                &key,
+                &reason,
+                yes,
+            )
+            .await?
+        }
     }
     Ok(())
 }

@@ -361,6 +361,14 @@ impl ApproverRegistry {
             .map_err(|_| ApprovalError::BadSignature)
     }
 
+    /// The registered approver whose token subject is `subject`, if any.
+    pub fn approver_for_subject(&self, subject: &str) -> Option<&str> {
+        self.approvers
+            .iter()
+            .find(|a| a.subject.as_deref() == Some(subject))
+            .map(|a| a.id.as_str())
+    }
+
     /// The approver ids policy lets approve `lease`: eligible for its tool,
     /// and not its requester.
     pub fn eligible_for(&self, lease: &Lease) -> Vec<String> {

@@ -382,6 +382,127 @@ async fn expired_leases_and_their_approvals_do_not_pass() {
     client.cancel().await.expect("close");
 }
 
+/// An approver on their own machine: another data directory, sharing no
+/// file with the server, with their token and their key only. They list the
+/// held calls, review one, sign locally and post; the call runs once. A
+/// rejection from there ends another held call.
+#[tokio::test]
+async fn approvers_approve_and_reject_from_their_own_machine() {
+    let (data, alice, _bob, carol) = setup("");
+    let server = data.http_server().await;
+    let agent = server
+        .client(&data.token("agent", "db:read db:admin"))
+        .await;
+    let (held, _) = call(&agent, "db.query", json!({ "sql": "DELETE FROM orders" })).await;
+    let lease = lease_of(&held);
+    let (other, _) = call(&agent, "db.query", json!({ "sql": "DROP TABLE customers" })).await;
+    let other_lease = lease_of(&other);
+
+    let laptop = |approver: &Approver, subject: &str| {
+        let home = DataDir::new();
+        let key = home.path.join("my.key");
+        std::fs::copy(&approver.key, &key).expect("the approver's own key");
+        let token = data.token(subject, "approvals:write");
+        (home, key, token)
+    };
+    let run = |home: &DataDir, token: &str, args: &[&str]| {
+        std::process::Command::new(crate::common::BIN)
+            .arg("--data-dir")
+            .arg(&home.path)
+            .args(args)
+            .env_remove("DUALTRUST_TOKEN")
+            .env("DUALTRUST_APPROVER_TOKEN", token)
+            .output()
+            .expect("run dualtrust")
+    };
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let (alice_home, alice_key, alice_token) = laptop(&alice, "alice@idp");
+    let listed = ok(run(
+        &alice_home,
+        &alice_token,
+        &["approvals", "list", "--server", &server.base],
+    ));
+    assert!(
+        listed.contains(&lease) && listed.contains(&other_lease),
+        "{listed}"
+    );
+    assert!(listed.contains("`DROP TABLE customers`"), "{listed}");
+    let approve = |home: &DataDir, token: &str, id: &str, key: &std::path::Path| {
+        run(
+            home,
+            token,
+            &[
+                "approve",
+                "--server",
+                &server.base,
+                "--lease",
+                &lease,
+                "--approver",
+                id,
+                "--key",
+                key.to_str().expect("utf8"),
+                "--yes",
+            ],
+        )
+    };
+    assert!(ok(approve(&alice_home, &alice_token, "alice", &alice_key)).contains("1 of 2"));
+    let (carol_home, carol_key, carol_token) = laptop(&carol, "carol@idp");
+    // A token without approvals:write gets nothing signed through.
+    let weak = data.token("carol@idp", "db:read");
+    assert!(
+        !approve(&carol_home, &weak, "carol", &carol_key)
+            .status
+            .success()
+    );
+    assert!(ok(approve(&carol_home, &carol_token, "carol", &carol_key)).contains("2 of 2"));
+    let (env, _) = call(
+        &agent,
+        "db.query",
+        json!({ "sql": "DELETE FROM orders", "lease_id": lease }),
+    )
+    .await;
+    assert_eq!(status(&env), "ok", "{env}");
+    assert!(
+        !alice_home.path.join("store.db").exists(),
+        "the approver's machine holds no store"
+    );
+
+    ok(run(
+        &alice_home,
+        &alice_token,
+        &[
+            "reject",
+            "--server",
+            &server.base,
+            "--lease",
+            &other_lease,
+            "--approver",
+            "alice",
+            "--key",
+            alice_key.to_str().expect("utf8"),
+            "--reason",
+            "keep the customers",
+            "--yes",
+        ],
+    ));
+    let (env, _) = call(
+        &agent,
+        "db.query",
+        json!({ "sql": "DROP TABLE customers", "lease_id": other_lease }),
+    )
+    .await;
+    assert_eq!(error_code(&env), "rejected", "{env}");
+    agent.cancel().await.expect("close");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn approvals_over_http_are_bound_to_the_approver_the_lease_and_the_key() {
     let (data, alice, bob, carol) = setup("");

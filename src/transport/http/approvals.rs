@@ -56,6 +56,54 @@ pub(super) async fn show_approval(
         ),
     }
 }
+/// `GET /approvals`: the held calls the caller, as a registered approver
+/// bound to its token subject, may approve or reject now, each with the
+/// view approvers sign from.
+pub(super) async fn list_approvals(
+    State(state): State<HttpState>,
+    Extension(caller): Extension<Authenticated>,
+) -> Response {
+    let scope = &state.app.config.scopes.approvals_write;
+    if !caller.principal().has_scope(scope) {
+        return refuse_approval_scope(&state, &caller).await;
+    }
+    let gate = &state.app.gate;
+    let Some(approver) = gate
+        .approvers()
+        .approver_for_subject(caller.principal().subject())
+    else {
+        return json_response(StatusCode::OK, json!({ "approver": null, "pending": [] }));
+    };
+    let unavailable = || {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": "store_unavailable" }),
+        )
+    };
+    let Ok(leases) = gate.store().pending_leases(crate::now_unix()).await else {
+        return unavailable();
+    };
+    let mut pending = Vec::new();
+    for lease in leases {
+        if !gate
+            .approvers()
+            .eligible_for(&lease)
+            .iter()
+            .any(|id| id == approver)
+        {
+            continue;
+        }
+        match gate.approval_view(&lease).await {
+            Ok(view) => pending.push(view),
+            Err(_) => return unavailable(),
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        json!({ "approver": approver, "pending": pending }),
+    )
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ApprovalSubmission {

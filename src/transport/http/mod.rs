@@ -90,7 +90,10 @@ pub fn router(
         connections,
     };
     let approvals = Router::new()
-        .route("/approvals", post(approvals::submit_approval))
+        .route(
+            "/approvals",
+            post(approvals::submit_approval).get(approvals::list_approvals),
+        )
         .route("/rejections", post(approvals::submit_rejection))
         .route("/approvals/{lease_id}", get(approvals::show_approval))
         .with_state(state.clone());
