@@ -12,6 +12,7 @@ use crate::config::{Config, DatabaseConfig, DatabaseTarget, Mode};
 use crate::gate::{Gate, Policy};
 use crate::identity::TokenVerifier;
 use crate::keys::KeyPair;
+use crate::notify::Notifier;
 use crate::store::Store;
 use crate::tools::{AuditVerify, DbQuery, PassportIssuer, Terminal, ToolSet};
 
@@ -185,12 +186,15 @@ impl App {
             tracing::info!(path = %path.display(), "created the demo database");
         }
         let log = Arc::new(open_log(&config, &store, &server_key).await?);
-        let gate = Arc::new(Gate::new(
-            verifier,
-            store.clone(),
-            log.clone(),
-            Policy::from_config(&config),
-        ));
+        let gate = Arc::new(
+            Gate::new(
+                verifier,
+                store.clone(),
+                log.clone(),
+                Policy::from_config(&config),
+            )
+            .with_notifier(Notifier::start(&config.notifications, server_key.clone())),
+        );
         let terminal = Arc::new(
             Terminal::new(config.terminal.clone(), config.mode).map_err(StartupError::Terminal)?,
         );

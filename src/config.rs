@@ -622,6 +622,49 @@ impl Default for LeaseConfig {
     }
 }
 
+/// Who is told when a call is held, approved or rejected.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationsConfig {
+    pub webhooks: Vec<WebhookConfig>,
+    /// Delivery attempts per event and webhook before it is given up.
+    pub attempts: u32,
+    /// The first retry's delay; each next one doubles it.
+    pub retry_base_ms: u64,
+    /// Events waiting for delivery; past it new ones are dropped (and
+    /// counted), never waited for.
+    pub queue: usize,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self {
+            webhooks: Vec::new(),
+            attempts: 5,
+            retry_base_ms: 1000,
+            queue: 1000,
+        }
+    }
+}
+
+/// One receiver: `json` (dualtrust's payload) or `slack` (an incoming-webhook
+/// body). Both are signed with the server key (`Dualtrust-Signature`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    #[serde(default)]
+    pub format: WebhookFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
+}
+
 /// Rate limits, each a number of calls per minute (with a burst of the same
 /// size). Zero turns a limit off.
 #[derive(Debug, Clone, Deserialize)]
@@ -663,6 +706,7 @@ pub struct FileConfig {
     pub terminal: TerminalConfig,
     pub passport: PassportConfig,
     pub scopes: ScopeConfig,
+    pub notifications: NotificationsConfig,
 }
 
 /// The validated configuration. Paths are absolute.
@@ -682,6 +726,7 @@ pub struct Config {
     pub quorum: QuorumConfig,
     pub leases: LeaseConfig,
     pub limits: LimitsConfig,
+    pub notifications: NotificationsConfig,
 }
 
 impl Config {
@@ -880,6 +925,22 @@ impl Config {
         }
         positive("http.shutdown_grace_s", raw.http.shutdown_grace_s)?;
         let approvers = validate_quorum(&raw)?;
+        for (i, hook) in raw.notifications.webhooks.iter().enumerate() {
+            let url = reqwest::Url::parse(&hook.url).map_err(|_| {
+                ConfigError::key(&format!("notifications.webhooks[{i}].url"), "not a URL")
+            })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::key(
+                    &format!("notifications.webhooks[{i}].url"),
+                    "must be http:// or https://",
+                ));
+            }
+        }
+        positive(
+            "notifications.attempts",
+            u64::from(raw.notifications.attempts),
+        )?;
+        positive("notifications.queue", raw.notifications.queue as u64)?;
         positive("leases.ttl_s", raw.leases.ttl_s)?;
         positive("leases.ordinary_ttl_s", raw.leases.ordinary_ttl_s)?;
         positive(
@@ -939,6 +1000,7 @@ impl Config {
             quorum: raw.quorum,
             leases: raw.leases,
             limits: raw.limits,
+            notifications: raw.notifications,
         })
     }
 }

@@ -19,6 +19,7 @@ pub mod gate;
 pub mod identity;
 pub mod keys;
 pub mod metrics;
+pub mod notify;
 pub mod sandbox;
 pub mod server;
 pub mod store;
@@ -68,7 +69,7 @@ mod module_graph {
         &["keys", "metrics", "sandbox", "demo", "clock"],
         &["config"],
         &["store"],
-        &["audit", "identity"],
+        &["audit", "identity", "notify"],
         &["gate"],
         &["tools"],
         &["app"],

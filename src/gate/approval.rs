@@ -65,6 +65,8 @@ impl Gate {
         match (result, receipt) {
             (Ok(mut status), Ok(receipt)) => {
                 status.receipt = Some(receipt);
+                self.notify_lease("approved", lease_id, Some(approver_id), None)
+                    .await;
                 Ok(status)
             }
             (Ok(_), Err(_)) => Err(ApprovalError::StoreUnavailable),
@@ -177,12 +179,16 @@ impl Gate {
             }
         };
         match (result, receipt) {
-            (Ok(()), Ok(receipt)) => Ok(RejectionStatus {
-                lease_id: lease_id.to_string(),
-                rejected_by: approver_id.to_string(),
-                reason: reason.to_string(),
-                receipt: Some(receipt),
-            }),
+            (Ok(()), Ok(receipt)) => {
+                self.notify_lease("rejected", lease_id, Some(approver_id), Some(reason))
+                    .await;
+                Ok(RejectionStatus {
+                    lease_id: lease_id.to_string(),
+                    rejected_by: approver_id.to_string(),
+                    reason: reason.to_string(),
+                    receipt: Some(receipt),
+                })
+            }
             (Ok(()), Err(_)) => Err(ApprovalError::StoreUnavailable),
             (Err(e), _) => Err(e),
         }

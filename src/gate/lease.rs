@@ -114,6 +114,10 @@ impl Gate {
             .into();
         }
         record.lease(&id);
+        if needs_quorum {
+            self.notify_lease("approval_required", &id, None, None)
+                .await;
+        }
         let redeem = format!(
             "call {} again with the same arguments plus \"{LEASE_ARG}\": \"{id}\"",
             T::NAME

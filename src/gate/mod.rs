@@ -42,6 +42,7 @@ use crate::audit::{AuditLog, Receipt};
 use crate::clock::Clock;
 use crate::identity::TokenVerifier;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::store::Store;
 
 pub use admit::{Action, Challenge, Preadmitted, ScopeGranted, args_digest};
@@ -159,6 +160,7 @@ pub struct Gate {
     metrics: Metrics,
     in_flight: AtomicUsize,
     clock: Clock,
+    notifier: Notifier,
     /// See [`danger`]: benchmark builds only.
     #[cfg(feature = "bench")]
     gate_off: bool,
@@ -195,6 +197,7 @@ impl Gate {
             metrics: Metrics::default(),
             in_flight: AtomicUsize::new(0),
             clock: Clock::system(),
+            notifier: Notifier::disabled(),
             #[cfg(feature = "bench")]
             gate_off: false,
         }
@@ -206,6 +209,40 @@ impl Gate {
     #[cfg(not(feature = "bench"))]
     pub fn is_off(&self) -> bool {
         false
+    }
+
+    /// A gate that tells `notifier` when a call is held or decided.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    /// Tells the notifier what happened to a held lease, with its view.
+    async fn notify_lease(
+        &self,
+        kind: &'static str,
+        lease_id: &str,
+        by: Option<&str>,
+        reason: Option<&str>,
+    ) {
+        if !self.notifier.enabled() {
+            return;
+        }
+        let Ok(Some(lease)) = self.store.lease(lease_id).await else {
+            return;
+        };
+        if let Ok(view) = self.approval_view(&lease).await {
+            self.notifier.notify(crate::notify::Event {
+                kind,
+                view,
+                by: by.map(String::from),
+                reason: reason.map(String::from),
+            });
+        }
     }
 
     /// A gate deciding by `clock` (unit tests move it to reach expiry).

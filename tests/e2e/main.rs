@@ -24,6 +24,7 @@ mod cli;
 mod common;
 mod http;
 mod identity;
+mod notifications;
 mod postgres;
 mod quorum;
 mod replicas;

@@ -78,6 +78,34 @@ pub(super) async fn metrics(State(state): State<HttpState>) -> Response {
             c.failed.load(Relaxed),
         ));
     }
+    let deliveries = gate.notifier().deliveries();
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (name, help, value) in [
+            (
+                "dualtrust_webhook_deliveries_total",
+                "Notifications a webhook accepted.",
+                &deliveries.delivered,
+            ),
+            (
+                "dualtrust_webhook_retries_total",
+                "Notification attempts that failed and were retried.",
+                &deliveries.retried,
+            ),
+            (
+                "dualtrust_webhook_failures_total",
+                "Notifications given up after every attempt failed.",
+                &deliveries.failed,
+            ),
+            (
+                "dualtrust_webhook_dropped_total",
+                "Notifications dropped because the delivery queue was full.",
+                &deliveries.dropped,
+            ),
+        ] {
+            extra.push((name, help, value.load(Relaxed)));
+        }
+    }
     let mut text = gate.metrics().render(&extra);
     text.push_str(&format!(
         "# HELP dualtrust_http_connections_open HTTP connections open now.\n# TYPE dualtrust_http_connections_open gauge\ndualtrust_http_connections_open {}\n",
