@@ -677,6 +677,9 @@ pub struct LimitsConfig {
     /// Failed HTTP authentications per client address; beyond it the
     /// address gets 429 without its tokens being examined or logged.
     pub auth_failures_per_minute: u32,
+    /// Approval and rejection submissions per approver (per submitting
+    /// token subject over HTTP), valid or not.
+    pub approvals_per_minute: u32,
 }
 
 impl Default for LimitsConfig {
@@ -687,6 +690,7 @@ impl Default for LimitsConfig {
                 .into_iter()
                 .collect(),
             auth_failures_per_minute: 60,
+            approvals_per_minute: 30,
         }
     }
 }

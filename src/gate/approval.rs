@@ -81,7 +81,7 @@ impl Gate {
         approver_id: &str,
         signature: &str,
     ) -> Result<ApprovalStatus, ApprovalError> {
-        let lease = self.pending_lease(lease_id).await?;
+        let lease = self.pending_lease(lease_id, submitter, approver_id).await?;
         let now = self.clock.now_unix();
         self.policy.approvers.check(
             &lease,
@@ -120,8 +120,20 @@ impl Gate {
         })
     }
 
-    /// A held lease that approvals and rejections may still act on.
-    async fn pending_lease(&self, lease_id: &str) -> Result<Lease, ApprovalError> {
+    /// A held lease that approvals and rejections may still act on, once
+    /// the submitter is within their rate (keyed by the token's subject when
+    /// there is one, so nobody can exhaust another approver's budget).
+    async fn pending_lease(
+        &self,
+        lease_id: &str,
+        submitter: Option<&Principal>,
+        approver_id: &str,
+    ) -> Result<Lease, ApprovalError> {
+        let key = submitter.map_or(approver_id, Principal::subject);
+        self.policy
+            .limits
+            .check_approver(key)
+            .map_err(|_| ApprovalError::RateLimited)?;
         if !valid_lease_id(lease_id) {
             return Err(ApprovalError::LeaseNotFound);
         }
@@ -202,7 +214,7 @@ impl Gate {
         signature: &str,
         reason: &str,
     ) -> Result<(), ApprovalError> {
-        let lease = self.pending_lease(lease_id).await?;
+        let lease = self.pending_lease(lease_id, submitter, approver_id).await?;
         self.policy.approvers.check_rejection(
             &lease,
             approver_id,

@@ -105,6 +105,8 @@ pub enum ApprovalError {
     Duplicate,
     #[error("a rejection needs a reason of 1-500 printable characters on one line")]
     InvalidReason,
+    #[error("too many submissions by this approver; retry in a minute")]
+    RateLimited,
     #[error("the state store is unavailable")]
     StoreUnavailable,
 }
@@ -123,6 +125,7 @@ impl ApprovalError {
             Self::BadSignature => "bad_signature",
             Self::Duplicate => "duplicate_approval",
             Self::InvalidReason => "invalid_reason",
+            Self::RateLimited => "rate_limited",
             Self::StoreUnavailable => "store_unavailable",
         }
     }

@@ -45,6 +45,7 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
 pub struct CallLimits {
     per_subject: Option<KeyedLimit<String>>,
     per_tool: BTreeMap<String, KeyedLimit<String>>,
+    per_approver: Option<KeyedLimit<String>>,
 }
 
 impl CallLimits {
@@ -56,6 +57,16 @@ impl CallLimits {
                 .iter()
                 .filter_map(|(tool, n)| KeyedLimit::per_minute(*n).map(|l| (tool.clone(), l)))
                 .collect(),
+            per_approver: KeyedLimit::per_minute(config.approvals_per_minute),
+        }
+    }
+
+    /// `Err(retry_after)` when `submitter` has submitted too many approvals
+    /// or rejections this minute.
+    pub fn check_approver(&self, submitter: &str) -> Result<(), Duration> {
+        match &self.per_approver {
+            Some(limit) => limit.check(&submitter.to_string()),
+            None => Ok(()),
         }
     }
 
@@ -82,8 +93,13 @@ mod tests {
             calls_per_minute: 5,
             tool_calls_per_minute: [("terminal.execute".to_string(), 2)].into(),
             auth_failures_per_minute: 1,
+            approvals_per_minute: 2,
         };
         let limits = CallLimits::new(&config);
+        assert!(limits.check_approver("alice").is_ok());
+        assert!(limits.check_approver("alice").is_ok());
+        assert!(limits.check_approver("alice").is_err(), "per approver");
+        assert!(limits.check_approver("bob").is_ok());
         assert!(limits.check("alice", "terminal.execute").is_ok());
         assert!(limits.check("alice", "terminal.execute").is_ok());
         let retry = limits

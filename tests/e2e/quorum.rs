@@ -178,6 +178,58 @@ async fn a_signed_rejection_ends_a_held_call_and_the_agent_learns_who_and_why() 
     client.cancel().await.expect("close");
 }
 
+/// An approver's submissions over HTTP are limited per minute, keyed by
+/// their token's subject, valid or not; the refusal is recorded like any
+/// other, and another approver's budget is untouched.
+#[tokio::test]
+async fn approval_submissions_are_rate_limited_per_approver() {
+    let (data, alice, _, carol) = setup("[limits]\napprovals_per_minute = 2\n");
+    let server = data.http_server().await;
+    let agent = server
+        .client(&data.token("agent", "db:read db:admin"))
+        .await;
+    let (held, _) = call(&agent, "db.query", json!({ "sql": "DROP TABLE orders" })).await;
+    let lease = lease_of(&held);
+    let message = held["approval"]["sign"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let http = reqwest::Client::new();
+    let post = |subject: &str, approver: &Approver, sig: String| {
+        let (http, url) = (http.clone(), format!("{}/approvals", server.base));
+        let token = data.token(subject, "approvals:write");
+        let body = json!({ "lease_id": lease, "approver_id": approver.id, "signature": sig });
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .expect("post");
+            r.status().as_u16()
+        }
+    };
+    for _ in 0..2 {
+        assert_eq!(post("alice@idp", &alice, "A".repeat(86)).await, 403);
+    }
+    let valid = data.sign(&alice, &message);
+    assert_eq!(
+        post("alice@idp", &alice, valid).await,
+        429,
+        "past the limit, even a valid one"
+    );
+    let last = data.receipts().pop().expect("receipt");
+    assert_eq!(last["body"]["reason"], "rate_limited");
+    assert_eq!(
+        post("carol@idp", &carol, data.sign(&carol, &message)).await,
+        200,
+        "carol has her own budget"
+    );
+    agent.cancel().await.expect("close");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn destructive_command_runs_once_after_k_approvals() {
     let (data, alice, bob, _) = setup("");

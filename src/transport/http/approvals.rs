@@ -161,6 +161,7 @@ fn approval_error(error: ApprovalError) -> Response {
         }
         ApprovalError::MalformedSignature | ApprovalError::InvalidReason => StatusCode::BAD_REQUEST,
         ApprovalError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ApprovalError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::FORBIDDEN,
     };
     json_response(
