@@ -134,13 +134,23 @@ impl ServerHandler for McpServer {
             )
     }
 
+    /// Only the tools the caller's scopes can use at all: an agent should
+    /// not plan around a tool it can never call. (Listing decides nothing:
+    /// every call is judged by the gate all the same.)
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
+        let gate = &self.app.gate;
+        let caller = match self.caller(&context) {
+            Caller::Verified(caller, _) => Some(caller),
+            Caller::Token(token) => gate.authenticate(token.as_deref()).await.ok(),
+        };
+        let visible =
+            |tool: &str| gate.is_off() || caller.as_ref().is_some_and(|c| gate.may_use(c, tool));
         Ok(ListToolsResult::with_all_items(
-            self.app.tools.definitions(),
+            self.app.tools.definitions_where(visible),
         ))
     }
 

@@ -96,8 +96,8 @@ impl Gate {
         let principal = caller.principal();
         // A caller holding none of the tool's scopes learns nothing from its
         // classifier (which may look at the filesystem or the schema).
-        let tool_scopes = self.policy.tool_scopes(T::NAME);
-        if !tool_scopes.iter().any(|scope| principal.has_scope(scope)) {
+        if !self.may_use(caller, T::NAME) {
+            let tool_scopes = self.policy.tool_scopes(T::NAME);
             let least = tool_scopes.first().copied().unwrap_or(T::NAME);
             record.scope(least);
             return Err(Denial::InsufficientScope {

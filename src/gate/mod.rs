@@ -273,6 +273,15 @@ impl Gate {
         &self.verifier
     }
 
+    /// Whether `caller` holds any scope of any class of `tool`: whether the
+    /// tool is any use to them (the same test admission starts with).
+    pub fn may_use(&self, caller: &Authenticated, tool: &str) -> bool {
+        self.policy
+            .tool_scopes(tool)
+            .iter()
+            .any(|scope| caller.principal().has_scope(scope))
+    }
+
     /// Whether policy names a scope for any class of `tool`: a tool
     /// without one could never be called, so the server refuses to start.
     pub fn has_policy_for(&self, tool: &str) -> bool {

@@ -171,8 +171,13 @@ impl ToolSet {
             .map(|tool| &**tool)
     }
 
-    pub fn definitions(&self) -> Vec<rmcp::model::Tool> {
-        self.tools.iter().map(|tool| tool.definition()).collect()
+    /// The definitions of the tools `visible` keeps, in registration order.
+    pub fn definitions_where(&self, visible: impl Fn(&str) -> bool) -> Vec<rmcp::model::Tool> {
+        self.tools
+            .iter()
+            .filter(|tool| visible(tool.name()))
+            .map(|tool| tool.definition())
+            .collect()
     }
 
     /// The HTTP scope challenge for a call of the named tool (see

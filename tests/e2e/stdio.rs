@@ -7,8 +7,34 @@ const ALL_READ: &str = "db:read audit:read passport:issue terminal:execute";
 #[tokio::test]
 async fn lists_the_four_tools_with_schemas() {
     let data = DataDir::new();
+    // Each token sees the tools its scopes can use at all.
+    for (scopes, want) in [
+        ("db:read", vec!["db.query"]),
+        ("db:admin audit:read", vec!["audit.verify", "db.query"]),
+        ("approvals:write", vec![]),
+    ] {
+        let client = data.stdio_client(Some(&data.token("bob", scopes))).await;
+        let tools = client.list_all_tools().await.expect("tools/list");
+        let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+        names.sort();
+        assert_eq!(names, want, "{scopes}");
+        client.cancel().await.expect("close");
+    }
+    let client = data.stdio_client(None).await;
+    assert!(
+        client
+            .list_all_tools()
+            .await
+            .expect("tools/list")
+            .is_empty(),
+        "no token, no tools"
+    );
+    client.cancel().await.expect("close");
     let client = data
-        .stdio_client(Some(&data.token("alice", "db:read")))
+        .stdio_client(Some(&data.token(
+            "alice",
+            "db:read audit:read passport:issue terminal:execute",
+        )))
         .await;
     let tools = client.list_all_tools().await.expect("tools/list");
     let mut names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
