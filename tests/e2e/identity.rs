@@ -866,3 +866,57 @@ async fn json_logs_identify_rejected_tokens_without_echoing_them() {
     );
     let _ = child.kill().await;
 }
+
+/// The Grafana dashboard in deploy/grafana queries only metrics the server
+/// exports: each name its expressions use is a family in `/metrics` (a
+/// server with a JWKS URL, so the identity provider's counters exist too).
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_exported_metrics() {
+    let idp = Idp::start(&["rsa-1"]).await;
+    let data = DataDir::new();
+    idp.configure(&data, "");
+    let server = data.http_server().await;
+    let token = idp.mint("rsa-1", "db:read", |_| {});
+    assert!(customers(&server, &token).await > 0);
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let families: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/dualtrust.json"),
+        )
+        .expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(at) = rest.find("dualtrust_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                queried.insert(name.trim_end_matches("_bucket").to_string());
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    for name in &queried {
+        assert!(
+            families.contains(name.as_str()),
+            "the dashboard queries `{name}`, which /metrics does not export"
+        );
+    }
+    server.stop().await;
+}
