@@ -101,6 +101,7 @@ fn vector_lease() -> Lease {
         summary: String::new(),
         args_json: String::new(),
         quorum_k: 1,
+        requester_token: None,
     }
 }
 

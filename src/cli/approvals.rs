@@ -137,6 +137,7 @@ fn lease_from_view(view: &Value) -> Result<Lease, String> {
         summary: text("summary")?,
         args_json: String::new(),
         quorum_k: 0,
+        requester_token: None,
     };
     if view["sign"].as_str() != Some(approval_message(&lease).as_str()) {
         return Err("the statement to sign is not the one the view describes".into());
@@ -166,7 +167,15 @@ fn review(view: &Value, question: &str, yes: bool) -> Result<Lease, BoxError> {
             format!(": {}", approved.join(", "))
         }
     )?;
-    writeln!(out, "requested by {}", lease.subject)?;
+    writeln!(
+        out,
+        "requested by {} (token {}), {} s ago",
+        lease.subject,
+        view["requested_by_token"]
+            .as_str()
+            .unwrap_or("without a jti"),
+        now.saturating_sub(view["issued_at"].as_u64().unwrap_or(now))
+    )?;
     writeln!(out, "tool         {}", lease.tool)?;
     writeln!(out, "will         {}", lease.summary)?;
     writeln!(out, "arguments    {}", view["arguments"])?;
@@ -318,6 +327,7 @@ mod tests {
             summary: "destructive SQL statement: DROP".into(),
             args_json: String::new(),
             quorum_k: 1,
+            requester_token: None,
         };
         lease.summary.push_str(": `DROP TABLE orders`");
         json!({

@@ -43,6 +43,7 @@ impl Gate {
             summary: String::new(),
             args_json: String::new(),
             quorum_k: 0,
+            requester_token: caller.principal().token_id().map(String::from),
         }
     }
 

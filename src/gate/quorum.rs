@@ -61,6 +61,8 @@ pub fn approval_view(
         "lease_id": lease.id,
         "tool": lease.tool,
         "requested_by": lease.subject,
+        "requested_by_token": lease.requester_token,
+        "issued_at": lease.issued_at,
         "summary": lease.summary,
         "arguments": serde_json::from_str::<serde_json::Value>(&lease.args_json).unwrap_or(serde_json::Value::Null),
         "args_digest": lease.args_digest,
@@ -422,6 +424,7 @@ mod tests {
             summary: "run `rm -rf build`".into(),
             args_json: "{}".into(),
             quorum_k: 2,
+            requester_token: None,
         }
     }
 

@@ -30,6 +30,10 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/sqlite/0004_rejections.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_lease_requester_token.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -41,6 +45,10 @@ pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         3,
         include_str!("../../migrations/postgres/0003_rejections.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_lease_requester_token.sql"),
     ),
 ];
 
@@ -140,6 +148,8 @@ pub struct Lease {
     pub args_json: String,
     /// Approvals needed; 0 for an explicit lease without quorum.
     pub quorum_k: u32,
+    /// The `jti` of the token that asked, when it had one.
+    pub requester_token: Option<String>,
 }
 
 /// A rejection as stored: who refused a held call, why, and their signature
@@ -316,6 +326,7 @@ mod tests {
             summary: String::new(),
             args_json: "{}".into(),
             quorum_k: 0,
+            requester_token: None,
         }
     }
 

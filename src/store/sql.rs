@@ -99,12 +99,12 @@ fn to_u64(v: i64) -> Result<u64, StoreError> {
 // A macro so that the column list is part of each statement's constant text.
 macro_rules! lease_columns {
     () => {
-        "id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k"
+        "id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, requester_token"
     };
 }
 
-const INSERT_LEASE: &str = "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, consumed_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+const INSERT_LEASE: &str = "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, consumed_at, requester_token) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 /// The single-use compare-and-set: only the one caller that moves this
 /// lease to `consumed`, for its own subject, tool and argument digest,
@@ -119,6 +119,7 @@ where
     for<'a> &'a str: ColumnIndex<R>,
     i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
     String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
 {
     let get_u64 = |name: &str| -> Result<u64, StoreError> {
         let v: i64 = row.try_get(name).map_err(|_| StoreError::Corrupt)?;
@@ -139,6 +140,9 @@ where
         summary: get_str("summary")?,
         args_json: get_str("args_json")?,
         quorum_k: u32::try_from(get_u64("quorum_k")?).map_err(|_| StoreError::Corrupt)?,
+        requester_token: row
+            .try_get("requester_token")
+            .map_err(|_| StoreError::Corrupt)?,
     })
 }
 
@@ -150,6 +154,7 @@ where
     i64: for<'q> Encode<'q, DB> + Type<DB>,
     Option<i64>: for<'q> Encode<'q, DB> + Type<DB>,
     String: for<'q> Encode<'q, DB> + Type<DB>,
+    Option<String>: for<'q> Encode<'q, DB> + Type<DB>,
 {
     sqlx::query(INSERT_LEASE)
         .bind(lease.id.clone())
@@ -165,6 +170,7 @@ where
         .bind(i64::from(lease.quorum_k))
         // A lease stored already consumed was minted and used at once.
         .bind((lease.state == LeaseState::Consumed).then(|| to_i64(lease.issued_at)))
+        .bind(lease.requester_token.clone())
         .execute(conn)
         .await
         .map(|_| ())
@@ -192,6 +198,7 @@ where
     i64: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>,
     Option<i64>: for<'q> Encode<'q, DB> + Type<DB>,
     String: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>,
+    Option<String>: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>,
     for<'a> &'a str: ColumnIndex<DB::Row>,
     usize: ColumnIndex<DB::Row>,
 {

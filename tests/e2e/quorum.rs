@@ -251,6 +251,10 @@ async fn destructive_command_runs_once_after_k_approvals() {
     assert_eq!(approval["approvers"], json!(["alice", "bob", "carol"]));
     assert_eq!(approval["requested_by"], "agent");
     assert!(
+        approval["requested_by_token"].is_string() && approval["issued_at"].is_u64(),
+        "the view says which token asked, and when: {approval}"
+    );
+    assert!(
         approval["summary"]
             .as_str()
             .unwrap_or("")
