@@ -20,7 +20,7 @@ use crate::gate::quorum::{approval_message, rejection_message};
 use crate::keys::KeyPair;
 use crate::store::{Lease, LeaseState};
 
-use super::BoxError;
+use super::{BoxError, Signing};
 
 /// Where the held calls are: this host's store, or a server elsewhere.
 enum HeldCalls {
@@ -234,16 +234,20 @@ pub(super) async fn list(config: &Config, server: Option<&str>) -> Result<(), Bo
     Ok(())
 }
 
-pub(super) async fn approve(
-    config: &Config,
-    server: Option<&str>,
-    lease_id: &str,
-    approver: &str,
-    key: &std::path::Path,
-    yes: bool,
-) -> Result<(), BoxError> {
-    let desk = HeldCalls::open(config, server).await?;
-    let lease = review(&desk.view(lease_id).await?, "Approve this exact call?", yes)?;
+pub(super) async fn approve(config: &Config, signing: &Signing) -> Result<(), BoxError> {
+    let Signing {
+        lease: lease_id,
+        approver,
+        key,
+        yes,
+        server,
+    } = signing;
+    let desk = HeldCalls::open(config, server.as_deref()).await?;
+    let lease = review(
+        &desk.view(lease_id).await?,
+        "Approve this exact call?",
+        *yes,
+    )?;
     let signature = sign(key, &approval_message(&lease))?;
     let status = match &desk {
         HeldCalls::Remote(remote) => {
@@ -277,15 +281,18 @@ pub(super) async fn approve(
 
 pub(super) async fn reject(
     config: &Config,
-    server: Option<&str>,
-    lease_id: &str,
-    approver: &str,
-    key: &std::path::Path,
+    signing: &Signing,
     reason: &str,
-    yes: bool,
 ) -> Result<(), BoxError> {
-    let desk = HeldCalls::open(config, server).await?;
-    let lease = review(&desk.view(lease_id).await?, "Reject this call?", yes)?;
+    let Signing {
+        lease: lease_id,
+        approver,
+        key,
+        yes,
+        server,
+    } = signing;
+    let desk = HeldCalls::open(config, server.as_deref()).await?;
+    let lease = review(&desk.view(lease_id).await?, "Reject this call?", *yes)?;
     let signature = sign(key, &rejection_message(&lease, reason))?;
     match &desk {
         HeldCalls::Remote(remote) => {

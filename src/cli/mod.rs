@@ -108,49 +108,39 @@ pub enum Command {
         command: ApprovalsCommand,
     },
     /// Review a held call, sign it with your approver key and record the
-    /// approval (run beside the server, with its data directory).
-    Approve {
-        /// The lease id from the approval_required result.
-        #[arg(long)]
-        lease: String,
-        /// Your approver id, as registered in [[approvers]].
-        #[arg(long)]
-        approver: String,
-        /// Your approver private key file (from `approver-keygen`).
-        #[arg(long)]
-        key: PathBuf,
-        /// Do not ask for confirmation.
-        #[arg(long)]
-        yes: bool,
-        /// Approve on this server (its base URL), from your own machine,
-        /// with your approver token in DUALTRUST_APPROVER_TOKEN.
-        #[arg(long)]
-        server: Option<String>,
-    },
+    /// approval (beside the server, or from your machine with --server).
+    Approve(#[command(flatten)] Signing),
     /// Refuse a held call: sign its rejection, with your reason, and record
-    /// it; the call ends at once (run beside the server, with its data
-    /// directory).
+    /// it; the call ends at once.
     Reject {
-        /// The lease id from the approval_required result.
-        #[arg(long)]
-        lease: String,
-        /// Your approver id, as registered in [[approvers]].
-        #[arg(long)]
-        approver: String,
-        /// Your approver private key file (from `approver-keygen`).
-        #[arg(long)]
-        key: PathBuf,
+        #[command(flatten)]
+        signing: Signing,
         /// Why, in one line: the agent is told, the receipt records it.
         #[arg(long)]
         reason: String,
-        /// Do not ask for confirmation.
-        #[arg(long)]
-        yes: bool,
-        /// Reject on this server (its base URL), from your own machine,
-        /// with your approver token in DUALTRUST_APPROVER_TOKEN.
-        #[arg(long)]
-        server: Option<String>,
     },
+}
+
+/// What an approver signs a held call with, and where it is recorded.
+#[derive(clap::Args)]
+pub struct Signing {
+    /// The lease id from the approval_required result.
+    #[arg(long)]
+    pub lease: String,
+    /// Your approver id, as registered in [[approvers]].
+    #[arg(long)]
+    pub approver: String,
+    /// Your approver private key file (from `approver-keygen`).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// Record it on this server (its base URL), from your own machine, with
+    /// your approver token in DUALTRUST_APPROVER_TOKEN; without it, in the
+    /// local data directory's store.
+    #[arg(long)]
+    pub server: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -322,31 +312,9 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Approvals {
             command: ApprovalsCommand::List { server },
         } => approvals::list(&config, server.as_deref()).await?,
-        Command::Approve {
-            lease,
-            approver,
-            key,
-            yes,
-            server,
-        } => approvals::approve(&config, server.as_deref(), &lease, &approver, &key, yes).await?,
-        Command::Reject {
-            lease,
-            approver,
-            key,
-            reason,
-            yes,
-            server,
-        } => {
-            approvals::reject(
-                &config,
-                server.as_deref(),
-                &lease,
-                &approver,
-                &key,
-                &reason,
-                yes,
-            )
-            .await?
+        Command::Approve(signing) => approvals::approve(&config, &signing).await?,
+        Command::Reject { signing, reason } => {
+            approvals::reject(&config, &signing, &reason).await?
         }
     }
     Ok(())

@@ -35,42 +35,66 @@ impl Gate {
         approver_id: &str,
         signature: &str,
     ) -> Result<ApprovalStatus, ApprovalError> {
-        let mut record = submission_record(transport, submitter, lease_id, approver_id);
+        let record = submission_record(transport, submitter, lease_id, approver_id);
         let result = self
             .check_and_record(submitter, lease_id, approver_id, signature)
             .await;
-        self.metrics.record_approval(match &result {
-            Ok(_) => "accepted",
+        let outcome = result.as_ref().map_err(|e| *e).map(|status| {
+            serde_json::json!({
+                "approver": approver_id,
+                "signature": signature,
+                "approvals": status.approvals,
+                "k": status.k,
+            })
+        });
+        let receipt = self
+            .record_submission(
+                record,
+                outcome,
+                "accepted",
+                Decision::ApprovalRecorded,
+                approver_id,
+            )
+            .await?;
+        let mut status = result?;
+        status.receipt = Some(receipt);
+        self.notify_lease("approved", lease_id, Some(approver_id), None)
+            .await;
+        Ok(status)
+    }
+
+    /// Counts and records a submission's outcome: what was accepted, or the
+    /// refusal with its code. A submission that cannot be recorded did not
+    /// happen, as far as its submitter is told.
+    async fn record_submission(
+        &self,
+        mut record: CallRecord,
+        outcome: Result<serde_json::Value, ApprovalError>,
+        accepted: &'static str,
+        decision: Decision,
+        approver_id: &str,
+    ) -> Result<Receipt, ApprovalError> {
+        self.metrics.record_approval(match &outcome {
+            Ok(_) => accepted,
             Err(e) => e.code(),
         });
-        let receipt = match &result {
-            Ok(status) => {
-                record.outcome(serde_json::json!({
-                    "approver": approver_id,
-                    "signature": signature,
-                    "approvals": status.approvals,
-                    "k": status.k,
-                }));
-                self.record_approval(record, Decision::ApprovalRecorded, None)
+        match outcome {
+            Ok(outcome) => {
+                record.outcome(outcome);
+                self.record_approval(record, decision, None)
                     .await
+                    .map_err(|_| ApprovalError::StoreUnavailable)
             }
             Err(e) => {
                 record.outcome(serde_json::json!({
                     "approver": approver_id.chars().take(64).collect::<String>(),
                 }));
-                self.record_approval(record, Decision::Denied, Some(e.code()))
-                    .await
-            }
-        };
-        match (result, receipt) {
-            (Ok(mut status), Ok(receipt)) => {
-                status.receipt = Some(receipt);
-                self.notify_lease("approved", lease_id, Some(approver_id), None)
+                // Recorded or not, the submitter is told why it was refused.
+                let _ = self
+                    .record_approval(record, Decision::Denied, Some(e.code()))
                     .await;
-                Ok(status)
+                Err(e)
             }
-            (Ok(_), Err(_)) => Err(ApprovalError::StoreUnavailable),
-            (Err(e), _) => Err(e),
         }
     }
 
@@ -164,46 +188,30 @@ impl Gate {
         signature: &str,
         reason: &str,
     ) -> Result<RejectionStatus, ApprovalError> {
-        let mut record = submission_record(transport, submitter, lease_id, approver_id);
+        let record = submission_record(transport, submitter, lease_id, approver_id);
         let result = self
             .check_and_reject(submitter, lease_id, approver_id, signature, reason)
             .await;
-        self.metrics.record_approval(match &result {
-            Ok(()) => "rejected",
-            Err(e) => e.code(),
+        let outcome = result.map(|()| {
+            serde_json::json!({ "approver": approver_id, "signature": signature, "reason": reason })
         });
-        let receipt = match &result {
-            Ok(()) => {
-                record.outcome(serde_json::json!({
-                    "approver": approver_id,
-                    "signature": signature,
-                    "reason": reason,
-                }));
-                self.record_approval(record, Decision::RejectionRecorded, None)
-                    .await
-            }
-            Err(e) => {
-                record.outcome(serde_json::json!({
-                    "approver": approver_id.chars().take(64).collect::<String>(),
-                }));
-                self.record_approval(record, Decision::Denied, Some(e.code()))
-                    .await
-            }
-        };
-        match (result, receipt) {
-            (Ok(()), Ok(receipt)) => {
-                self.notify_lease("rejected", lease_id, Some(approver_id), Some(reason))
-                    .await;
-                Ok(RejectionStatus {
-                    lease_id: lease_id.to_string(),
-                    rejected_by: approver_id.to_string(),
-                    reason: reason.to_string(),
-                    receipt: Some(receipt),
-                })
-            }
-            (Ok(()), Err(_)) => Err(ApprovalError::StoreUnavailable),
-            (Err(e), _) => Err(e),
-        }
+        let receipt = self
+            .record_submission(
+                record,
+                outcome,
+                "rejected",
+                Decision::RejectionRecorded,
+                approver_id,
+            )
+            .await?;
+        self.notify_lease("rejected", lease_id, Some(approver_id), Some(reason))
+            .await;
+        Ok(RejectionStatus {
+            lease_id: lease_id.to_string(),
+            rejected_by: approver_id.to_string(),
+            reason: reason.to_string(),
+            receipt: Some(receipt),
+        })
     }
 
     async fn check_and_reject(

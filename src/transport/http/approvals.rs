@@ -119,32 +119,49 @@ pub(super) async fn submit_approval(
     Extension(caller): Extension<Authenticated>,
     body: axum::body::Bytes,
 ) -> Response {
-    let scope = &state.app.config.scopes.approvals_write;
-    if !caller.principal().has_scope(scope) {
-        return refuse_approval_scope(&state, &caller).await;
-    }
-    let principal = caller.principal();
-    let Ok(submission) = serde_json::from_slice::<ApprovalSubmission>(&body) else {
-        return refuse_authenticated(
-            &state,
-            crate::gate::APPROVAL,
-            principal,
-            Denial::InvalidRequest,
-        )
-        .await;
+    let submission: ApprovalSubmission = match submission(&state, &caller, &body).await {
+        Ok(submission) => submission,
+        Err(refused) => return refused,
     };
-    match state
+    let status = state
         .app
         .gate
         .submit_approval(
             "http",
-            Some(principal),
+            Some(caller.principal()),
             &submission.lease_id,
             &submission.approver_id,
             &submission.signature,
         )
-        .await
-    {
+        .await;
+    answer(status)
+}
+
+/// The submission in `body`, once the caller may submit at all; otherwise
+/// the refusal, recorded.
+async fn submission<T: serde::de::DeserializeOwned>(
+    state: &HttpState,
+    caller: &Authenticated,
+    body: &[u8],
+) -> Result<T, Response> {
+    let scope = &state.app.config.scopes.approvals_write;
+    if !caller.principal().has_scope(scope) {
+        return Err(refuse_approval_scope(state, caller).await);
+    }
+    match serde_json::from_slice::<T>(body) {
+        Ok(submission) => Ok(submission),
+        Err(_) => Err(refuse_authenticated(
+            state,
+            crate::gate::APPROVAL,
+            caller.principal(),
+            Denial::InvalidRequest,
+        )
+        .await),
+    }
+}
+
+fn answer<S: serde::Serialize>(status: Result<S, ApprovalError>) -> Response {
+    match status {
         Ok(status) => json_response(
             StatusCode::OK,
             serde_json::to_value(status).unwrap_or_default(),
@@ -188,37 +205,21 @@ pub(super) async fn submit_rejection(
     Extension(caller): Extension<Authenticated>,
     body: axum::body::Bytes,
 ) -> Response {
-    let scope = &state.app.config.scopes.approvals_write;
-    if !caller.principal().has_scope(scope) {
-        return refuse_approval_scope(&state, &caller).await;
-    }
-    let principal = caller.principal();
-    let Ok(submission) = serde_json::from_slice::<RejectionSubmission>(&body) else {
-        return refuse_authenticated(
-            &state,
-            crate::gate::APPROVAL,
-            principal,
-            Denial::InvalidRequest,
-        )
-        .await;
+    let submission: RejectionSubmission = match submission(&state, &caller, &body).await {
+        Ok(submission) => submission,
+        Err(refused) => return refused,
     };
-    match state
+    let status = state
         .app
         .gate
         .submit_rejection(
             "http",
-            Some(principal),
+            Some(caller.principal()),
             &submission.lease_id,
             &submission.approver_id,
             &submission.signature,
             &submission.reason,
         )
-        .await
-    {
-        Ok(status) => json_response(
-            StatusCode::OK,
-            serde_json::to_value(status).unwrap_or_default(),
-        ),
-        Err(error) => approval_error(error),
-    }
+        .await;
+    answer(status)
 }
