@@ -126,6 +126,7 @@ async fn load_time(receipts: Vec<Receipt>, key: Arc<KeyPair>) -> LoadTime {
                     dualtrust::audit::leaf_hash_of(&r.body).expect("leaf"),
                 )),
                 receipt: serde_json::to_string(r).expect("json"),
+                lease: r.body.lease.clone(),
             })
             .collect();
         store.insert_receipts(&rows, &[]).await.expect("insert");

@@ -230,6 +230,28 @@ impl App {
         })
     }
 
+    /// While serving, ends held calls whose approval window closed, every
+    /// few seconds, so approvers and webhooks learn of it (the gate refuses
+    /// an expired lease either way; this only records and announces it).
+    pub fn sweep_expired_leases(&self) {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+        if self.gate.is_off() {
+            return;
+        }
+        let gate = self.gate.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(EVERY);
+            loop {
+                tick.tick().await;
+                match gate.expire_held().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(expired = n, "held calls expired without quorum"),
+                    Err(e) => tracing::warn!(error = %e, "expired held calls could not be swept"),
+                }
+            }
+        });
+    }
+
     /// A benchmark's baseline: the same server with the gate switched off.
     /// Exists only in `bench` builds and refuses production configurations.
     #[cfg(feature = "bench")]

@@ -54,6 +54,8 @@ pub enum Decision {
     ApprovalRecorded,
     /// A registered approver's signed rejection ended a held call.
     RejectionRecorded,
+    /// A held call's approval window closed without quorum; it never ran.
+    LeaseExpired,
 }
 
 /// What the gate knows about a decision; the log adds position and time.
@@ -811,6 +813,7 @@ impl LogInner {
                     hash: receipt.hash.clone(),
                     leaf_hash: Some(hex::encode(leaf)),
                     receipt: serde_json::to_string(&receipt).map_err(|_| StoreError::Corrupt)?,
+                    lease: receipt.body.lease.clone(),
                 });
                 receipts.push(receipt);
             }

@@ -223,6 +223,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             #[cfg(not(feature = "bench"))]
             let app = App::build(config).await?;
             let app = Arc::new(app);
+            app.sweep_expired_leases();
             if stdio {
                 let token = std::env::var("DUALTRUST_TOKEN")
                     .ok()

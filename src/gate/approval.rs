@@ -167,6 +167,9 @@ impl Gate {
             .await
             .map_err(|_| ApprovalError::StoreUnavailable)?
             .ok_or(ApprovalError::LeaseNotFound)?;
+        if lease.state == LeaseState::Expired {
+            return Err(ApprovalError::LeaseExpired);
+        }
         if lease.state != LeaseState::PendingApproval {
             return Err(ApprovalError::LeaseNotPending);
         }
@@ -243,6 +246,30 @@ impl Gate {
             Ok(false) => Err(ApprovalError::LeaseNotPending),
             Err(_) => Err(ApprovalError::StoreUnavailable),
         }
+    }
+}
+
+impl Gate {
+    /// Ends the held calls whose approval window closed: each gets a
+    /// receipt (`lease_expired`, with the approvals it had) and an
+    /// `expired` notification, once, however many replicas sweep.
+    pub async fn expire_held(&self) -> Result<usize, StoreError> {
+        let expired = self.store.expire_held(self.clock.now_unix()).await?;
+        for lease in &expired {
+            let mut record = CallRecord::new("server", &lease.tool);
+            record.requester(lease);
+            record.lease(&lease.id);
+            record.args_digest(&lease.args_digest);
+            record.scope(&lease.scope);
+            let view = self.approval_view(lease).await?;
+            record.outcome(
+                serde_json::json!({ "approvals": view["approved_by"], "k": lease.quorum_k }),
+            );
+            self.record_approval(record, Decision::LeaseExpired, None)
+                .await?;
+            self.notify_lease("expired", &lease.id, None, None).await;
+        }
+        Ok(expired.len())
     }
 }
 

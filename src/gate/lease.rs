@@ -181,6 +181,8 @@ impl Gate {
             Err(Denial::LeaseWrongArguments)
         } else if lease.state == LeaseState::Consumed {
             Err(Denial::LeaseConsumed)
+        } else if lease.state == LeaseState::Expired {
+            Err(Denial::LeaseExpired)
         } else if lease.state != LeaseState::Ready && lease.state != LeaseState::PendingApproval {
             match self.store.rejection(id).await {
                 Ok(Some(rejection)) => Err(Denial::Rejected {

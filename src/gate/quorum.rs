@@ -17,7 +17,7 @@ use ed25519_dalek::Signature;
 use serde::Serialize;
 
 use crate::config::{Approver, QuorumConfig};
-use crate::store::{Lease, StoreError, StoredApproval};
+use crate::store::{Lease, LeaseState, StoreError, StoredApproval};
 
 use super::record::{Halt, Held, Status};
 use super::{Action, Denial, Gate};
@@ -243,8 +243,60 @@ impl Gate {
             .map(|a| a.approver)
             .collect();
         let mut view = approval_view(lease, &self.policy.approvers, &approved_by);
-        view["state"] = serde_json::json!(lease.state.as_str());
+        let expired =
+            lease.state == LeaseState::PendingApproval && lease.expires_at <= self.clock.now_unix();
+        let state = if expired {
+            LeaseState::Expired
+        } else {
+            lease.state
+        };
+        view["state"] = serde_json::json!(state.as_str());
         Ok(view)
+    }
+
+    /// The held calls `approver` could have approved that no longer wait
+    /// (ran, rejected or expired), newest first: each with its view, the
+    /// rejection if there was one, and every receipt that names the lease,
+    /// so the approver can check what happened against the log.
+    pub async fn approval_history(
+        &self,
+        approver: &str,
+        limit: u32,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let now = self.clock.now_unix();
+        let mut history = Vec::new();
+        // Leases this approver was never eligible for are skipped, so read
+        // a bounded multiple of `limit` to fill it.
+        for lease in self
+            .store
+            .decided_leases(now, limit.saturating_mul(4))
+            .await?
+        {
+            if history.len() >= limit as usize {
+                break;
+            }
+            let eligible = self.policy.approvers.eligible_for(&lease);
+            if !eligible.iter().any(|id| id == approver) {
+                continue;
+            }
+            let mut entry = self.approval_view(&lease).await?;
+            entry["rejection"] = match self.store.rejection(&lease.id).await? {
+                Some(r) => {
+                    serde_json::json!({ "by": r.approver_id, "reason": r.reason, "signed_at": r.signed_at })
+                }
+                None => serde_json::Value::Null,
+            };
+            let receipts: Result<Vec<serde_json::Value>, StoreError> = self
+                .store
+                .lease_receipts(&lease.id)
+                .await?
+                .iter()
+                .map(|row| serde_json::from_str(&row.receipt).map_err(|_| StoreError::Corrupt))
+                .collect();
+            entry["receipts"] = serde_json::Value::Array(receipts?);
+            history.push(entry);
+        }
+        Ok(history)
     }
 }
 
@@ -372,6 +424,15 @@ impl ApproverRegistry {
             .iter()
             .find(|a| a.subject.as_deref() == Some(subject))
             .map(|a| a.id.as_str())
+    }
+
+    /// The registered public key of approver `id` (base64url, as the
+    /// inbox derives it from a key file to check it is the right one).
+    pub fn public_key_of(&self, id: &str) -> Option<String> {
+        self.approvers
+            .iter()
+            .find(|a| a.id == id)
+            .map(|a| URL_SAFE_NO_PAD.encode(a.key.as_bytes()))
     }
 
     /// The approver ids policy lets approve `lease`: eligible for its tool,

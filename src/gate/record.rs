@@ -119,6 +119,12 @@ impl CallRecord {
         self.draft.token_id = principal.token_id().map(String::from);
     }
 
+    /// On behalf of whoever asked for a held call, from its lease.
+    pub fn requester(&mut self, lease: &Lease) {
+        self.draft.subject = Some(lease.subject.clone());
+        self.draft.token_id = lease.requester_token.clone();
+    }
+
     /// On behalf of an approver who submitted without a token (the CLI).
     pub fn approver(&mut self, approver_id: &str) {
         self.draft.subject = Some(format!("approver:{approver_id}"));
@@ -270,7 +276,8 @@ impl Gate {
         }
     }
 
-    /// Records the outcome of an approval submission.
+    /// Records a decision on a held call made outside a tool call: an
+    /// approval or rejection submitted, or its window closing.
     pub(super) async fn record_approval(
         &self,
         mut record: CallRecord,

@@ -34,6 +34,10 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/sqlite/0005_lease_requester_token.sql"),
     ),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_log_lease.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -49,6 +53,10 @@ pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         4,
         include_str!("../../migrations/postgres/0004_lease_requester_token.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_log_lease.sql"),
     ),
 ];
 
@@ -122,6 +130,8 @@ pub struct LogRow {
     pub leaf_hash: Option<String>,
     /// The receipt's JSON, the bytes everything else derives from.
     pub receipt: String,
+    /// The lease the receipt names (an index for approvers' history).
+    pub lease: Option<String>,
 }
 
 /// The newest receipt of the log: its sequence number and hash.
@@ -196,6 +206,19 @@ pub trait Backend: Send + Sync {
     fn lease<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Lease>, StoreError>>;
     /// Leases waiting for approval and not yet expired, oldest first.
     fn pending_leases(&self, now: u64) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>>;
+    /// Held calls (leases that needed approvals) no longer waiting, because
+    /// they ran, were rejected or expired: newest first, at most `limit`.
+    fn decided_leases(&self, now: u64, limit: u32)
+    -> BoxFuture<'_, Result<Vec<Lease>, StoreError>>;
+    /// Marks the held calls whose approval window closed as `expired` and
+    /// returns them: each lease is returned once, to one caller, however
+    /// many replicas sweep at once.
+    fn expire_held(&self, now: u64) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>>;
+    /// The stored receipts that name `lease_id`, in log order.
+    fn lease_receipts<'a>(
+        &'a self,
+        lease_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<LogRow>, StoreError>>;
     /// A second approval by the same approver is `Duplicate`.
     fn record_approval<'a>(
         &'a self,
@@ -380,5 +403,95 @@ mod tests {
             store.log_head().await.expect("head").map(|h| h.seq),
             Some(0)
         );
+    }
+
+    /// Held calls end once when their window closes, however many sweep;
+    /// the decided ones are listed newest first with the receipts naming
+    /// them. Run on both backends.
+    async fn held_leases_expire_once_and_are_listed_with_their_receipts(store: Store) {
+        let held = |id: &str, issued_at: u64| Lease {
+            state: LeaseState::PendingApproval,
+            quorum_k: 2,
+            issued_at,
+            expires_at: issued_at + 100,
+            ..lease(id)
+        };
+        for (id, at) in [("old", 100), ("new", 150), ("open", 1_000)] {
+            let lease = held(id, at);
+            store.issue_lease(&lease, 10, at).await.expect("issue");
+        }
+        let key = std::sync::Arc::new(crate::keys::KeyPair::generate().expect("key"));
+        let log = crate::audit::AuditLog::open(store.clone(), key)
+            .await
+            .expect("log");
+        for id in ["old", "new", "old"] {
+            let draft = crate::audit::ReceiptDraft {
+                tool: "db.query".into(),
+                lease: Some(id.into()),
+                ..Default::default()
+            };
+            log.append(draft).await.expect("append");
+        }
+        let (one, other) = (store.clone(), store.clone());
+        let (first, second) = tokio::join!(one.expire_held(300), other.expire_held(300));
+        let mut ended: Vec<String> = first
+            .expect("sweep")
+            .into_iter()
+            .chain(second.expect("sweep"))
+            .map(|l| l.id)
+            .collect();
+        ended.sort();
+        assert_eq!(ended, ["new", "old"], "each ended exactly once");
+        assert!(store.expire_held(300).await.expect("sweep").is_empty());
+        let decided: Vec<String> = store
+            .decided_leases(300, 10)
+            .await
+            .expect("decided")
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        assert_eq!(decided, ["new", "old"], "newest first, the open one not");
+        let seqs: Vec<u64> = store
+            .lease_receipts("old")
+            .await
+            .expect("receipts")
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, [0, 2]);
+        assert_eq!(
+            store.lease("old").await.expect("lease").map(|l| l.state),
+            Some(LeaseState::Expired)
+        );
+    }
+
+    #[tokio::test]
+    async fn held_leases_expire_once_on_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_sqlite(&dir.path().join("s.db"))
+            .await
+            .expect("open");
+        held_leases_expire_once_and_are_listed_with_their_receipts(store).await;
+    }
+
+    #[tokio::test]
+    async fn held_leases_expire_once_on_postgres() {
+        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
+            .await
+            .expect("the test PostgreSQL on 127.0.0.1:5432");
+        let name = format!("dt_store_{}", crate::random_id().expect("id"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let store = Store::open_postgres(&url, 4).await.expect("open");
+        held_leases_expire_once_and_are_listed_with_their_receipts(store.clone()).await;
+        drop(store);
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await;
     }
 }

@@ -97,6 +97,11 @@ fn to_u64(v: i64) -> Result<u64, StoreError> {
 }
 
 // A macro so that the column list is part of each statement's constant text.
+macro_rules! log_columns {
+    () => {
+        "seq, hash, leaf_hash, receipt, lease"
+    };
+}
 macro_rules! lease_columns {
     () => {
         "id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, requester_token"
@@ -320,6 +325,42 @@ where
         })
     }
 
+    fn expire_held(&self, now: u64) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>> {
+        Box::pin(async move {
+            let mut tx = DB::begin_write(&self.pool).await.map_err(failed)?;
+            let rows = sqlx::query(concat!(
+                "UPDATE leases SET state = 'expired' WHERE state = 'pending_approval' AND expires_at <= $1 RETURNING ",
+                lease_columns!()
+            ))
+            .bind(to_i64(now))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(failed)?;
+            tx.commit().await.map_err(failed)?;
+            rows.iter().map(lease_from_row).collect()
+        })
+    }
+
+    fn decided_leases(
+        &self,
+        now: u64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                lease_columns!(),
+                " FROM leases WHERE quorum_k > 0 AND (state <> 'pending_approval' OR expires_at <= $1) ORDER BY issued_at DESC, id LIMIT $2"
+            ))
+            .bind(to_i64(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(failed)?;
+            rows.iter().map(lease_from_row).collect()
+        })
+    }
+
     fn record_approval<'a>(
         &'a self,
         approval: &'a StoredApproval,
@@ -489,12 +530,13 @@ where
             }
             for row in batch {
                 sqlx::query(
-                    "INSERT INTO audit_log (seq, hash, receipt, leaf_hash) VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO audit_log (seq, hash, receipt, leaf_hash, lease) VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(to_i64(row.seq))
                 .bind(row.hash.clone())
                 .bind(row.receipt.clone())
                 .bind(row.leaf_hash.clone().unwrap_or_default())
+                .bind(row.lease.clone())
                 .execute(&mut *tx)
                 .await
                 // Serialized, a taken seq cannot happen; if it does, another
@@ -514,24 +556,47 @@ where
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<LogRow>, StoreError>> {
         Box::pin(async move {
-            let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
-                "SELECT seq, hash, leaf_hash, receipt FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2",
-            )
+            let rows: Vec<LogColumns> = sqlx::query_as(concat!(
+                "SELECT ",
+                log_columns!(),
+                " FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2"
+            ))
             .bind(to_i64(from_seq))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(failed)?;
-            rows.into_iter()
-                .map(|(seq, hash, leaf_hash, receipt)| {
-                    Ok(LogRow {
-                        seq: to_u64(seq)?,
-                        hash,
-                        leaf_hash: Some(leaf_hash).filter(|h| !h.is_empty()),
-                        receipt,
-                    })
-                })
-                .collect()
+            rows.into_iter().map(log_row).collect()
         })
     }
+
+    fn lease_receipts<'a>(
+        &'a self,
+        lease_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<LogRow>, StoreError>> {
+        Box::pin(async move {
+            let rows: Vec<LogColumns> = sqlx::query_as(concat!(
+                "SELECT ",
+                log_columns!(),
+                " FROM audit_log WHERE lease = $1 ORDER BY seq"
+            ))
+            .bind(lease_id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(failed)?;
+            rows.into_iter().map(log_row).collect()
+        })
+    }
+}
+
+type LogColumns = (i64, String, String, String, Option<String>);
+
+fn log_row((seq, hash, leaf_hash, receipt, lease): LogColumns) -> Result<LogRow, StoreError> {
+    Ok(LogRow {
+        seq: to_u64(seq)?,
+        hash,
+        leaf_hash: Some(leaf_hash).filter(|h| !h.is_empty()),
+        receipt,
+        lease,
+    })
 }

@@ -10,6 +10,7 @@
 //!   403 scope challenges, CORS, rate limits, graceful shutdown, production refusals.
 //! - `postgres`: db.query on the real PostgreSQL: types, least-privilege roles, the bypass corpus.
 //! - `quorum`: leases and k-of-n approval, the happy path and the attacks.
+//! - `inbox`: the approvers' web inbox in headless Chromium (tests/browser).
 //! - `audit_log`: the RFC 6962 log: proofs, checkpoints, tampering, kill -9.
 //! - `sandbox`: the kernel boundary of terminal.execute: escapes, an approved shell, each layer.
 //! - `cli`: the command line: init, token, keys, audit export and offline verify.
@@ -24,6 +25,7 @@ mod cli;
 mod common;
 mod http;
 mod identity;
+mod inbox;
 mod notifications;
 mod postgres;
 mod quorum;

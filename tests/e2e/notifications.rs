@@ -184,3 +184,70 @@ async fn a_held_call_is_announced_signed_retried_and_never_waited_for() {
     agent.cancel().await.expect("close");
     server.stop().await;
 }
+
+/// A held call nobody approves in time is ended by the server: one
+/// `lease_expired` receipt, one `expired` notification, and the lease is
+/// refused to the agent and to a late approver alike.
+#[tokio::test]
+async fn a_held_call_that_expires_is_recorded_and_announced_once() {
+    let (hooks, received) = receiver().await;
+    let data = DataDir::new();
+    let alice = data.approver("alice");
+    data.configure(
+        &[(&alice, None)],
+        &format!(
+            "[quorum]\nk = 1\n[leases]\nttl_s = 1\n[[notifications.webhooks]]\nurl = \"{hooks}/events\"\n"
+        ),
+    );
+    let server = data.http_server().await;
+    let agent = server
+        .client(&data.token("agent", "db:read db:admin"))
+        .await;
+    let args = json!({ "sql": "DROP TABLE orders" });
+    let (held, _) = call(&agent, "db.query", args.clone()).await;
+    let lease = lease_of(&held);
+    let events = |kind: &str| -> Vec<Value> {
+        received
+            .lock()
+            .expect("lock")
+            .requests
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.2).ok())
+            .filter(|e| e["event"] == kind)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while events("expired").is_empty() {
+        assert!(Instant::now() < deadline, "no `expired` event in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expired = events("expired");
+    assert_eq!(expired[0]["lease"]["lease_id"], lease.as_str());
+    assert_eq!(expired[0]["lease"]["state"], "expired");
+
+    let mut redeem = args;
+    redeem["lease_id"] = json!(lease);
+    let (late, _) = call(&agent, "db.query", redeem).await;
+    assert_eq!(crate::common::error_code(&late), "lease_expired", "{late}");
+    let approve = data.approve(&lease, &alice);
+    assert!(!approve.status.success());
+    assert!(
+        String::from_utf8_lossy(&approve.stderr).contains("expired"),
+        "{}",
+        String::from_utf8_lossy(&approve.stderr)
+    );
+    // Another sweep finds nothing more to end.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(events("expired").len(), 1, "announced once");
+    let receipts = data.receipts();
+    let ended: Vec<&Value> = receipts
+        .iter()
+        .filter(|r| r["body"]["decision"] == "lease_expired")
+        .collect();
+    assert_eq!(ended.len(), 1, "recorded once");
+    assert_eq!(ended[0]["body"]["lease"], lease.as_str());
+    assert_eq!(ended[0]["body"]["subject"], "agent");
+    assert_eq!(ended[0]["body"]["outcome"]["k"], 1);
+    agent.cancel().await.expect("close");
+    server.stop().await;
+}

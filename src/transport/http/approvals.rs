@@ -100,8 +100,45 @@ pub(super) async fn list_approvals(
     }
     json_response(
         StatusCode::OK,
-        json!({ "approver": approver, "pending": pending }),
+        json!({
+            "approver": approver,
+            "approver_public_key": gate.approvers().public_key_of(approver),
+            "pending": pending,
+        }),
     )
+}
+
+/// How many decided calls `GET /approvals/history` returns.
+const HISTORY_LIMIT: u32 = 20;
+
+/// `GET /approvals/history`: the held calls the caller's approver could
+/// act on that no longer wait, with their outcome and every receipt that
+/// names them (the inbox verifies those against the JWKS).
+pub(super) async fn approval_history(
+    State(state): State<HttpState>,
+    Extension(caller): Extension<Authenticated>,
+) -> Response {
+    let scope = &state.app.config.scopes.approvals_write;
+    if !caller.principal().has_scope(scope) {
+        return refuse_approval_scope(&state, &caller).await;
+    }
+    let gate = &state.app.gate;
+    let Some(approver) = gate
+        .approvers()
+        .approver_for_subject(caller.principal().subject())
+    else {
+        return json_response(StatusCode::OK, json!({ "approver": null, "decided": [] }));
+    };
+    match gate.approval_history(approver, HISTORY_LIMIT).await {
+        Ok(decided) => json_response(
+            StatusCode::OK,
+            json!({ "approver": approver, "decided": decided }),
+        ),
+        Err(_) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": "store_unavailable" }),
+        ),
+    }
 }
 
 #[derive(serde::Deserialize)]

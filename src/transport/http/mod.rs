@@ -29,6 +29,7 @@ mod approvals;
 mod auth;
 mod cors;
 mod health;
+mod inbox;
 mod origin;
 mod scope;
 
@@ -95,6 +96,7 @@ pub fn router(
             post(approvals::submit_approval).get(approvals::list_approvals),
         )
         .route("/rejections", post(approvals::submit_rejection))
+        .route("/approvals/history", get(approvals::approval_history))
         .route("/approvals/{lease_id}", get(approvals::show_approval))
         .with_state(state.clone());
     let mut protected = Router::new().nest_service("/mcp", mcp).merge(approvals);
@@ -109,7 +111,14 @@ pub fn router(
                 auth::authenticate,
             ));
     }
-    let protected = protected.layer(middleware::from_fn_with_state(
+    // The inbox's page and assets carry no data: they load without a
+    // token (the page asks for one), behind the same Host/Origin checks.
+    let inbox = Router::new()
+        .route("/approvals/", get(inbox::page))
+        .route("/approvals/inbox.js", get(inbox::script))
+        .route("/approvals/inbox.css", get(inbox::style))
+        .route("/approvals/favicon.svg", get(inbox::icon));
+    let protected = protected.merge(inbox).layer(middleware::from_fn_with_state(
         state.clone(),
         origin::check_host_and_origin,
     ));

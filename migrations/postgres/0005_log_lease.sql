@@ -1,0 +1,6 @@
+-- The lease each receipt names, so an approver's history finds a held
+-- call's receipts (held, approvals, rejection, the run) without scanning
+-- the log. Backfilled from the receipts already stored.
+ALTER TABLE audit_log ADD COLUMN lease TEXT;
+UPDATE audit_log SET lease = (receipt::jsonb) -> 'body' ->> 'lease';
+CREATE INDEX audit_log_lease ON audit_log (lease) WHERE lease IS NOT NULL;

@@ -1,0 +1,281 @@
+// The approvers' inbox. Everything an approver signs comes from the server's
+// own record of the held call (GET /approvals); the signature is made here
+// with WebCrypto Ed25519 from the approver's key file, which is never sent.
+// Text from the server is only ever placed with textContent, never parsed
+// as HTML.
+'use strict';
+
+const REFRESH_MS = 5000;
+// DER of a PKCS#8 Ed25519 private key up to its 32-byte seed (RFC 8410).
+const PKCS8_ED25519_PREFIX = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+
+const session = { token: null, key: null, approver: null, timer: null, keyset: null };
+
+const byId = (id) => document.getElementById(id);
+
+function base64url(bytes) {
+  let text = '';
+  for (const b of new Uint8Array(bytes)) text += String.fromCharCode(b);
+  return btoa(text).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+function fromBase64url(text) {
+  const padded = text.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (text.length % 4)) % 4);
+  return Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
+}
+
+function hex(bytes) {
+  return Array.from(new Uint8Array(bytes), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function when(unixSeconds) {
+  return new Date(unixSeconds * 1000).toISOString().replace('.000Z', 'Z');
+}
+
+class ServerError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(path, body) {
+  const headers = { Authorization: `Bearer ${session.token}` };
+  const options = { headers, cache: 'no-store', credentials: 'omit' };
+  if (body !== undefined) {
+    options.method = 'POST';
+    headers['Content-Type'] = 'application/json';
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, options);
+  let answer = null;
+  try {
+    answer = await response.json();
+  } catch (_) {
+    answer = null;
+  }
+  if (!response.ok) {
+    const code = answer && answer.error ? answer.error : `http_${response.status}`;
+    const text = answer && answer.error_description ? answer.error_description : `the server answered ${response.status}`;
+    throw new ServerError(response.status, code, text);
+  }
+  return answer;
+}
+
+// The key file `dualtrust approver-keygen` writes: the 32-byte Ed25519 seed
+// in hex. Returns the signing key and the public key (base64url).
+async function importKeyFile(text) {
+  const seedHex = text.trim();
+  if (!/^[0-9a-fA-F]{64}$/.test(seedHex)) {
+    throw new Error('this is not an approver key file (expected 64 hex digits)');
+  }
+  const der = new Uint8Array(48);
+  der.set(PKCS8_ED25519_PREFIX);
+  for (let i = 0; i < 32; i += 1) der[16 + i] = parseInt(seedHex.slice(2 * i, 2 * i + 2), 16);
+  // Imported once extractable, only to learn the public key, then again
+  // not extractable for signing; the first handle is dropped.
+  const probe = await crypto.subtle.importKey('pkcs8', der, { name: 'Ed25519' }, true, ['sign']);
+  const jwk = await crypto.subtle.exportKey('jwk', probe);
+  const key = await crypto.subtle.importKey('pkcs8', der, { name: 'Ed25519' }, false, ['sign']);
+  der.fill(0);
+  return { key, publicKey: jwk.x };
+}
+
+async function sign(statement) {
+  if (!session.key) throw new Error('load your approver key file first (sign in again with it)');
+  const signature = await crypto.subtle.sign({ name: 'Ed25519' }, session.key, new TextEncoder().encode(statement));
+  return base64url(signature);
+}
+
+// RFC 8785 canonical JSON: ECMAScript number and string serialization, and
+// object members sorted by UTF-16 code units, which is what JavaScript's
+// default sort compares.
+function canonical(value) {
+  if (value === null || typeof value !== 'object') return JSON.stringify(value);
+  if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
+  const members = Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonical(value[k])}`);
+  return `{${members.join(',')}}`;
+}
+
+async function serverKeys() {
+  if (!session.keyset) {
+    const response = await fetch('/.well-known/jwks.json', { cache: 'no-store', credentials: 'omit' });
+    if (!response.ok) throw new Error('the server key set could not be fetched');
+    session.keyset = await response.json();
+  }
+  return session.keyset.keys || [];
+}
+
+// Checks one receipt here, without trusting the server's word: the body's
+// canonical form hashes to `hash`, and `sig` verifies under the JWKS key
+// named by the body's `kid`. Returns the failure, or null.
+async function receiptProblem(receipt) {
+  const bytes = new TextEncoder().encode(canonical(receipt.body));
+  const digest = hex(await crypto.subtle.digest('SHA-256', bytes));
+  if (digest !== receipt.hash) return 'the body does not hash to the receipt hash';
+  const jwk = (await serverKeys()).find((k) => k.kid === receipt.body.kid && k.crv === 'Ed25519');
+  if (!jwk) return 'no key of this server has this kid';
+  const key = await crypto.subtle.importKey('jwk', { kty: 'OKP', crv: 'Ed25519', x: jwk.x }, { name: 'Ed25519' }, false, ['verify']);
+  const ok = await crypto.subtle.verify({ name: 'Ed25519' }, key, fromBase64url(receipt.sig), bytes);
+  return ok ? null : 'the signature does not verify';
+}
+
+function fill(node, selector, text) {
+  node.querySelector(selector).textContent = text;
+}
+
+function requester(view) {
+  return view.requested_by_token ? `${view.requested_by} (token ${view.requested_by_token})` : view.requested_by;
+}
+
+function renderPending(view) {
+  const item = byId('pending-template').content.firstElementChild.cloneNode(true);
+  item.dataset.lease = view.lease_id;
+  fill(item, '.summary', view.summary);
+  fill(item, '.tool', view.tool);
+  fill(item, '.requester', requester(view));
+  fill(item, '.issued', when(view.issued_at));
+  const left = Math.max(0, view.expires_at - Math.floor(Date.now() / 1000));
+  fill(item, '.expires', `${when(view.expires_at)} (in ${left} s)`);
+  const by = view.approved_by.length ? `: ${view.approved_by.join(', ')}` : '';
+  fill(item, '.tally', `${view.approvals} of ${view.k}${by}`);
+  fill(item, '.eligible', view.approvers.join(', '));
+  fill(item, '.lease', view.lease_id);
+  fill(item, '.digest', view.args_digest);
+  fill(item, '.arguments', JSON.stringify(view.arguments, null, 2));
+  fill(item, '.statement', view.sign);
+  const approve = item.querySelector('.approve');
+  const reject = item.querySelector('.reject');
+  if (view.approved_by.includes(session.approver)) {
+    approve.disabled = true;
+    fill(item, '.outcome', 'You approved this call; it waits for the others.');
+  }
+  approve.addEventListener('click', () => act(item, view, 'approve'));
+  reject.addEventListener('click', () => act(item, view, 'reject'));
+  return item;
+}
+
+async function act(item, view, what) {
+  const outcome = item.querySelector('.outcome');
+  const buttons = item.querySelectorAll('button');
+  buttons.forEach((b) => { b.disabled = true; });
+  outcome.classList.remove('error');
+  try {
+    let status;
+    if (what === 'approve') {
+      const signature = await sign(view.sign);
+      status = await api('/approvals', { lease_id: view.lease_id, approver_id: session.approver, signature });
+      outcome.textContent = status.complete
+        ? `Approved: ${status.approvals} of ${status.k}. The call may run once.`
+        : `Approved: ${status.approvals} of ${status.k} so far.`;
+    } else {
+      const reason = item.querySelector('.reason').value.trim();
+      if (!reason) throw new Error('a rejection needs a reason');
+      const statement = view.sign_to_reject.replace(/reason=<your reason>\n$/, `reason=${reason}\n`);
+      const signature = await sign(statement);
+      status = await api('/rejections', { lease_id: view.lease_id, approver_id: session.approver, signature, reason });
+      outcome.textContent = `Rejected by ${status.rejected_by}: the call will not run.`;
+    }
+    await refresh();
+  } catch (error) {
+    outcome.textContent = error.message;
+    outcome.classList.add('error');
+    buttons.forEach((b) => { b.disabled = false; });
+  }
+}
+
+function result(view) {
+  if (view.state === 'consumed') return 'Ran once, approved by ' + (view.approved_by.join(', ') || 'nobody') + '.';
+  if (view.rejection) return `Rejected by ${view.rejection.by}: ${view.rejection.reason}`;
+  if (view.state === 'expired') return `Expired with ${view.approvals} of ${view.k} approvals.`;
+  return `State: ${view.state}`;
+}
+
+async function renderDecided(view) {
+  const item = byId('history-template').content.firstElementChild.cloneNode(true);
+  item.dataset.lease = view.lease_id;
+  fill(item, '.summary', view.summary);
+  fill(item, '.result', result(view));
+  fill(item, '.meta', `${view.tool} asked by ${requester(view)} at ${when(view.issued_at)}; lease ${view.lease_id}`);
+  const list = item.querySelector('.receipts');
+  for (const receipt of view.receipts) {
+    const line = document.createElement('li');
+    const body = receipt.body;
+    const what = `#${body.seq} ${body.decision}${body.reason ? ` (${body.reason})` : ''} by ${body.subject || 'the server'} via ${body.transport}`;
+    let problem;
+    try {
+      problem = await receiptProblem(receipt);
+    } catch (error) {
+      problem = `could not be checked: ${error.message}`;
+    }
+    line.textContent = problem ? `${what}: NOT VERIFIED, ${problem}` : `${what}: verified`;
+    line.className = problem ? 'unverified' : 'verified';
+    list.appendChild(line);
+  }
+  return item;
+}
+
+async function refresh() {
+  const status = byId('status');
+  try {
+    const [pending, history] = await Promise.all([api('/approvals'), api('/approvals/history')]);
+    const open = pending.pending.map(renderPending);
+    // An approver mid-way through typing a reason keeps their item.
+    const typing = Array.from(byId('pending').children).filter((li) => li.querySelector('.reason').value);
+    const kept = new Map(typing.map((li) => [li.dataset.lease, li]));
+    byId('pending').replaceChildren(...open.map((li) => kept.get(li.dataset.lease) || li));
+    byId('none-pending').hidden = open.length > 0;
+    byId('history').replaceChildren(...(await Promise.all(history.decided.map(renderDecided))));
+    status.textContent = `Updated ${new Date().toLocaleTimeString()}.`;
+    status.classList.remove('error');
+  } catch (error) {
+    status.textContent = `Could not refresh: ${error.message}`;
+    status.classList.add('error');
+    if (error.status === 401) signOut('Your token was refused; sign in again.');
+  }
+}
+
+function signOut(message) {
+  clearInterval(session.timer);
+  Object.assign(session, { token: null, key: null, approver: null, timer: null });
+  byId('inbox').hidden = true;
+  byId('who').hidden = true;
+  byId('signin').hidden = false;
+  byId('signin-error').textContent = message || '';
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const error = byId('signin-error');
+  error.textContent = '';
+  session.token = byId('token').value.trim();
+  try {
+    const file = byId('keyfile').files[0];
+    const imported = file ? await importKeyFile(await file.text()) : null;
+    const listing = await api('/approvals');
+    if (!listing.approver) throw new Error("this token's subject is not a registered approver");
+    if (imported && listing.approver_public_key && imported.publicKey !== listing.approver_public_key) {
+      throw new Error(`this key file is not approver ${listing.approver}'s registered key`);
+    }
+    session.approver = listing.approver;
+    session.key = imported ? imported.key : null;
+  } catch (failure) {
+    session.token = null;
+    error.textContent = failure.message;
+    return;
+  }
+  byId('token').value = '';
+  byId('keyfile').value = '';
+  byId('signin').hidden = true;
+  byId('inbox').hidden = false;
+  const who = byId('who');
+  who.textContent = `Signed in as approver ${session.approver}${session.key ? '' : ' (no key loaded: you can read, not sign)'}`;
+  who.hidden = false;
+  await refresh();
+  session.timer = setInterval(refresh, REFRESH_MS);
+}
+
+document.addEventListener('DOMContentLoaded', () => {
+  byId('signin-form').addEventListener('submit', signIn);
+});

@@ -1,0 +1,193 @@
+// Drives the approvals inbox in Debian's Chromium (playwright-core), as an
+// approver would. Run by tests/e2e/inbox.rs, which starts the server, holds
+// the agent's calls and checks what ran; this script only uses the page.
+//
+//   node inbox.mjs decide   approve/reject in the page (alice, then bob)
+//   node inbox.mjs history  the decided calls and their receipts, checked in
+//                           the page; a tampered receipt must fail the check
+//
+// Everything comes from the environment (DT_BASE, DT_ALICE_TOKEN, ...).
+// Exits non-zero with a message on the first failed expectation.
+import { chromium } from 'playwright-core';
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+const base = env('DT_BASE');
+const shots = env('DT_SCREENSHOTS');
+mkdirSync(shots, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.DT_CHROMIUM || '/usr/bin/chromium',
+  args: [
+    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+});
+
+// A fresh browser profile per approver; every page error, console error,
+// dialog (an injected `alert`) or CSP violation fails the run.
+async function openInbox(name) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console error: ${m.text()}`); });
+  page.on('dialog', (d) => { problems.push(`a dialog opened: ${d.message()}`); d.dismiss(); });
+  const response = await page.goto(`${base}/approvals/`);
+  assert.equal(response.status(), 200);
+  const csp = response.headers()['content-security-policy'] || '';
+  assert.match(csp, /script-src 'self'/, 'the page carries a strict CSP');
+  assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/);
+  return { name, context, page, problems };
+}
+
+async function signIn(inbox, token, keyFile) {
+  const { page } = inbox;
+  await page.fill('#token', token);
+  if (keyFile) await page.setInputFiles('#keyfile', keyFile);
+  await page.click('#signin-button');
+}
+
+async function signedIn(inbox) {
+  await inbox.page.waitForSelector('#inbox:not([hidden])', { timeout: 10000 });
+}
+
+const item = (inbox, list, lease) => inbox.page.locator(`#${list} li[data-lease="${lease}"]`);
+
+async function done(inbox) {
+  assert.deepEqual(inbox.problems, [], `${inbox.name}'s page stayed clean`);
+  await inbox.context.close();
+}
+
+async function decide() {
+  const dropLease = env('DT_DROP_LEASE');
+  const deleteLease = env('DT_DELETE_LEASE');
+  const oddLease = env('DT_ODD_LEASE');
+
+  // Bob with alice's key file: refused at sign-in, nothing signed.
+  const wrong = await openInbox('bob with the wrong key');
+  await signIn(wrong, env('DT_BOB_TOKEN'), env('DT_ALICE_KEY'));
+  await wrong.page.waitForFunction(() => document.getElementById('signin-error').textContent.length > 0);
+  assert.match(await wrong.page.textContent('#signin-error'), /not approver bob's registered key/);
+  await done(wrong);
+
+  // A token the server refuses: the page says so and stays signed out.
+  const forged = await openInbox('a forged token');
+  await signIn(forged, `${env('DT_BOB_TOKEN')}x`, null);
+  await forged.page.waitForFunction(() => document.getElementById('signin-error').textContent.length > 0);
+  assert.equal(await forged.page.isVisible('#inbox'), false);
+  forged.problems = forged.problems.filter((p) => !/401/.test(p));
+  await done(forged);
+
+  const alice = await openInbox('alice');
+  await signIn(alice, env('DT_ALICE_TOKEN'), env('DT_ALICE_KEY'));
+  await signedIn(alice);
+  const drop = item(alice, 'pending', dropLease);
+  await drop.waitFor({ timeout: 10000 });
+  const shown = await drop.innerText();
+  assert.match(shown, /DROP TABLE orders/, 'the exact statement is shown');
+  assert.match(shown, /relations: orders|orders/, 'the table it touches is shown');
+  assert.match(shown, /agent/, 'who asked is shown');
+  assert.match(shown, /0 of 2/);
+  // A hostile argument is shown as text: no markup, no script ran.
+  const odd = item(alice, 'pending', oddLease);
+  await odd.waitFor();
+  assert.match(await odd.innerText(), /<img src=x onerror=alert\(1\)>/);
+  assert.equal(await odd.locator('img').count(), 0, 'no element was made from the arguments');
+  await alice.page.screenshot({ path: `${shots}/inbox-pending.png`, fullPage: true });
+
+  await drop.locator('button.approve').click();
+  await alice.page.waitForFunction(
+    (lease) => /1 of 2/.test(document.querySelector(`#pending li[data-lease="${lease}"] .tally`)?.textContent || ''),
+    dropLease, { timeout: 10000 },
+  );
+
+  const del = item(alice, 'pending', deleteLease);
+  // Reject without a reason: refused in the page, nothing sent.
+  await del.locator('button.reject').click();
+  await alice.page.waitForFunction(
+    (lease) => /needs a reason/.test(document.querySelector(`#pending li[data-lease="${lease}"] .outcome`)?.textContent || ''),
+    deleteLease,
+  );
+  await del.locator('input.reason').fill('not during the quarter close');
+  await del.locator('button.reject').click();
+  await item(alice, 'pending', deleteLease).waitFor({ state: 'detached', timeout: 10000 });
+  await done(alice);
+
+  const bob = await openInbox('bob');
+  await signIn(bob, env('DT_BOB_TOKEN'), env('DT_BOB_KEY'));
+  await signedIn(bob);
+  const bobDrop = item(bob, 'pending', dropLease);
+  await bobDrop.waitFor({ timeout: 10000 });
+  assert.match(await bobDrop.innerText(), /1 of 2: alice/);
+  assert.equal(await item(bob, 'pending', deleteLease).count(), 0, 'a rejected call no longer waits');
+  await bobDrop.locator('button.approve').click();
+  await bob.page.waitForFunction(
+    (lease) => !document.querySelector(`#pending li[data-lease="${lease}"]`)
+      || /may run once/.test(document.querySelector(`#pending li[data-lease="${lease}"] .outcome`)?.textContent || ''),
+    dropLease, { timeout: 10000 },
+  );
+  await bob.page.screenshot({ path: `${shots}/inbox-approved.png`, fullPage: true });
+  await done(bob);
+}
+
+async function history() {
+  const dropLease = env('DT_DROP_LEASE');
+  const deleteLease = env('DT_DELETE_LEASE');
+  const alice = await openInbox('alice');
+  await signIn(alice, env('DT_ALICE_TOKEN'), env('DT_ALICE_KEY'));
+  await signedIn(alice);
+  const ran = item(alice, 'history', dropLease);
+  await ran.waitFor({ timeout: 10000 });
+  await alice.page.waitForFunction(
+    (lease) => document.querySelectorAll(`#history li[data-lease="${lease}"] .receipts li`).length >= 4,
+    dropLease, { timeout: 10000 },
+  );
+  const ranText = await ran.innerText();
+  assert.match(ranText, /Ran once, approved by alice, bob/);
+  assert.match(ranText, /approval_recorded/);
+  assert.match(ranText, /allowed/);
+  assert.doesNotMatch(ranText, /NOT VERIFIED/);
+  assert.equal(await ran.locator('.receipts li.verified').count(), await ran.locator('.receipts li').count());
+  const rejected = await item(alice, 'history', deleteLease).innerText();
+  assert.match(rejected, /Rejected by alice: not during the quarter close/);
+  assert.match(rejected, /rejection_recorded/);
+  await alice.page.screenshot({ path: `${shots}/inbox-history.png`, fullPage: true });
+  await done(alice);
+
+  // The check runs in the page: a receipt altered on the way (here by the
+  // test, as a lying server would) is shown as not verified.
+  const tampered = await openInbox('alice, served a tampered receipt');
+  await tampered.page.route('**/approvals/history', async (route) => {
+    const response = await route.fetch();
+    const body = await response.json();
+    const entry = body.decided.find((d) => d.lease_id === dropLease);
+    const receipt = entry.receipts.find((r) => r.body.decision === 'allowed');
+    receipt.body.subject = 'someone-else';
+    await route.fulfill({ response, json: body });
+  });
+  await signIn(tampered, env('DT_ALICE_TOKEN'), null);
+  await signedIn(tampered);
+  const forged = item(tampered, 'history', dropLease);
+  await forged.waitFor({ timeout: 10000 });
+  await tampered.page.waitForFunction(
+    (lease) => /NOT VERIFIED/.test(document.querySelector(`#history li[data-lease="${lease}"]`)?.textContent || ''),
+    dropLease, { timeout: 10000 },
+  );
+  assert.equal(await forged.locator('.receipts li.unverified').count(), 1);
+  await done(tampered);
+}
+
+try {
+  const phase = process.argv[2];
+  if (phase === 'decide') await decide();
+  else if (phase === 'history') await history();
+  else throw new Error(`unknown phase ${phase}`);
+} finally {
+  await browser.close();
+}

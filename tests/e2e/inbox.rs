@@ -1,0 +1,117 @@
+//! The approvals inbox in a real browser: Debian's Chromium driven by
+//! `tests/browser/inbox.mjs` (playwright-core) against the real server,
+//! with the agent on rmcp's HTTP client. The test holds the calls, the
+//! browser decides them, the test checks what ran.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::common::{Approver, DataDir, call, error_code, lease_of, status};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn browser_tests() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let ready = Path::new(CHROMIUM).exists() && dir.join("node_modules/playwright-core").exists();
+    if ready {
+        return Some(dir);
+    }
+    // tools/test installs both and sets this, so CI can never skip.
+    assert!(
+        std::env::var_os("DUALTRUST_REQUIRE_BROWSER").is_none(),
+        "the browser tests need {CHROMIUM} and `npm ci --prefix tests/browser`"
+    );
+    eprintln!("skipped: no Chromium or playwright-core here (tools/test installs them)");
+    None
+}
+
+fn run_page(dir: &Path, phase: &str, vars: &[(&str, String)]) {
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    let out = std::process::Command::new("node")
+        .arg(dir.join("inbox.mjs"))
+        .arg(phase)
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("DT_SCREENSHOTS", shots)
+        .output()
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "the inbox in the browser, phase {phase}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn key(approver: &Approver) -> String {
+    approver.key.to_str().expect("utf8").to_string()
+}
+
+#[tokio::test]
+async fn approvers_decide_held_calls_in_the_inbox_and_check_the_receipts() {
+    let Some(dir) = browser_tests() else {
+        return;
+    };
+    let data = DataDir::new();
+    let (alice, bob) = (data.approver("alice"), data.approver("bob"));
+    data.configure(
+        &[(&alice, Some("alice@idp")), (&bob, Some("bob@idp"))],
+        "[quorum]\nk = 2\n",
+    );
+    let server = data.http_server().await;
+    let agent = server
+        .client(&data.token("agent", "db:read db:admin"))
+        .await;
+    let drop_table = json!({ "sql": "DROP TABLE orders" });
+    let delete = json!({ "sql": "DELETE FROM customers" });
+    let odd = json!({ "sql": "DROP TABLE \"<img src=x onerror=alert(1)>\"" });
+    let mut leases = Vec::new();
+    for args in [&drop_table, &delete, &odd] {
+        let (held, _) = call(&agent, "db.query", args.clone()).await;
+        assert_eq!(status(&held), "approval_required", "{held}");
+        leases.push(lease_of(&held));
+    }
+    let vars = vec![
+        ("DT_BASE", server.base.clone()),
+        ("DT_ALICE_TOKEN", data.token("alice@idp", "approvals:write")),
+        ("DT_BOB_TOKEN", data.token("bob@idp", "approvals:write")),
+        ("DT_ALICE_KEY", key(&alice)),
+        ("DT_BOB_KEY", key(&bob)),
+        ("DT_DROP_LEASE", leases[0].clone()),
+        ("DT_DELETE_LEASE", leases[1].clone()),
+        ("DT_ODD_LEASE", leases[2].clone()),
+    ];
+    run_page(&dir, "decide", &vars);
+
+    // Approved by both in the page: the call runs, exactly once.
+    let with_lease = |args: &serde_json::Value, lease: &str| {
+        let mut args = args.clone();
+        args["lease_id"] = json!(lease);
+        args
+    };
+    let (ran, _) = call(&agent, "db.query", with_lease(&drop_table, &leases[0])).await;
+    assert_eq!(status(&ran), "ok", "{ran}");
+    let (gone, _) = call(
+        &agent,
+        "db.query",
+        json!({ "sql": "SELECT count(*) FROM orders" }),
+    )
+    .await;
+    assert_eq!(
+        error_code(&gone),
+        "sql_error",
+        "the table was dropped: {gone}"
+    );
+    let (again, _) = call(&agent, "db.query", with_lease(&drop_table, &leases[0])).await;
+    assert_eq!(error_code(&again), "lease_consumed", "{again}");
+    // Rejected in the page: the agent's retry is refused with who and why.
+    let (refused, _) = call(&agent, "db.query", with_lease(&delete, &leases[1])).await;
+    assert_eq!(error_code(&refused), "rejected", "{refused}");
+    let text = refused.to_string();
+    assert!(
+        text.contains("alice") && text.contains("not during the quarter close"),
+        "{text}"
+    );
+    run_page(&dir, "history", &vars);
+    server.stop().await;
+}
