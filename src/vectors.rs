@@ -102,6 +102,7 @@ fn vector_lease() -> Lease {
         args_json: String::new(),
         quorum_k: 1,
         requester_token: None,
+        requester_address: None,
     }
 }
 

@@ -138,6 +138,7 @@ fn lease_from_view(view: &Value) -> Result<Lease, String> {
         args_json: String::new(),
         quorum_k: 0,
         requester_token: None,
+        requester_address: None,
     };
     if view["sign"].as_str() != Some(approval_message(&lease).as_str()) {
         return Err("the statement to sign is not the one the view describes".into());
@@ -169,11 +170,12 @@ fn review(view: &Value, question: &str, yes: bool) -> Result<Lease, BoxError> {
     )?;
     writeln!(
         out,
-        "requested by {} (token {}), {} s ago",
+        "requested by {} (token {}) from {}, {} s ago",
         lease.subject,
         view["requested_by_token"]
             .as_str()
             .unwrap_or("without a jti"),
+        view["requested_from"].as_str().unwrap_or("stdio"),
         now.saturating_sub(view["issued_at"].as_u64().unwrap_or(now))
     )?;
     writeln!(out, "tool         {}", lease.tool)?;
@@ -335,6 +337,7 @@ mod tests {
             args_json: String::new(),
             quorum_k: 1,
             requester_token: None,
+            requester_address: None,
         };
         lease.summary.push_str(": `DROP TABLE orders`");
         json!({

@@ -10,11 +10,23 @@ use super::admit::Preadmitted;
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     principal: Principal,
+    /// Where the request came from, when a network transport knows.
+    address: Option<std::net::IpAddr>,
 }
 
 impl Authenticated {
     pub fn principal(&self) -> &Principal {
         &self.principal
+    }
+
+    pub fn address(&self) -> Option<std::net::IpAddr> {
+        self.address
+    }
+
+    /// The same caller, known to have come from `address`.
+    pub fn from_address(mut self, address: Option<std::net::IpAddr>) -> Self {
+        self.address = address;
+        self
     }
 
     /// A principal no token stands behind, for the benchmark's gate-off
@@ -23,6 +35,7 @@ impl Authenticated {
     pub(super) fn unchecked_for_benchmark() -> Self {
         Self {
             principal: Principal::unverified_for_benchmark(),
+            address: None,
         }
     }
 }
@@ -48,7 +61,10 @@ impl Gate {
                 Err(_) => return Err(IdentityError::Unavailable),
             }
         }
-        Ok(Authenticated { principal })
+        Ok(Authenticated {
+            principal,
+            address: None,
+        })
     }
 
     pub(super) async fn identify(

@@ -44,6 +44,7 @@ impl Gate {
             args_json: String::new(),
             quorum_k: 0,
             requester_token: caller.principal().token_id().map(String::from),
+            requester_address: caller.address().map(|a| a.to_string()),
         }
     }
 

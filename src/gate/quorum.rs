@@ -62,6 +62,7 @@ pub fn approval_view(
         "tool": lease.tool,
         "requested_by": lease.subject,
         "requested_by_token": lease.requester_token,
+        "requested_from": lease.requester_address,
         "issued_at": lease.issued_at,
         "summary": lease.summary,
         "arguments": serde_json::from_str::<serde_json::Value>(&lease.args_json).unwrap_or(serde_json::Value::Null),
@@ -486,6 +487,7 @@ mod tests {
             args_json: "{}".into(),
             quorum_k: 2,
             requester_token: None,
+            requester_address: None,
         }
     }
 

@@ -34,10 +34,7 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/sqlite/0005_lease_requester_token.sql"),
     ),
-    (
-        6,
-        include_str!("../../migrations/sqlite/0006_log_lease.sql"),
-    ),
+    (6, include_str!("../../migrations/sqlite/0006_inbox.sql")),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -54,10 +51,7 @@ pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/postgres/0004_lease_requester_token.sql"),
     ),
-    (
-        5,
-        include_str!("../../migrations/postgres/0005_log_lease.sql"),
-    ),
+    (5, include_str!("../../migrations/postgres/0005_inbox.sql")),
 ];
 
 /// Store failures. `Display` is safe to show a caller; the underlying
@@ -160,6 +154,8 @@ pub struct Lease {
     pub quorum_k: u32,
     /// The `jti` of the token that asked, when it had one.
     pub requester_token: Option<String>,
+    /// The client address the call came from, over HTTP.
+    pub requester_address: Option<String>,
 }
 
 /// A rejection as stored: who refused a held call, why, and their signature
@@ -350,6 +346,7 @@ mod tests {
             args_json: "{}".into(),
             quorum_k: 0,
             requester_token: None,
+            requester_address: None,
         }
     }
 

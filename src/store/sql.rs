@@ -104,12 +104,12 @@ macro_rules! log_columns {
 }
 macro_rules! lease_columns {
     () => {
-        "id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, requester_token"
+        "id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, requester_token, requester_address"
     };
 }
 
-const INSERT_LEASE: &str = "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, consumed_at, requester_token) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+const INSERT_LEASE: &str = "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, consumed_at, requester_token, requester_address) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
 /// The single-use compare-and-set: only the one caller that moves this
 /// lease to `consumed`, for its own subject, tool and argument digest,
@@ -148,6 +148,9 @@ where
         requester_token: row
             .try_get("requester_token")
             .map_err(|_| StoreError::Corrupt)?,
+        requester_address: row
+            .try_get("requester_address")
+            .map_err(|_| StoreError::Corrupt)?,
     })
 }
 
@@ -176,6 +179,7 @@ where
         // A lease stored already consumed was minted and used at once.
         .bind((lease.state == LeaseState::Consumed).then(|| to_i64(lease.issued_at)))
         .bind(lease.requester_token.clone())
+        .bind(lease.requester_address.clone())
         .execute(conn)
         .await
         .map(|_| ())

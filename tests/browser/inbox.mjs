@@ -92,7 +92,7 @@ async function decide() {
   const shown = await drop.innerText();
   assert.match(shown, /DROP TABLE orders/, 'the exact statement is shown');
   assert.match(shown, /relations: orders|orders/, 'the table it touches is shown');
-  assert.match(shown, /agent/, 'who asked is shown');
+  assert.match(shown, /agent \(token [0-9a-f]{32}\) from 127\.0\.0\.1/, 'who asked, with which token, from where');
   assert.match(shown, /0 of 2/);
   // A hostile argument is shown as text: no markup, no script ran.
   const odd = item(alice, 'pending', oddLease);

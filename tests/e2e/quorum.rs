@@ -254,6 +254,7 @@ async fn destructive_command_runs_once_after_k_approvals() {
         approval["requested_by_token"].is_string() && approval["issued_at"].is_u64(),
         "the view says which token asked, and when: {approval}"
     );
+    assert!(approval["requested_from"].is_null(), "stdio has no address");
     assert!(
         approval["summary"]
             .as_str()
@@ -598,6 +599,7 @@ async fn approvals_over_http_are_bound_to_the_approver_the_lease_and_the_key() {
         .await
         .expect("json");
     assert_eq!(view["requested_by"], "carol@idp");
+    assert_eq!(view["requested_from"], "127.0.0.1", "{view}");
     assert!(
         view["summary"]
             .as_str()
@@ -787,8 +789,105 @@ async fn approvals_over_http_are_bound_to_the_approver_the_lease_and_the_key() {
     )
     .await;
     assert_eq!(error_code(&env), "rejected", "{env}");
+
+    // What an approver reads needs the scope too; each refusal is recorded.
+    let before = data.receipts().len();
+    let weak = data.token("alice@idp", "db:read");
+    for path in [
+        "/approvals".to_string(),
+        "/approvals/history".to_string(),
+        format!("/approvals/{lease}"),
+    ] {
+        let r = http
+            .get(format!("{}{path}", server.base))
+            .bearer_auth(&weak)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status().as_u16(), 403, "{path}");
+    }
+    let refusals = data.receipts();
+    assert_eq!(refusals.len(), before + 3);
+    assert!(
+        refusals[before..]
+            .iter()
+            .all(|r| r["body"]["reason"] == "insufficient_scope")
+    );
+    // Alice's history: both calls, how they ended, and their receipts.
+    let history: Value = http
+        .get(format!("{}/approvals/history", server.base))
+        .bearer_auth(&alice_token)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let decided = history["decided"].as_array().expect("decided");
+    let entry = |id: &str| {
+        decided
+            .iter()
+            .find(|d| d["lease_id"] == id)
+            .unwrap_or_else(|| panic!("{id} in {history}"))
+            .clone()
+    };
+    assert_eq!(entry(&lease)["state"], "consumed");
+    assert_eq!(entry(&other_lease)["rejection"]["reason"], reason);
+    let ran = entry(&lease);
+    let decisions: Vec<&str> = ran["receipts"]
+        .as_array()
+        .expect("receipts")
+        .iter()
+        .filter_map(|r| r["body"]["decision"].as_str())
+        .collect();
+    for decision in ["approval_required", "approval_recorded", "allowed"] {
+        assert!(decisions.contains(&decision), "{decisions:?}");
+    }
     agent.cancel().await.expect("close");
     server.stop().await;
+}
+
+/// Suspending an approver is removing their key from the configuration:
+/// from the next start their approvals, even those already given, count
+/// for nothing.
+#[tokio::test]
+async fn an_approver_whose_key_is_removed_no_longer_counts() {
+    let (data, alice, bob, carol) = setup("");
+    let token = data.token("agent", "db:read db:admin");
+    let args = json!({ "sql": "DELETE FROM orders" });
+    let client = data.stdio_client(Some(&token)).await;
+    let (held, _) = call(&client, "db.query", args.clone()).await;
+    let lease = lease_of(&held);
+    assert!(data.approve(&lease, &alice).status.success());
+    client.cancel().await.expect("close");
+
+    data.configure(
+        &[(&bob, None), (&carol, Some("carol@idp"))],
+        "[quorum]\nk = 2\n",
+    );
+    assert!(data.approve(&lease, &bob).status.success());
+    let refused = data.approve(&lease, &alice);
+    assert!(!refused.status.success(), "alice is no longer registered");
+    let client = data.stdio_client(Some(&token)).await;
+    let mut redeem = args;
+    redeem["lease_id"] = json!(lease);
+    let (env, _) = call(&client, "db.query", redeem.clone()).await;
+    assert_eq!(
+        status(&env),
+        "approval_required",
+        "alice's approval lapsed: {env}"
+    );
+    assert!(
+        env["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1 of 2"),
+        "{env}"
+    );
+    assert!(data.approve(&lease, &carol).status.success());
+    let (env, _) = call(&client, "db.query", redeem).await;
+    assert_eq!(status(&env), "ok", "{env}");
+    client.cancel().await.expect("close");
 }
 
 #[tokio::test]

@@ -42,6 +42,7 @@ pub(super) async fn authenticate(
     };
     match verdict {
         Ok(caller) => {
+            let caller = caller.from_address(client_address(&request));
             request.extensions_mut().insert(caller);
             next.run(request).await
         }

@@ -126,7 +126,9 @@ function fill(node, selector, text) {
 }
 
 function requester(view) {
-  return view.requested_by_token ? `${view.requested_by} (token ${view.requested_by_token})` : view.requested_by;
+  const token = view.requested_by_token ? ` (token ${view.requested_by_token})` : '';
+  const from = view.requested_from ? ` from ${view.requested_from}` : ' over stdio';
+  return `${view.requested_by}${token}${from}`;
 }
 
 function renderPending(view) {

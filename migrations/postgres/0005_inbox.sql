@@ -4,3 +4,5 @@
 ALTER TABLE audit_log ADD COLUMN lease TEXT;
 UPDATE audit_log SET lease = (receipt::jsonb) -> 'body' ->> 'lease';
 CREATE INDEX audit_log_lease ON audit_log (lease) WHERE lease IS NOT NULL;
+-- The network address a held call came from (HTTP), for the review.
+ALTER TABLE leases ADD COLUMN requester_address TEXT;
