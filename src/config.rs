@@ -622,6 +622,32 @@ impl Default for LeaseConfig {
     }
 }
 
+/// The approvers' web inbox at `/approvals/`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxConfig {
+    /// Sign-in through the deployment's identity provider; without it,
+    /// approvers paste a token the provider issued them.
+    pub oauth: Option<InboxOAuthConfig>,
+}
+
+/// OAuth 2.1 authorization code with PKCE (S256), the page being a public
+/// client: the provider redirects back to `<public_url>/approvals/` and the
+/// page redeems the code at the token endpoint itself (which must allow
+/// the inbox's origin by CORS). The access token it gets must pass this
+/// server's `[identity]` checks like any other.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxOAuthConfig {
+    pub client_id: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    /// Scopes asked for; empty means the approvals scope
+    /// (`scopes.approvals_write`).
+    #[serde(default)]
+    pub scope: String,
+}
+
 /// Who is told when a call is held, approved or rejected.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -711,6 +737,7 @@ pub struct FileConfig {
     pub passport: PassportConfig,
     pub scopes: ScopeConfig,
     pub notifications: NotificationsConfig,
+    pub inbox: InboxConfig,
 }
 
 /// The validated configuration. Paths are absolute.
@@ -731,6 +758,7 @@ pub struct Config {
     pub leases: LeaseConfig,
     pub limits: LimitsConfig,
     pub notifications: NotificationsConfig,
+    pub inbox: InboxConfig,
 }
 
 impl Config {
@@ -940,6 +968,7 @@ impl Config {
                 ));
             }
         }
+        let inbox = validate_inbox(raw.inbox, raw.mode, &raw.scopes)?;
         positive(
             "notifications.attempts",
             u64::from(raw.notifications.attempts),
@@ -1005,6 +1034,7 @@ impl Config {
             leases: raw.leases,
             limits: raw.limits,
             notifications: raw.notifications,
+            inbox,
         })
     }
 }
@@ -1025,6 +1055,49 @@ pub fn origin_matches(allowed: &[String], origin: &str) -> bool {
             a.eq_ignore_ascii_case(origin)
         }
     })
+}
+
+fn validate_inbox(
+    inbox: InboxConfig,
+    mode: Mode,
+    scopes: &ScopeConfig,
+) -> Result<InboxConfig, ConfigError> {
+    let Some(mut oauth) = inbox.oauth else {
+        return Ok(InboxConfig { oauth: None });
+    };
+    if oauth.client_id.trim().is_empty() {
+        return Err(ConfigError::key(
+            "inbox.oauth.client_id",
+            "must not be empty",
+        ));
+    }
+    for (key, value) in [
+        (
+            "inbox.oauth.authorization_endpoint",
+            &oauth.authorization_endpoint,
+        ),
+        ("inbox.oauth.token_endpoint", &oauth.token_endpoint),
+    ] {
+        let url = reqwest::Url::parse(value).map_err(|_| ConfigError::key(key, "not a URL"))?;
+        let loopback = url
+            .host_str()
+            .is_some_and(|h| matches!(h, "localhost" | "127.0.0.1" | "[::1]"));
+        let acceptable = match url.scheme() {
+            "https" => true,
+            "http" => loopback && mode != Mode::Production,
+            _ => false,
+        };
+        if !acceptable {
+            return Err(ConfigError::key(
+                key,
+                "must be https:// (plain http only to a loopback provider in development)",
+            ));
+        }
+    }
+    if oauth.scope.trim().is_empty() {
+        oauth.scope = scopes.approvals_write.clone();
+    }
+    Ok(InboxConfig { oauth: Some(oauth) })
 }
 
 fn validate_identity(raw: &FileConfig) -> Result<(), ConfigError> {
@@ -1444,6 +1517,44 @@ mod tests {
         assert!(err.to_string().contains("identity.dev_tokens"), "{err}");
         let err = load("[http]\nallowed_origins = [\"*\"]\n", &[]).expect_err("wildcard");
         assert!(err.to_string().contains("allowed_origins"), "{err}");
+    }
+
+    #[test]
+    fn inbox_sign_in_needs_a_client_and_https_endpoints() {
+        let oauth = |client: &str, authorize: &str| {
+            format!(
+                "[inbox.oauth]\nclient_id = \"{client}\"\nauthorization_endpoint = \"{authorize}\"\ntoken_endpoint = \"https://idp.example/token\"\n"
+            )
+        };
+        let config = load(&oauth("inbox", "https://idp.example/authorize"), &[]).expect("valid");
+        let loaded = config.inbox.oauth.expect("oauth");
+        assert_eq!(
+            loaded.scope, "approvals:write",
+            "defaults to the approvals scope"
+        );
+        load(&oauth("inbox", "http://127.0.0.1:9/authorize"), &[])
+            .expect("loopback in development");
+        for (text, key) in [
+            (
+                oauth(" ", "https://idp.example/authorize"),
+                "inbox.oauth.client_id",
+            ),
+            (
+                oauth("inbox", "http://idp.example/authorize"),
+                "inbox.oauth.authorization_endpoint",
+            ),
+            (
+                oauth("inbox", "javascript:alert(1)"),
+                "inbox.oauth.authorization_endpoint",
+            ),
+            (
+                oauth("inbox", "not a url"),
+                "inbox.oauth.authorization_endpoint",
+            ),
+        ] {
+            let err = load(&text, &[]).expect_err(&text);
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //   node inbox.mjs decide   approve/reject in the page (alice, then bob)
 //   node inbox.mjs history  the decided calls and their receipts, checked in
 //                           the page; a tampered receipt must fail the check
+//   node inbox.mjs oauth    sign in through the identity provider, approve
 //
 // Everything comes from the environment (DT_BASE, DT_ALICE_TOKEN, ...).
 // Exits non-zero with a message on the first failed expectation.
@@ -46,15 +47,28 @@ async function openInbox(name) {
   return { name, context, page, problems };
 }
 
-async function signIn(inbox, token, keyFile) {
-  const { page } = inbox;
-  await page.fill('#token', token);
-  if (keyFile) await page.setInputFiles('#keyfile', keyFile);
-  await page.click('#signin-button');
+async function signIn(inbox, token) {
+  await inbox.page.fill('#token', token);
+  await inbox.page.click('#signin-button');
 }
 
 async function signedIn(inbox) {
   await inbox.page.waitForSelector('#inbox:not([hidden])', { timeout: 10000 });
+}
+
+// Loads a key file into the signed-in page; returns what the page says.
+async function loadKey(inbox, keyFile) {
+  const before = await inbox.page.textContent('#key-state');
+  await inbox.page.setInputFiles('#keyfile', keyFile);
+  await inbox.page.waitForFunction((text) => document.getElementById('key-state').textContent !== text, before);
+  return inbox.page.textContent('#key-state');
+}
+
+// Signs in with a token and, if given, loads the key file.
+async function ready(inbox, token, keyFile) {
+  await signIn(inbox, token);
+  await signedIn(inbox);
+  if (keyFile) assert.match(await loadKey(inbox, keyFile), /Key loaded/);
 }
 
 const item = (inbox, list, lease) => inbox.page.locator(`#${list} li[data-lease="${lease}"]`);
@@ -69,24 +83,31 @@ async function decide() {
   const deleteLease = env('DT_DELETE_LEASE');
   const oddLease = env('DT_ODD_LEASE');
 
-  // Bob with alice's key file: refused at sign-in, nothing signed.
+  // Bob with alice's key file: refused when loaded; without a key the
+  // page reads but cannot sign.
   const wrong = await openInbox('bob with the wrong key');
-  await signIn(wrong, env('DT_BOB_TOKEN'), env('DT_ALICE_KEY'));
-  await wrong.page.waitForFunction(() => document.getElementById('signin-error').textContent.length > 0);
-  assert.match(await wrong.page.textContent('#signin-error'), /not approver bob's registered key/);
+  await ready(wrong, env('DT_BOB_TOKEN'), null);
+  assert.match(await loadKey(wrong, env('DT_ALICE_KEY')), /not approver bob's registered key/);
+  const unsigned = item(wrong, 'pending', dropLease);
+  await unsigned.waitFor({ timeout: 10000 });
+  await unsigned.locator('button.approve').click();
+  await wrong.page.waitForFunction(
+    (lease) => /load your approver key file/.test(document.querySelector(`#pending li[data-lease="${lease}"] .outcome`)?.textContent || ''),
+    dropLease,
+  );
+  assert.match(await unsigned.innerText(), /0 of 2/);
   await done(wrong);
 
   // A token the server refuses: the page says so and stays signed out.
   const forged = await openInbox('a forged token');
-  await signIn(forged, `${env('DT_BOB_TOKEN')}x`, null);
+  await signIn(forged, `${env('DT_BOB_TOKEN')}x`);
   await forged.page.waitForFunction(() => document.getElementById('signin-error').textContent.length > 0);
   assert.equal(await forged.page.isVisible('#inbox'), false);
   forged.problems = forged.problems.filter((p) => !/401/.test(p));
   await done(forged);
 
   const alice = await openInbox('alice');
-  await signIn(alice, env('DT_ALICE_TOKEN'), env('DT_ALICE_KEY'));
-  await signedIn(alice);
+  await ready(alice, env('DT_ALICE_TOKEN'), env('DT_ALICE_KEY'));
   const drop = item(alice, 'pending', dropLease);
   await drop.waitFor({ timeout: 10000 });
   const shown = await drop.innerText();
@@ -120,8 +141,7 @@ async function decide() {
   await done(alice);
 
   const bob = await openInbox('bob');
-  await signIn(bob, env('DT_BOB_TOKEN'), env('DT_BOB_KEY'));
-  await signedIn(bob);
+  await ready(bob, env('DT_BOB_TOKEN'), env('DT_BOB_KEY'));
   const bobDrop = item(bob, 'pending', dropLease);
   await bobDrop.waitFor({ timeout: 10000 });
   assert.match(await bobDrop.innerText(), /1 of 2: alice/);
@@ -140,8 +160,7 @@ async function history() {
   const dropLease = env('DT_DROP_LEASE');
   const deleteLease = env('DT_DELETE_LEASE');
   const alice = await openInbox('alice');
-  await signIn(alice, env('DT_ALICE_TOKEN'), env('DT_ALICE_KEY'));
-  await signedIn(alice);
+  await ready(alice, env('DT_ALICE_TOKEN'), null);
   const ran = item(alice, 'history', dropLease);
   await ran.waitFor({ timeout: 10000 });
   await alice.page.waitForFunction(
@@ -171,8 +190,7 @@ async function history() {
     receipt.body.subject = 'someone-else';
     await route.fulfill({ response, json: body });
   });
-  await signIn(tampered, env('DT_ALICE_TOKEN'), null);
-  await signedIn(tampered);
+  await ready(tampered, env('DT_ALICE_TOKEN'), null);
   const forged = item(tampered, 'history', dropLease);
   await forged.waitFor({ timeout: 10000 });
   await tampered.page.waitForFunction(
@@ -183,10 +201,44 @@ async function history() {
   await done(tampered);
 }
 
+// Sign-in through the identity provider (the test's, on loopback): the
+// page goes there, comes back with a code, redeems it with its PKCE
+// verifier, and approves. A forged answer (a state this tab never sent) is
+// refused before any code is redeemed.
+async function oauth() {
+  const lease = env('DT_DROP_LEASE');
+  const forged = await openInbox('a forged sign-in answer');
+  await forged.page.goto(`${base}/approvals/?code=stolen&state=not-mine`);
+  await forged.page.waitForFunction(() => document.getElementById('signin-error').textContent.length > 0);
+  assert.match(await forged.page.textContent('#signin-error'), /does not belong to a sign-in started here/);
+  assert.equal(await forged.page.isVisible('#inbox'), false);
+  assert.equal(forged.page.url(), `${base}/approvals/`, 'the code is gone from the address bar');
+  await done(forged);
+
+  const alice = await openInbox('alice via the identity provider');
+  await alice.page.waitForSelector('#oauth-button:visible');
+  await alice.page.click('#oauth-button');
+  await signedIn(alice);
+  assert.equal(alice.page.url(), `${base}/approvals/`, 'the code is gone from the address bar');
+  assert.match(await alice.page.textContent('#who'), /approver alice/);
+  assert.match(await loadKey(alice, env('DT_ALICE_KEY')), /Key loaded/);
+  const held = item(alice, 'pending', lease);
+  await held.waitFor({ timeout: 10000 });
+  await held.locator('button.approve').click();
+  await alice.page.waitForFunction(
+    (id) => !document.querySelector(`#pending li[data-lease="${id}"]`)
+      || /may run once/.test(document.querySelector(`#pending li[data-lease="${id}"] .outcome`)?.textContent || ''),
+    lease, { timeout: 10000 },
+  );
+  await alice.page.screenshot({ path: `${shots}/inbox-oauth.png`, fullPage: true });
+  await done(alice);
+}
+
 try {
   const phase = process.argv[2];
   if (phase === 'decide') await decide();
   else if (phase === 'history') await history();
+  else if (phase === 'oauth') await oauth();
   else throw new Error(`unknown phase ${phase}`);
 } finally {
   await browser.close();

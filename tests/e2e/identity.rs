@@ -4,151 +4,15 @@
 //! attacker would try. Every rejection is checked for its status, its
 //! receipt, and that nothing changed.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 use crate::common::{DataDir, HttpServer, call, status, www_authenticate};
-
-const ISSUER: &str = "https://idp.test";
-const AUDIENCE: &str = "https://dualtrust.test/mcp";
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/fixtures/idp/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-struct SigningKey {
-    algorithm: Algorithm,
-    key: EncodingKey,
-    jwk: Value,
-}
-
-/// A local identity provider: signing keys, and a JWKS endpoint that counts
-/// its requests and can be rotated.
-struct Idp {
-    base: String,
-    keys: HashMap<&'static str, SigningKey>,
-    published: Arc<Mutex<Vec<&'static str>>>,
-    hits: Arc<AtomicUsize>,
-    /// While false the JWKS endpoint answers 503.
-    up: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Idp {
-    async fn start(published: &[&'static str]) -> Self {
-        let mut keys = HashMap::new();
-        for (kid, file, algorithm) in [
-            ("rsa-1", "rsa1.pem", Algorithm::RS256),
-            ("rsa-2", "rsa2.pem", Algorithm::RS256),
-            ("ec-1", "ec.pem", Algorithm::ES256),
-            ("ed-1", "ed25519.pem", Algorithm::EdDSA),
-        ] {
-            let pem = fixture(file);
-            let key = match algorithm {
-                Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
-                Algorithm::ES256 => EncodingKey::from_ec_pem(&pem),
-                _ => EncodingKey::from_ed_pem(&pem),
-            }
-            .expect("fixture key");
-            let mut jwk = Jwk::from_encoding_key(&key, algorithm).expect("jwk");
-            jwk.common.key_id = Some(kid.to_string());
-            let jwk = serde_json::to_value(jwk).expect("jwk json");
-            keys.insert(
-                kid,
-                SigningKey {
-                    algorithm,
-                    key,
-                    jwk,
-                },
-            );
-        }
-        let published = Arc::new(Mutex::new(published.to_vec()));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let set: HashMap<&'static str, Value> =
-            keys.iter().map(|(k, v)| (*k, v.jwk.clone())).collect();
-        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let (serve_published, serve_hits, serve_up) = (published.clone(), hits.clone(), up.clone());
-        let app = axum::Router::new().route(
-            "/jwks",
-            axum::routing::get(move || {
-                let published = serve_published.clone();
-                let hits = serve_hits.clone();
-                let set = set.clone();
-                let up = serve_up.load(Ordering::SeqCst);
-                async move {
-                    use axum::response::IntoResponse;
-                    hits.fetch_add(1, Ordering::SeqCst);
-                    if !up {
-                        return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
-                    }
-                    let kids = published.lock().expect("lock").clone();
-                    let keys: Vec<Value> = kids.iter().map(|k| set[k].clone()).collect();
-                    axum::Json(json!({ "keys": keys })).into_response()
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind idp");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self {
-            base,
-            keys,
-            published,
-            hits,
-            up,
-        }
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
-    }
-
-    fn publish(&self, kids: &[&'static str]) {
-        *self.published.lock().expect("lock") = kids.to_vec();
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    fn claims(sub: &str, scope: &str) -> Value {
-        let now = dualtrust::now_unix();
-        json!({
-            "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "scope": scope,
-            "iat": now, "exp": now + 600,
-            "jti": dualtrust::random_id().expect("id"),
-        })
-    }
-
-    /// A token signed with `kid`, its claims edited by `edit`.
-    fn mint(&self, kid: &str, scope: &str, edit: impl FnOnce(&mut Value)) -> String {
-        let signer = &self.keys[kid];
-        let mut claims = Self::claims("agent-7", scope);
-        edit(&mut claims);
-        let mut header = Header::new(signer.algorithm);
-        header.kid = Some(kid.to_string());
-        jsonwebtoken::encode(&header, &claims, &signer.key).expect("sign")
-    }
-
-    /// Configures `data` to trust this IdP's JWKS URL.
-    fn configure(&self, data: &DataDir, extra: &str) {
-        let text = format!(
-            "[identity]\ndev_tokens = false\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_url = \"{}/jwks\"\n{extra}",
-            self.base
-        );
-        std::fs::write(data.path.join("dualtrust.toml"), text).expect("config");
-    }
-}
+use crate::idp::{AUDIENCE, ISSUER, Idp, fixture};
 
 fn initialize_body(version: &str) -> String {
     json!({

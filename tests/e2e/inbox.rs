@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::common::{Approver, DataDir, call, error_code, lease_of, status};
+use crate::idp::{INBOX_CLIENT_ID, Idp};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -26,14 +27,18 @@ fn browser_tests() -> Option<PathBuf> {
     None
 }
 
-fn run_page(dir: &Path, phase: &str, vars: &[(&str, String)]) {
+/// Runs one phase of the browser script; awaited, so servers the test runs
+/// in-process (the identity provider) keep answering the browser.
+async fn run_page(dir: &Path, phase: &str, vars: &[(&str, String)]) {
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
-    let out = std::process::Command::new("node")
+    let out = tokio::process::Command::new("node")
         .arg(dir.join("inbox.mjs"))
         .arg(phase)
         .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .env("DT_SCREENSHOTS", shots)
+        .kill_on_drop(true)
         .output()
+        .await
         .expect("run node");
     assert!(
         out.status.success(),
@@ -81,7 +86,7 @@ async fn approvers_decide_held_calls_in_the_inbox_and_check_the_receipts() {
         ("DT_DELETE_LEASE", leases[1].clone()),
         ("DT_ODD_LEASE", leases[2].clone()),
     ];
-    run_page(&dir, "decide", &vars);
+    run_page(&dir, "decide", &vars).await;
 
     // Approved by both in the page: the call runs, exactly once.
     let with_lease = |args: &serde_json::Value, lease: &str| {
@@ -112,6 +117,52 @@ async fn approvers_decide_held_calls_in_the_inbox_and_check_the_receipts() {
         text.contains("alice") && text.contains("not during the quarter close"),
         "{text}"
     );
-    run_page(&dir, "history", &vars);
+    run_page(&dir, "history", &vars).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn approvers_sign_in_to_the_inbox_through_the_identity_provider() {
+    let Some(dir) = browser_tests() else {
+        return;
+    };
+    let idp = Idp::start(&["ec-1"]).await;
+    let data = DataDir::new();
+    let alice = data.approver("alice");
+    idp.configure(
+        &data,
+        &format!(
+            "[quorum]\nk = 1\n[inbox.oauth]\nclient_id = \"{INBOX_CLIENT_ID}\"\nauthorization_endpoint = \"{base}/authorize\"\ntoken_endpoint = \"{base}/token\"\n[[approvers]]\nid = \"alice\"\npublic_key = \"{key}\"\nsubject = \"alice@idp\"\n",
+            base = idp.base,
+            key = alice.public_key,
+        ),
+    );
+    let server = data.http_server().await;
+    idp.sign_in_as("alice@idp", &format!("{}/approvals/", server.base));
+    let agent = server
+        .client(&idp.mint("ec-1", "db:read db:admin", |_| {}))
+        .await;
+    let args = json!({ "sql": "DROP TABLE orders" });
+    let (held, _) = call(&agent, "db.query", args.clone()).await;
+    let lease = lease_of(&held);
+    run_page(
+        &dir,
+        "oauth",
+        &[
+            ("DT_BASE", server.base.clone()),
+            ("DT_ALICE_KEY", key(&alice)),
+            ("DT_DROP_LEASE", lease.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        idp.token_requests(),
+        1,
+        "the forged answer never reached the token endpoint"
+    );
+    let mut redeem = args;
+    redeem["lease_id"] = json!(lease);
+    let (ran, _) = call(&agent, "db.query", redeem).await;
+    assert_eq!(status(&ran), "ok", "{ran}");
     server.stop().await;
 }

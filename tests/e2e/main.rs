@@ -3,6 +3,7 @@
 //!
 //! Modules:
 //! - `common`: data directories, tokens, spawning servers and clients.
+//! - `idp`: a local identity provider (JWKS, OAuth authorization code + PKCE).
 //! - `replicas`: two servers sharing a PostgreSQL store; a private PostgreSQL stopped and restarted.
 //! - `stdio`: the gate through the stdio transport, allowed and denied calls.
 //! - `http`: the HTTP front door (401/403 answers, metadata, JWKS) and MCP over it.
@@ -25,6 +26,7 @@ mod cli;
 mod common;
 mod http;
 mod identity;
+mod idp;
 mod inbox;
 mod notifications;
 mod postgres;

@@ -113,11 +113,7 @@ pub fn router(
     }
     // The inbox's page and assets carry no data: they load without a
     // token (the page asks for one), behind the same Host/Origin checks.
-    let inbox = Router::new()
-        .route("/approvals/", get(inbox::page))
-        .route("/approvals/inbox.js", get(inbox::script))
-        .route("/approvals/inbox.css", get(inbox::style))
-        .route("/approvals/favicon.svg", get(inbox::icon));
+    let inbox = inbox::routes(&state.app.config.inbox);
     let protected = protected.merge(inbox).layer(middleware::from_fn_with_state(
         state.clone(),
         origin::check_host_and_origin,

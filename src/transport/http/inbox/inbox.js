@@ -9,7 +9,12 @@ const REFRESH_MS = 5000;
 // DER of a PKCS#8 Ed25519 private key up to its 32-byte seed (RFC 8410).
 const PKCS8_ED25519_PREFIX = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
-const session = { token: null, key: null, approver: null, timer: null, keyset: null };
+const session = { token: null, key: null, approver: null, publicKey: null, timer: null, keyset: null };
+// The last outcome shown on each held call, kept across refreshes.
+const notes = new Map();
+// What the page keeps across the provider's redirect (this tab only): the
+// PKCE verifier and the state it sent, removed as soon as it is back.
+const PENDING_SIGNIN = 'dualtrust.inbox.signin';
 
 const byId = (id) => document.getElementById(id);
 
@@ -83,7 +88,7 @@ async function importKeyFile(text) {
 }
 
 async function sign(statement) {
-  if (!session.key) throw new Error('load your approver key file first (sign in again with it)');
+  if (!session.key) throw new Error('load your approver key file first');
   const signature = await crypto.subtle.sign({ name: 'Ed25519' }, session.key, new TextEncoder().encode(statement));
   return base64url(signature);
 }
@@ -153,6 +158,11 @@ function renderPending(view) {
     approve.disabled = true;
     fill(item, '.outcome', 'You approved this call; it waits for the others.');
   }
+  const note = notes.get(view.lease_id);
+  if (note) {
+    fill(item, '.outcome', note.text);
+    item.querySelector('.outcome').classList.toggle('error', note.error);
+  }
   approve.addEventListener('click', () => act(item, view, 'approve'));
   reject.addEventListener('click', () => act(item, view, 'reject'));
   return item;
@@ -163,26 +173,30 @@ async function act(item, view, what) {
   const buttons = item.querySelectorAll('button');
   buttons.forEach((b) => { b.disabled = true; });
   outcome.classList.remove('error');
+  const say = (text, error) => {
+    notes.set(view.lease_id, { text, error });
+    outcome.textContent = text;
+    outcome.classList.toggle('error', error);
+  };
   try {
     let status;
     if (what === 'approve') {
       const signature = await sign(view.sign);
       status = await api('/approvals', { lease_id: view.lease_id, approver_id: session.approver, signature });
-      outcome.textContent = status.complete
+      say(status.complete
         ? `Approved: ${status.approvals} of ${status.k}. The call may run once.`
-        : `Approved: ${status.approvals} of ${status.k} so far.`;
+        : `Approved: ${status.approvals} of ${status.k} so far.`, false);
     } else {
       const reason = item.querySelector('.reason').value.trim();
       if (!reason) throw new Error('a rejection needs a reason');
       const statement = view.sign_to_reject.replace(/reason=<your reason>\n$/, `reason=${reason}\n`);
       const signature = await sign(statement);
       status = await api('/rejections', { lease_id: view.lease_id, approver_id: session.approver, signature, reason });
-      outcome.textContent = `Rejected by ${status.rejected_by}: the call will not run.`;
+      say(`Rejected by ${status.rejected_by}: the call will not run.`, false);
     }
     await refresh();
   } catch (error) {
-    outcome.textContent = error.message;
-    outcome.classList.add('error');
+    say(error.message, true);
     buttons.forEach((b) => { b.disabled = false; });
   }
 }
@@ -240,44 +254,152 @@ async function refresh() {
 
 function signOut(message) {
   clearInterval(session.timer);
-  Object.assign(session, { token: null, key: null, approver: null, timer: null });
+  Object.assign(session, { token: null, key: null, approver: null, publicKey: null, timer: null });
+  notes.clear();
   byId('inbox').hidden = true;
   byId('who').hidden = true;
   byId('signin').hidden = false;
   byId('signin-error').textContent = message || '';
 }
 
-async function signIn(event) {
-  event.preventDefault();
-  const error = byId('signin-error');
-  error.textContent = '';
-  session.token = byId('token').value.trim();
+function showWho() {
+  const who = byId('who');
+  who.textContent = `Signed in as approver ${session.approver}`;
+  who.hidden = false;
+}
+
+// Signs in with `token`: the server must know its subject as an approver.
+async function signInWith(token) {
+  session.token = token;
   try {
-    const file = byId('keyfile').files[0];
-    const imported = file ? await importKeyFile(await file.text()) : null;
     const listing = await api('/approvals');
     if (!listing.approver) throw new Error("this token's subject is not a registered approver");
-    if (imported && listing.approver_public_key && imported.publicKey !== listing.approver_public_key) {
-      throw new Error(`this key file is not approver ${listing.approver}'s registered key`);
-    }
     session.approver = listing.approver;
-    session.key = imported ? imported.key : null;
+    session.publicKey = listing.approver_public_key;
   } catch (failure) {
     session.token = null;
-    error.textContent = failure.message;
+    byId('signin-error').textContent = failure.message;
     return;
   }
-  byId('token').value = '';
-  byId('keyfile').value = '';
+  byId('signin-error').textContent = '';
   byId('signin').hidden = true;
   byId('inbox').hidden = false;
-  const who = byId('who');
-  who.textContent = `Signed in as approver ${session.approver}${session.key ? '' : ' (no key loaded: you can read, not sign)'}`;
-  who.hidden = false;
+  showWho();
   await refresh();
   session.timer = setInterval(refresh, REFRESH_MS);
 }
 
-document.addEventListener('DOMContentLoaded', () => {
-  byId('signin-form').addEventListener('submit', signIn);
-});
+async function signInWithToken(event) {
+  event.preventDefault();
+  const token = byId('token').value.trim();
+  byId('token').value = '';
+  await signInWith(token);
+}
+
+async function loadKey() {
+  const input = byId('keyfile');
+  const state = byId('key-state');
+  const file = input.files[0];
+  input.value = '';
+  session.key = null;
+  state.classList.remove('error');
+  if (!file) return;
+  try {
+    const imported = await importKeyFile(await file.text());
+    if (session.publicKey && imported.publicKey !== session.publicKey) {
+      throw new Error(`this key file is not approver ${session.approver}'s registered key`);
+    }
+    session.key = imported.key;
+    state.textContent = `Key loaded: you sign as approver ${session.approver}.`;
+  } catch (failure) {
+    state.textContent = `${failure.message}. No key loaded.`;
+    state.classList.add('error');
+  }
+}
+
+function randomText(bytes) {
+  return base64url(crypto.getRandomValues(new Uint8Array(bytes)));
+}
+
+// OAuth 2.1 authorization code with PKCE (S256): off to the provider,
+// which sends the approver back here with a code.
+async function startOAuth(oauth) {
+  const verifier = randomText(32);
+  const state = randomText(16);
+  const challenge = base64url(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier)));
+  sessionStorage.setItem(PENDING_SIGNIN, JSON.stringify({ verifier, state }));
+  const url = new URL(oauth.authorization_endpoint);
+  url.search = new URLSearchParams({
+    response_type: 'code',
+    client_id: oauth.client_id,
+    redirect_uri: redirectUri(),
+    scope: oauth.scope,
+    state,
+    code_challenge: challenge,
+    code_challenge_method: 'S256',
+  }).toString();
+  window.location.assign(url.toString());
+}
+
+function redirectUri() {
+  return `${window.location.origin}/approvals/`;
+}
+
+// Back from the provider: the state must be the one this tab sent, then
+// the code is redeemed with the verifier only this tab holds.
+async function finishOAuth(oauth, params) {
+  const pending = JSON.parse(sessionStorage.getItem(PENDING_SIGNIN) || 'null');
+  sessionStorage.removeItem(PENDING_SIGNIN);
+  window.history.replaceState(null, '', redirectUri());
+  if (params.get('error')) {
+    throw new Error(`the identity provider refused: ${params.get('error')}`);
+  }
+  if (!pending || !params.get('state') || params.get('state') !== pending.state) {
+    throw new Error('this sign-in answer does not belong to a sign-in started here; start again');
+  }
+  const response = await fetch(oauth.token_endpoint, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+    credentials: 'omit',
+    cache: 'no-store',
+    body: new URLSearchParams({
+      grant_type: 'authorization_code',
+      code: params.get('code') || '',
+      redirect_uri: redirectUri(),
+      client_id: oauth.client_id,
+      code_verifier: pending.verifier,
+    }).toString(),
+  });
+  const answer = await response.json().catch(() => null);
+  if (!response.ok || !answer || typeof answer.access_token !== 'string') {
+    const why = answer && answer.error ? answer.error : `status ${response.status}`;
+    throw new Error(`the identity provider did not issue a token (${why})`);
+  }
+  return answer.access_token;
+}
+
+async function start() {
+  byId('signin-form').addEventListener('submit', signInWithToken);
+  byId('keyfile').addEventListener('change', loadKey);
+  let signin = { oauth: null };
+  try {
+    const response = await fetch('/approvals/signin', { cache: 'no-store', credentials: 'omit' });
+    if (response.ok) signin = await response.json();
+  } catch (_) {
+    signin = { oauth: null };
+  }
+  const oauth = signin.oauth;
+  if (!oauth) return;
+  byId('oauth-signin').hidden = false;
+  byId('oauth-button').addEventListener('click', () => startOAuth(oauth));
+  const params = new URLSearchParams(window.location.search);
+  if (params.has('code') || params.has('error')) {
+    try {
+      await signInWith(await finishOAuth(oauth, params));
+    } catch (failure) {
+      byId('signin-error').textContent = failure.message;
+    }
+  }
+}
+
+document.addEventListener('DOMContentLoaded', start);
