@@ -71,7 +71,7 @@ impl OAuth {
         let registered = self.redirect_uri.lock().expect("lock").clone();
         let ok = q.get("response_type").map(String::as_str) == Some("code")
             && q.get("client_id").map(String::as_str) == Some(INBOX_CLIENT_ID)
-            && q.get("redirect_uri").is_some()
+            && q.contains_key("redirect_uri")
             && q.get("redirect_uri") == registered.as_ref()
             && q.get("code_challenge_method").map(String::as_str) == Some("S256")
             && q.get("code_challenge").is_some_and(|c| c.len() == 43);
