@@ -115,8 +115,19 @@ impl Desk {
         // Approvals here are the operator's, not a token's: nobody is
         // authenticated, so no key is trusted.
         let verifier = Arc::new(TokenVerifier::trusting_no_one(&config.identity));
-        let gate = Gate::new(verifier, store.clone(), log, Policy::from_config(config));
+        // What is decided here is announced like what the server decides;
+        // the command waits for delivery before it exits (`Desk::finish`).
+        let gate = Gate::new(verifier, store.clone(), log, Policy::from_config(config))
+            .with_notifier(Notifier::start(&config.notifications, server_key));
         Ok(Self { store, gate })
+    }
+
+    /// Gives the notifications of this command time to be delivered.
+    pub async fn finish(&self) {
+        const LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+        if !self.gate.notifier().flush(LIMIT).await {
+            tracing::warn!("some notifications were not delivered before the command exited");
+        }
     }
 }
 

@@ -574,6 +574,9 @@ pub struct QuorumRule {
     /// Approver ids eligible; empty means every registered approver.
     #[serde(default)]
     pub approvers: Vec<String>,
+    /// Rejections that end a held call of this tool; unset: `quorum.rejections`.
+    #[serde(default)]
+    pub rejections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -585,12 +588,16 @@ pub struct QuorumConfig {
     pub approvers: Vec<String>,
     /// Per-tool rules, keyed by tool name (`db.query`, `terminal.execute`).
     pub overrides: std::collections::BTreeMap<String, QuorumRule>,
+    /// Signed rejections by distinct eligible approvers that end a held
+    /// call at once (until then each is recorded and shown).
+    pub rejections: usize,
 }
 
 impl Default for QuorumConfig {
     fn default() -> Self {
         Self {
             k: 3,
+            rejections: 1,
             approvers: Vec::new(),
             overrides: std::collections::BTreeMap::new(),
         }
@@ -1240,20 +1247,31 @@ fn validate_quorum(raw: &FileConfig) -> Result<Vec<Approver>, ConfigError> {
             subject: approver.subject.clone(),
         });
     }
-    let mut rules: Vec<(String, usize, &Vec<String>)> =
-        vec![("quorum".into(), raw.quorum.k, &raw.quorum.approvers)];
+    let mut rules: Vec<(String, usize, usize, &Vec<String>)> = vec![(
+        "quorum".into(),
+        raw.quorum.k,
+        raw.quorum.rejections,
+        &raw.quorum.approvers,
+    )];
     for (tool, rule) in &raw.quorum.overrides {
         rules.push((
             format!("quorum.overrides.\"{tool}\""),
             rule.k,
+            rule.rejections.unwrap_or(raw.quorum.rejections),
             &rule.approvers,
         ));
     }
-    for (key, k, eligible) in rules {
+    for (key, k, rejections, eligible) in rules {
         if k == 0 {
             return Err(ConfigError::key(
                 &format!("{key}.k"),
                 "must be at least 1: destructive calls always need approval",
+            ));
+        }
+        if rejections == 0 {
+            return Err(ConfigError::key(
+                &format!("{key}.rejections"),
+                "must be at least 1",
             ));
         }
         if let Some(unknown) = eligible.iter().find(|id| !seen.contains(id.as_str())) {
@@ -1272,6 +1290,12 @@ fn validate_quorum(raw: &FileConfig) -> Result<Vec<Approver>, ConfigError> {
             return Err(ConfigError::key(
                 &format!("{key}.k"),
                 format!("{k} approvals can never be reached with {n} eligible approvers"),
+            ));
+        }
+        if !seen.is_empty() && rejections > n {
+            return Err(ConfigError::key(
+                &format!("{key}.rejections"),
+                format!("{rejections} rejections can never be reached with {n} eligible approvers"),
             ));
         }
     }
@@ -1517,6 +1541,32 @@ mod tests {
         assert!(err.to_string().contains("identity.dev_tokens"), "{err}");
         let err = load("[http]\nallowed_origins = [\"*\"]\n", &[]).expect_err("wildcard");
         assert!(err.to_string().contains("allowed_origins"), "{err}");
+    }
+
+    #[test]
+    fn rejections_needed_must_be_reachable() {
+        let mut approvers = String::new();
+        for id in ["alice", "bob"] {
+            let key = crate::keys::KeyPair::generate().expect("key");
+            let x = key.public_jwk()["x"].as_str().expect("x").to_string();
+            approvers.push_str(&format!(
+                "[[approvers]]\nid = \"{id}\"\npublic_key = \"{x}\"\n"
+            ));
+        }
+        let with = |quorum: &str| format!("{approvers}[quorum]\nk = 1\n{quorum}");
+        let config = load(&with("rejections = 2\n"), &[]).expect("two of two");
+        assert_eq!(config.quorum.rejections, 2);
+        for (quorum, key) in [
+            ("rejections = 0\n", "quorum.rejections"),
+            ("rejections = 3\n", "quorum.rejections"),
+            (
+                "[quorum.overrides.\"db.query\"]\nk = 1\nrejections = 3\n",
+                "quorum.overrides.\"db.query\".rejections",
+            ),
+        ] {
+            let err = load(&with(quorum), &[]).expect_err(quorum);
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Deliveries {
     pub retried: AtomicU64,
     pub failed: AtomicU64,
     pub dropped: AtomicU64,
+    /// Events accepted and not yet delivered or given up on.
+    outstanding: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -74,21 +76,29 @@ impl Notifier {
         let counts = deliveries.clone();
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
-                for hook in &webhooks {
-                    let Some((body, signature)) = signed_body(hook, &event, &key) else {
-                        continue;
-                    };
-                    let delivery = Delivery {
-                        http: http.clone(),
-                        url: hook.url.clone(),
-                        body,
-                        signature,
-                        attempts,
-                        base,
-                        counts: counts.clone(),
-                    };
-                    tokio::spawn(delivery.run());
-                }
+                let deliveries: Vec<_> = webhooks
+                    .iter()
+                    .filter_map(|hook| {
+                        let (body, signature) = signed_body(hook, &event, &key)?;
+                        Some(
+                            Delivery {
+                                http: http.clone(),
+                                url: hook.url.clone(),
+                                body,
+                                signature,
+                                attempts,
+                                base,
+                                counts: counts.clone(),
+                            }
+                            .run(),
+                        )
+                    })
+                    .collect();
+                let counts = counts.clone();
+                tokio::spawn(async move {
+                    futures_util::future::join_all(deliveries).await;
+                    counts.outstanding.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
         Self {
@@ -99,12 +109,29 @@ impl Notifier {
 
     /// Hands `event` over without waiting; a full queue drops it.
     pub fn notify(&self, event: Event) {
-        if let Some(queue) = &self.queue
-            && queue.try_send(event).is_err()
-        {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        self.deliveries.outstanding.fetch_add(1, Ordering::SeqCst);
+        if queue.try_send(event).is_err() {
+            self.deliveries.outstanding.fetch_sub(1, Ordering::SeqCst);
             self.deliveries.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("a notification was dropped: the delivery queue is full");
         }
+    }
+
+    /// Waits, up to `limit`, until every event handed over was delivered or
+    /// given up on: for a process about to exit (the command line).
+    /// Returns whether it got there.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.deliveries.outstanding.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     pub fn enabled(&self) -> bool {

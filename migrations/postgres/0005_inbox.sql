@@ -6,3 +6,7 @@ UPDATE audit_log SET lease = (receipt::jsonb) -> 'body' ->> 'lease';
 CREATE INDEX audit_log_lease ON audit_log (lease) WHERE lease IS NOT NULL;
 -- The network address a held call came from (HTTP), for the review.
 ALTER TABLE leases ADD COLUMN requester_address TEXT;
+-- Policy may need more than one rejection to end a held call: one row per
+-- approver per lease.
+ALTER TABLE rejections DROP CONSTRAINT rejections_pkey;
+ALTER TABLE rejections ADD PRIMARY KEY (lease_id, approver_id);

@@ -91,6 +91,14 @@ impl HeldCalls {
         })
     }
 
+    /// Lets what a local decision announced reach the webhooks before the
+    /// command exits (the server announces remote ones itself).
+    async fn finish(&self) {
+        if let Self::Local(desk) = self {
+            desk.finish().await;
+        }
+    }
+
     /// The approval view of one held call, as the server builds it.
     async fn view(&self, lease_id: &str) -> Result<Value, BoxError> {
         match self {
@@ -278,6 +286,7 @@ pub(super) async fn approve(config: &Config, signing: &Signing) -> Result<(), Bo
             ""
         }
     );
+    desk.finish().await;
     Ok(())
 }
 
@@ -296,25 +305,33 @@ pub(super) async fn reject(
     let desk = HeldCalls::open(config, server.as_deref()).await?;
     let lease = review(&desk.view(lease_id).await?, "Reject this call?", *yes)?;
     let signature = sign(key, &rejection_message(&lease, reason))?;
-    match &desk {
+    let status = match &desk {
         HeldCalls::Remote(remote) => {
             let body = json!({ "lease_id": lease.id, "approver_id": approver, "signature": signature, "reason": reason });
             remote
                 .post("/rejections", &body)
                 .await
-                .map_err(|e| format!("rejection not recorded: {e}"))?;
+                .map_err(|e| format!("rejection not recorded: {e}"))?
         }
-        HeldCalls::Local(desk) => {
+        HeldCalls::Local(desk) => serde_json::to_value(
             desk.gate
                 .submit_rejection("cli", None, &lease.id, approver, &signature, reason)
                 .await
-                .map_err(|e| format!("rejection not recorded: {e}"))?;
-        }
+                .map_err(|e| format!("rejection not recorded: {e}"))?,
+        )?,
+    };
+    if status["ended"].as_bool() == Some(true) {
+        println!(
+            "lease {} rejected by {approver}: the call will not run",
+            lease.id
+        );
+    } else {
+        println!(
+            "rejection recorded: {} of {} needed to end lease {}; it still waits",
+            status["rejections"], status["needed"], lease.id
+        );
     }
-    println!(
-        "lease {} rejected by {approver}: the call will not run",
-        lease.id
-    );
+    desk.finish().await;
     Ok(())
 }
 

@@ -6,7 +6,9 @@ use serde::Serialize;
 
 use crate::audit::{Decision, Receipt};
 use crate::identity::Principal;
-use crate::store::{Lease, LeaseState, StoreError, StoredApproval, StoredRejection};
+use crate::store::{
+    Lease, LeaseState, RejectionTally, StoreError, StoredApproval, StoredRejection,
+};
 
 use super::admit::valid_lease_id;
 use super::quorum::ApprovalError;
@@ -195,8 +197,15 @@ impl Gate {
         let result = self
             .check_and_reject(submitter, lease_id, approver_id, signature, reason)
             .await;
-        let outcome = result.map(|()| {
-            serde_json::json!({ "approver": approver_id, "signature": signature, "reason": reason })
+        let outcome = result.as_ref().map_err(|e| *e).map(|(tally, needed)| {
+            serde_json::json!({
+                "approver": approver_id,
+                "signature": signature,
+                "reason": reason,
+                "rejections": tally.rejections,
+                "needed": needed,
+                "ended": tally.ended,
+            })
         });
         let receipt = self
             .record_submission(
@@ -207,12 +216,19 @@ impl Gate {
                 approver_id,
             )
             .await?;
-        self.notify_lease("rejected", lease_id, Some(approver_id), Some(reason))
-            .await;
+        // A refusal was returned by `record_submission` already.
+        let (tally, needed) = result?;
+        if tally.ended {
+            self.notify_lease("rejected", lease_id, Some(approver_id), Some(reason))
+                .await;
+        }
         Ok(RejectionStatus {
             lease_id: lease_id.to_string(),
             rejected_by: approver_id.to_string(),
             reason: reason.to_string(),
+            rejections: tally.rejections,
+            needed,
+            ended: tally.ended,
             receipt: Some(receipt),
         })
     }
@@ -224,7 +240,7 @@ impl Gate {
         approver_id: &str,
         signature: &str,
         reason: &str,
-    ) -> Result<(), ApprovalError> {
+    ) -> Result<(RejectionTally, u32), ApprovalError> {
         let lease = self.pending_lease(lease_id, submitter, approver_id).await?;
         self.policy.approvers.check_rejection(
             &lease,
@@ -240,10 +256,16 @@ impl Gate {
             reason: reason.to_string(),
             signed_at: now,
         };
-        match self.store.reject_lease(lease_id, &rejection, now).await {
-            Ok(true) => Ok(()),
+        let needed = self.policy.approvers.rule_for(&lease.tool).rejections;
+        match self
+            .store
+            .reject_lease(lease_id, &rejection, now, needed)
+            .await
+        {
+            Ok(Some(tally)) => Ok((tally, needed)),
             // Approved and redeemed, expired or rejected in between.
-            Ok(false) => Err(ApprovalError::LeaseNotPending),
+            Ok(None) => Err(ApprovalError::LeaseNotPending),
+            Err(StoreError::Duplicate) => Err(ApprovalError::Duplicate),
             Err(_) => Err(ApprovalError::StoreUnavailable),
         }
     }
@@ -298,6 +320,11 @@ pub struct RejectionStatus {
     pub lease_id: String,
     pub rejected_by: String,
     pub reason: String,
+    /// Rejections recorded so far, and how many end the call.
+    pub rejections: u32,
+    pub needed: u32,
+    /// Whether this rejection ended the call.
+    pub ended: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub receipt: Option<Receipt>,
 }

@@ -185,12 +185,20 @@ impl Gate {
         } else if lease.state == LeaseState::Expired {
             Err(Denial::LeaseExpired)
         } else if lease.state != LeaseState::Ready && lease.state != LeaseState::PendingApproval {
-            match self.store.rejection(id).await {
-                Ok(Some(rejection)) => Err(Denial::Rejected {
-                    by: rejection.approver_id,
-                    reason: rejection.reason,
+            match self.store.rejections(id).await {
+                Ok(rejections) if rejections.is_empty() => Err(Denial::LeaseRevoked),
+                Ok(rejections) => Err(Denial::Rejected {
+                    by: rejections
+                        .iter()
+                        .map(|r| r.approver_id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    reason: rejections
+                        .iter()
+                        .map(|r| r.reason.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" / "),
                 }),
-                Ok(None) => Err(Denial::LeaseRevoked),
                 Err(_) => Err(Denial::StoreUnavailable),
             }
         } else if lease.expires_at <= self.clock.now_unix() {

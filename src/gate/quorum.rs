@@ -139,6 +139,8 @@ impl ApprovalError {
 pub struct QuorumRule {
     pub k: u32,
     pub approvers: Vec<String>,
+    /// Rejections that end a held call.
+    pub rejections: u32,
 }
 
 /// A counted approval, as listed in receipts: a registered approver's
@@ -218,10 +220,13 @@ impl Gate {
             .map_err(|_| Denial::StoreUnavailable)?;
         let approvals = self.policy.approvers.tally(lease, &stored);
         if approvals.len() < k as usize {
-            let approved_by: Vec<String> = approvals.iter().map(|a| a.approver.clone()).collect();
+            let approval = self
+                .approval_view(lease)
+                .await
+                .map_err(|_| Denial::StoreUnavailable)?;
             return Err(Halt::Hold(Held {
                 status: Status::ApprovalRequired,
-                approval: approval_view(lease, &self.policy.approvers, &approved_by),
+                approval,
                 message: format!(
                     "approval required: {} of {k} approvals so far for lease {}",
                     approvals.len(),
@@ -252,6 +257,16 @@ impl Gate {
             lease.state
         };
         view["state"] = serde_json::json!(state.as_str());
+        let rejected_by: Vec<String> = self
+            .store
+            .rejections(&lease.id)
+            .await?
+            .into_iter()
+            .map(|r| r.approver_id)
+            .collect();
+        view["rejected_by"] = serde_json::json!(rejected_by);
+        view["rejections_needed"] =
+            serde_json::json!(self.policy.approvers.rule_for(&lease.tool).rejections);
         Ok(view)
     }
 
@@ -281,12 +296,13 @@ impl Gate {
                 continue;
             }
             let mut entry = self.approval_view(&lease).await?;
-            entry["rejection"] = match self.store.rejection(&lease.id).await? {
-                Some(r) => {
-                    serde_json::json!({ "by": r.approver_id, "reason": r.reason, "signed_at": r.signed_at })
-                }
-                None => serde_json::Value::Null,
-            };
+            entry["rejections"] = self
+                .store
+                .rejections(&lease.id)
+                .await?
+                .iter()
+                .map(|r| serde_json::json!({ "by": r.approver_id, "reason": r.reason, "signed_at": r.signed_at }))
+                .collect();
             let receipts: Result<Vec<serde_json::Value>, StoreError> = self
                 .store
                 .lease_receipts(&lease.id)
@@ -320,9 +336,17 @@ impl ApproverRegistry {
     }
 
     pub fn rule_for(&self, tool: &str) -> QuorumRule {
-        let (k, eligible) = match self.quorum.overrides.get(tool) {
-            Some(rule) => (rule.k, &rule.approvers),
-            None => (self.quorum.k, &self.quorum.approvers),
+        let (k, eligible, rejections) = match self.quorum.overrides.get(tool) {
+            Some(rule) => (
+                rule.k,
+                &rule.approvers,
+                rule.rejections.unwrap_or(self.quorum.rejections),
+            ),
+            None => (
+                self.quorum.k,
+                &self.quorum.approvers,
+                self.quorum.rejections,
+            ),
         };
         let approvers = if eligible.is_empty() {
             self.approvers.iter().map(|a| a.id.clone()).collect()
@@ -332,6 +356,7 @@ impl ApproverRegistry {
         QuorumRule {
             k: u32::try_from(k).unwrap_or(u32::MAX),
             approvers,
+            rejections: u32::try_from(rejections).unwrap_or(u32::MAX),
         }
     }
 

@@ -168,6 +168,14 @@ pub struct StoredRejection {
     pub signed_at: u64,
 }
 
+/// Where a held call's rejections stand after one more was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RejectionTally {
+    pub rejections: u32,
+    /// The last rejection needed: the lease is revoked.
+    pub ended: bool,
+}
+
 /// An approval as stored: the signature is checked again at every use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredApproval {
@@ -225,18 +233,22 @@ pub trait Backend: Send + Sync {
         &'a self,
         lease_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<StoredApproval>, StoreError>>;
-    /// Ends a lease still pending approval and not expired, recording who
-    /// refused it: true only for the one rejection that moved it (revoked).
+    /// Records a rejection of a lease still pending approval and not
+    /// expired, and ends it (revoked) once `needed` approvers have rejected
+    /// it. `None` if the lease no longer waits; a second rejection by the
+    /// same approver is `Duplicate`.
     fn reject_lease<'a>(
         &'a self,
         lease_id: &'a str,
         rejection: &'a StoredRejection,
         now: u64,
-    ) -> BoxFuture<'a, Result<bool, StoreError>>;
-    fn rejection<'a>(
+        needed: u32,
+    ) -> BoxFuture<'a, Result<Option<RejectionTally>, StoreError>>;
+    /// The rejections of a lease, oldest first.
+    fn rejections<'a>(
         &'a self,
         lease_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<StoredRejection>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Vec<StoredRejection>, StoreError>>;
     fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
     fn revoke<'a>(&'a self, jti: &'a str, now: u64) -> BoxFuture<'a, Result<(), StoreError>>;
     /// The newest receipt's place: `None` for an empty log.

@@ -10,8 +10,8 @@ use sqlx::{
 };
 
 use super::{
-    Backend, Lease, LeaseState, LogHead, LogRow, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS,
-    StoreError, StoredApproval, StoredRejection,
+    Backend, Lease, LeaseState, LogHead, LogRow, POSTGRES_MIGRATIONS, RejectionTally,
+    SQLITE_MIGRATIONS, StoreError, StoredApproval, StoredRejection,
 };
 
 /// What one database does its own way.
@@ -414,19 +414,23 @@ where
         lease_id: &'a str,
         rejection: &'a StoredRejection,
         now: u64,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        needed: u32,
+    ) -> BoxFuture<'a, Result<Option<RejectionTally>, StoreError>> {
         Box::pin(async move {
             let mut tx = DB::begin_write(&self.pool).await.map_err(failed)?;
-            let moved = sqlx::query(
-                "UPDATE leases SET state = 'revoked' WHERE id = $1 AND state = 'pending_approval' AND expires_at > $2",
+            // Touching the row checks it still waits and, on PostgreSQL,
+            // holds its lock to the end, so rejections of one lease count
+            // one after the other.
+            let pending = sqlx::query(
+                "UPDATE leases SET state = state WHERE id = $1 AND state = 'pending_approval' AND expires_at > $2",
             )
             .bind(lease_id.to_string())
             .bind(to_i64(now))
             .execute(&mut *tx)
             .await
             .map_err(failed)?;
-            if DB::rows_affected(&moved) != 1 {
-                return Ok(false);
+            if DB::rows_affected(&pending) != 1 {
+                return Ok(None);
             }
             sqlx::query(
                 "INSERT INTO rejections (lease_id, approver_id, signature, reason, signed_at) VALUES ($1, $2, $3, $4, $5)",
@@ -439,32 +443,48 @@ where
             .execute(&mut *tx)
             .await
             .map_err(failed)?;
+            let count: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM rejections WHERE lease_id = $1")
+                    .bind(lease_id.to_string())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(failed)?;
+            let rejections = u32::try_from(count).map_err(|_| StoreError::Corrupt)?;
+            let ended = rejections >= needed;
+            if ended {
+                sqlx::query("UPDATE leases SET state = 'revoked' WHERE id = $1")
+                    .bind(lease_id.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(failed)?;
+            }
             tx.commit().await.map_err(failed)?;
-            Ok(true)
+            Ok(Some(RejectionTally { rejections, ended }))
         })
     }
 
-    fn rejection<'a>(
+    fn rejections<'a>(
         &'a self,
         lease_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<StoredRejection>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<StoredRejection>, StoreError>> {
         Box::pin(async move {
-            let row: Option<(String, String, String, i64)> = sqlx::query_as(
-                "SELECT approver_id, signature, reason, signed_at FROM rejections WHERE lease_id = $1",
+            let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+                "SELECT approver_id, signature, reason, signed_at FROM rejections WHERE lease_id = $1 ORDER BY signed_at, approver_id",
             )
             .bind(lease_id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_all(&self.pool)
             .await
             .map_err(failed)?;
-            row.map(|(approver_id, signature, reason, signed_at)| {
-                Ok(StoredRejection {
-                    approver_id,
-                    signature,
-                    reason,
-                    signed_at: to_u64(signed_at)?,
+            rows.into_iter()
+                .map(|(approver_id, signature, reason, signed_at)| {
+                    Ok(StoredRejection {
+                        approver_id,
+                        signature,
+                        reason,
+                        signed_at: to_u64(signed_at)?,
+                    })
                 })
-            })
-            .transpose()
+                .collect()
         })
     }
 

@@ -56,7 +56,9 @@ async fn receiver() -> (String, Arc<Mutex<Received>>) {
     (base, received)
 }
 
-#[tokio::test]
+// Multi-threaded: the receiver keeps answering while the test blocks on
+// the command line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_call_is_announced_signed_retried_and_never_waited_for() {
     let (hooks, received) = receiver().await;
     let data = DataDir::new();
@@ -167,6 +169,26 @@ async fn a_held_call_is_announced_signed_retried_and_never_waited_for() {
         slack["text"].as_str().unwrap_or_default().contains(&lease),
         "{slack}"
     );
+
+    // Decided beside the store with the local command line: announced too,
+    // before the command exits.
+    let out = data.approve(&lease, &alice);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let approved: Vec<Value> = received
+        .lock()
+        .expect("lock")
+        .requests
+        .iter()
+        .filter(|r| r.0 == "/hook")
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.2).ok())
+        .filter(|e| e["event"] == "approved")
+        .collect();
+    assert_eq!(approved.len(), 1, "delivered before the command returned");
+    assert_eq!(approved[0]["by"], "alice");
 
     let metrics = reqwest::get(format!("{}/metrics", server.base))
         .await

@@ -832,7 +832,7 @@ async fn approvals_over_http_are_bound_to_the_approver_the_lease_and_the_key() {
             .clone()
     };
     assert_eq!(entry(&lease)["state"], "consumed");
-    assert_eq!(entry(&other_lease)["rejection"]["reason"], reason);
+    assert_eq!(entry(&other_lease)["rejections"][0]["reason"], reason);
     let ran = entry(&lease);
     let decisions: Vec<&str> = ran["receipts"]
         .as_array()
@@ -845,6 +845,69 @@ async fn approvals_over_http_are_bound_to_the_approver_the_lease_and_the_key() {
     }
     agent.cancel().await.expect("close");
     server.stop().await;
+}
+
+/// Policy may need more than one rejection: each is recorded and shown,
+/// the call waits until the last one needed, then ends naming them all.
+#[tokio::test]
+async fn a_held_call_can_need_several_rejections() {
+    let (data, alice, _bob, carol) = setup("rejections = 2\n");
+    let client = data
+        .stdio_client(Some(&data.token("agent", "db:read db:admin")))
+        .await;
+    let args = json!({ "sql": "DELETE FROM orders" });
+    let (held, _) = call(&client, "db.query", args.clone()).await;
+    let lease = lease_of(&held);
+    let reject = |approver: &Approver, reason: &str| {
+        data.cli(&[
+            "reject",
+            "--lease",
+            &lease,
+            "--approver",
+            &approver.id,
+            "--key",
+            approver.key.to_str().expect("utf8"),
+            "--reason",
+            reason,
+            "--yes",
+        ])
+    };
+    let out = reject(&alice, "too broad");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && stdout.contains("1 of 2"),
+        "{stdout}"
+    );
+    // The same approver twice is one rejection.
+    let again = reject(&alice, "still too broad");
+    assert!(!again.status.success());
+    assert_eq!(
+        data.receipts().pop().expect("receipt")["body"]["reason"],
+        "duplicate_approval"
+    );
+    let mut redeem = args;
+    redeem["lease_id"] = json!(lease);
+    let (env, _) = call(&client, "db.query", redeem.clone()).await;
+    assert_eq!(
+        status(&env),
+        "approval_required",
+        "one rejection of two: {env}"
+    );
+    let view = &env["approval"];
+    assert_eq!(view["rejected_by"], json!(["alice"]), "{env}");
+    assert_eq!(view["rejections_needed"], 2);
+
+    let out = reject(&carol, "no backup");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("will not run"));
+    let (env, _) = call(&client, "db.query", redeem).await;
+    assert_eq!(error_code(&env), "rejected", "{env}");
+    let message = env["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("alice, carol") && message.contains("too broad / no backup"),
+        "{message}"
+    );
+    client.cancel().await.expect("close");
 }
 
 /// Suspending an approver is removing their key from the configuration:

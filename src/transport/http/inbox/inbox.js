@@ -146,7 +146,10 @@ function renderPending(view) {
   const left = Math.max(0, view.expires_at - Math.floor(Date.now() / 1000));
   fill(item, '.expires', `${when(view.expires_at)} (in ${left} s)`);
   const by = view.approved_by.length ? `: ${view.approved_by.join(', ')}` : '';
-  fill(item, '.tally', `${view.approvals} of ${view.k}${by}`);
+  const against = view.rejected_by.length
+    ? `; rejected by ${view.rejected_by.join(', ')} (${view.rejections_needed} end it)`
+    : '';
+  fill(item, '.tally', `${view.approvals} of ${view.k}${by}${against}`);
   fill(item, '.eligible', view.approvers.join(', '));
   fill(item, '.lease', view.lease_id);
   fill(item, '.digest', view.args_digest);
@@ -192,7 +195,9 @@ async function act(item, view, what) {
       const statement = view.sign_to_reject.replace(/reason=<your reason>\n$/, `reason=${reason}\n`);
       const signature = await sign(statement);
       status = await api('/rejections', { lease_id: view.lease_id, approver_id: session.approver, signature, reason });
-      say(`Rejected by ${status.rejected_by}: the call will not run.`, false);
+      say(status.ended
+        ? `Rejected by ${status.rejected_by}: the call will not run.`
+        : `Rejection recorded: ${status.rejections} of ${status.needed} needed to end this call.`, false);
     }
     await refresh();
   } catch (error) {
@@ -203,7 +208,9 @@ async function act(item, view, what) {
 
 function result(view) {
   if (view.state === 'consumed') return 'Ran once, approved by ' + (view.approved_by.join(', ') || 'nobody') + '.';
-  if (view.rejection) return `Rejected by ${view.rejection.by}: ${view.rejection.reason}`;
+  if (view.state === 'revoked' && view.rejections.length) {
+    return `Rejected by ${view.rejections.map((r) => `${r.by}: ${r.reason}`).join('; ')}`;
+  }
   if (view.state === 'expired') return `Expired with ${view.approvals} of ${view.k} approvals.`;
   return `State: ${view.state}`;
 }
