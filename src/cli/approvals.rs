@@ -156,13 +156,62 @@ fn lease_from_view(view: &Value) -> Result<Lease, String> {
 
 /// Shows the approver what they are about to sign and asks (unless `yes`).
 fn review(view: &Value, question: &str, yes: bool) -> Result<Lease, BoxError> {
+    let mut out = std::io::stderr().lock();
+    let lease = describe(view, &mut out)?;
+    if !yes {
+        write!(out, "{question} [y/N] ")?;
+        out.flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            return Err("nothing was signed".into());
+        }
+    }
+    Ok(lease)
+}
+
+/// `approvals show`: one held call's review and the statements an approver
+/// would sign, without signing anything.
+pub(super) async fn show(
+    config: &Config,
+    lease_id: &str,
+    server: Option<&str>,
+) -> Result<(), BoxError> {
+    let view = HeldCalls::open(config, server)
+        .await?
+        .view(lease_id)
+        .await?;
+    let mut out = std::io::stdout().lock();
+    describe(&view, &mut out)?;
+    if let Some(rejected) = view["rejected_by"].as_array().filter(|r| !r.is_empty()) {
+        writeln!(
+            out,
+            "rejected by  {} ({} end it)",
+            rejected
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            view["rejections_needed"]
+        )?;
+    }
+    writeln!(
+        out,
+        "\nto approve, sign exactly:\n{}",
+        view["sign"].as_str().unwrap_or_default()
+    )?;
+    Ok(())
+}
+
+/// Writes the review of a held call to `out`; the lease it describes, once
+/// the view's statement is checked to be the one its fields give.
+fn describe(view: &Value, out: &mut impl Write) -> Result<Lease, BoxError> {
     let lease = lease_from_view(view)?;
     let now = crate::now_unix();
     let approved: Vec<&str> = view["approved_by"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    let mut out = std::io::stderr().lock();
     writeln!(out, "lease        {}", lease.id)?;
     writeln!(
         out,
@@ -195,15 +244,6 @@ fn review(view: &Value, question: &str, yes: bool) -> Result<Lease, BoxError> {
         lease.expires_at.saturating_sub(now),
         lease.expires_at
     )?;
-    if !yes {
-        write!(out, "{question} [y/N] ")?;
-        out.flush()?;
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            return Err("nothing was signed".into());
-        }
-    }
     Ok(lease)
 }
 

@@ -152,6 +152,14 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         server: Option<String>,
     },
+    /// One held call's full review and the statement you would sign.
+    Show {
+        #[arg(long)]
+        lease: String,
+        /// As for `list`.
+        #[arg(long)]
+        server: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -313,6 +321,9 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Approvals {
             command: ApprovalsCommand::List { server },
         } => approvals::list(&config, server.as_deref()).await?,
+        Command::Approvals {
+            command: ApprovalsCommand::Show { lease, server },
+        } => approvals::show(&config, &lease, server.as_deref()).await?,
         Command::Approve(signing) => approvals::approve(&config, &signing).await?,
         Command::Reject { signing, reason } => {
             approvals::reject(&config, &signing, &reason).await?

@@ -491,6 +491,24 @@ async fn approvers_approve_and_reject_from_their_own_machine() {
         "{listed}"
     );
     assert!(listed.contains("`DROP TABLE customers`"), "{listed}");
+    let shown = ok(run(
+        &alice_home,
+        &alice_token,
+        &[
+            "approvals",
+            "show",
+            "--server",
+            &server.base,
+            "--lease",
+            &other_lease,
+        ],
+    ));
+    assert!(
+        shown.contains("`DROP TABLE customers`")
+            && shown.contains("from 127.0.0.1")
+            && shown.contains(&format!("lease={other_lease}")),
+        "{shown}"
+    );
     let approve = |home: &DataDir, token: &str, id: &str, key: &std::path::Path| {
         run(
             home,
