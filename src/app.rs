@@ -204,7 +204,10 @@ impl App {
                 log.clone(),
                 Policy::from_config(&config),
             )
-            .with_notifier(Notifier::start(&config.notifications, server_key.clone())),
+            .with_notifier(Notifier::start(&config.notifications, server_key.clone()))
+            .with_revocation_refresh(std::time::Duration::from_millis(
+                config.identity.revocation_refresh_ms,
+            )),
         );
         let terminal = Arc::new(
             Terminal::new(config.terminal.clone(), config.mode).map_err(StartupError::Terminal)?,
@@ -239,6 +242,14 @@ impl App {
             terminal,
             request_state,
         })
+    }
+
+    /// While serving, keeps the in-memory revocation list fresh, so no
+    /// call waits for the store to learn its token was not revoked.
+    pub fn refresh_revocations(&self) {
+        if !self.gate.is_off() {
+            self.gate.revocations().spawn_refresher(self.store.clone());
+        }
     }
 
     /// While serving, ends held calls whose approval window closed, every

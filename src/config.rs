@@ -84,6 +84,9 @@ pub struct IdentityConfig {
     pub jwks_url: Option<String>,
     /// How long fetched JWKS keys are used before they are fetched again.
     pub jwks_cache_s: u64,
+    /// How often the revocation list is reloaded from the store: a revoked
+    /// token is refused everywhere within this (at worst twice this).
+    pub revocation_refresh_ms: u64,
     /// The JWKS URL is fetched at most once per this many seconds, whatever
     /// tokens arrive (a flood of unknown `kid`s cannot hammer the provider).
     pub jwks_min_refresh_s: u64,
@@ -112,6 +115,7 @@ impl Default for IdentityConfig {
             jwks_file: None,
             jwks_url: None,
             jwks_cache_s: 300,
+            revocation_refresh_ms: 1000,
             jwks_min_refresh_s: 30,
             jwks_timeout_ms: 5000,
             public_keys: Vec::new(),
@@ -1145,6 +1149,10 @@ fn validate_identity(raw: &FileConfig) -> Result<(), ConfigError> {
     }
     for (key, value) in [
         ("identity.jwks_cache_s", identity.jwks_cache_s),
+        (
+            "identity.revocation_refresh_ms",
+            identity.revocation_refresh_ms,
+        ),
         ("identity.jwks_min_refresh_s", identity.jwks_min_refresh_s),
         ("identity.jwks_timeout_ms", identity.jwks_timeout_ms),
     ] {

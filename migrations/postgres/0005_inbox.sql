@@ -10,3 +10,5 @@ ALTER TABLE leases ADD COLUMN requester_address TEXT;
 -- approver per lease.
 ALTER TABLE rejections DROP CONSTRAINT rejections_pkey;
 ALTER TABLE rejections ADD PRIMARY KEY (lease_id, approver_id);
+-- Revocations are served from memory and reloaded incrementally by time.
+CREATE INDEX revoked_tokens_at ON revoked_tokens (revoked_at);

@@ -19,3 +19,5 @@ CREATE TABLE rejections_by_approver (
 INSERT INTO rejections_by_approver SELECT lease_id, approver_id, signature, reason, signed_at FROM rejections;
 DROP TABLE rejections;
 ALTER TABLE rejections_by_approver RENAME TO rejections;
+-- Revocations are served from memory and reloaded incrementally by time.
+CREATE INDEX revoked_tokens_at ON revoked_tokens (revoked_at);

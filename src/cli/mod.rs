@@ -232,6 +232,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             let app = App::build(config).await?;
             let app = Arc::new(app);
             app.sweep_expired_leases();
+            app.refresh_revocations();
             if stdio {
                 let token = std::env::var("DUALTRUST_TOKEN")
                     .ok()

@@ -50,11 +50,11 @@ pub enum Caller {
 }
 
 impl Gate {
-    /// Verifies a token and checks its revocation in the store.
+    /// Verifies a token and checks it against the revocation list.
     pub async fn authenticate(&self, token: Option<&str>) -> Result<Authenticated, IdentityError> {
         let principal = self.verifier.verify(token.unwrap_or_default()).await?;
         if let Some(jti) = principal.token_id() {
-            match self.store.is_revoked(jti).await {
+            match self.revocations.is_revoked(&self.store, jti).await {
                 Ok(false) => {}
                 Ok(true) => return Err(IdentityError::Revoked),
                 // Fail closed: an unknown revocation state is not "not revoked".

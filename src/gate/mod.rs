@@ -26,6 +26,7 @@ pub mod policy;
 pub mod quorum;
 pub mod rate;
 pub mod record;
+pub mod revocation;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -161,6 +162,7 @@ pub struct Gate {
     in_flight: AtomicUsize,
     clock: Clock,
     notifier: Notifier,
+    revocations: Arc<revocation::Revocations>,
     /// See [`danger`]: benchmark builds only.
     #[cfg(feature = "bench")]
     gate_off: bool,
@@ -198,6 +200,7 @@ impl Gate {
             in_flight: AtomicUsize::new(0),
             clock: Clock::system(),
             notifier: Notifier::disabled(),
+            revocations: Arc::new(revocation::Revocations::new(revocation::DEFAULT_REFRESH)),
             #[cfg(feature = "bench")]
             gate_off: false,
         }
@@ -209,6 +212,18 @@ impl Gate {
     #[cfg(not(feature = "bench"))]
     pub fn is_off(&self) -> bool {
         false
+    }
+
+    /// A gate whose revocation list is reloaded every `refresh`.
+    pub fn with_revocation_refresh(mut self, refresh: std::time::Duration) -> Self {
+        self.revocations = Arc::new(revocation::Revocations::new(refresh));
+        self
+    }
+
+    /// The in-memory revocation list (the serving process keeps it fresh
+    /// with [`revocation::Revocations::spawn_refresher`]).
+    pub fn revocations(&self) -> &Arc<revocation::Revocations> {
+        &self.revocations
     }
 
     /// A gate that tells `notifier` when a call is held or decided.

@@ -249,7 +249,8 @@ pub trait Backend: Send + Sync {
         &'a self,
         lease_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<StoredRejection>, StoreError>>;
-    fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// The revoked ids with `revoked_at >= since`, and when.
+    fn revoked_since(&self, since: u64) -> BoxFuture<'_, Result<Vec<(String, u64)>, StoreError>>;
     fn revoke<'a>(&'a self, jti: &'a str, now: u64) -> BoxFuture<'a, Result<(), StoreError>>;
     /// The newest receipt's place: `None` for an empty log.
     fn log_head(&self) -> BoxFuture<'_, Result<Option<LogHead>, StoreError>>;

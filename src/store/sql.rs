@@ -488,15 +488,17 @@ where
         })
     }
 
-    fn is_revoked<'a>(&'a self, jti: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+    fn revoked_since(&self, since: u64) -> BoxFuture<'_, Result<Vec<(String, u64)>, StoreError>> {
         Box::pin(async move {
-            let hits: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM revoked_tokens WHERE jti = $1")
-                    .bind(jti.to_string())
-                    .fetch_one(&self.pool)
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as("SELECT jti, revoked_at FROM revoked_tokens WHERE revoked_at >= $1")
+                    .bind(to_i64(since))
+                    .fetch_all(&self.pool)
                     .await
                     .map_err(failed)?;
-            Ok(hits > 0)
+            rows.into_iter()
+                .map(|(jti, at)| Ok((jti, to_u64(at)?)))
+                .collect()
         })
     }
 

@@ -388,17 +388,33 @@ async fn identity_failures_are_denied_with_receipts() {
     }
 }
 
+/// The revocation list is served from memory: a revocation written by the
+/// command line is refused within `identity.revocation_refresh_ms` (here
+/// 200 ms), and at worst twice that.
 #[tokio::test]
-async fn revoked_token_is_refused_on_the_next_call() {
+async fn revoked_token_is_refused_within_the_refresh_interval() {
     let data = DataDir::new();
+    data.configure(&[], "[identity]\nrevocation_refresh_ms = 200\n");
     let token = data.forged_token(|c| c["jti"] = json!("revoke-me"));
     let client = data.stdio_client(Some(&token)).await;
     let (env, _) = call(&client, "db.query", json!({ "sql": "SELECT 1" })).await;
     assert_eq!(status(&env), "ok");
     let out = data.cli(&["revoke", "--jti", "revoke-me"]);
     assert!(out.status.success());
-    let (env, _) = call(&client, "db.query", json!({ "sql": "SELECT 1" })).await;
-    assert_eq!(receipt(&env)["body"]["reason"], "revoked");
+    let revoked = std::time::Instant::now();
+    loop {
+        let (env, _) = call(&client, "db.query", json!({ "sql": "SELECT 1" })).await;
+        if receipt(&env)["body"]["reason"] == "revoked" {
+            break;
+        }
+        assert_eq!(status(&env), "ok", "{env}");
+        assert!(
+            revoked.elapsed() < std::time::Duration::from_millis(400),
+            "still accepted {:?} after the revocation",
+            revoked.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     client.cancel().await.expect("close");
 }
 
