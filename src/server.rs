@@ -104,22 +104,39 @@ impl McpServer {
     }
 }
 
-/// The gate's envelope as an MCP tool result: structured content for
-/// programs, the same JSON as text for clients that only show text.
+/// The gate's envelope as an MCP tool result: the whole envelope as
+/// structured content for programs; for clients that show only text, the
+/// decision and the result as JSON with the receipt named by its hash and
+/// log index. The receipt, its inclusion proof and the checkpoint travel
+/// once, in the structured content.
 pub fn tool_result(outcome: &GateOutcome) -> CallToolResult {
     let value =
         serde_json::to_value(outcome).unwrap_or_else(|_| serde_json::json!({ "status": "error" }));
-    let mut result = if outcome.status == Status::Ok {
-        CallToolResult::structured(value)
-    } else {
-        CallToolResult::structured_error(value)
-    };
+    let mut text = serde_json::Map::new();
+    for key in ["status", "result", "error", "approval"] {
+        if let Some(field) = value.get(key) {
+            text.insert(key.into(), field.clone());
+        }
+    }
+    if let Some(receipt) = &outcome.receipt {
+        text.insert(
+            "receipt".into(),
+            serde_json::json!({ "hash": receipt.hash, "seq": receipt.body.seq }),
+        );
+    }
+    let mut content = vec![ContentBlock::text(serde_json::Value::Object(text).to_string())];
     if let Some(error) = &outcome.error {
-        result.content.insert(
+        content.insert(
             0,
             ContentBlock::text(format!("{}: {}", error.code, error.message)),
         );
     }
+    let mut result = if outcome.status == Status::Ok {
+        CallToolResult::success(content)
+    } else {
+        CallToolResult::error(content)
+    };
+    result.structured_content = Some(value);
     result
 }
 

@@ -1,12 +1,14 @@
 //! The one implementation of [`Backend`], generic over sqlx's `Database`:
 //! every statement is the same text on SQLite and PostgreSQL (`$n`
-//! placeholders, which SQLite reads as numbered parameters too), and what
-//! differs (how a writing transaction starts, how replicas are kept from
+//! placeholders, which SQLite reads as numbered parameters too; the
+//! multi-row INSERTs are built by sqlx's `QueryBuilder`, which writes each
+//! database's own), and what differs (how a writing transaction starts, how replicas are kept from
 //! appending at once) is the backend's [`Dialect`].
 
 use futures_util::future::BoxFuture;
 use sqlx::{
-    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type,
+    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, QueryBuilder, Row,
+    Transaction, Type,
 };
 
 use super::{
@@ -108,8 +110,9 @@ macro_rules! lease_columns {
     };
 }
 
-const INSERT_LEASE: &str = "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, consumed_at, requester_token, requester_address) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+/// Rows per multi-row INSERT: far below SQLite's 32,766 and PostgreSQL's
+/// 65,535 bound parameters at 14 columns.
+const ROWS_PER_INSERT: usize = 500;
 
 /// The single-use compare-and-set: only the one caller that moves this
 /// lease to `consumed`, for its own subject, tool and argument digest,
@@ -154,7 +157,9 @@ where
     })
 }
 
-async fn insert_lease<DB>(conn: &mut DB::Connection, lease: &Lease) -> Result<(), StoreError>
+/// Stores `leases` with as few statements as the bound-parameter limits
+/// allow: each statement is a hand-off to the database's worker.
+async fn insert_leases<DB>(conn: &mut DB::Connection, leases: &[&Lease]) -> Result<(), StoreError>
 where
     DB: Dialect,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -164,26 +169,30 @@ where
     String: for<'q> Encode<'q, DB> + Type<DB>,
     Option<String>: for<'q> Encode<'q, DB> + Type<DB>,
 {
-    sqlx::query(INSERT_LEASE)
-        .bind(lease.id.clone())
-        .bind(lease.subject.clone())
-        .bind(lease.tool.clone())
-        .bind(lease.args_digest.clone())
-        .bind(lease.scope.clone())
-        .bind(to_i64(lease.issued_at))
-        .bind(to_i64(lease.expires_at))
-        .bind(lease.state.as_str().to_string())
-        .bind(lease.summary.clone())
-        .bind(lease.args_json.clone())
-        .bind(i64::from(lease.quorum_k))
-        // A lease stored already consumed was minted and used at once.
-        .bind((lease.state == LeaseState::Consumed).then(|| to_i64(lease.issued_at)))
-        .bind(lease.requester_token.clone())
-        .bind(lease.requester_address.clone())
-        .execute(conn)
-        .await
-        .map(|_| ())
-        .map_err(failed)
+    for chunk in leases.chunks(ROWS_PER_INSERT) {
+        let mut insert = QueryBuilder::<DB>::new(
+            "INSERT INTO leases (id, subject, tool, args_digest, scope, issued_at, expires_at, state, summary, args_json, quorum_k, consumed_at, requester_token, requester_address) ",
+        );
+        insert.push_values(chunk, |mut row, lease| {
+            row.push_bind(lease.id.clone())
+                .push_bind(lease.subject.clone())
+                .push_bind(lease.tool.clone())
+                .push_bind(lease.args_digest.clone())
+                .push_bind(lease.scope.clone())
+                .push_bind(to_i64(lease.issued_at))
+                .push_bind(to_i64(lease.expires_at))
+                .push_bind(lease.state.as_str().to_string())
+                .push_bind(lease.summary.clone())
+                .push_bind(lease.args_json.clone())
+                .push_bind(i64::from(lease.quorum_k))
+                // A lease stored already consumed was minted and used at once.
+                .push_bind((lease.state == LeaseState::Consumed).then(|| to_i64(lease.issued_at)))
+                .push_bind(lease.requester_token.clone())
+                .push_bind(lease.requester_address.clone());
+        });
+        insert.build().execute(&mut *conn).await.map_err(failed)?;
+    }
+    Ok(())
 }
 
 async fn serialize<DB>(conn: &mut DB::Connection) -> Result<(), StoreError>
@@ -275,7 +284,7 @@ where
             if open >= i64::from(max_open) {
                 return Err(StoreError::TooManyOpenLeases);
             }
-            insert_lease::<DB>(&mut tx, lease).await?;
+            insert_leases::<DB>(&mut tx, &[lease]).await?;
             tx.commit().await.map_err(failed)
         })
     }
@@ -551,26 +560,29 @@ where
             if next != to_i64(first.seq) {
                 return Err(StoreError::LogMoved);
             }
-            for lease in consumed_leases {
-                insert_lease::<DB>(&mut tx, lease).await?;
-            }
-            for row in batch {
-                sqlx::query(
-                    "INSERT INTO audit_log (seq, hash, receipt, leaf_hash, lease) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(to_i64(row.seq))
-                .bind(row.hash.clone())
-                .bind(row.receipt.clone())
-                .bind(row.leaf_hash.clone().unwrap_or_default())
-                .bind(row.lease.clone())
-                .execute(&mut *tx)
-                .await
-                // Serialized, a taken seq cannot happen; if it does, another
-                // writer was there first.
-                .map_err(|e| match failed(e) {
-                    StoreError::Duplicate => StoreError::LogMoved,
-                    other => other,
-                })?;
+            insert_leases::<DB>(&mut tx, consumed_leases).await?;
+            for chunk in batch.chunks(ROWS_PER_INSERT) {
+                let mut insert = QueryBuilder::<DB>::new(
+                    "INSERT INTO audit_log (seq, hash, receipt, leaf_hash, lease) ",
+                );
+                insert.push_values(chunk, |mut values, row| {
+                    values
+                        .push_bind(to_i64(row.seq))
+                        .push_bind(row.hash.clone())
+                        .push_bind(row.receipt.clone())
+                        .push_bind(row.leaf_hash.clone().unwrap_or_default())
+                        .push_bind(row.lease.clone());
+                });
+                insert
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    // Serialized, a taken seq cannot happen; if it does,
+                    // another writer was there first.
+                    .map_err(|e| match failed(e) {
+                        StoreError::Duplicate => StoreError::LogMoved,
+                        other => other,
+                    })?;
             }
             tx.commit().await.map_err(failed)
         })

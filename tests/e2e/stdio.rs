@@ -388,6 +388,45 @@ async fn identity_failures_are_denied_with_receipts() {
     }
 }
 
+/// The receipt, its proof and the checkpoint travel once, in the
+/// structured content; the text a text-only client shows carries the
+/// decision and the result, and names the receipt.
+#[tokio::test]
+async fn the_text_content_names_the_receipt_without_repeating_it() {
+    let data = DataDir::new();
+    let client = data
+        .stdio_client(Some(&data.token("carol", "db:read")))
+        .await;
+    let result = client
+        .call_tool(
+            rmcp::model::CallToolRequestParams::new("db.query").with_arguments(
+                json!({ "sql": "SELECT 41 + 1 AS answer" })
+                    .as_object()
+                    .cloned()
+                    .expect("object"),
+            ),
+        )
+        .await
+        .expect("answered");
+    let structured = result.structured_content.clone().expect("structured");
+    let text = result
+        .content
+        .iter()
+        .find_map(|c| c.as_text().map(|t| t.text.clone()))
+        .expect("a text block");
+    let shown: Value = serde_json::from_str(&text).expect("the text is JSON");
+    assert_eq!(shown["status"], "ok");
+    assert_eq!(shown["result"], structured["result"]);
+    assert_eq!(shown["receipt"]["hash"], structured["receipt"]["hash"]);
+    assert_eq!(shown["receipt"]["seq"], structured["receipt"]["body"]["seq"]);
+    assert!(shown.get("log").is_none() && shown["receipt"].get("sig").is_none());
+    assert!(
+        text.len() * 2 < serde_json::to_string(&structured).expect("json").len(),
+        "the text is not a second copy of the envelope"
+    );
+    client.cancel().await.expect("close");
+}
+
 /// The revocation list is served from memory: a revocation written by the
 /// command line is refused within `identity.revocation_refresh_ms` (here
 /// 200 ms), and at worst twice that.
