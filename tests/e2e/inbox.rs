@@ -20,7 +20,7 @@ fn browser_tests() -> Option<PathBuf> {
     }
     // tools/test installs both and sets this, so CI can never skip.
     assert!(
-        std::env::var_os("DUALTRUST_REQUIRE_BROWSER").is_none(),
+        std::env::var_os("DT_REQUIRE_BROWSER").is_none(),
         "the browser tests need {CHROMIUM} and `npm ci --prefix tests/browser`"
     );
     eprintln!("skipped: no Chromium or playwright-core here (tools/test installs them)");
