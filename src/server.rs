@@ -124,7 +124,9 @@ pub fn tool_result(outcome: &GateOutcome) -> CallToolResult {
             serde_json::json!({ "hash": receipt.hash, "seq": receipt.body.seq }),
         );
     }
-    let mut content = vec![ContentBlock::text(serde_json::Value::Object(text).to_string())];
+    let mut content = vec![ContentBlock::text(
+        serde_json::Value::Object(text).to_string(),
+    )];
     if let Some(error) = &outcome.error {
         content.insert(
             0,

@@ -303,11 +303,17 @@ impl Gate {
                 .iter()
                 .map(|r| serde_json::json!({ "by": r.approver_id, "reason": r.reason, "signed_at": r.signed_at }))
                 .collect();
-            let receipts: Result<Vec<serde_json::Value>, StoreError> = self
+            // The first receipts tell the story (held, approved, ran); a
+            // caller retrying a spent lease could add any number after them.
+            let rows = self
                 .store
-                .lease_receipts(&lease.id)
-                .await?
+                .lease_receipts(&lease.id, RECEIPTS_PER_DECIDED_CALL + 1)
+                .await?;
+            entry["receipts_truncated"] =
+                serde_json::json!(rows.len() > RECEIPTS_PER_DECIDED_CALL as usize);
+            let receipts: Result<Vec<serde_json::Value>, StoreError> = rows
                 .iter()
+                .take(RECEIPTS_PER_DECIDED_CALL as usize)
                 .map(|row| serde_json::from_str(&row.receipt).map_err(|_| StoreError::Corrupt))
                 .collect();
             entry["receipts"] = serde_json::Value::Array(receipts?);
@@ -316,6 +322,9 @@ impl Gate {
         Ok(history)
     }
 }
+
+/// How many receipts of one decided call its history entry carries.
+const RECEIPTS_PER_DECIDED_CALL: u32 = 32;
 
 /// The registered approvers and the quorum policy.
 pub struct ApproverRegistry {

@@ -218,10 +218,11 @@ pub trait Backend: Send + Sync {
     /// returns them: each lease is returned once, to one caller, however
     /// many replicas sweep at once.
     fn expire_held(&self, now: u64) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>>;
-    /// The stored receipts that name `lease_id`, in log order.
+    /// The first `limit` stored receipts that name `lease_id`, in log order.
     fn lease_receipts<'a>(
         &'a self,
         lease_id: &'a str,
+        limit: u32,
     ) -> BoxFuture<'a, Result<Vec<LogRow>, StoreError>>;
     /// A second approval by the same approver is `Duplicate`.
     fn record_approval<'a>(
@@ -461,8 +462,16 @@ mod tests {
             .map(|l| l.id)
             .collect();
         assert_eq!(decided, ["new", "old"], "newest first, the open one not");
+        let first: Vec<u64> = store
+            .lease_receipts("old", 1)
+            .await
+            .expect("receipts")
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(first, [0], "at most the limit, oldest first");
         let seqs: Vec<u64> = store
-            .lease_receipts("old")
+            .lease_receipts("old", 10)
             .await
             .expect("receipts")
             .iter()

@@ -611,14 +611,16 @@ where
     fn lease_receipts<'a>(
         &'a self,
         lease_id: &'a str,
+        limit: u32,
     ) -> BoxFuture<'a, Result<Vec<LogRow>, StoreError>> {
         Box::pin(async move {
             let rows: Vec<LogColumns> = sqlx::query_as(concat!(
                 "SELECT ",
                 log_columns!(),
-                " FROM audit_log WHERE lease = $1 ORDER BY seq"
+                " FROM audit_log WHERE lease = $1 ORDER BY seq LIMIT $2"
             ))
             .bind(lease_id.to_string())
+            .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(failed)?;

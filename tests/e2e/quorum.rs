@@ -831,6 +831,17 @@ async fn approvals_over_http_are_bound_to_the_approver_the_lease_and_the_key() {
             .iter()
             .all(|r| r["body"]["reason"] == "insufficient_scope")
     );
+    // An agent retrying its spent lease adds a refusal receipt each time;
+    // the history keeps the first ones, which tell what happened.
+    for _ in 0..32 {
+        let (env, _) = call(
+            &agent,
+            "db.query",
+            json!({ "sql": "DELETE FROM orders", "lease_id": lease }),
+        )
+        .await;
+        assert_eq!(error_code(&env), "lease_consumed");
+    }
     // Alice's history: both calls, how they ended, and their receipts.
     let history: Value = http
         .get(format!("{}/approvals/history", server.base))
@@ -850,6 +861,9 @@ async fn approvals_over_http_are_bound_to_the_approver_the_lease_and_the_key() {
             .clone()
     };
     assert_eq!(entry(&lease)["state"], "consumed");
+    assert_eq!(entry(&lease)["receipts_truncated"], true);
+    assert_eq!(entry(&lease)["receipts"].as_array().map(Vec::len), Some(32));
+    assert_eq!(entry(&other_lease)["receipts_truncated"], false);
     assert_eq!(entry(&other_lease)["rejections"][0]["reason"], reason);
     let ran = entry(&lease);
     let decisions: Vec<&str> = ran["receipts"]

@@ -418,7 +418,10 @@ async fn the_text_content_names_the_receipt_without_repeating_it() {
     assert_eq!(shown["status"], "ok");
     assert_eq!(shown["result"], structured["result"]);
     assert_eq!(shown["receipt"]["hash"], structured["receipt"]["hash"]);
-    assert_eq!(shown["receipt"]["seq"], structured["receipt"]["body"]["seq"]);
+    assert_eq!(
+        shown["receipt"]["seq"],
+        structured["receipt"]["body"]["seq"]
+    );
     assert!(shown.get("log").is_none() && shown["receipt"].get("sig").is_none());
     assert!(
         text.len() * 2 < serde_json::to_string(&structured).expect("json").len(),

@@ -222,6 +222,9 @@ async function renderDecided(view) {
   fill(item, '.result', result(view));
   fill(item, '.meta', `${view.tool} asked by ${requester(view)} at ${when(view.issued_at)}; lease ${view.lease_id}`);
   const list = item.querySelector('.receipts');
+  if (view.receipts_truncated) {
+    fill(item, '.meta', `${item.querySelector('.meta').textContent}; the first ${view.receipts.length} receipts shown`);
+  }
   for (const receipt of view.receipts) {
     const line = document.createElement('li');
     const body = receipt.body;
