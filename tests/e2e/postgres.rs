@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 
 use crate::common::{
-    Client, DataDir, PG_ADMIN_URL, call, create_pg_database, drop_pg_database, error_code, status,
+    Client, DataDir, PG_ADMIN_URL, call, create_pg_database, drop_pg_database, error_code, receipt,
+    status,
 };
 
 /// A fresh database with the demo tables, a read-only role and a
@@ -173,6 +174,41 @@ async fn reads_and_writes_run_on_postgresql_with_types_and_params() {
         "cast the column to text, e.g. col::text"
     );
     client.cancel().await.ok();
+    fixture.drop_all().await;
+}
+
+/// Valid PostgreSQL the parser misreads or has no grammar for: a
+/// Unicode-escaped identifier runs as the name it spells; a DO block is
+/// classified (destructive: held), not refused as unparseable.
+#[tokio::test]
+async fn valid_postgresql_the_parser_misreads_is_classified_and_runs() {
+    let fixture = PgFixture::create().await;
+    let (_data, client) = start(&fixture, "db:admin").await;
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": r#"SELECT U&"n\0061me" FROM customers WHERE id = 1"# }),
+    )
+    .await;
+    assert_eq!(status(&env), "ok", "{env}");
+    assert_eq!(env["result"]["rows"], json!([["Ada Lovelace"]]));
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "DO $$ BEGIN DELETE FROM customers; END $$" }),
+    )
+    .await;
+    // Destructive: quorum, which this server (no approvers) cannot reach.
+    assert_eq!(error_code(&env), "no_approvers", "{env}");
+    assert_eq!(receipt(&env)["body"]["class"], "destructive");
+    assert!(
+        env["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("anonymous code block"),
+        "{env}"
+    );
+    client.cancel().await.expect("close");
     fixture.drop_all().await;
 }
 

@@ -140,6 +140,18 @@ pub enum SqlDialect {
     Postgres,
 }
 
+/// The text the parser is given: PostgreSQL's `U&"…"` identifiers spelled
+/// out (see `lexical`), otherwise `sql` itself.
+pub fn prepared_text(
+    sql: &str,
+    dialect: SqlDialect,
+) -> Result<std::borrow::Cow<'_, str>, Refusal> {
+    match dialect {
+        SqlDialect::Postgres => super::lexical::unicode_identifiers(&PostgreSqlDialect {}, sql),
+        SqlDialect::Sqlite => Ok(std::borrow::Cow::Borrowed(sql)),
+    }
+}
+
 pub fn classify_sql(sql: &str, dialect: SqlDialect) -> Result<ClassifiedSql, Refusal> {
     if sql.trim().is_empty() {
         return Err(Refusal::new("empty_sql", "the SQL text is empty"));
@@ -148,12 +160,21 @@ pub fn classify_sql(sql: &str, dialect: SqlDialect) -> Result<ClassifiedSql, Ref
         SqlDialect::Sqlite => &SQLiteDialect {},
         SqlDialect::Postgres => &PostgreSqlDialect {},
     };
-    let statements = Parser::parse_sql(parser_dialect, sql).map_err(|e| {
-        Refusal::new(
-            "unparseable_sql",
-            format!("the SQL could not be parsed, so it is not run: {e}"),
-        )
-    })?;
+    let postgres = dialect == SqlDialect::Postgres;
+    let sql = prepared_text(sql, dialect)?;
+    let statements = match Parser::parse_sql(parser_dialect, &sql) {
+        Ok(statements) => statements,
+        Err(e) => {
+            return super::lexical::utility_statement(parser_dialect, postgres, &sql).ok_or_else(
+                || {
+                    Refusal::new(
+                        "unparseable_sql",
+                        format!("the SQL could not be parsed, so it is not run: {e}"),
+                    )
+                },
+            );
+        }
+    };
     let statement = match statements.as_slice() {
         [one] => one,
         [] => return Err(Refusal::new("empty_sql", "the SQL text holds no statement")),

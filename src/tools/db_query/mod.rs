@@ -18,6 +18,7 @@
 //! Which statements are which class is `classify.rs`: pure, parser only.
 
 pub mod classify;
+mod lexical;
 
 use std::path::Path;
 use std::str::FromStr;
