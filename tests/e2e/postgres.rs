@@ -177,6 +177,71 @@ async fn reads_and_writes_run_on_postgresql_with_types_and_params() {
     fixture.drop_all().await;
 }
 
+/// Values without a native JSON form come back as the strings a client
+/// expects, checked against PostgreSQL's own text for the same values.
+#[tokio::test]
+async fn dates_times_numerics_uuids_addresses_and_enums_are_json_strings() {
+    let fixture = PgFixture::create().await;
+    {
+        use sqlx::Connection;
+        let url = PG_ADMIN_URL.replace("/test", &format!("/{}", fixture.name));
+        let mut admin = sqlx::PgConnection::connect(&url).await.expect("admin");
+        sqlx::raw_sql("CREATE TYPE mood AS ENUM ('calm', 'alarmed')")
+            .execute(&mut admin)
+            .await
+            .expect("enum");
+    }
+    let (_data, client) = start(&fixture, "db:read").await;
+    let values = [
+        ("'alarmed'::mood", json!("alarmed")),
+        ("12345.678::numeric", json!("12345.678")),
+        ("(-0.5)::numeric(10,2)", json!("-0.50")),
+        (
+            "123456789012345678901234567890.000000000000000001::numeric",
+            json!("123456789012345678901234567890.000000000000000001"),
+        ),
+        ("0.0001::numeric", json!("0.0001")),
+        ("100000000::numeric", json!("100000000")),
+        ("'NaN'::numeric", json!("NaN")),
+        (
+            "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid",
+            json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+        ),
+        ("'10.0.0.1'::inet", json!("10.0.0.1")),
+        ("'10.0.0.0/24'::cidr", json!("10.0.0.0/24")),
+        ("'2001:db8::1/64'::inet", json!("2001:db8::1/64")),
+        ("'2026-11-30'::date", json!("2026-11-30")),
+        ("'1969-07-20'::date", json!("1969-07-20")),
+        ("'infinity'::date", json!("infinity")),
+        (
+            "'2026-11-30 01:02:03.5'::timestamp",
+            json!("2026-11-30T01:02:03.5"),
+        ),
+        (
+            "'2026-11-30 01:02:03+02'::timestamptz",
+            json!("2026-11-29T23:02:03Z"),
+        ),
+        ("'13:14:15.25'::time", json!("13:14:15.25")),
+        (
+            "'1 year 2 mons 3 days 04:05:06.5'::interval",
+            json!("P1Y2M3DT4H5M6.5S"),
+        ),
+        ("'-3 days'::interval", json!("P-3D")),
+    ];
+    for (expression, expected) in values {
+        let (env, _) = call(
+            &client,
+            "db.query",
+            json!({ "sql": format!("SELECT {expression} AS v") }),
+        )
+        .await;
+        assert_eq!(status(&env), "ok", "{expression}: {env}");
+        assert_eq!(env["result"]["rows"][0][0], expected, "{expression}");
+    }
+    client.cancel().await.expect("close");
+    fixture.drop_all().await;
+}
+
 /// Valid PostgreSQL the parser misreads or has no grammar for: a
 /// Unicode-escaped identifier runs as the name it spells; a DO block is
 /// classified (destructive: held), not refused as unparseable.

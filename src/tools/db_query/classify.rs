@@ -142,10 +142,7 @@ pub enum SqlDialect {
 
 /// The text the parser is given: PostgreSQL's `U&"…"` identifiers spelled
 /// out (see `lexical`), otherwise `sql` itself.
-pub fn prepared_text(
-    sql: &str,
-    dialect: SqlDialect,
-) -> Result<std::borrow::Cow<'_, str>, Refusal> {
+pub fn prepared_text(sql: &str, dialect: SqlDialect) -> Result<std::borrow::Cow<'_, str>, Refusal> {
     match dialect {
         SqlDialect::Postgres => super::lexical::unicode_identifiers(&PostgreSqlDialect {}, sql),
         SqlDialect::Sqlite => Ok(std::borrow::Cow::Borrowed(sql)),

@@ -19,6 +19,7 @@
 
 pub mod classify;
 mod lexical;
+mod pg_values;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -411,8 +412,10 @@ fn bytes_cell(bytes: Vec<u8>, limit: usize) -> Value {
     )
 }
 
-/// A PostgreSQL cell as JSON. Types without a faithful JSON form here
-/// (numeric, dates and times, arrays…) say so; cast them (`x::text`).
+/// A PostgreSQL cell as JSON: numbers, booleans, text and JSON natively;
+/// dates, times, intervals, numerics, UUIDs, addresses and enums as the
+/// strings `pg_values` writes. Others (arrays, ranges, geometry…) say so;
+/// cast them (`x::text`).
 fn pg_cell(row: &PgRow, index: usize, limit: usize) -> Value {
     let Ok(raw) = row.try_get_raw(index) else {
         return Value::Null;
@@ -436,9 +439,49 @@ fn pg_cell(row: &PgRow, index: usize, limit: usize) -> Value {
             .try_get::<Vec<u8>, _>(index)
             .map(|b| bytes_cell(b, limit))),
         "JSON" | "JSONB" => got(row.try_get::<Value, _>(index)),
-        other => {
-            json!({ "unsupported_type": other, "hint": "cast the column to text, e.g. col::text" })
-        }
+        other => match pg_text_form(&raw, other) {
+            Some(text) => text_cell(text, limit),
+            None => {
+                json!({ "unsupported_type": other, "hint": "cast the column to text, e.g. col::text" })
+            }
+        },
+    }
+}
+
+/// The string form of a PostgreSQL value with no native JSON form.
+fn pg_text_form(raw: &sqlx::postgres::PgValueRef<'_>, kind: &str) -> Option<String> {
+    use sqlx::postgres::{PgTypeKind, PgValueFormat};
+    let is_enum = matches!(raw.type_info().kind(), PgTypeKind::Enum(_));
+    if raw.format() == PgValueFormat::Text {
+        let known = is_enum
+            || matches!(
+                kind,
+                "DATE"
+                    | "TIMESTAMP"
+                    | "TIMESTAMPTZ"
+                    | "TIME"
+                    | "INTERVAL"
+                    | "UUID"
+                    | "INET"
+                    | "CIDR"
+                    | "NUMERIC"
+            );
+        return known.then(|| raw.as_str().ok().map(String::from)).flatten();
+    }
+    let bytes = raw.as_bytes().ok()?;
+    match kind {
+        "DATE" => pg_values::date(bytes),
+        "TIMESTAMP" => pg_values::timestamp(bytes, false),
+        "TIMESTAMPTZ" => pg_values::timestamp(bytes, true),
+        "TIME" => pg_values::time(bytes),
+        "INTERVAL" => pg_values::interval(bytes),
+        "UUID" => pg_values::uuid(bytes),
+        "INET" => pg_values::inet(bytes, false),
+        "CIDR" => pg_values::inet(bytes, true),
+        "NUMERIC" => pg_values::numeric(bytes),
+        // An enum's binary form is its label.
+        _ if is_enum => std::str::from_utf8(bytes).ok().map(String::from),
+        _ => None,
     }
 }
 
