@@ -168,7 +168,7 @@ async fn reads_and_writes_run_on_postgresql_with_types_and_params() {
     assert_eq!(env["result"]["rows_affected"], 2);
     assert_eq!(fixture.state().await["customers"], 4);
     // Types without a JSON form say how to get one.
-    let (env, _) = call(&client, "db.query", json!({ "sql": "SELECT now()" })).await;
+    let (env, _) = call(&client, "db.query", json!({ "sql": "SELECT ARRAY[1, 2]" })).await;
     assert_eq!(
         env["result"]["rows"][0][0]["hint"],
         "cast the column to text, e.g. col::text"
