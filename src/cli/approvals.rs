@@ -28,6 +28,29 @@ enum HeldCalls {
     Remote(Remote),
 }
 
+/// The most a server's answer is read to: the held calls with their
+/// reviews are far smaller.
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Text from the server or an agent, made safe for the approver's terminal:
+/// control characters (escape sequences could rewrite what was shown) and
+/// bidirectional overrides (which reorder it) are written as escapes.
+fn shown(text: &str) -> String {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    text.chars()
+        .map(|c| {
+            if hidden(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 struct Remote {
     base: String,
     token: String,
@@ -52,15 +75,31 @@ impl Remote {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, BoxError> {
-        let response = request.bearer_auth(&self.token).send().await?;
+        let mut response = request.bearer_auth(&self.token).send().await?;
         let status = response.status();
-        let body: Value = serde_json::from_slice(&response.bytes().await?).unwrap_or(Value::Null);
+        // Read with a cap: a broken or hostile server must not fill memory.
+        let too_large =
+            || format!("the server's answer is over {MAX_ANSWER_BYTES} bytes; not read");
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+        {
+            return Err(too_large().into());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(too_large().into());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() {
             return Err(format!(
                 "{}: {} {}",
                 status.as_u16(),
-                body["error"].as_str().unwrap_or("error"),
-                body["error_description"].as_str().unwrap_or_default()
+                shown(body["error"].as_str().unwrap_or("error")),
+                shown(body["error_description"].as_str().unwrap_or_default())
             )
             .into());
         }
@@ -187,18 +226,25 @@ pub(super) async fn show(
         writeln!(
             out,
             "rejected by  {} ({} end it)",
-            rejected
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", "),
+            shown(
+                &rejected
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             view["rejections_needed"]
         )?;
     }
     writeln!(
         out,
         "\nto approve, sign exactly:\n{}",
-        view["sign"].as_str().unwrap_or_default()
+        view["sign"]
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .map(|line| format!("{}\n", shown(line)))
+            .collect::<String>()
     )?;
     Ok(())
 }
@@ -228,15 +274,17 @@ fn describe(view: &Value, out: &mut impl Write) -> Result<Lease, BoxError> {
     writeln!(
         out,
         "requested by {} (token {}) from {}, {} s ago",
-        lease.subject,
-        view["requested_by_token"]
-            .as_str()
-            .unwrap_or("without a jti"),
-        view["requested_from"].as_str().unwrap_or("stdio"),
+        shown(&lease.subject),
+        shown(
+            view["requested_by_token"]
+                .as_str()
+                .unwrap_or("without a jti")
+        ),
+        shown(view["requested_from"].as_str().unwrap_or("stdio")),
         now.saturating_sub(view["issued_at"].as_u64().unwrap_or(now))
     )?;
-    writeln!(out, "tool         {}", lease.tool)?;
-    writeln!(out, "will         {}", lease.summary)?;
+    writeln!(out, "tool         {}", shown(&lease.tool))?;
+    writeln!(out, "will         {}", shown(&lease.summary))?;
     writeln!(out, "arguments    {}", view["arguments"])?;
     writeln!(
         out,
@@ -273,12 +321,12 @@ pub(super) async fn list(config: &Config, server: Option<&str>) -> Result<(), Bo
     for view in views {
         println!(
             "{}  {}/{} approvals  expires in {}s  requested by {}\n    {}",
-            view["lease_id"].as_str().unwrap_or_default(),
+            shown(view["lease_id"].as_str().unwrap_or_default()),
             view["approvals"],
             view["k"],
             view["expires_at"].as_u64().unwrap_or(0).saturating_sub(now),
-            view["requested_by"].as_str().unwrap_or_default(),
-            view["summary"].as_str().unwrap_or_default()
+            shown(view["requested_by"].as_str().unwrap_or_default()),
+            shown(view["summary"].as_str().unwrap_or_default())
         );
     }
     Ok(())
@@ -378,6 +426,18 @@ pub(super) async fn reject(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_reaches_the_terminal_cannot_steer_it() {
+        assert_eq!(
+            shown("DELETE FROM t WHERE x = '\u{1b}[2K\u{1b}[1Aok'\n\u{202e}cba"),
+            "DELETE FROM t WHERE x = '\\u{1b}[2K\\u{1b}[1Aok'\\u{a}\\u{202e}cba"
+        );
+        assert_eq!(
+            shown("plain `DROP TABLE orders` é"),
+            "plain `DROP TABLE orders` é"
+        );
+    }
 
     fn view() -> Value {
         let arguments = json!({ "sql": "DROP TABLE orders", "params": [] });

@@ -123,3 +123,44 @@ async fn exported_log_verifies_offline_and_tampering_is_detected() {
     std::fs::write(&tampered, reordered.join("\n")).expect("write");
     assert!(!verify(&tampered).status.success());
 }
+
+/// An approver's command line talking to a server that answers without end
+/// (here 8 MiB, chunked, no length announced) stops reading at its cap.
+#[test]
+fn the_remote_command_line_does_not_read_an_oversized_answer() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        if let Ok((mut stream, _)) = listener.accept() {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+            );
+            let chunk = vec![b' '; 1 << 20];
+            for _ in 0..8 {
+                let _ = write!(stream, "{:x}\r\n", chunk.len());
+                let _ = stream.write_all(&chunk);
+                let _ = stream.write_all(b"\r\n");
+            }
+            let _ = stream.write_all(b"0\r\n\r\n");
+        }
+    });
+    let home = DataDir::new();
+    let out = std::process::Command::new(crate::common::BIN)
+        .arg("--data-dir")
+        .arg(&home.path)
+        .args([
+            "approvals",
+            "list",
+            "--server",
+            &format!("http://{address}"),
+        ])
+        .env("DUALTRUST_APPROVER_TOKEN", "a-token")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("over 4194304 bytes"), "{stderr}");
+}

@@ -491,6 +491,32 @@ async fn approvers_approve_and_reject_from_their_own_machine() {
         "{listed}"
     );
     assert!(listed.contains("`DROP TABLE customers`"), "{listed}");
+    // An agent's SQL carrying terminal escape sequences (to erase the line
+    // above and write another) reaches the approver's terminal as text.
+    let (sly, _) = call(
+        &agent,
+        "db.query",
+        json!({ "sql": "UPDATE orders SET note = '\u{1b}[1A\u{1b}[2Kharmless'" }),
+    )
+    .await;
+    let sly_lease = lease_of(&sly);
+    for args in [
+        vec!["approvals", "list", "--server", &server.base],
+        vec![
+            "approvals",
+            "show",
+            "--server",
+            &server.base,
+            "--lease",
+            &sly_lease,
+        ],
+    ] {
+        let printed = ok(run(&alice_home, &alice_token, &args));
+        assert!(
+            !printed.contains('\u{1b}') && printed.contains("\\u{1b}[1A"),
+            "{printed:?}"
+        );
+    }
     let shown = ok(run(
         &alice_home,
         &alice_token,
