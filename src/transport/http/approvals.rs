@@ -28,9 +28,8 @@ pub(super) async fn show_approval(
     Extension(caller): Extension<Authenticated>,
     axum::extract::Path(lease_id): axum::extract::Path<String>,
 ) -> Response {
-    let scope = &state.app.config.scopes.approvals_write;
-    if !caller.principal().has_scope(scope) {
-        return refuse_approval_scope(&state, &caller).await;
+    if let Err(refused) = may_use_approvals(&state, &caller).await {
+        return refused;
     }
     let gate = &state.app.gate;
     let not_found = || {
@@ -50,11 +49,41 @@ pub(super) async fn show_approval(
     match view {
         Ok(Some(view)) => json_response(StatusCode::OK, view),
         Ok(None) => not_found(),
-        Err(_) => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "error": "store_unavailable" }),
-        ),
+        Err(_) => store_unavailable(),
     }
+}
+
+/// The recorded 403 for a caller without the approvals scope.
+async fn may_use_approvals(state: &HttpState, caller: &Authenticated) -> Result<(), Response> {
+    if caller
+        .principal()
+        .has_scope(&state.app.config.scopes.approvals_write)
+    {
+        Ok(())
+    } else {
+        Err(refuse_approval_scope(state, caller).await)
+    }
+}
+
+/// The registered approver bound to the caller's token subject, once the
+/// caller may use the approval routes at all (`None`: no approver is).
+async fn calling_approver<'s>(
+    state: &'s HttpState,
+    caller: &Authenticated,
+) -> Result<Option<&'s str>, Response> {
+    may_use_approvals(state, caller).await?;
+    Ok(state
+        .app
+        .gate
+        .approvers()
+        .approver_for_subject(caller.principal().subject()))
+}
+
+fn store_unavailable() -> Response {
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({ "error": "store_unavailable" }),
+    )
 }
 /// `GET /approvals`: the held calls the caller, as a registered approver
 /// bound to its token subject, may approve or reject now, each with the
@@ -63,25 +92,16 @@ pub(super) async fn list_approvals(
     State(state): State<HttpState>,
     Extension(caller): Extension<Authenticated>,
 ) -> Response {
-    let scope = &state.app.config.scopes.approvals_write;
-    if !caller.principal().has_scope(scope) {
-        return refuse_approval_scope(&state, &caller).await;
-    }
+    let approver = match calling_approver(&state, &caller).await {
+        Ok(Some(approver)) => approver,
+        Ok(None) => {
+            return json_response(StatusCode::OK, json!({ "approver": null, "pending": [] }));
+        }
+        Err(refused) => return refused,
+    };
     let gate = &state.app.gate;
-    let Some(approver) = gate
-        .approvers()
-        .approver_for_subject(caller.principal().subject())
-    else {
-        return json_response(StatusCode::OK, json!({ "approver": null, "pending": [] }));
-    };
-    let unavailable = || {
-        json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "error": "store_unavailable" }),
-        )
-    };
     let Ok(leases) = gate.store().pending_leases(crate::now_unix()).await else {
-        return unavailable();
+        return store_unavailable();
     };
     let mut pending = Vec::new();
     for lease in leases {
@@ -95,7 +115,7 @@ pub(super) async fn list_approvals(
         }
         match gate.approval_view(&lease).await {
             Ok(view) => pending.push(view),
-            Err(_) => return unavailable(),
+            Err(_) => return store_unavailable(),
         }
     }
     json_response(
@@ -118,26 +138,24 @@ pub(super) async fn approval_history(
     State(state): State<HttpState>,
     Extension(caller): Extension<Authenticated>,
 ) -> Response {
-    let scope = &state.app.config.scopes.approvals_write;
-    if !caller.principal().has_scope(scope) {
-        return refuse_approval_scope(&state, &caller).await;
-    }
-    let gate = &state.app.gate;
-    let Some(approver) = gate
-        .approvers()
-        .approver_for_subject(caller.principal().subject())
-    else {
-        return json_response(StatusCode::OK, json!({ "approver": null, "decided": [] }));
+    let approver = match calling_approver(&state, &caller).await {
+        Ok(Some(approver)) => approver,
+        Ok(None) => {
+            return json_response(StatusCode::OK, json!({ "approver": null, "decided": [] }));
+        }
+        Err(refused) => return refused,
     };
-    match gate.approval_history(approver, HISTORY_LIMIT).await {
+    match state
+        .app
+        .gate
+        .approval_history(approver, HISTORY_LIMIT)
+        .await
+    {
         Ok(decided) => json_response(
             StatusCode::OK,
             json!({ "approver": approver, "decided": decided }),
         ),
-        Err(_) => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "error": "store_unavailable" }),
-        ),
+        Err(_) => store_unavailable(),
     }
 }
 
@@ -181,10 +199,7 @@ async fn submission<T: serde::de::DeserializeOwned>(
     caller: &Authenticated,
     body: &[u8],
 ) -> Result<T, Response> {
-    let scope = &state.app.config.scopes.approvals_write;
-    if !caller.principal().has_scope(scope) {
-        return Err(refuse_approval_scope(state, caller).await);
-    }
+    may_use_approvals(state, caller).await?;
     match serde_json::from_slice::<T>(body) {
         Ok(submission) => Ok(submission),
         Err(_) => Err(refuse_authenticated(
