@@ -164,7 +164,10 @@ async fn a_flood_of_unknown_kids_costs_the_idp_nothing() {
 async fn attack_battery_is_rejected_with_receipts_and_no_state_change() {
     let idp = Idp::start(&["rsa-1", "ec-1"]).await;
     let data = DataDir::new();
-    idp.configure(&data, "max_token_bytes = 4096\n");
+    idp.configure(
+        &data,
+        "max_token_bytes = 4096\nrevocation_refresh_ms = 100\n",
+    );
     let server = data.http_server().await;
     let url = server.mcp_url();
     let writer = idp.mint("rsa-1", "db:write", |_| {});
@@ -204,6 +207,9 @@ async fn attack_battery_is_rejected_with_receipts_and_no_state_change() {
     let revoked = idp.mint("rsa-1", "db:write", |c| c["jti"] = json!(revoked_jti));
     let out = data.cli(&["token", "revoke", "--jti", &revoked_jti]);
     assert!(out.status.success());
+    // The revocation list is served from memory: a revocation takes effect
+    // within twice its reload interval (docs/identity.md).
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
 
     let attacks: Vec<(&str, String, &str)> = vec![
         ("alg none", alg_none, "malformed_token"),
