@@ -214,9 +214,13 @@ impl App {
         );
         let mut tools = ToolSet::default();
         tools.register(Arc::new(
-            DbQuery::open(&config.database_target, config.database.clone())
-                .await
-                .map_err(|e| db_error(e.to_string()))?,
+            DbQuery::open(
+                &config.database_target,
+                config.database.clone(),
+                config.identity.claims.clone(),
+            )
+            .await
+            .map_err(|e| db_error(e.to_string()))?,
         ));
         tools.register(terminal.clone());
         tools.register(Arc::new(PassportIssuer::new(

@@ -104,6 +104,13 @@ pub struct IdentityConfig {
     pub max_token_bytes: usize,
     /// Lifetime of tokens minted by `dualtrust token` when none is given.
     pub dev_token_ttl_s: u64,
+    /// Token claims kept on the verified caller besides `sub` (e.g. a tenant
+    /// id). Each is bound into every SQL statement `db.query` runs: on
+    /// PostgreSQL as the transaction-local setting `dualtrust.<claim>`
+    /// (next to `dualtrust.subject`), on SQLite as the named parameter
+    /// `:dt_<claim>` (next to `:dt_subject`). A call whose token lacks one
+    /// is refused.
+    pub claims: Vec<String>,
 }
 
 impl Default for IdentityConfig {
@@ -124,6 +131,7 @@ impl Default for IdentityConfig {
             leeway_s: 30,
             max_token_bytes: 8 * 1024,
             dev_token_ttl_s: 3600,
+            claims: Vec::new(),
         }
     }
 }
@@ -1111,8 +1119,55 @@ fn validate_inbox(
     Ok(InboxConfig { oauth: Some(oauth) })
 }
 
+/// Claims whose meaning is fixed (RFC 7519 and the scope claims): they
+/// cannot be bound under a name of their own.
+const REGISTERED_CLAIMS: &[&str] = &[
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "scope",
+    "scp",
+    "permissions",
+    "subject",
+];
+
 fn validate_identity(raw: &FileConfig) -> Result<(), ConfigError> {
     let identity = &raw.identity;
+    for (i, claim) in identity.claims.iter().enumerate() {
+        // The name becomes part of a PostgreSQL setting name and a SQLite
+        // parameter name, so it is held to what both accept unquoted.
+        let well_formed = claim.len() <= 32
+            && claim.starts_with(|c: char| c.is_ascii_lowercase())
+            && claim
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !well_formed {
+            return Err(ConfigError::key(
+                "identity.claims",
+                format!(
+                    "{claim:?}: a claim name is 1–32 of a-z, 0-9 and _, starting with a letter"
+                ),
+            ));
+        }
+        if REGISTERED_CLAIMS.contains(&claim.as_str()) {
+            return Err(ConfigError::key(
+                "identity.claims",
+                format!(
+                    "{claim:?} is a registered claim with its own meaning; the subject is always bound"
+                ),
+            ));
+        }
+        if identity.claims[..i].contains(claim) {
+            return Err(ConfigError::key(
+                "identity.claims",
+                format!("{claim:?} is listed twice"),
+            ));
+        }
+    }
     if let Some(secret) = &identity.hs256_secret {
         let bytes = secret.expose().as_bytes();
         let distinct = bytes

@@ -116,9 +116,16 @@ pub struct Principal {
     scopes: BTreeSet<String>,
     token_id: Option<String>,
     expires_at: u64,
+    /// The token claims `identity.claims` names, as text (strings as they
+    /// are, other JSON values in their JSON form); absent ones are missing.
+    claims: BTreeMap<String, String>,
 }
 
 impl Principal {
+    /// A claim `identity.claims` keeps, if the token carried it.
+    pub fn claim(&self, name: &str) -> Option<&str> {
+        self.claims.get(name).map(String::as_str)
+    }
     pub fn subject(&self) -> &str {
         &self.subject
     }
@@ -175,6 +182,9 @@ struct AccessClaims {
     /// Auth0 RBAC.
     #[serde(default)]
     permissions: Option<Vec<String>>,
+    /// Everything else; only the claims `identity.claims` names are kept.
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_json::Value>,
 }
 
 impl AccessClaims {
@@ -204,6 +214,7 @@ pub struct TokenVerifier {
     leeway_s: u64,
     max_token_bytes: usize,
     implies: BTreeMap<String, Vec<String>>,
+    kept_claims: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -284,6 +295,7 @@ impl TokenVerifier {
             leeway_s: config.leeway_s,
             max_token_bytes: config.max_token_bytes,
             implies: implies.clone(),
+            kept_claims: config.claims.clone(),
         })
     }
 
@@ -300,6 +312,7 @@ impl TokenVerifier {
             leeway_s: config.leeway_s,
             max_token_bytes: config.max_token_bytes,
             implies: BTreeMap::new(),
+            kept_claims: Vec::new(),
         }
     }
 
@@ -438,10 +451,23 @@ impl TokenVerifier {
         if subject.trim().is_empty() {
             return Err(IdentityError::MissingClaim);
         }
+        let kept = self
+            .kept_claims
+            .iter()
+            .filter_map(|name| {
+                let text = match claims.other.get(name)? {
+                    serde_json::Value::Null => return None,
+                    serde_json::Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                Some((name.clone(), text))
+            })
+            .collect();
         Ok(Principal {
             subject,
             token_id: claims.jti.take(),
             expires_at,
+            claims: kept,
             scopes: expand_scopes(claims.scopes(), &self.implies),
         })
     }

@@ -10,6 +10,8 @@
 //! - `identity`: a local IdP (RSA, EC, Ed25519, JWKS rotation) and the token attack battery,
 //!   403 scope challenges, CORS, rate limits, graceful shutdown, production refusals.
 //! - `postgres`: db.query on the real PostgreSQL: types, least-privilege roles, the bypass corpus.
+//! - `row_security`: the verified identity in the database: PostgreSQL row-level security
+//!   that holds however a query is written, SQLite's server-bound `:dt_…` parameters.
 //! - `quorum`: leases and k-of-n approval, the happy path and the attacks.
 //! - `inbox`: the approvers' web inbox in headless Chromium (tests/browser).
 //! - `audit_log`: the RFC 6962 log: proofs, checkpoints, tampering, kill -9.
@@ -32,6 +34,7 @@ mod notifications;
 mod postgres;
 mod quorum;
 mod replicas;
+mod row_security;
 mod sandbox;
 mod sql_differential;
 mod stdio;

@@ -13,7 +13,10 @@
 
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{Expr, ObjectName, Query, Select, Statement, TableFactor, Visit, Visitor};
+use sqlparser::ast::{
+    Expr, FunctionArg, FunctionArguments, ObjectName, Query, Select, Statement, TableFactor, Visit,
+    Visitor,
+};
 use sqlparser::dialect::{Dialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 
@@ -41,7 +44,6 @@ const SIDE_EFFECT_FUNCTIONS: &[&str] = &[
     "pg_terminate_backend",
     "pg_cancel_backend",
     "pg_reload_conf",
-    "set_config",
     "nextval",
     "setval",
     "pg_sleep",
@@ -64,12 +66,8 @@ const SIDE_EFFECT_FUNCTIONS: &[&str] = &[
     "lo_truncate",
     "lo_truncate64",
     "lowrite",
-    "query_to_xml",
-    "query_to_xmlschema",
-    "query_to_xml_and_xmlschema",
     "cursor_to_xml",
     "cursor_to_xmlschema",
-    "ts_stat",
     "dblink_connect",
     "dblink_connect_u",
     "dblink_disconnect",
@@ -85,6 +83,88 @@ const SIDE_EFFECT_FUNCTIONS: &[&str] = &[
     "pg_stat_reset_single_table_counters",
 ];
 
+/// Functions that run SQL given as a string: no parse of this statement
+/// sees what they run, so nothing can classify it, and what they run could
+/// change the identity the server bound into the transaction and change it
+/// back. Refused, whatever the caller's scopes.
+const SQL_FROM_STRING_FUNCTIONS: &[&str] = &[
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "ts_stat",
+];
+
+/// The settings namespace the server binds the caller's identity into.
+const IDENTITY_SETTINGS: &str = "dualtrust";
+
+fn identity_setting_refused(what: &str) -> Refusal {
+    Refusal::new(
+        "identity_setting",
+        format!(
+            "{what}: every statement runs with the caller's verified identity bound as \
+             `{IDENTITY_SETTINGS}.*` settings, which a statement may not set, reset or compute"
+        ),
+    )
+}
+
+fn names_identity_setting(name: &str) -> bool {
+    name.to_ascii_lowercase().contains(IDENTITY_SETTINGS)
+}
+
+/// `set_config(name, …)` may stay only when its name is a plain literal
+/// outside the identity namespace; anything computed could name it.
+fn set_config_refusal(args: &[FunctionArg]) -> Option<Refusal> {
+    use sqlparser::ast::{FunctionArgExpr, Value};
+    let literal = match args.first() {
+        Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => match &v.value {
+            Value::SingleQuotedString(name) => Some(name),
+            _ => None,
+        },
+        _ => None,
+    };
+    match literal {
+        Some(name) if !names_identity_setting(name) => None,
+        Some(_) => Some(identity_setting_refused(
+            "set_config() on the identity settings",
+        )),
+        None => Some(identity_setting_refused(
+            "set_config() with a setting name that is not a plain string literal",
+        )),
+    }
+}
+
+fn function_args(args: &FunctionArguments) -> &[FunctionArg] {
+    match args {
+        FunctionArguments::List(list) => &list.args,
+        _ => &[],
+    }
+}
+
+/// `SET`, `RESET` and `DISCARD ALL` on the identity settings.
+fn session_statement_refusal(statement: &Statement) -> Option<Refusal> {
+    use sqlparser::ast::{DiscardObject, Reset, Set};
+    fn named<'a>(mut names: impl Iterator<Item = &'a ObjectName>) -> bool {
+        names.any(|n| names_identity_setting(&n.to_string()))
+    }
+    let refused = match statement {
+        Statement::Set(Set::SingleAssignment { variable, .. }) => named(std::iter::once(variable)),
+        Statement::Set(Set::ParenthesizedAssignments { variables, .. }) => named(variables.iter()),
+        Statement::Set(Set::MultipleAssignments { assignments }) => {
+            named(assignments.iter().map(|a| &a.name))
+        }
+        Statement::Reset(reset) => match &reset.reset {
+            Reset::ALL => true,
+            Reset::ConfigurationParameter(name) => names_identity_setting(&name.to_string()),
+            Reset::SessionAuthorization => false,
+        },
+        Statement::Discard {
+            object_type: DiscardObject::ALL,
+        } => true,
+        _ => false,
+    };
+    refused.then(|| identity_setting_refused(&statement_verb(statement)))
+}
+
 /// One classified statement, and the canonical text that will execute.
 #[derive(Debug, Clone)]
 pub struct ClassifiedSql {
@@ -95,6 +175,9 @@ pub struct ClassifiedSql {
     /// classified, so the engine cannot be handed a second statement the
     /// parser did not see.
     pub canonical_sql: String,
+    /// SQLite: the statement names `:dt_…` identity parameters, and this is
+    /// the text that runs with them numbered.
+    pub identity: Option<super::lexical::IdentityPlaceholders>,
 }
 
 /// What an approver (and the receipt) is told: the class, why, the
@@ -201,8 +284,12 @@ pub fn classify_sql(sql: &str, dialect: SqlDialect) -> Result<ClassifiedSql, Ref
     let mut walker = Walker {
         class: Class::Read,
         reasons: Vec::new(),
+        refused: None,
     };
     let _ = statement.visit(&mut walker);
+    if let Some(refusal) = walker.refused {
+        return Err(refusal);
+    }
     let class = walker.class;
     let verb = statement_verb(statement);
     let canonical_sql = statement.to_string();
@@ -217,16 +304,25 @@ pub fn classify_sql(sql: &str, dialect: SqlDialect) -> Result<ClassifiedSql, Ref
             "the statement does not read back the same once normalized, so it is not run; simplify its quoting",
         ));
     }
+    let identity = match dialect {
+        SqlDialect::Sqlite => {
+            super::lexical::identity_placeholders(parser_dialect, &canonical_sql)?
+        }
+        SqlDialect::Postgres => None,
+    };
     Ok(ClassifiedSql {
         class,
         summary,
         canonical_sql,
+        identity,
     })
 }
 
 struct Walker {
     class: Class,
     reasons: Vec<String>,
+    /// Set when something anywhere in the statement is refused outright.
+    refused: Option<Refusal>,
 }
 
 impl Walker {
@@ -253,10 +349,44 @@ fn last_ident(name: &ObjectName) -> String {
         .unwrap_or_default()
 }
 
+fn sql_from_string_refused(name: &str) -> Refusal {
+    Refusal::new(
+        "sql_from_string",
+        format!(
+            "{name}() runs SQL given as a string, which cannot be classified; run that statement itself"
+        ),
+    )
+}
+
+impl Walker {
+    fn refuse(&mut self, refusal: Refusal) -> ControlFlow<()> {
+        self.refused.get_or_insert(refusal);
+        ControlFlow::Break(())
+    }
+
+    fn function(&mut self, name: &str, args: &[FunctionArg]) -> ControlFlow<()> {
+        if SQL_FROM_STRING_FUNCTIONS.contains(&name) {
+            return self.refuse(sql_from_string_refused(name));
+        }
+        if name == "set_config" {
+            if let Some(refusal) = set_config_refusal(args) {
+                return self.refuse(refusal);
+            }
+            self.raise(Class::Admin, "calls set_config()");
+        } else if SIDE_EFFECT_FUNCTIONS.contains(&name) {
+            self.raise(Class::Admin, format!("calls {name}()"));
+        }
+        ControlFlow::Continue(())
+    }
+}
+
 impl Visitor for Walker {
     type Break = ();
 
     fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        if let Some(refusal) = session_statement_refusal(statement) {
+            return self.refuse(refusal);
+        }
         match statement {
             Statement::Query(_) => {}
             Statement::Insert(_) => self.raise(Class::Write, "INSERT"),
@@ -321,28 +451,33 @@ impl Visitor for Walker {
 
     // `FROM LATERAL f(…)` names its function here, not as a relation.
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
-        if let TableFactor::Function { name, .. } = factor {
-            let name = last_ident(name);
-            if SIDE_EFFECT_FUNCTIONS.contains(&name.as_str()) {
-                self.raise(Class::Admin, format!("calls {name}()"));
-            }
+        match factor {
+            TableFactor::Function { name, args, .. } => self.function(&last_ident(name), args),
+            // `FROM f(…)` without LATERAL parses as a table with arguments.
+            TableFactor::Table {
+                name,
+                args: Some(args),
+                ..
+            } => self.function(&last_ident(name), &args.args),
+            _ => ControlFlow::Continue(()),
         }
-        ControlFlow::Continue(())
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         if let Expr::Function(function) = expr {
-            let name = last_ident(&function.name);
-            if SIDE_EFFECT_FUNCTIONS.contains(&name.as_str()) {
-                self.raise(Class::Admin, format!("calls {name}()"));
-            }
+            return self.function(&last_ident(&function.name), function_args(&function.args));
         }
         ControlFlow::Continue(())
     }
 
+    // A relation named like one of these functions, as a function in FROM
+    // also is (its arguments were judged with the table factor).
     fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
         let name = last_ident(relation);
-        if SIDE_EFFECT_FUNCTIONS.contains(&name.as_str()) {
+        if SQL_FROM_STRING_FUNCTIONS.contains(&name.as_str()) {
+            return self.refuse(sql_from_string_refused(&name));
+        }
+        if SIDE_EFFECT_FUNCTIONS.contains(&name.as_str()) || name == "set_config" {
             self.raise(Class::Admin, format!("calls {name}()"));
         }
         ControlFlow::Continue(())
@@ -563,8 +698,102 @@ mod tests {
             "EXPLAIN (ANALYZE) SELECT 1",
         ] {
             let class = classify_sql(sql, SqlDialect::Postgres).map(|c| c.class);
-            assert!(class.is_ok_and(|c| c >= Class::Admin), "{sql}");
+            assert!(
+                class.as_ref().is_ok_and(|c| *c >= Class::Admin)
+                    || class.is_err_and(|r| r.code == "sql_from_string"),
+                "{sql}"
+            );
         }
+    }
+
+    /// The caller's identity is bound as `dualtrust.*` settings for the
+    /// statement; no spelling of a statement may rebind it, whatever the
+    /// caller's scopes (a `db:admin` token included).
+    #[test]
+    fn no_statement_can_touch_the_bound_identity() {
+        let code = |sql: &str| {
+            classify_sql(sql, SqlDialect::Postgres)
+                .map(|c| c.class.as_str())
+                .unwrap_or_else(|r| r.code)
+        };
+        for sql in [
+            "SELECT set_config('dualtrust.tenant', 'b', true)",
+            "SELECT pg_catalog.set_config('DualTrust.Subject', 'b', true)",
+            "SELECT \"set_config\"('dualtrust.tenant', 'b', false)",
+            "SELECT set_config('dualtrust' || '.tenant', 'b', true)",
+            "SELECT set_config(name, 'b', true) FROM pg_settings",
+            "SELECT set_config($1, 'b', true)",
+            "SELECT set_config(E'dualtrust.tenant', 'b', true)",
+            "SELECT * FROM t, LATERAL set_config('dualtrust.tenant', 'b', true) x",
+            "SELECT * FROM set_config('dualtrust.tenant', 'b', true)",
+            "SELECT * FROM t WHERE (SELECT set_config('dualtrust.tenant', 'b', true)) IS NOT NULL",
+            "WITH x AS (SELECT set_config('dualtrust.tenant', 'b', true)) SELECT * FROM x, t",
+            "UPDATE t SET a = set_config('dualtrust.tenant', 'b', true) WHERE id = 1",
+            "SET dualtrust.tenant = 'b'",
+            "SET LOCAL dualtrust.tenant TO 'b'",
+            "SET SESSION \"dualtrust\".tenant = 'b'",
+            "RESET dualtrust.tenant",
+            "RESET ALL",
+            "PREPARE p AS SELECT set_config('dualtrust.tenant', 'b', true)",
+            "EXPLAIN ANALYZE SELECT set_config('dualtrust.tenant', 'b', true)",
+        ] {
+            assert_eq!(code(sql), "identity_setting", "{sql}");
+        }
+        for sql in [
+            "SELECT query_to_xml('SELECT 1', true, true, '')",
+            "SELECT * FROM query_to_xml('SELECT 1', true, true, '')",
+            "SELECT ts_stat('SELECT to_tsvector(''x'')')",
+        ] {
+            assert_eq!(code(sql), "sql_from_string", "{sql}");
+        }
+        // Reading them is what policies do, and other settings stay admin.
+        assert_eq!(
+            code("SELECT current_setting('dualtrust.tenant', true)"),
+            "read"
+        );
+        assert_eq!(
+            code("SELECT set_config('application_name', 'x', true)"),
+            "admin"
+        );
+        assert_eq!(code("SET search_path = public"), "admin");
+    }
+
+    /// SQLite's `:dt_…` parameters are the server's: numbered after every
+    /// index the caller's placeholders use, whatever their order.
+    #[test]
+    fn sqlite_identity_parameters_are_numbered_after_the_callers() {
+        let run = |sql: &str| {
+            classify_sql(sql, SqlDialect::Sqlite)
+                .map(|c| c.identity.map(|p| (p.sql, p.caller_slots, p.names)))
+                .map_err(|r| r.code)
+        };
+        assert_eq!(run("SELECT ? FROM t"), Ok(None));
+        assert_eq!(
+            run("SELECT * FROM notes WHERE owner = :dt_subject AND id = ?"),
+            Ok(Some((
+                "SELECT * FROM notes WHERE owner = ?2 AND id = ?1".into(),
+                1,
+                vec!["subject".into()]
+            )))
+        );
+        assert_eq!(
+            run("INSERT INTO n VALUES (?, :dt_tenant, ?5, :dt_subject, ?, :dt_tenant)"),
+            Ok(Some((
+                "INSERT INTO n VALUES (?1, ?7, ?5, ?8, ?6, ?7)".into(),
+                6,
+                vec!["tenant".into(), "subject".into()]
+            )))
+        );
+        for sql in [
+            "SELECT :name",
+            "SELECT @dt_subject",
+            "SELECT $dt_subject",
+            "SELECT * FROM t WHERE a = :other",
+        ] {
+            assert_eq!(run(sql), Err("named_parameter"), "{sql}");
+        }
+        // In a string or a quoted name it is text, not a parameter.
+        assert_eq!(run("SELECT ':dt_subject', \":dt_x\" FROM t"), Ok(None));
     }
 
     #[test]

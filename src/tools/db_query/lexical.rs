@@ -239,6 +239,7 @@ pub(super) fn utility_statement(
         class,
         summary: format!("{} SQL statement: {what}: `{shown}{cut}`", class.as_str()),
         canonical_sql,
+        identity: None,
     })
 }
 
@@ -321,6 +322,144 @@ fn render(tokens: &[Token]) -> Option<String> {
         text.push_str(part);
     }
     Some(text)
+}
+
+/// A SQLite statement whose named parameters `:dt_subject`, `:dt_<claim>`
+/// the server binds, renumbered so every placeholder has an explicit index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityPlaceholders {
+    /// The text with `?` as `?N` and each `:dt_…` as `?M`, M after every
+    /// index the caller's placeholders use.
+    pub sql: String,
+    /// How many positional values the caller's placeholders take (`?N`
+    /// counts as N): the caller's params fill 1..=this.
+    pub caller_slots: usize,
+    /// The identity values, in index order after `caller_slots`: `subject`
+    /// or a claim name.
+    pub names: Vec<String>,
+}
+
+const IDENTITY_PREFIX: &str = "dt_";
+
+fn named_parameter_refused(name: &str) -> Refusal {
+    Refusal::new(
+        "named_parameter",
+        format!(
+            "placeholder `{name}`: values bind to `?` (or `?N`) placeholders; named parameters are \
+             reserved for the identity the server binds (`:dt_subject`, `:dt_<claim>`)"
+        ),
+    )
+}
+
+/// SQLite's named parameters, of which only `:dt_…` exist here: the server
+/// binds them from the verified caller, and nothing the caller sends can.
+/// SQLite numbers a bare `?` one past the largest index so far, so the
+/// identity values can only sit after every index the caller uses; the text
+/// is rewritten with explicit indices to put them there. `None` when the
+/// statement names none, so it runs exactly as classified.
+pub(super) fn identity_placeholders(
+    dialect: &dyn Dialect,
+    sql: &str,
+) -> Result<Option<IdentityPlaceholders>, Refusal> {
+    if !sql.contains([':', '@', '$']) {
+        return Ok(None);
+    }
+    let Some(tokens) = tokens(dialect, sql) else {
+        return Err(invalid("the statement could not be split into tokens"));
+    };
+    let offsets = Offsets::new(sql);
+    let locate = |t: &TokenWithSpan| {
+        Some((
+            offsets.at(t.span.start.line, t.span.start.column)?,
+            offsets.at(t.span.end.line, t.span.end.column)?,
+        ))
+    };
+    enum Slot {
+        Caller(usize),
+        Identity(String),
+    }
+    // (byte range in `sql`, what goes there)
+    let mut slots: Vec<(usize, usize, Slot)> = Vec::new();
+    let mut largest = 0usize;
+    let mut i = 0;
+    while i < tokens.len() {
+        let token = &tokens[i];
+        match &token.token {
+            Token::Placeholder(p) if p == "?" => {
+                let (start, end) =
+                    locate(token).ok_or_else(|| invalid("a placeholder could not be located"))?;
+                largest += 1;
+                slots.push((start, end, Slot::Caller(largest)));
+            }
+            Token::Placeholder(p) if p.starts_with('?') => {
+                let index: usize = p[1..]
+                    .parse()
+                    .map_err(|_| invalid("a `?N` placeholder needs a number"))?;
+                largest = largest.max(index);
+            }
+            Token::Placeholder(p) => return Err(named_parameter_refused(p)),
+            Token::Colon | Token::AtSign => {
+                let name = match tokens.get(i + 1) {
+                    Some(next) if next.span.start == token.span.end => match &next.token {
+                        Token::Word(Word {
+                            value,
+                            quote_style: None,
+                            ..
+                        }) => value,
+                        _ => return Err(named_parameter_refused(&token.token.to_string())),
+                    },
+                    _ => return Err(named_parameter_refused(&token.token.to_string())),
+                };
+                let Some(bound) = name.strip_prefix(IDENTITY_PREFIX) else {
+                    return Err(named_parameter_refused(&format!("{}{name}", token.token)));
+                };
+                if token.token != Token::Colon {
+                    return Err(named_parameter_refused(&format!("{}{name}", token.token)));
+                }
+                let (Some((start, _)), Some((_, end))) = (locate(token), locate(&tokens[i + 1]))
+                else {
+                    return Err(invalid("a placeholder could not be located"));
+                };
+                slots.push((start, end, Slot::Identity(bound.to_ascii_lowercase())));
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if !slots
+        .iter()
+        .any(|(_, _, slot)| matches!(slot, Slot::Identity(_)))
+    {
+        return Ok(None);
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut copied = 0;
+    for (start, end, slot) in &slots {
+        out.push_str(&sql[copied..*start]);
+        let index = match slot {
+            Slot::Caller(index) => *index,
+            Slot::Identity(name) => {
+                let position = match names.iter().position(|n| n == name) {
+                    Some(p) => p,
+                    None => {
+                        names.push(name.clone());
+                        names.len() - 1
+                    }
+                };
+                largest + 1 + position
+            }
+        };
+        out.push_str(&format!("?{index}"));
+        copied = *end;
+    }
+    out.push_str(&sql[copied..]);
+    Ok(Some(IdentityPlaceholders {
+        sql: out,
+        caller_slots: largest,
+        names,
+    }))
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use sqlx::{Column, Row, TypeInfo, ValueRef};
 
 use crate::config::{DatabaseConfig, DatabaseTarget};
 use crate::gate::{Authorized, Class, Classification, Executed, Refusal, Tool};
+use crate::identity::Principal;
 use classify::{SqlDialect, classify_sql};
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -75,6 +76,61 @@ enum Backend {
 pub struct DbQuery {
     backend: Backend,
     limits: DatabaseConfig,
+    /// The token claims bound into every statement besides the subject
+    /// (`identity.claims`).
+    bound_claims: Vec<String>,
+}
+
+/// What classification hands to execution.
+pub struct SqlPlan {
+    /// The statement re-rendered from its syntax tree: what runs.
+    canonical_sql: String,
+    /// SQLite: the `:dt_…` parameters the statement names, numbered.
+    identity: Option<lexical::IdentityPlaceholders>,
+}
+
+/// The caller's identity as the database sees it: `subject` first, then
+/// each bound claim, by name.
+struct IdentityValues(Vec<(String, String)>);
+
+impl IdentityValues {
+    fn of(principal: &Principal, claims: &[String]) -> Result<Self, Refusal> {
+        let mut values = vec![(SUBJECT.to_string(), principal.subject().to_string())];
+        for claim in claims {
+            let Some(value) = principal.claim(claim) else {
+                return Err(Refusal::new(
+                    "identity_claim_missing",
+                    format!(
+                        "this database binds the token claim `{claim}` into every statement, and the token carries none"
+                    ),
+                ));
+            };
+            values.push((claim.clone(), value.to_string()));
+        }
+        Ok(Self(values))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+const SUBJECT: &str = "subject";
+
+/// The PostgreSQL setting a bound value lives in.
+fn pg_setting(name: &str) -> String {
+    format!("dualtrust.{name}")
+}
+
+fn identity_changed() -> Refusal {
+    Refusal::new(
+        "identity_setting",
+        "the statement changed the identity settings the server bound (dualtrust.*); \
+         its result is withheld and its transaction rolled back",
+    )
 }
 
 fn engine_error(error: sqlx::Error, timeout_ms: u64) -> Refusal {
@@ -130,6 +186,7 @@ impl DbQuery {
     pub async fn open(
         target: &DatabaseTarget,
         limits: DatabaseConfig,
+        bound_claims: Vec<String>,
     ) -> Result<Self, sqlx::Error> {
         let backend = match target {
             DatabaseTarget::Sqlite(path) => Self::open_sqlite(path).await?,
@@ -153,16 +210,42 @@ impl DbQuery {
                     read_pool: pool(read_url.expose())?,
                     write_pool: pool(url.expose())?,
                 };
-                if let Backend::Postgres { write_pool, .. } = &backend
-                    && let Err(e) = sqlx::query("SELECT 1").execute(write_pool).await
+                if let Backend::Postgres {
+                    write_pool,
+                    read_pool,
+                } = &backend
                 {
-                    // Not fatal: calls fail closed until PostgreSQL is back.
-                    tracing::warn!(error = %e, "PostgreSQL is not reachable yet; db.query fails until it is");
+                    for pool in [write_pool, read_pool] {
+                        // Row-level security does not apply to a superuser or
+                        // a BYPASSRLS role, so policies written against the
+                        // bound identity would silently not hold.
+                        let bypass = sqlx::query_as::<_, (String, bool)>(
+                            "SELECT current_user::text, rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user",
+                        )
+                        .fetch_one(pool)
+                        .await;
+                        match bypass {
+                            Ok((role, true)) => tracing::warn!(
+                                role,
+                                "db.query's PostgreSQL role bypasses row-level security (superuser or BYPASSRLS): \
+                                 policies on the bound identity (dualtrust.subject, identity.claims) do not hold for it"
+                            ),
+                            Ok(_) => {}
+                            // Not fatal: calls fail closed until PostgreSQL is back.
+                            Err(e) => {
+                                tracing::warn!(error = %e, "PostgreSQL is not reachable yet; db.query fails until it is")
+                            }
+                        }
+                    }
                 }
                 backend
             }
         };
-        Ok(Self { backend, limits })
+        Ok(Self {
+            backend,
+            limits,
+            bound_claims,
+        })
     }
 
     async fn open_sqlite(path: &Path) -> Result<Backend, sqlx::Error> {
@@ -219,9 +302,32 @@ impl DbQuery {
         sql: &str,
         class: Class,
         params: &[SqlParam],
+        identity: &IdentityValues,
     ) -> Result<Value, Refusal> {
         let timeout_ms = self.limits.statement_timeout_ms;
         let arguments = Self::bind_pg(params)?;
+        // The names are this server's own (`identity.claims` is validated to
+        // plain lower-case words); the values travel as bound parameters.
+        let settings: Vec<String> = std::iter::once("statement_timeout".to_string())
+            .chain(identity.0.iter().map(|(name, _)| pg_setting(name)))
+            .collect();
+        let bind_sql = format!(
+            "SELECT {}",
+            settings
+                .iter()
+                .enumerate()
+                .map(|(i, name)| format!("set_config('{name}', ${}, true)", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let check_sql = format!(
+            "SELECT {}",
+            settings[1..]
+                .iter()
+                .map(|name| format!("current_setting('{name}', true)"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let read = class == Class::Read;
         let (pool, begin) = if read {
             (read_pool, "BEGIN READ ONLY")
@@ -230,12 +336,13 @@ impl DbQuery {
         };
         let outcome = async {
             let mut tx = pool.begin_with(begin).await?;
-            // SET takes no bind parameters; the value is our own integer.
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SET LOCAL statement_timeout = {timeout_ms}"
-            )))
-            .execute(&mut *tx)
-            .await?;
+            // Transaction-local: gone at commit or rollback, and `DISCARD
+            // ALL` clears the connection before the next call anyway.
+            let mut bind = sqlx::query(sqlx::AssertSqlSafe(bind_sql)).bind(timeout_ms.to_string());
+            for (_, value) in &identity.0 {
+                bind = bind.bind(value.as_str());
+            }
+            bind.execute(&mut *tx).await?;
             let mut affected = 0u64;
             // Deprecated for SQLite's multi-statement behaviour; here it is
             // one prepared statement, and the only way to get both the rows
@@ -254,6 +361,24 @@ impl DbQuery {
                     futures_util::future::ready(Ok(row))
                 });
             let mut value = self.collect(Box::pin(stream), !read, pg_cell).await?;
+            // The classifier refuses a statement that sets `dualtrust.*`;
+            // this catches one that did anyway (through a function the
+            // classifier cannot see into) before its rows leave or its
+            // writes commit.
+            let seen: PgRow = sqlx::query(sqlx::AssertSqlSafe(check_sql))
+                .fetch_one(&mut *tx)
+                .await?;
+            let intact = identity.0.iter().enumerate().all(|(i, (_, expected))| {
+                seen.try_get::<Option<String>, _>(i)
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    == Some(expected.as_str())
+            });
+            if !intact {
+                tx.rollback().await?;
+                return Ok(Err(identity_changed()));
+            }
             if read {
                 // Nothing a read did, not even a session setting, survives.
                 tx.rollback().await?;
@@ -261,16 +386,37 @@ impl DbQuery {
                 tx.commit().await?;
                 value["rows_affected"] = Value::from(affected);
             }
-            Ok::<_, sqlx::Error>(value)
+            Ok::<_, sqlx::Error>(Ok(value))
         }
         .await;
-        outcome.map_err(|e| engine_error(e, timeout_ms))
+        outcome.map_err(|e| engine_error(e, timeout_ms))?
     }
 
-    fn bind(args: &[SqlParam]) -> Result<SqliteArguments, Refusal> {
+    /// The caller's values, then (for a statement naming `:dt_…`) the
+    /// identity values at the indices after every one the caller uses.
+    fn bind(
+        args: &[SqlParam],
+        placeholders: Option<&lexical::IdentityPlaceholders>,
+        identity: &IdentityValues,
+    ) -> Result<SqliteArguments, Refusal> {
         use sqlx::Arguments;
         let mut out = SqliteArguments::default();
-        for p in args {
+        let padding = match placeholders {
+            Some(p) if args.len() > p.caller_slots => {
+                return Err(Refusal::new(
+                    "too_many_params",
+                    format!(
+                        "the statement takes {} parameter values and {} were given",
+                        p.caller_slots,
+                        args.len()
+                    ),
+                ));
+            }
+            Some(p) => p.caller_slots - args.len(),
+            None => 0,
+        };
+        let unbound = std::iter::repeat_n(&SqlParam::Null, padding);
+        for p in args.iter().chain(unbound) {
             let r = match p {
                 SqlParam::Null => out.add(Option::<i64>::None),
                 SqlParam::Bool(b) => out.add(i64::from(*b)),
@@ -280,10 +426,23 @@ impl DbQuery {
             };
             r.map_err(|_| Refusal::new("invalid_arguments", "a parameter could not be bound"))?;
         }
+        for name in placeholders.map(|p| p.names.as_slice()).unwrap_or_default() {
+            // Classification refused names this server does not bind.
+            let value = identity.get(name).unwrap_or_default().to_string();
+            out.add(value)
+                .map_err(|_| Refusal::new("invalid_arguments", "a parameter could not be bound"))?;
+        }
         Ok(out)
     }
 
-    async fn run(&self, sql: &str, class: Class, params: &[SqlParam]) -> Result<Value, Refusal> {
+    async fn run(
+        &self,
+        plan: &SqlPlan,
+        class: Class,
+        params: &[SqlParam],
+        identity: &IdentityValues,
+    ) -> Result<Value, Refusal> {
+        let sql = plan.canonical_sql.as_str();
         let (read_pool, write_pool) = match &self.backend {
             Backend::Sqlite {
                 read_pool,
@@ -292,7 +451,11 @@ impl DbQuery {
             Backend::Postgres {
                 read_pool,
                 write_pool,
-            } => return self.run_pg(read_pool, write_pool, sql, class, params).await,
+            } => {
+                return self
+                    .run_pg(read_pool, write_pool, sql, class, params, identity)
+                    .await;
+            }
         };
         let timeout_ms = self.limits.statement_timeout_ms;
         let pool = if class == Class::Read {
@@ -310,7 +473,8 @@ impl DbQuery {
             .map_err(|e| engine_error(e, timeout_ms))?
             .set_progress_handler(1_000, move || Instant::now() < deadline);
 
-        let arguments = Self::bind(params)?;
+        let arguments = Self::bind(params, plan.identity.as_ref(), identity)?;
+        let sql = plan.identity.as_ref().map_or(sql, |p| p.sql.as_str());
         // Running caller-written SQL is this tool's purpose; what makes it safe is
         // the classification, the scope check and the read-only connection, and
         // values travel as bound parameters, never spliced into the text.
@@ -523,10 +687,9 @@ impl Tool for DbQuery {
         Bind values with `?` placeholders and `params`. The result holds columns, rows, a truncated flag and a signed audit receipt.";
     const READ_ONLY: bool = false;
     type Args = DbQueryArgs;
-    /// The statement re-rendered from its syntax tree: what runs.
-    type Plan = String;
+    type Plan = SqlPlan;
 
-    fn classify(&self, args: &DbQueryArgs) -> Result<Classification<String>, Refusal> {
+    fn classify(&self, args: &DbQueryArgs) -> Result<Classification<SqlPlan>, Refusal> {
         if args.sql.len() > self.limits.max_sql_bytes {
             return Err(Refusal::new(
                 "sql_too_large",
@@ -543,17 +706,43 @@ impl Tool for DbQuery {
             ));
         }
         let classified = classify_sql(&args.sql, self.dialect())?;
+        if let Some(placeholders) = &classified.identity
+            && let Some(unbound) = placeholders
+                .names
+                .iter()
+                .find(|n| *n != SUBJECT && !self.bound_claims.contains(n))
+        {
+            return Err(Refusal::new(
+                "named_parameter",
+                format!(
+                    "`:dt_{unbound}` is not bound here: the server binds `:dt_subject`{}",
+                    self.bound_claims
+                        .iter()
+                        .map(|c| format!(", `:dt_{c}`"))
+                        .collect::<String>()
+                ),
+            ));
+        }
         Ok(Classification {
             class: classified.class,
             summary: classified.summary,
-            plan: classified.canonical_sql,
+            plan: SqlPlan {
+                canonical_sql: classified.canonical_sql,
+                identity: classified.identity,
+            },
         })
     }
 
     async fn execute(&self, call: Authorized<'_, Self>) -> Result<Executed, Refusal> {
+        let identity = IdentityValues::of(call.principal(), &self.bound_claims)?;
         // What runs is exactly the one statement that was classified.
         let result = self
-            .run(call.plan(), call.action().class(), &call.args().params)
+            .run(
+                call.plan(),
+                call.action().class(),
+                &call.args().params,
+                &identity,
+            )
             .await?;
         let outcome = json!({
             "row_count": result.get("row_count"),
