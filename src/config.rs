@@ -1121,7 +1121,7 @@ fn validate_inbox(
 
 /// Claims whose meaning is fixed (RFC 7519 and the scope claims): they
 /// cannot be bound under a name of their own.
-const REGISTERED_CLAIMS: &[&str] = &[
+pub(crate) const REGISTERED_CLAIMS: &[&str] = &[
     "iss",
     "sub",
     "aud",
@@ -1667,6 +1667,26 @@ mod tests {
         ] {
             let err = load(&text, &[]).expect_err(&text);
             assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    /// A bound claim becomes part of a setting and a parameter name.
+    #[test]
+    fn bound_claims_are_plain_names_of_their_own() {
+        let loaded = load("[identity]\nclaims = [\"tenant\", \"org_id\"]\n", &[]).expect("valid");
+        assert_eq!(loaded.identity.claims, ["tenant", "org_id"]);
+        for bad in [
+            "\"Tenant\"",
+            "\"tenant.id\"",
+            "\"x'); DROP TABLE t; --\"",
+            "\"\"",
+            "\"sub\"",
+            "\"scope\"",
+            "\"subject\"",
+            "\"tenant\", \"tenant\"",
+        ] {
+            let err = load(&format!("[identity]\nclaims = [{bad}]\n"), &[]).expect_err(bad);
+            assert!(err.to_string().contains("identity.claims"), "{bad}: {err}");
         }
     }
 

@@ -67,6 +67,10 @@ pub enum Command {
         /// Lifetime in seconds (default: identity.dev_token_ttl_s).
         #[arg(long)]
         ttl: Option<u64>,
+        /// A further claim, NAME=VALUE (repeatable), e.g. `tenant=acme` for
+        /// a claim `identity.claims` binds into SQL.
+        #[arg(long = "claim", value_parser = parse_claim)]
+        claims: Vec<(String, String)>,
     },
     /// Revoke a token by its `jti` (same as `token revoke`).
     Revoke {
@@ -198,6 +202,17 @@ pub enum TokenAction {
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// `NAME=VALUE`, where NAME is not one the token already sets.
+fn parse_claim(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected NAME=VALUE"))?;
+    if name.is_empty() || crate::config::REGISTERED_CLAIMS.contains(&name) {
+        return Err(format!("{name:?}: not a claim this option may set"));
+    }
+    Ok((name.to_string(), value.to_string()))
+}
+
 async fn revoke(config: &Config, jti: &str) -> Result<(), BoxError> {
     app::ensure_data_dir(config)?;
     let store = crate::store::Store::open(&config.store_target).await?;
@@ -252,7 +267,11 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         }
         | Command::Revoke { jti } => revoke(&config, &jti).await?,
         Command::Token {
-            sub, scope, ttl, ..
+            sub,
+            scope,
+            ttl,
+            claims: extra,
+            ..
         } => {
             let sub = sub.unwrap_or_default();
             if config.mode != Mode::Development || !config.identity.dev_tokens {
@@ -271,6 +290,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
                 nbf: now,
                 exp: now + ttl.unwrap_or(config.identity.dev_token_ttl_s),
                 jti: &jti,
+                extra: extra.into_iter().collect(),
             };
             println!("{}", issuer.sign_jws("JWT", &claims)?);
         }

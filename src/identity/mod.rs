@@ -694,6 +694,9 @@ pub struct DevTokenClaims<'a> {
     pub nbf: u64,
     pub exp: u64,
     pub jti: &'a str,
+    /// Further claims (`--claim tenant=a`), for `identity.claims`.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, String>,
 }
 
 #[cfg(test)]

@@ -372,7 +372,17 @@ async fn sqlite_statements_name_the_verified_identity_as_server_bound_parameters
         "[identity]\nclaims = [\"tenant\"]\n",
     )
     .expect("config");
-    let alice = client_with(&data, json!({ "sub": "alice", "tenant": "a" })).await;
+    // `dualtrust token --claim` mints what an IdP would put in the token.
+    let out = data.cli(&[
+        "token", "--sub", "alice", "--scope", "db:read", "--claim", "tenant=a",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).expect("utf8");
+    let alice = data.stdio_client(Some(token.trim())).await;
     let (env, _) = call(
         &alice,
         "db.query",

@@ -376,6 +376,7 @@ mod tests {
                         nbf: now,
                         exp: now + 600,
                         jti: "t-1",
+                        extra: Default::default(),
                     },
                 )
                 .expect("token")
