@@ -14,7 +14,7 @@ use crate::identity::TokenVerifier;
 use crate::keys::KeyPair;
 use crate::notify::Notifier;
 use crate::store::Store;
-use crate::tools::{AuditVerify, DbQuery, PassportIssuer, Terminal, ToolSet};
+use crate::tools::{AuditVerify, DbQuery, DbSchema, PassportIssuer, Terminal, ToolSet};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -213,7 +213,7 @@ impl App {
             Terminal::new(config.terminal.clone(), config.mode).map_err(StartupError::Terminal)?,
         );
         let mut tools = ToolSet::default();
-        tools.register(Arc::new(
+        let database = Arc::new(
             DbQuery::open(
                 &config.database_target,
                 config.database.clone(),
@@ -221,7 +221,9 @@ impl App {
             )
             .await
             .map_err(|e| db_error(e.to_string()))?,
-        ));
+        );
+        tools.register(database.clone());
+        tools.register(Arc::new(DbSchema::new(database)));
         tools.register(terminal.clone());
         tools.register(Arc::new(PassportIssuer::new(
             server_key.clone(),

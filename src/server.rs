@@ -4,17 +4,20 @@
 use std::sync::Arc;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ElicitRequest,
-    ElicitRequestParams, ElicitationSchema, Implementation, InputRequest, InputRequests,
-    InputRequiredResult, ListToolsResult, MetaObject, PaginatedRequestParams, RequestStateCodec,
-    SealOptions, ServerCapabilities, ServerConfig,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
+    ElicitRequest, ElicitRequestParams, ElicitationSchema, Implementation, InputRequest,
+    InputRequests, InputRequiredResult, ListResourceTemplatesResult, ListResourcesResult,
+    ListToolsResult, MetaObject, PaginatedRequestParams, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, RequestStateCodec, Resource, ResourceContents,
+    ResourceTemplate, SealOptions, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
-use crate::gate::{Authenticated, Caller, GateOutcome, Preadmitted, Status};
+use crate::gate::{Authenticated, Caller, GateOutcome, Preadmitted, Status, Tool};
+use crate::tools::DbSchema;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -60,6 +63,66 @@ pub fn seal_request_state(
         .ok()
 }
 
+/// The schema as MCP resources: the overview, and one resource per table.
+const SCHEMA_URI: &str = "dualtrust://db/schema";
+const TABLE_URI_PREFIX: &str = "dualtrust://db/tables/";
+/// Schemas change with DDL only; listings depend on the caller's scopes
+/// and the database role, so they are never shared between callers.
+const SCHEMA_TTL_MS: u64 = 30_000;
+const TOOLS_TTL_MS: u64 = 300_000;
+/// Where a resource read's decision (receipt, proof) travels.
+const OUTCOME_META: &str = "io.dualtrust/outcome";
+
+/// Everything but RFC 3986 unreserved characters is escaped in a table URI.
+const TABLE_NAME_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn table_uri(name: &str) -> String {
+    format!(
+        "{TABLE_URI_PREFIX}{}",
+        percent_encoding::utf8_percent_encode(name, TABLE_NAME_ESCAPES)
+    )
+}
+
+/// The `db.schema` arguments a resource URI stands for.
+fn schema_request(uri: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let mut arguments = serde_json::Map::new();
+    if uri == SCHEMA_URI {
+        return Some(arguments);
+    }
+    let encoded = uri.strip_prefix(TABLE_URI_PREFIX)?;
+    let name = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .ok()?;
+    if name.is_empty() {
+        return None;
+    }
+    arguments.insert("table".into(), name.into_owned().into());
+    Some(arguments)
+}
+
+/// A refused schema read as an MCP error that carries the decision.
+fn refused(outcome: &GateOutcome) -> McpError {
+    let message = outcome
+        .error
+        .as_ref()
+        .map(|e| format!("{}: {}", e.code, e.message))
+        .unwrap_or_else(|| "the schema read was refused".into());
+    let data = serde_json::to_value(outcome).ok();
+    if outcome
+        .error
+        .as_ref()
+        .is_some_and(|e| e.code == "unknown_table" || e.code == "invalid_table")
+    {
+        McpError::resource_not_found(message, data)
+    } else {
+        McpError::invalid_request(message, data)
+    }
+}
+
 /// Which front door a request came through.
 #[derive(Clone)]
 pub enum Transport {
@@ -84,6 +147,50 @@ impl McpServer {
         match self.transport {
             Transport::Stdio { .. } => "stdio",
             Transport::Http => "http",
+        }
+    }
+
+    /// The caller, verified, when it has one (listings filter on it).
+    async fn verified_caller(&self, context: &RequestContext<RoleServer>) -> Option<Authenticated> {
+        match self.caller(context) {
+            Caller::Verified(caller, _) => Some(caller),
+            Caller::Token(token) => self.app.gate.authenticate(token.as_deref()).await.ok(),
+        }
+    }
+
+    /// Whether listings should show `tool` to this caller.
+    async fn may_see(&self, context: &RequestContext<RoleServer>, tool: &str) -> bool {
+        let gate = &self.app.gate;
+        gate.is_off()
+            || self
+                .verified_caller(context)
+                .await
+                .is_some_and(|c| gate.may_use(&c, tool))
+    }
+
+    /// A schema read through the gate, like any tool call: scopes, rate
+    /// limits and a receipt.
+    async fn read_schema(
+        &self,
+        arguments: serde_json::Map<String, serde_json::Value>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<GateOutcome, McpError> {
+        let outcome = self
+            .app
+            .tools
+            .call(
+                &self.app.gate,
+                DbSchema::NAME,
+                self.transport_name(),
+                self.caller(context),
+                Some(arguments),
+            )
+            .await
+            .ok_or_else(|| McpError::internal_error("db.schema is not registered", None))?;
+        if outcome.status == Status::Ok {
+            Ok(outcome)
+        } else {
+            Err(refused(&outcome))
         }
     }
 
@@ -144,7 +251,12 @@ pub fn tool_result(outcome: &GateOutcome) -> CallToolResult {
 
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
             .with_server_info(Implementation::new("dualtrust", VERSION).with_title("dualtrust"))
             .with_instructions(
                 "dualtrust gates a SQL database (db.query) and a shell (terminal.execute) behind your token's \
@@ -162,15 +274,112 @@ impl ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let gate = &self.app.gate;
-        let caller = match self.caller(&context) {
-            Caller::Verified(caller, _) => Some(caller),
-            Caller::Token(token) => gate.authenticate(token.as_deref()).await.ok(),
-        };
+        let caller = self.verified_caller(&context).await;
         let visible =
             |tool: &str| gate.is_off() || caller.as_ref().is_some_and(|c| gate.may_use(c, tool));
-        Ok(ListToolsResult::with_all_items(
-            self.app.tools.definitions_where(visible),
-        ))
+        Ok(
+            ListToolsResult::with_all_items(self.app.tools.definitions_where(visible))
+                .with_ttl_ms(TOOLS_TTL_MS)
+                .with_cache_scope(CacheScope::Private),
+        )
+    }
+
+    /// The schema overview and one resource per table, read through the
+    /// gate (a receipt, like a `db.schema` call); nothing for a caller whose
+    /// scopes cannot read the schema.
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let mut resources = Vec::new();
+        if self.may_see(&context, DbSchema::NAME).await {
+            let outcome = self.read_schema(serde_json::Map::new(), &context).await?;
+            let tables = outcome
+                .result
+                .as_ref()
+                .and_then(|r| r.get("tables"))
+                .and_then(|t| t.as_array())
+                .cloned()
+                .unwrap_or_default();
+            resources.push(
+                Resource::new(SCHEMA_URI, "schema")
+                    .with_title("Database schema")
+                    .with_description("Every table and view this server's database role may use, with its columns")
+                    .with_mime_type("application/json"),
+            );
+            for table in &tables {
+                let (Some(name), Some(kind)) = (
+                    table.get("name").and_then(|n| n.as_str()),
+                    table.get("kind").and_then(|k| k.as_str()),
+                ) else {
+                    continue;
+                };
+                resources.push(
+                    Resource::new(table_uri(name), name)
+                        .with_description(format!("{kind}: columns, keys, indexes"))
+                        .with_mime_type("application/json"),
+                );
+            }
+        }
+        Ok(ListResourcesResult::with_all_items(resources)
+            .with_ttl_ms(SCHEMA_TTL_MS)
+            .with_cache_scope(CacheScope::Private))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let mut templates = Vec::new();
+        if self.may_see(&context, DbSchema::NAME).await {
+            templates.push(
+                ResourceTemplate::new(format!("{TABLE_URI_PREFIX}{{table}}"), "table")
+                    .with_title("One table or view")
+                    .with_description("Columns, primary key, indexes, foreign keys and a view's definition; `table` as the schema names it")
+                    .with_mime_type("application/json"),
+            );
+        }
+        Ok(ListResourceTemplatesResult::with_all_items(templates)
+            .with_ttl_ms(TOOLS_TTL_MS)
+            .with_cache_scope(CacheScope::Private))
+    }
+
+    /// A schema resource: its JSON as text, the decision (receipt and log
+    /// proof) in `_meta`.
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let Some(arguments) = schema_request(&request.uri) else {
+            let shown: String = request.uri.chars().take(200).collect();
+            return Err(McpError::resource_not_found(
+                format!(
+                    "no resource {shown:?}: this server serves {SCHEMA_URI} and {TABLE_URI_PREFIX}{{table}}"
+                ),
+                None,
+            ));
+        };
+        let outcome = self.read_schema(arguments, &context).await?;
+        let schema = outcome.result.clone().unwrap_or_default();
+        let mut meta = MetaObject::new();
+        meta.insert(
+            OUTCOME_META.into(),
+            serde_json::to_value(&outcome).unwrap_or_default(),
+        );
+        let contents = ResourceContents::TextResourceContents {
+            uri: request.uri,
+            mime_type: Some("application/json".into()),
+            text: schema.to_string(),
+            meta: None,
+        };
+        let mut result = ReadResourceResult::new(vec![contents]);
+        result.ttl_ms = Some(SCHEMA_TTL_MS);
+        result.cache_scope = Some(CacheScope::Private);
+        result.meta = Some(meta);
+        Ok(result.into())
     }
 
     async fn call_tool(
@@ -278,10 +487,7 @@ impl McpServer {
         );
         // The decision's receipt travels in `_meta`, as every decision's does.
         let mut meta = MetaObject::new();
-        meta.insert(
-            "io.dualtrust/outcome".into(),
-            serde_json::to_value(outcome).ok()?,
-        );
+        meta.insert(OUTCOME_META.into(), serde_json::to_value(outcome).ok()?);
         Some(InputRequiredResult::new(Some(requests), Some(state)).with_meta(meta))
     }
 }

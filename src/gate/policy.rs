@@ -28,6 +28,7 @@ fn scope_table(scopes: &ScopeConfig) -> Vec<(&'static str, Class, &str)> {
         ("db.query", Write, &scopes.db_write),
         ("db.query", Admin, &scopes.db_admin),
         ("db.query", Destructive, &scopes.db_admin),
+        ("db.schema", Read, &scopes.db_read),
         ("terminal.execute", Write, &scopes.terminal_execute),
         ("terminal.execute", Destructive, &scopes.terminal_admin),
         ("passport.issue", Write, &scopes.passport_issue),

@@ -21,6 +21,7 @@ pub use audit_verify::AuditVerify;
 #[cfg(feature = "bench")]
 pub use bench_echo::BenchEcho;
 pub use db_query::DbQuery;
+pub use db_query::schema::DbSchema;
 pub use passport::PassportIssuer;
 pub use terminal::Terminal;
 

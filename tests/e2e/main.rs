@@ -15,6 +15,7 @@
 //! - `quorum`: leases and k-of-n approval, the happy path and the attacks.
 //! - `inbox`: the approvers' web inbox in headless Chromium (tests/browser).
 //! - `audit_log`: the RFC 6962 log: proofs, checkpoints, tampering, kill -9.
+//! - `schema`: the database schema as MCP resources (and `db.schema`) on SQLite and PostgreSQL.
 //! - `sandbox`: the kernel boundary of terminal.execute: escapes, an approved shell, each layer.
 //! - `cli`: the command line: init, token, keys, audit export and offline verify.
 //! - `sql_differential`: statements the SQL classifier calls `read` change nothing in a real
@@ -36,5 +37,6 @@ mod quorum;
 mod replicas;
 mod row_security;
 mod sandbox;
+mod schema;
 mod sql_differential;
 mod stdio;

@@ -20,6 +20,7 @@
 pub mod classify;
 mod lexical;
 mod pg_values;
+pub mod schema;
 
 use std::path::Path;
 use std::str::FromStr;
