@@ -152,7 +152,7 @@ async fn mcp_over_http_with_a_token_and_receipts_verify_against_the_jwks() {
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
     assert_eq!(
         names,
-        ["db.query", "audit.verify"],
+        ["db.query", "db.schema", "audit.verify"],
         "what these scopes can use"
     );
 

@@ -5,12 +5,12 @@ use crate::common::{DataDir, call, error_code, receipt, status};
 const ALL_READ: &str = "db:read audit:read passport:issue terminal:execute";
 
 #[tokio::test]
-async fn lists_the_four_tools_with_schemas() {
+async fn lists_the_tools_each_token_can_use_with_schemas() {
     let data = DataDir::new();
     // Each token sees the tools its scopes can use at all.
     for (scopes, want) in [
-        ("db:read", vec!["db.query"]),
-        ("db:admin audit:read", vec!["audit.verify", "db.query"]),
+        ("db:read", vec!["db.query", "db.schema"]),
+        ("db:admin audit:read", vec!["audit.verify", "db.query", "db.schema"]),
         ("approvals:write", vec![]),
     ] {
         let client = data.stdio_client(Some(&data.token("bob", scopes))).await;
@@ -44,6 +44,7 @@ async fn lists_the_four_tools_with_schemas() {
         [
             "audit.verify",
             "db.query",
+            "db.schema",
             "passport.issue",
             "terminal.execute"
         ]

@@ -96,7 +96,18 @@ def verify_log_proof_independently(receipt: dict, log: dict, keyset: dict) -> No
 
 async def exercise(client: Client, keyset: dict, scope_refused_in_band: bool) -> str:
     tools = await client.list_tools()
-    assert sorted(t.name for t in tools.tools) == ["audit.verify", "db.query", "passport.issue", "terminal.execute"]
+    assert sorted(t.name for t in tools.tools) == ["audit.verify", "db.query", "db.schema", "passport.issue", "terminal.execute"]
+
+    # The schema as resources, each read a receipt that verifies on its own.
+    resources = await client.list_resources()
+    assert [str(r.uri) for r in resources.resources][:2] == ["dualtrust://db/schema", "dualtrust://db/tables/customers"]
+    read = await client.read_resource("dualtrust://db/tables/customers")
+    table = json.loads(read.contents[0].text)
+    assert [c["name"] for c in table["columns"]] == ["id", "name", "email", "country", "created_at"]
+    outcome = read.meta["io.dualtrust/outcome"]
+    assert outcome["receipt"]["body"]["tool"] == "db.schema"
+    verify_receipt_independently(outcome["receipt"], keyset)
+    verify_log_proof_independently(outcome["receipt"], outcome["log"], keyset)
 
     result = await client.call_tool("db.query", {"sql": "SELECT name FROM customers WHERE id = ?", "params": [1]})
     assert not result.is_error, result
