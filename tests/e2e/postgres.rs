@@ -168,7 +168,12 @@ async fn reads_and_writes_run_on_postgresql_with_types_and_params() {
     assert_eq!(env["result"]["rows_affected"], 2);
     assert_eq!(fixture.state().await["customers"], 4);
     // Types without a JSON form say how to get one.
-    let (env, _) = call(&client, "db.query", json!({ "sql": "SELECT ARRAY[1, 2]" })).await;
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "SELECT int4range(1, 5)" }),
+    )
+    .await;
     assert_eq!(
         env["result"]["rows"][0][0]["hint"],
         "cast the column to text, e.g. col::text"
@@ -180,7 +185,7 @@ async fn reads_and_writes_run_on_postgresql_with_types_and_params() {
 /// Values without a native JSON form come back as the strings a client
 /// expects, checked against PostgreSQL's own text for the same values.
 #[tokio::test]
-async fn dates_times_numerics_uuids_addresses_and_enums_are_json_strings() {
+async fn dates_times_numerics_uuids_addresses_enums_and_arrays_are_json_values() {
     let fixture = PgFixture::create().await;
     {
         use sqlx::Connection;
@@ -227,6 +232,32 @@ async fn dates_times_numerics_uuids_addresses_and_enums_are_json_strings() {
             json!("P1Y2M3DT4H5M6.5S"),
         ),
         ("'-3 days'::interval", json!("P-3D")),
+        // Arrays of any of these, nested by dimension, NULLs kept.
+        ("ARRAY[1, NULL, 3]", json!([1, null, 3])),
+        ("ARRAY[[1, 2], [3, 4]]::int8[]", json!([[1, 2], [3, 4]])),
+        ("'{}'::text[]", json!([])),
+        ("ARRAY['a', 'b c', NULL]::text[]", json!(["a", "b c", null])),
+        ("ARRAY[true, false]", json!([true, false])),
+        ("ARRAY[1.5, 2]::float8[]", json!([1.5, 2.0])),
+        ("ARRAY['1.10', '-2']::numeric[]", json!(["1.10", "-2"])),
+        (
+            "ARRAY['2026-11-30', 'infinity']::date[]",
+            json!(["2026-11-30", "infinity"]),
+        ),
+        (
+            "ARRAY['alarmed', 'calm']::mood[]",
+            json!(["alarmed", "calm"]),
+        ),
+        (
+            "ARRAY['a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11']::uuid[]",
+            json!(["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"]),
+        ),
+        ("ARRAY['{\"a\": 1}']::jsonb[]", json!([{ "a": 1 }])),
+        ("ARRAY['\\x0102']::bytea[]", json!([{ "base64": "AQI=" }])),
+        (
+            "ARRAY['10.0.0.1', '::1']::inet[]",
+            json!(["10.0.0.1", "::1"]),
+        ),
     ];
     for (expression, expected) in values {
         let (env, _) = call(

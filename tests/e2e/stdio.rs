@@ -10,7 +10,10 @@ async fn lists_the_tools_each_token_can_use_with_schemas() {
     // Each token sees the tools its scopes can use at all.
     for (scopes, want) in [
         ("db:read", vec!["db.query", "db.schema"]),
-        ("db:admin audit:read", vec!["audit.verify", "db.query", "db.schema"]),
+        (
+            "db:admin audit:read",
+            vec!["audit.verify", "db.query", "db.schema"],
+        ),
         ("approvals:write", vec![]),
     ] {
         let client = data.stdio_client(Some(&data.token("bob", scopes))).await;

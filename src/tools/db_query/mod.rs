@@ -579,75 +579,44 @@ fn bytes_cell(bytes: Vec<u8>, limit: usize) -> Value {
 
 /// A PostgreSQL cell as JSON: numbers, booleans, text and JSON natively;
 /// dates, times, intervals, numerics, UUIDs, addresses and enums as the
-/// strings `pg_values` writes. Others (arrays, ranges, geometry…) say so;
-/// cast them (`x::text`).
+/// strings `pg_values` writes; arrays of any of these as (nested) JSON
+/// arrays. Others (ranges, geometry…) say so; cast them (`x::text`).
 fn pg_cell(row: &PgRow, index: usize, limit: usize) -> Value {
+    use sqlx::postgres::{PgTypeKind, PgValueFormat};
     let Ok(raw) = row.try_get_raw(index) else {
         return Value::Null;
     };
     if raw.is_null() {
         return Value::Null;
     }
-    let kind = raw.type_info().name().to_ascii_uppercase();
-    let got = |v: Result<Value, sqlx::Error>| v.unwrap_or(Value::Null);
-    match kind.as_str() {
-        "BOOL" => got(row.try_get::<bool, _>(index).map(Value::from)),
-        "INT2" => got(row.try_get::<i16, _>(index).map(Value::from)),
-        "INT4" => got(row.try_get::<i32, _>(index).map(Value::from)),
-        "INT8" => got(row.try_get::<i64, _>(index).map(Value::from)),
-        "FLOAT4" => got(row.try_get::<f32, _>(index).map(Value::from)),
-        "FLOAT8" => got(row.try_get::<f64, _>(index).map(Value::from)),
-        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "UNKNOWN" | "CITEXT" => {
-            got(row.try_get::<String, _>(index).map(|t| text_cell(t, limit)))
-        }
-        "BYTEA" => got(row
-            .try_get::<Vec<u8>, _>(index)
-            .map(|b| bytes_cell(b, limit))),
-        "JSON" | "JSONB" => got(row.try_get::<Value, _>(index)),
-        other => match pg_text_form(&raw, other) {
-            Some(text) => text_cell(text, limit),
-            None => {
-                json!({ "unsupported_type": other, "hint": "cast the column to text, e.g. col::text" })
-            }
-        },
-    }
-}
-
-/// The string form of a PostgreSQL value with no native JSON form.
-fn pg_text_form(raw: &sqlx::postgres::PgValueRef<'_>, kind: &str) -> Option<String> {
-    use sqlx::postgres::{PgTypeKind, PgValueFormat};
-    let is_enum = matches!(raw.type_info().kind(), PgTypeKind::Enum(_));
+    let info = raw.type_info().into_owned();
+    let kind = info.name().to_ascii_uppercase();
+    let unsupported =
+        || json!({ "unsupported_type": kind, "hint": "cast the column to text, e.g. col::text" });
+    let is_enum = |info: &sqlx::postgres::PgTypeInfo| matches!(info.kind(), PgTypeKind::Enum(_));
     if raw.format() == PgValueFormat::Text {
-        let known = is_enum
-            || matches!(
-                kind,
-                "DATE"
-                    | "TIMESTAMP"
-                    | "TIMESTAMPTZ"
-                    | "TIME"
-                    | "INTERVAL"
-                    | "UUID"
-                    | "INET"
-                    | "CIDR"
-                    | "NUMERIC"
-            );
-        return known.then(|| raw.as_str().ok().map(String::from)).flatten();
+        // Not sent by prepared statements; kept readable if it ever is.
+        let known = is_enum(&info) || pg_values::STRING_TYPES.contains(&kind.as_str());
+        return match raw.as_str() {
+            Ok(text) if known => text_cell(text.to_string(), limit),
+            _ => unsupported(),
+        };
     }
-    let bytes = raw.as_bytes().ok()?;
-    match kind {
-        "DATE" => pg_values::date(bytes),
-        "TIMESTAMP" => pg_values::timestamp(bytes, false),
-        "TIMESTAMPTZ" => pg_values::timestamp(bytes, true),
-        "TIME" => pg_values::time(bytes),
-        "INTERVAL" => pg_values::interval(bytes),
-        "UUID" => pg_values::uuid(bytes),
-        "INET" => pg_values::inet(bytes, false),
-        "CIDR" => pg_values::inet(bytes, true),
-        "NUMERIC" => pg_values::numeric(bytes),
-        // An enum's binary form is its label.
-        _ if is_enum => std::str::from_utf8(bytes).ok().map(String::from),
-        _ => None,
+    let Ok(bytes) = raw.as_bytes() else {
+        return unsupported();
+    };
+    if let Some(omitted) = omitted(bytes.len(), limit) {
+        return omitted;
     }
+    let decoded = match info.kind() {
+        PgTypeKind::Array(element) => {
+            let name = element.name().to_ascii_uppercase();
+            let element_is_enum = is_enum(element);
+            pg_values::array(bytes, |b| pg_values::scalar(&name, b, element_is_enum))
+        }
+        _ => pg_values::scalar(&kind, bytes, is_enum(&info)),
+    };
+    decoded.unwrap_or_else(unsupported)
 }
 
 fn sqlite_cell(row: &SqliteRow, index: usize, limit: usize) -> Value {

@@ -254,9 +254,184 @@ pub fn numeric(bytes: &[u8]) -> Option<String> {
     Some(out)
 }
 
+/// Types whose JSON form is a string these decoders write (a PostgreSQL
+/// text-format value of one of them is passed through as it is).
+pub const STRING_TYPES: &[&str] = &[
+    "DATE",
+    "TIMESTAMP",
+    "TIMESTAMPTZ",
+    "TIME",
+    "INTERVAL",
+    "UUID",
+    "INET",
+    "CIDR",
+    "NUMERIC",
+];
+
+/// The binary form of one value of the scalar type named `kind` (sqlx's
+/// upper-case names), as JSON; `None` for a type without a decoder here.
+pub fn scalar(kind: &str, bytes: &[u8], is_enum: bool) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    let text = |bytes: &[u8]| std::str::from_utf8(bytes).ok().map(String::from);
+    Some(match kind {
+        "BOOL" => match bytes {
+            [0] => Value::Bool(false),
+            [1] => Value::Bool(true),
+            _ => return None,
+        },
+        "INT2" if bytes.len() == 2 => Value::from(be_i16(bytes, 0)?),
+        "INT4" if bytes.len() == 4 => Value::from(be_i32(bytes, 0)?),
+        "INT8" if bytes.len() == 8 => Value::from(be_i64(bytes, 0)?),
+        "OID" if bytes.len() == 4 => Value::from(u32::from_be_bytes(bytes.try_into().ok()?)),
+        "FLOAT4" => Value::from(f64::from(f32::from_be_bytes(bytes.try_into().ok()?))),
+        "FLOAT8" => Value::from(f64::from_be_bytes(bytes.try_into().ok()?)),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "CITEXT" | "UNKNOWN" => {
+            Value::String(text(bytes)?)
+        }
+        "BYTEA" => {
+            use base64::Engine;
+            serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) })
+        }
+        "JSON" => serde_json::from_slice(bytes).ok()?,
+        // jsonb's binary form is a version byte, then the text.
+        "JSONB" => match bytes.split_first() {
+            Some((1, rest)) => serde_json::from_slice(rest).ok()?,
+            _ => return None,
+        },
+        "DATE" => Value::String(date(bytes)?),
+        "TIMESTAMP" => Value::String(timestamp(bytes, false)?),
+        "TIMESTAMPTZ" => Value::String(timestamp(bytes, true)?),
+        "TIME" => Value::String(time(bytes)?),
+        "INTERVAL" => Value::String(interval(bytes)?),
+        "UUID" => Value::String(uuid(bytes)?),
+        "INET" => Value::String(inet(bytes, false)?),
+        "CIDR" => Value::String(inet(bytes, true)?),
+        "NUMERIC" => Value::String(numeric(bytes)?),
+        // An enum's binary form is its label.
+        _ if is_enum => Value::String(text(bytes)?),
+        _ => return None,
+    })
+}
+
+/// PostgreSQL arrays have at most this many dimensions (`MAXDIM`).
+const MAX_DIMENSIONS: usize = 6;
+
+/// An array's binary form as nested JSON arrays (one level per dimension;
+/// lower bounds other than 1 are not kept), each element decoded by
+/// `element` and NULL as `null`. `None` when any element has no decoder.
+pub fn array(
+    bytes: &[u8],
+    element: impl Fn(&[u8]) -> Option<serde_json::Value>,
+) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    let dimensions = usize::try_from(be_i32(bytes, 0)?).ok()?;
+    if dimensions > MAX_DIMENSIONS {
+        return None;
+    }
+    let mut at = 12;
+    let mut lengths = Vec::with_capacity(dimensions);
+    for _ in 0..dimensions {
+        lengths.push(usize::try_from(be_i32(bytes, at)?).ok()?);
+        at += 8;
+    }
+    if dimensions == 0 {
+        return Some(Value::Array(Vec::new()));
+    }
+    // Every element takes at least its 4-byte length: a count beyond what
+    // the bytes can hold is a malformed value, not an allocation to make.
+    let count = lengths
+        .iter()
+        .try_fold(1usize, |total, &n| total.checked_mul(n))?;
+    if count > bytes.len().saturating_sub(at) / 4 {
+        return None;
+    }
+    let mut flat = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = be_i32(bytes, at)?;
+        at += 4;
+        if len < 0 {
+            flat.push(Value::Null);
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        flat.push(element(bytes.get(at..at.checked_add(len)?)?)?);
+        at += len;
+    }
+    if at != bytes.len() {
+        return None;
+    }
+    // Innermost dimension first: group the flat elements into rows.
+    let mut level = flat;
+    for &n in lengths.iter().skip(1).rev() {
+        let mut grouped = Vec::with_capacity(level.len() / n.max(1));
+        let mut items = level.into_iter();
+        loop {
+            let row: Vec<Value> = items.by_ref().take(n).collect();
+            if row.is_empty() {
+                break;
+            }
+            grouped.push(Value::Array(row));
+        }
+        level = grouped;
+    }
+    Some(Value::Array(level))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An array's wire form: dimensions, then each element with its length.
+    fn wire_array(lengths: &[i32], elements: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend((lengths.len() as i32).to_be_bytes());
+        out.extend(0i32.to_be_bytes());
+        out.extend(23u32.to_be_bytes());
+        for n in lengths {
+            out.extend(n.to_be_bytes());
+            out.extend(1i32.to_be_bytes());
+        }
+        for e in elements {
+            match e {
+                Some(bytes) => {
+                    out.extend((bytes.len() as i32).to_be_bytes());
+                    out.extend(*bytes);
+                }
+                None => out.extend((-1i32).to_be_bytes()),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn arrays_nest_by_dimension_and_refuse_what_their_bytes_cannot_hold() {
+        let int = |b: &[u8]| scalar("INT4", b, false);
+        let one = 1i32.to_be_bytes();
+        let two = 2i32.to_be_bytes();
+        let flat = wire_array(&[3], &[Some(&one), None, Some(&two)]);
+        assert_eq!(array(&flat, int), Some(serde_json::json!([1, null, 2])));
+        let grid = wire_array(&[2, 2], &[Some(&one), Some(&two), Some(&two), Some(&one)]);
+        assert_eq!(array(&grid, int), Some(serde_json::json!([[1, 2], [2, 1]])));
+        assert_eq!(
+            array(&wire_array(&[], &[]), int),
+            Some(serde_json::json!([]))
+        );
+        // A claimed billion elements in a few bytes, a truncated element,
+        // trailing bytes, too many dimensions: malformed, no allocation.
+        assert_eq!(
+            array(&wire_array(&[1_000_000_000], &[Some(&one)]), int),
+            None
+        );
+        let mut cut = flat.clone();
+        cut.truncate(flat.len() - 1);
+        assert_eq!(array(&cut, int), None);
+        let mut long = flat.clone();
+        long.push(0);
+        assert_eq!(array(&long, int), None);
+        assert_eq!(array(&wire_array(&[1; 7], &[Some(&one)]), int), None);
+        // An element the decoder does not know makes the whole array unknown.
+        assert_eq!(array(&flat, |b| scalar("POINT", b, false)), None);
+    }
 
     #[test]
     fn dates_and_times_from_their_wire_form() {
