@@ -35,6 +35,7 @@ fn draft(i: u64) -> ReceiptDraft {
         decision: Some(Decision::Allowed),
         reason: None,
         outcome: Some(serde_json::json!({ "row_count": 1, "truncated": false })),
+        trace_id: None,
         consumed_lease: None,
     }
 }
@@ -92,6 +93,7 @@ fn build_log(n: u64, key: &KeyPair) -> Vec<Receipt> {
                 decision: Decision::Allowed,
                 reason: None,
                 outcome: d.outcome,
+                trace_id: d.trace_id,
             };
             let r = Receipt::seal(body, key).expect("seal");
             prev = r.hash.clone();

@@ -744,6 +744,7 @@ fn fixture_body(key: &KeyPair, seq: u64, prev: &str) -> ReceiptBody {
         decision: crate::audit::Decision::Allowed,
         reason: None,
         outcome: Some(serde_json::json!({ "rows": seq, "note": "é" })),
+        trace_id: None,
     }
 }
 

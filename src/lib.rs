@@ -24,6 +24,7 @@ pub mod sandbox;
 pub mod server;
 pub mod store;
 pub mod tools;
+pub mod trace;
 pub mod transport;
 #[cfg(test)]
 mod vectors;

@@ -16,8 +16,9 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
-use crate::gate::{Authenticated, Caller, GateOutcome, Preadmitted, Status, Tool};
+use crate::gate::{Authenticated, Caller, GateOutcome, Origin, Preadmitted, Status, Tool};
 use crate::tools::DbSchema;
+use crate::trace::TraceId;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -150,6 +151,30 @@ impl McpServer {
         }
     }
 
+    /// The front door and the request's trace: `_meta.traceparent`
+    /// (SEP-414) first, then the HTTP `traceparent` header.
+    fn origin(&self, context: &RequestContext<RoleServer>) -> Origin {
+        let from_meta = context
+            .meta
+            .0
+            .get("traceparent")
+            .and_then(|v| v.as_str())
+            .and_then(TraceId::from_traceparent);
+        let from_header = || {
+            let parts = context.extensions.get::<http::request::Parts>()?;
+            let mut values = parts.headers.get_all("traceparent").iter();
+            // Two headers are ambiguous: neither is used.
+            match (values.next(), values.next()) {
+                (Some(one), None) => TraceId::from_traceparent(one.to_str().ok()?),
+                _ => None,
+            }
+        };
+        Origin {
+            transport: self.transport_name(),
+            trace: from_meta.or_else(from_header),
+        }
+    }
+
     /// The caller, verified, when it has one (listings filter on it).
     async fn verified_caller(&self, context: &RequestContext<RoleServer>) -> Option<Authenticated> {
         match self.caller(context) {
@@ -181,7 +206,7 @@ impl McpServer {
             .call(
                 &self.app.gate,
                 DbSchema::NAME,
-                self.transport_name(),
+                self.origin(context),
                 self.caller(context),
                 Some(arguments),
             )
@@ -414,7 +439,13 @@ impl ServerHandler for McpServer {
         let Some(outcome) = self
             .app
             .tools
-            .call(gate, &request.name, transport, caller, Some(arguments))
+            .call(
+                gate,
+                &request.name,
+                self.origin(&context),
+                caller,
+                Some(arguments),
+            )
             .await
         else {
             gate.record_unknown_tool(transport, self.caller(&context))

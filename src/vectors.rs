@@ -174,6 +174,7 @@ fn receipt_body(seq: u64, prev: &str, kid: &str) -> ReceiptBody {
         decision: Decision::Allowed,
         reason: None,
         outcome: Some(json!({ "row_count": seq, "note": "é ü 😀" })),
+        trace_id: None,
     }
 }
 

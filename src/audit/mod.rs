@@ -72,6 +72,8 @@ pub struct ReceiptDraft {
     pub decision: Option<Decision>,
     pub reason: Option<String>,
     pub outcome: Option<serde_json::Value>,
+    /// The W3C trace the request belonged to, if it said.
+    pub trace_id: Option<String>,
     /// An ordinary call's lease, minted and consumed: stored in the same
     /// transaction as this receipt (not part of the receipt itself).
     pub consumed_lease: Option<crate::store::Lease>,
@@ -98,6 +100,10 @@ pub struct ReceiptBody {
     pub decision: Decision,
     pub reason: Option<String>,
     pub outcome: Option<serde_json::Value>,
+    /// The W3C trace id the request carried (`traceparent`); absent when
+    /// it carried none, so receipts written before it existed read the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -803,6 +809,7 @@ impl LogInner {
                     decision: draft.decision.unwrap_or(Decision::Error),
                     reason: draft.reason.clone(),
                     outcome: draft.outcome.clone(),
+                    trace_id: draft.trace_id.clone(),
                 };
                 let leaf = leaf_hash_of(&body).map_err(|_| StoreError::Corrupt)?;
                 let receipt = Receipt::seal(body, &self.key).map_err(|_| StoreError::Corrupt)?;
@@ -1103,6 +1110,7 @@ mod tests {
             decision: Decision::Allowed,
             reason: None,
             outcome: Some(serde_json::json!({"rows": 1, "é": "ü"})),
+            trace_id: None,
         }
     }
 

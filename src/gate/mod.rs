@@ -54,7 +54,7 @@ pub use execute::Authorized;
 pub use lease::LeaseConsumed;
 pub use policy::Policy;
 pub use quorum::QuorumMet;
-pub use record::{ErrorInfo, GateOutcome, Status};
+pub use record::{ErrorInfo, GateOutcome, Origin, Status};
 
 use record::{CallRecord, Halt};
 
@@ -323,10 +323,11 @@ impl Gate {
     pub async fn run<T: Tool>(
         &self,
         tool: &T,
-        transport: &'static str,
+        origin: impl Into<Origin>,
         caller: Caller,
         arguments: Option<Map<String, Value>>,
     ) -> GateOutcome {
+        let origin = origin.into();
         let _in_flight = InFlight::enter(&self.in_flight);
         #[cfg(feature = "bench")]
         if self.gate_off {
@@ -336,7 +337,8 @@ impl Gate {
         let redeeming = arguments
             .as_ref()
             .is_some_and(|a| a.contains_key(LEASE_ARG));
-        let mut record = CallRecord::new(transport, T::NAME);
+        let mut record = CallRecord::new(origin.transport, T::NAME);
+        record.trace(origin.trace.as_ref());
         let steps = AssertUnwindSafe(self.steps(tool, &mut record, caller, arguments))
             .catch_unwind()
             .await;

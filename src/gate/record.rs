@@ -98,6 +98,22 @@ impl From<Denial> for Halt {
     }
 }
 
+/// Where a call came from: the front door, and the trace it belongs to.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub transport: &'static str,
+    pub trace: Option<crate::trace::TraceId>,
+}
+
+impl From<&'static str> for Origin {
+    fn from(transport: &'static str) -> Self {
+        Self {
+            transport,
+            trace: None,
+        }
+    }
+}
+
 /// What one call's receipt will say, filled in step by step.
 pub(super) struct CallRecord {
     draft: ReceiptDraft,
@@ -112,6 +128,10 @@ impl CallRecord {
                 ..Default::default()
             },
         }
+    }
+
+    pub fn trace(&mut self, trace: Option<&crate::trace::TraceId>) {
+        self.draft.trace_id = trace.map(|t| t.as_str().to_string());
     }
 
     pub fn caller(&mut self, principal: &Principal) {
@@ -194,19 +214,33 @@ impl Gate {
         }
         draft.decision = Some(status.decision());
         draft.reason = reason.map(String::from);
+        // A traced call's decision is logged so the trace can be joined
+        // with the audit log; untraced ones only at debug (one line per
+        // call would otherwise dominate a busy server's log).
         let (result, approval) = match status {
             Status::ApprovalRequired | Status::LeaseIssued => (None, payload),
             _ => (payload, None),
         };
         match self.log.append(draft).await {
-            Ok(appended) => GateOutcome {
-                status,
-                result,
-                error,
-                approval,
-                receipt: Some(appended.receipt),
-                log: Some(appended.proof),
-            },
+            Ok(appended) => {
+                let body = &appended.receipt.body;
+                let (tool, seq, decision) = (&body.tool, body.seq, body.decision);
+                let receipt = &appended.receipt.hash;
+                match &body.trace_id {
+                    Some(trace_id) => {
+                        tracing::info!(tool, ?decision, reason, seq, receipt, trace_id, "decision")
+                    }
+                    None => tracing::debug!(tool, ?decision, reason, seq, receipt, "decision"),
+                }
+                GateOutcome {
+                    status,
+                    result,
+                    error,
+                    approval,
+                    receipt: Some(appended.receipt),
+                    log: Some(appended.proof),
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "receipt could not be appended");
                 GateOutcome {

@@ -150,6 +150,7 @@ impl Principal {
             scopes: BTreeSet::new(),
             token_id: None,
             expires_at: u64::MAX,
+            claims: BTreeMap::new(),
         }
     }
 }

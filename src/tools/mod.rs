@@ -15,7 +15,7 @@ use futures_util::future::BoxFuture;
 use rmcp::model::{JsonObject, ToolAnnotations};
 use serde_json::{Map, Value, json};
 
-use crate::gate::{Authenticated, Caller, Challenge, Gate, GateOutcome, LEASE_ARG, Tool};
+use crate::gate::{Authenticated, Caller, Challenge, Gate, GateOutcome, LEASE_ARG, Origin, Tool};
 
 pub use audit_verify::AuditVerify;
 #[cfg(feature = "bench")]
@@ -40,7 +40,7 @@ trait Registered: Send + Sync {
     fn call<'a>(
         &'a self,
         gate: &'a Gate,
-        transport: &'static str,
+        origin: Origin,
         caller: Caller,
         arguments: Option<Map<String, Value>>,
     ) -> BoxFuture<'a, GateOutcome>;
@@ -64,11 +64,11 @@ impl<T: Tool> Registered for Arc<T> {
     fn call<'a>(
         &'a self,
         gate: &'a Gate,
-        transport: &'static str,
+        origin: Origin,
         caller: Caller,
         arguments: Option<Map<String, Value>>,
     ) -> BoxFuture<'a, GateOutcome> {
-        Box::pin(gate.run(&**self, transport, caller, arguments))
+        Box::pin(gate.run(&**self, origin, caller, arguments))
     }
 
     fn challenge_scope<'a>(
@@ -201,14 +201,10 @@ impl ToolSet {
         &self,
         gate: &Gate,
         name: &str,
-        transport: &'static str,
+        origin: Origin,
         caller: Caller,
         arguments: Option<Map<String, Value>>,
     ) -> Option<GateOutcome> {
-        Some(
-            self.find(name)?
-                .call(gate, transport, caller, arguments)
-                .await,
-        )
+        Some(self.find(name)?.call(gate, origin, caller, arguments).await)
     }
 }

@@ -592,3 +592,95 @@ async fn slow_idle_and_numerous_connections_cannot_hold_the_server() {
     assert_eq!(reasons.iter().filter(|r| **r == "body_timeout").count(), 2);
     server.stop().await;
 }
+
+/// An agent's W3C trace joins the audit log: `traceparent` from the request
+/// `_meta` (SEP-414) or the HTTP header lands in the receipt and in the
+/// JSON log line of the decision; a malformed one is ignored.
+#[tokio::test]
+async fn the_trace_id_of_a_request_is_in_its_receipt_and_its_log_line() {
+    use rmcp::ServiceExt;
+    use rmcp::model::{CallToolRequestParams, RequestMetaObject};
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let data = DataDir::new();
+    let token = data.token("alice", "db:read");
+    let traced_call = |traceparent: &str| {
+        let mut meta = RequestMetaObject::new();
+        meta.0.insert("traceparent".into(), json!(traceparent));
+        let mut params = CallToolRequestParams::new("db.query").with_arguments(
+            json!({ "sql": "SELECT 1" })
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        params.meta = Some(meta);
+        params
+    };
+
+    // stdio, with JSON logs at info.
+    let log_path = data.path.join("server.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let (transport, _) = TokioChildProcess::builder(
+        tokio::process::Command::new(crate::common::BIN).configure(|cmd| {
+            cmd.arg("--data-dir")
+                .arg(&data.path)
+                .args(["serve", "--stdio"])
+                .env("DUALTRUST_TOKEN", &token)
+                .env("DUALTRUST_LOG", "info")
+                .env("DUALTRUST_LOG_FORMAT", "json");
+        }),
+    )
+    .stderr(log)
+    .spawn()
+    .expect("spawn");
+    let client = ().serve(transport).await.expect("initialize");
+    let traced = client
+        .call_tool(traced_call(&format!("00-{TRACE}-00f067aa0ba902b7-01")))
+        .await
+        .expect("call");
+    let envelope = traced.structured_content.expect("envelope");
+    assert_eq!(receipt(&envelope)["body"]["trace_id"], TRACE);
+    let untraced = client
+        .call_tool(traced_call("00-not-a-trace-01"))
+        .await
+        .expect("call");
+    let envelope = untraced.structured_content.expect("envelope");
+    assert!(
+        receipt(&envelope)["body"].get("trace_id").is_none(),
+        "{envelope}"
+    );
+    client.cancel().await.ok();
+    let lines = std::fs::read_to_string(&log_path).expect("log");
+    let decision: Value = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "decision")
+        .unwrap_or_else(|| panic!("no decision line in {lines}"));
+    assert_eq!(decision["trace_id"], TRACE, "{decision}");
+    assert_eq!(decision["tool"], "db.query");
+    assert_eq!(decision["receipt"], receipt(&envelope)["body"]["prev"]);
+
+    // HTTP, from the header (rmcp's client sends no `_meta` trace).
+    let server = data.http_server().await;
+    let header = format!("00-{TRACE}-b7ad6b7169203331-00");
+    let config = StreamableHttpClientTransportConfig::with_uri(server.mcp_url())
+        .auth_header(token.clone())
+        .custom_headers(
+            [(
+                http::HeaderName::from_static("traceparent"),
+                http::HeaderValue::from_str(&header).expect("header"),
+            )]
+            .into_iter()
+            .collect(),
+        );
+    let client =
+        ().serve(StreamableHttpClientTransport::from_config(config))
+            .await
+            .expect("initialize over http");
+    let (envelope, _) = call(&client, "db.query", json!({ "sql": "SELECT 2" })).await;
+    assert_eq!(receipt(&envelope)["body"]["trace_id"], TRACE);
+    client.cancel().await.ok();
+    server.stop().await;
+}
