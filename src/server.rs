@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use rmcp::model::{
     CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
-    ElicitRequest, ElicitRequestParams, ElicitationSchema, Implementation, InputRequest,
-    InputRequests, InputRequiredResult, ListResourceTemplatesResult, ListResourcesResult,
-    ListToolsResult, MetaObject, PaginatedRequestParams, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, RequestStateCodec, Resource, ResourceContents,
-    ResourceTemplate, SealOptions, ServerCapabilities, ServerConfig,
+    ElicitRequest, ElicitRequestParams, ElicitationSchema, GetPromptRequestParams,
+    GetPromptResponse, Implementation, InputRequest, InputRequests, InputRequiredResult,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    MetaObject, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, RequestStateCodec, Resource, ResourceContents, ResourceTemplate,
+    SealOptions, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -280,6 +281,7 @@ impl ServerHandler for McpServer {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_resources()
+                .enable_prompts()
                 .build(),
         )
             .with_server_info(Implementation::new("dualtrust", VERSION).with_title("dualtrust"))
@@ -307,6 +309,32 @@ impl ServerHandler for McpServer {
                 .with_ttl_ms(TOOLS_TTL_MS)
                 .with_cache_scope(CacheScope::Private),
         )
+    }
+
+    /// No prompts are served; the capability is declared so clients get an
+    /// empty, cacheable list (2026-07-28 caching hints) instead of an error.
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        Ok(ListPromptsResult::with_all_items(Vec::new())
+            .with_ttl_ms(TOOLS_TTL_MS)
+            .with_cache_scope(CacheScope::Public))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        Err(McpError::invalid_params(
+            format!(
+                "no prompt named `{}`: this server serves none",
+                truncate_name(&request.name)
+            ),
+            None,
+        ))
     }
 
     /// The schema overview and one resource per table, read through the

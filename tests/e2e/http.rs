@@ -684,3 +684,40 @@ async fn the_trace_id_of_a_request_is_in_its_receipt_and_its_log_line() {
     client.cancel().await.ok();
     server.stop().await;
 }
+
+/// 2026-07-28 (SEP-2575) answers a method the server does not serve with
+/// 404 and -32601; earlier versions keep 400, where 404 means "session gone".
+#[tokio::test]
+async fn methods_nobody_serves_are_404_on_2026_07_28_and_400_before() {
+    let data = DataDir::new();
+    let token = data.token("alice", "db:read");
+    let server = data.http_server().await;
+    let http = reqwest::Client::new();
+    let post = |method: &'static str, version: Option<&'static str>| {
+        let mut body = json!({ "jsonrpc": "2.0", "id": 7, "method": method, "params": {} });
+        let mut request = http
+            .post(server.mcp_url())
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-method", method);
+        if let Some(version) = version {
+            body["params"]["_meta"] = json!({
+                "io.modelcontextprotocol/protocolVersion": version,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            });
+            body["params"]["level"] = json!("info");
+            request = request.header("mcp-protocol-version", version);
+        }
+        request.json(&body).send()
+    };
+    for method in ["no/such/method", "logging/setLevel", "resources/subscribe"] {
+        let response = post(method, Some("2026-07-28")).await.expect("post");
+        assert_eq!(response.status(), 404, "{method}");
+        let answer: Value = response.json().await.expect("json");
+        assert_eq!(answer["error"]["code"], -32601, "{method}: {answer}");
+        assert_eq!(answer["id"], 7, "{answer}");
+    }
+    let response = post("no/such/method", None).await.expect("post");
+    assert_eq!(response.status(), 400);
+    server.stop().await;
+}

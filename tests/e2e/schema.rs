@@ -97,6 +97,13 @@ async fn an_agent_reads_the_sqlite_schema_as_resources_before_writing_sql() {
         json!({ "name": "orders_customer", "unique": false, "primary_key": false, "columns": ["customer_id"] })
     );
 
+    // Every listing carries 2026-07-28 caching hints; there are no prompts,
+    // and saying so is a cacheable empty list, not an error.
+    let tools = client.list_tools(None).await.expect("tools/list");
+    assert_eq!(tools.cache_scope, Some(CacheScope::Private));
+    let prompts = client.list_prompts(None).await.expect("prompts/list");
+    assert!(prompts.prompts.is_empty() && prompts.ttl_ms.is_some());
+
     // The same through the tool, for clients without resources.
     let (env, _) = call(&client, "db.schema", json!({ "table": "customers" })).await;
     assert_eq!(env["result"]["columns"][2]["name"], "email", "{env}");

@@ -99,7 +99,10 @@ pub fn router(
         .route("/approvals/history", get(approvals::approval_history))
         .route("/approvals/{lease_id}", get(approvals::show_approval))
         .with_state(state.clone());
-    let mut protected = Router::new().nest_service("/mcp", mcp).merge(approvals);
+    let mcp = Router::new()
+        .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn(unknown_methods_are_not_found));
+    let mut protected = mcp.merge(approvals);
     if !state.app.gate.is_off() {
         protected = protected
             .layer(middleware::from_fn_with_state(
@@ -135,6 +138,47 @@ pub fn router(
         .merge(protected)
         .layer(middleware::from_fn_with_state(state, cors::cors))
         .layer(middleware::from_fn(contain_panics))
+}
+
+/// Whether a request speaks MCP 2026-07-28 or later, where HTTP says
+/// "no such method" with 404 (SEP-2575). Earlier versions keep 400: to
+/// their clients a 404 means the session is gone.
+fn is_stateless_mcp(headers: &HeaderMap) -> bool {
+    headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2026_07_28.as_str())
+}
+
+/// The HTTP status of a JSON-RPC error answering a request with `headers`.
+fn jsonrpc_error_status(headers: &HeaderMap, code: i64) -> StatusCode {
+    if code == crate::transport::jsonrpc::METHOD_NOT_FOUND && is_stateless_mcp(headers) {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
+/// rmcp answers a method it does not serve (`initialize`, `logging/setLevel`
+/// and the others 2026-07-28 removed) with 400; that version wants 404.
+async fn unknown_methods_are_not_found(request: Request, next: Next) -> Response {
+    let stateless = is_stateless_mcp(request.headers());
+    let response = next.run(request).await;
+    if !stateless || response.status() != StatusCode::BAD_REQUEST {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // rmcp's error bodies are a few hundred bytes.
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return (StatusCode::BAD_REQUEST, "bad request").into_response();
+    };
+    let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.pointer("/error/code").and_then(|c| c.as_i64()));
+    if code == Some(crate::transport::jsonrpc::METHOD_NOT_FOUND) {
+        parts.status = StatusCode::NOT_FOUND;
+    }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 /// A panic anywhere in a request's handling becomes a 500 with fixed text

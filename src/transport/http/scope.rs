@@ -71,7 +71,10 @@ pub(super) async fn check_tool_scope(
             "http message refused: {}",
             rejected.message
         );
-        return json_response(StatusCode::BAD_REQUEST, rejected.response());
+        return json_response(
+            jsonrpc_error_status(&parts.headers, rejected.code),
+            rejected.response(),
+        );
     }
     if let Ok(ToolCallProbe {
         method,
