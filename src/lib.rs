@@ -67,7 +67,7 @@ mod module_graph {
 
     /// Lowest first. Modules in one layer do not use each other.
     const LAYERS: &[&[&str]] = &[
-        &["keys", "metrics", "sandbox", "demo", "clock"],
+        &["keys", "metrics", "sandbox", "demo", "clock", "trace"],
         &["config"],
         &["store"],
         &["audit", "identity", "notify"],
