@@ -827,3 +827,31 @@ async fn next_line(
         .expect("read")
         .expect("a line")
 }
+
+/// SQLite keeps booleans as integers; a column declared BOOLEAN comes back
+/// as JSON booleans, while an integer expression stays a number.
+#[tokio::test]
+async fn sqlite_boolean_columns_are_json_booleans() {
+    let data = DataDir::new();
+    let client = data
+        .stdio_client(Some(&data.token("alice", "db:admin")))
+        .await;
+    for sql in [
+        "CREATE TABLE flags (id INTEGER PRIMARY KEY, active BOOLEAN, n INTEGER)",
+        "INSERT INTO flags (active, n) VALUES (1, 1), (0, 0), (NULL, 2), (7, 7)",
+    ] {
+        let (env, _) = call(&client, "db.query", json!({ "sql": sql })).await;
+        assert_eq!(env["status"], "ok", "{sql}: {env}");
+    }
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "SELECT active, n, active + 0 FROM flags ORDER BY id" }),
+    )
+    .await;
+    assert_eq!(
+        env["result"]["rows"],
+        json!([[true, 1, 1], [false, 0, 0], [null, 2, null], [7, 7, 7]])
+    );
+    client.cancel().await.ok();
+}

@@ -627,6 +627,18 @@ fn sqlite_cell(row: &SqliteRow, index: usize, limit: usize) -> Value {
         return Value::Null;
     }
     let kind = raw.type_info().name().to_ascii_uppercase();
+    // SQLite stores booleans as integers; a column declared BOOLEAN says
+    // which ones are (an expression's column has no declared type).
+    let declared_boolean = row
+        .columns()
+        .get(index)
+        .is_some_and(|c| c.type_info().name() == "BOOLEAN");
+    if declared_boolean
+        && kind == "INTEGER"
+        && let Ok(flag @ (0 | 1)) = row.try_get_unchecked::<i64, _>(index)
+    {
+        return Value::Bool(flag == 1);
+    }
     match kind.as_str() {
         "INTEGER" | "BOOLEAN" | "INT" => row
             .try_get_unchecked::<i64, _>(index)
