@@ -252,6 +252,20 @@ def test_streamable_http(data_dir):
         version = asyncio.run(run())
         print(f"http negotiated protocol {version}")
 
+        async def list_as(scope):
+            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {mint(data_dir, scope)}"})
+            async with Client(streamable_http_client(url, http_client=http)) as client:
+                tools = sorted(t.name for t in (await client.list_tools()).tools)
+                resources = [str(r.uri) for r in (await client.list_resources()).resources]
+                return tools, resources
+
+        from mcp.client.streamable_http import streamable_http_client
+        # Each token sees only what its scopes can use.
+        tools, resources = asyncio.run(list_as("audit:read"))
+        assert tools == ["audit.verify"] and resources == [], (tools, resources)
+        tools, resources = asyncio.run(list_as("db:read"))
+        assert tools == ["db.query", "db.schema"] and "dualtrust://db/schema" in resources, (tools, resources)
+
         async def unauthenticated():
             async with httpx2.AsyncClient() as http:
                 return await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
