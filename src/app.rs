@@ -49,6 +49,11 @@ pub enum StartupError {
     #[cfg(feature = "bench")]
     #[error("internal: the gate was shared before it could be switched off")]
     GateShared,
+    #[cfg(feature = "conformance")]
+    #[error(
+        "this is a conformance-suite build (its test_… fixture tools are not a product); this configuration is production"
+    )]
+    ConformanceInProduction,
 }
 
 /// Everything a running server holds.
@@ -166,6 +171,10 @@ pub fn load_dev_issuer(config: &Config) -> Result<KeyPair, StartupError> {
 
 impl App {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        #[cfg(feature = "conformance")]
+        if config.mode == Mode::Production {
+            return Err(StartupError::ConformanceInProduction);
+        }
         ensure_data_dir(&config)?;
         let server_key = Arc::new(load_server_key(&config)?);
         let dev_issuer = if config.identity.dev_tokens && config.mode == Mode::Development {
@@ -197,17 +206,22 @@ impl App {
             tracing::info!(path = %path.display(), "created the demo database");
         }
         let log = Arc::new(open_log(&config, &store, &server_key).await?);
+        #[allow(unused_mut)]
+        let mut policy = Policy::from_config(&config);
+        #[cfg(feature = "conformance")]
+        for fixture in crate::tools::conformance::NAMES {
+            policy = policy.with_scope(
+                fixture,
+                crate::gate::Class::Read,
+                crate::tools::conformance::SCOPE,
+            );
+        }
         let gate = Arc::new(
-            Gate::new(
-                verifier,
-                store.clone(),
-                log.clone(),
-                Policy::from_config(&config),
-            )
-            .with_notifier(Notifier::start(&config.notifications, server_key.clone()))
-            .with_revocation_refresh(std::time::Duration::from_millis(
-                config.identity.revocation_refresh_ms,
-            )),
+            Gate::new(verifier, store.clone(), log.clone(), policy)
+                .with_notifier(Notifier::start(&config.notifications, server_key.clone()))
+                .with_revocation_refresh(std::time::Duration::from_millis(
+                    config.identity.revocation_refresh_ms,
+                )),
         );
         let terminal = Arc::new(
             Terminal::new(config.terminal.clone(), config.mode).map_err(StartupError::Terminal)?,
@@ -235,6 +249,8 @@ impl App {
         )));
         #[cfg(feature = "bench")]
         tools.register(Arc::new(crate::tools::BenchEcho));
+        #[cfg(feature = "conformance")]
+        crate::tools::conformance::register(&mut tools);
         if let Some(tool) = tools.names().find(|name| !gate.has_policy_for(name)) {
             return Err(StartupError::NoPolicy(tool));
         }
@@ -301,6 +317,28 @@ impl App {
     /// The server's public keys as an RFC 7517 JWK Set.
     pub fn jwks(&self) -> serde_json::Value {
         crate::keys::jwks(&[&self.server_key.verifying_key()])
+    }
+}
+
+#[cfg(all(test, feature = "conformance"))]
+mod conformance_build_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_fixture_build_refuses_production_before_anything_is_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = [
+            ("DUALTRUST_MODE", "production"),
+            ("DUALTRUST_IDENTITY__DEV_TOKENS", "false"),
+            ("DUALTRUST_IDENTITY__JWKS_FILE", "idp-jwks.json"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let config = Config::load(dir.path(), None, env).expect("a valid production config");
+        assert!(matches!(
+            App::build(config).await,
+            Err(StartupError::ConformanceInProduction)
+        ));
+        assert!(!dir.path().join("server.key").exists());
     }
 }
 

@@ -106,8 +106,9 @@ impl Policy {
         self.approvers.rule_for(tool)
     }
 
-    /// A rule for a tool that exists only in a unit test.
-    #[cfg(test)]
+    /// A rule for a tool outside the product: one in a unit test, or a
+    /// conformance-suite fixture.
+    #[cfg(any(test, feature = "conformance"))]
     pub(crate) fn with_scope(mut self, tool: &str, class: Class, scope: &str) -> Self {
         self.scopes
             .insert((tool.to_string(), class), scope.to_string());

@@ -5,6 +5,8 @@
 pub mod audit_verify;
 #[cfg(feature = "bench")]
 pub mod bench_echo;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod db_query;
 pub mod passport;
 pub mod terminal;

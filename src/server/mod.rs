@@ -21,6 +21,9 @@ use crate::gate::{Authenticated, Caller, GateOutcome, Origin, Preadmitted, Statu
 use crate::tools::DbSchema;
 use crate::trace::TraceId;
 
+#[cfg(feature = "conformance")]
+mod conformance;
+
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What a sealed `requestState` carries: a handle on a held call. The store,
@@ -106,8 +109,23 @@ fn schema_request(uri: &str) -> Option<serde_json::Map<String, serde_json::Value
     Some(arguments)
 }
 
+/// "No such resource", with the requested URI in `data` as SEP-2164 asks
+/// (when it is of a sane length: it is the client's own text), beside
+/// whatever else `data` carries.
+fn resource_not_found(message: String, uri: &str, data: Option<serde_json::Value>) -> McpError {
+    const MAX_ECHOED_URI: usize = 2048;
+    let mut data = match data {
+        Some(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    if uri.len() <= MAX_ECHOED_URI {
+        data.insert("uri".into(), uri.into());
+    }
+    McpError::resource_not_found(message, Some(data.into()))
+}
+
 /// A refused schema read as an MCP error that carries the decision.
-fn refused(outcome: &GateOutcome) -> McpError {
+fn refused(outcome: &GateOutcome, uri: Option<&str>) -> McpError {
     let message = outcome
         .error
         .as_ref()
@@ -119,7 +137,7 @@ fn refused(outcome: &GateOutcome) -> McpError {
         .as_ref()
         .is_some_and(|e| e.code == "unknown_table" || e.code == "invalid_table")
     {
-        McpError::resource_not_found(message, data)
+        resource_not_found(message, uri.unwrap_or_default(), data)
     } else {
         McpError::invalid_request(message, data)
     }
@@ -199,6 +217,7 @@ impl McpServer {
     async fn read_schema(
         &self,
         arguments: serde_json::Map<String, serde_json::Value>,
+        uri: Option<&str>,
         context: &RequestContext<RoleServer>,
     ) -> Result<GateOutcome, McpError> {
         let outcome = self
@@ -216,7 +235,7 @@ impl McpServer {
         if outcome.status == Status::Ok {
             Ok(outcome)
         } else {
-            Err(refused(&outcome))
+            Err(refused(&outcome, uri))
         }
     }
 
@@ -277,13 +296,17 @@ pub fn tool_result(outcome: &GateOutcome) -> CallToolResult {
 
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_tools()
-                .enable_resources()
-                .enable_prompts()
-                .build(),
-        )
+        #[allow(unused_mut)]
+        let mut capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources()
+            .enable_prompts()
+            .build();
+        #[cfg(feature = "conformance")]
+        {
+            capabilities.completions = Some(Default::default());
+        }
+        ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("dualtrust", VERSION).with_title("dualtrust"))
             .with_instructions(
                 "dualtrust gates a SQL database (db.query) and a shell (terminal.execute) behind your token's \
@@ -318,7 +341,11 @@ impl ServerHandler for McpServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
-        Ok(ListPromptsResult::with_all_items(Vec::new())
+        #[cfg(not(feature = "conformance"))]
+        let prompts = Vec::new();
+        #[cfg(feature = "conformance")]
+        let prompts = conformance::prompts();
+        Ok(ListPromptsResult::with_all_items(prompts)
             .with_ttl_ms(TOOLS_TTL_MS)
             .with_cache_scope(CacheScope::Public))
     }
@@ -328,6 +355,10 @@ impl ServerHandler for McpServer {
         request: GetPromptRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
+        #[cfg(feature = "conformance")]
+        if let Some(answer) = self.fixture_get_prompt(&request) {
+            return answer;
+        }
         Err(McpError::invalid_params(
             format!(
                 "no prompt named `{}`: this server serves none",
@@ -347,7 +378,9 @@ impl ServerHandler for McpServer {
     ) -> Result<ListResourcesResult, McpError> {
         let mut resources = Vec::new();
         if self.may_see(&context, DbSchema::NAME).await {
-            let outcome = self.read_schema(serde_json::Map::new(), &context).await?;
+            let outcome = self
+                .read_schema(serde_json::Map::new(), None, &context)
+                .await?;
             let tables = outcome
                 .result
                 .as_ref()
@@ -375,6 +408,8 @@ impl ServerHandler for McpServer {
                 );
             }
         }
+        #[cfg(feature = "conformance")]
+        resources.extend(conformance::resources());
         Ok(ListResourcesResult::with_all_items(resources)
             .with_ttl_ms(SCHEMA_TTL_MS)
             .with_cache_scope(CacheScope::Private))
@@ -394,6 +429,8 @@ impl ServerHandler for McpServer {
                     .with_mime_type("application/json"),
             );
         }
+        #[cfg(feature = "conformance")]
+        templates.extend(conformance::templates());
         Ok(ListResourceTemplatesResult::with_all_items(templates)
             .with_ttl_ms(TOOLS_TTL_MS)
             .with_cache_scope(CacheScope::Private))
@@ -406,16 +443,27 @@ impl ServerHandler for McpServer {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
+        #[cfg(feature = "conformance")]
+        if request.uri.starts_with("test://") {
+            return conformance::read(&request.uri)
+                .map(Into::into)
+                .ok_or_else(|| {
+                    resource_not_found("no such fixture resource".into(), &request.uri, None)
+                });
+        }
         let Some(arguments) = schema_request(&request.uri) else {
             let shown: String = request.uri.chars().take(200).collect();
-            return Err(McpError::resource_not_found(
+            return Err(resource_not_found(
                 format!(
                     "no resource {shown:?}: this server serves {SCHEMA_URI} and {TABLE_URI_PREFIX}{{table}}"
                 ),
+                &request.uri,
                 None,
             ));
         };
-        let outcome = self.read_schema(arguments, &context).await?;
+        let outcome = self
+            .read_schema(arguments, Some(&request.uri), &context)
+            .await?;
         let schema = outcome.result.clone().unwrap_or_default();
         let mut meta = MetaObject::new();
         meta.insert(
@@ -440,6 +488,10 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        #[cfg(feature = "conformance")]
+        if conformance::is_fixture_tool(&request.name) {
+            return self.call_fixture(request, context).await;
+        }
         let caller = self.caller(&context);
         let transport = self.transport_name();
         let gate = &self.app.gate;
