@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{McpServer, tool_result};
-use crate::gate::Status;
+use crate::gate::{GateOutcome, Status};
 use crate::tools::conformance::{NAMES, REQUEST};
 
 /// How long a fixture's sealed state stays valid.
@@ -78,6 +78,90 @@ impl McpServer {
         Ok(InputRequiredResult::new(Some(requests), Some(sealed)))
     }
 
+    /// One gated call of fixture `name` with `arguments` and what the
+    /// server knows of the request.
+    async fn run_fixture(
+        &self,
+        name: &str,
+        mut arguments: serde_json::Map<String, Value>,
+        request: Value,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<GateOutcome, McpError> {
+        arguments.insert(REQUEST.into(), request);
+        self.app
+            .tools
+            .call(
+                &self.app.gate,
+                name,
+                self.origin(context),
+                self.caller(context),
+                Some(arguments),
+            )
+            .await
+            .ok_or_else(|| internal("not registered"))
+    }
+
+    /// A request to the client over its session (sampling and logging are
+    /// deprecated by SEP-2577; the 0.1.16 suite still tests them); its
+    /// answer as JSON.
+    #[allow(deprecated)]
+    async fn ask_over_session(
+        &self,
+        asked: &Value,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Value, McpError> {
+        let params = asked["params"].clone();
+        let failed = |e: rmcp::ServiceError| {
+            McpError::internal_error(format!("the client's answer: {e}"), None)
+        };
+        let answer = match asked["method"].as_str() {
+            Some("sampling/createMessage") => {
+                let params = serde_json::from_value(params).map_err(|_| internal("sampling"))?;
+                serde_json::to_value(context.peer.create_message(params).await.map_err(failed)?)
+            }
+            Some("elicitation/create") => {
+                let params = serde_json::from_value(params).map_err(|_| internal("elicitation"))?;
+                serde_json::to_value(
+                    context
+                        .peer
+                        .create_elicitation(params)
+                        .await
+                        .map_err(failed)?,
+                )
+            }
+            _ => return Err(internal("client request")),
+        };
+        answer.map_err(|_| internal("client answer"))
+    }
+
+    /// Client logging is sent when the session set a level or the request
+    /// asked for one (`_meta` logLevel, 2026-07-28), never otherwise.
+    fn client_logging_wanted(&self, context: &RequestContext<RoleServer>) -> bool {
+        self.client_logging
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || context
+                .meta
+                .0
+                .contains_key("io.modelcontextprotocol/logLevel")
+    }
+
+    #[allow(deprecated)]
+    async fn log_to_client(&self, lines: &[Value], context: &RequestContext<RoleServer>) {
+        for line in lines {
+            let _ = context
+                .peer
+                .notify_logging_message(
+                    rmcp::model::LoggingMessageNotificationParam::new(
+                        rmcp::model::LoggingLevel::Info,
+                        line.clone(),
+                    )
+                    .with_logger("dualtrust-conformance"),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub(super) async fn call_fixture(
         &self,
         request: CallToolRequestParams,
@@ -85,27 +169,26 @@ impl McpServer {
     ) -> Result<CallToolResponse, McpError> {
         let name = request.name.to_string();
         let state = self.open_fixture_state(&name, request.request_state.as_ref())?;
-        let mut arguments = request.arguments.unwrap_or_default();
-        arguments.insert(
-            REQUEST.into(),
-            json!({
-                "client_capabilities": context.client_capabilities(),
-                "input_responses": request.input_responses,
-                "state": state,
-            }),
-        );
-        let outcome = self
-            .app
-            .tools
-            .call(
-                &self.app.gate,
-                &name,
-                self.origin(&context),
-                self.caller(&context),
-                Some(arguments),
-            )
-            .await
-            .ok_or_else(|| internal("not registered"))?;
+        let arguments = request.arguments.unwrap_or_default();
+        let mut about = json!({
+            "client_capabilities": context.client_capabilities(),
+            "input_responses": request.input_responses,
+            "state": state,
+        });
+        let mut outcome = self
+            .run_fixture(&name, arguments.clone(), about.clone(), &context)
+            .await?;
+        // A session fixture asks its client mid-call, then is called again
+        // with the answer: two calls, two receipts.
+        if let Some(asked) = outcome
+            .result
+            .as_ref()
+            .and_then(|r| r.get("client_request"))
+            .cloned()
+        {
+            about["client_response"] = self.ask_over_session(&asked, &context).await?;
+            outcome = self.run_fixture(&name, arguments, about, &context).await?;
+        }
         if outcome.status != Status::Ok {
             // Input that is not what was asked for is a protocol error
             // (SEP-2322), not a tool's failure.
@@ -129,6 +212,11 @@ impl McpServer {
         }
         if let Some(asked) = result.get("input_required") {
             return Ok(CallToolResponse::InputRequired(self.ask(&name, asked)?));
+        }
+        if let Some(lines) = result.get("log").and_then(Value::as_array)
+            && self.client_logging_wanted(&context)
+        {
+            self.log_to_client(lines, &context).await;
         }
         if let (Some(steps), Some(token)) = (
             result.get("progress").and_then(Value::as_array),
@@ -249,6 +337,18 @@ pub(super) fn templates() -> Vec<ResourceTemplate> {
         { "uriTemplate": "test://template/{id}/data", "name": "template", "description": "Data for an id", "mimeType": "application/json" },
     ]))
     .unwrap_or_default()
+}
+
+/// Only the suite's resources can be subscribed to.
+pub(super) fn subscribable(uri: &str) -> Result<(), McpError> {
+    if uri.starts_with("test://") {
+        Ok(())
+    } else {
+        Err(McpError::invalid_params(
+            "only test:// fixture resources take subscriptions",
+            None,
+        ))
+    }
 }
 
 pub(super) fn read(uri: &str) -> Option<ReadResourceResult> {

@@ -156,11 +156,20 @@ pub enum Transport {
 pub struct McpServer {
     app: Arc<App>,
     transport: Transport,
+    /// The level a session's client set (`logging/setLevel`), conformance
+    /// builds only: the product logs to its operator, not to clients.
+    #[cfg(feature = "conformance")]
+    client_logging: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl McpServer {
     pub fn new(app: Arc<App>, transport: Transport) -> Self {
-        Self { app, transport }
+        Self {
+            app,
+            transport,
+            #[cfg(feature = "conformance")]
+            client_logging: Default::default(),
+        }
     }
 
     fn transport_name(&self) -> &'static str {
@@ -305,6 +314,10 @@ impl ServerHandler for McpServer {
         #[cfg(feature = "conformance")]
         {
             capabilities.completions = Some(Default::default());
+            capabilities.logging = Some(Default::default());
+            if let Some(resources) = capabilities.resources.as_mut() {
+                resources.subscribe = Some(true);
+            }
         }
         ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("dualtrust", VERSION).with_title("dualtrust"))
@@ -348,6 +361,52 @@ impl ServerHandler for McpServer {
         Ok(ListPromptsResult::with_all_items(prompts)
             .with_ttl_ms(TOOLS_TTL_MS)
             .with_cache_scope(CacheScope::Public))
+    }
+
+    /// The fixture resources never change, so a subscription is accepted
+    /// and never notified (conformance builds only): `resources/subscribe`
+    /// on 2025 sessions, `subscriptions/listen` on 2026-07-28 (rmcp sends
+    /// the acknowledgement and keeps the stream until it is cancelled).
+    #[cfg(feature = "conformance")]
+    fn accepted_subscription_filter(
+        &self,
+        requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        Some(requested.clone())
+    }
+
+    #[cfg(feature = "conformance")]
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        conformance::subscribable(&request.uri)
+    }
+
+    #[cfg(feature = "conformance")]
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        conformance::subscribable(&request.uri)
+    }
+
+    // Client logging is deprecated (SEP-2577); the 0.1.16 suite still
+    // tests it, so only the conformance build serves it.
+    #[cfg(feature = "conformance")]
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        _request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.client_logging
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     async fn get_prompt(

@@ -70,11 +70,18 @@ fn input_required(requests: Value, state: Value) -> Value {
     json!({ "input_required": { "requests": requests, "state": state } })
 }
 
+/// Sends `request` to the client over its session (the stateful
+/// protocol), then calls the fixture again with the answer.
+fn client_request(method: &str, params: Value) -> Value {
+    json!({ "client_request": { "method": method, "params": params } })
+}
+
 /// What the server handed over about the request.
 struct Request<'a> {
     responses: Option<&'a Map<String, Value>>,
     state: &'a Value,
     capabilities: &'a Value,
+    client_response: Option<&'a Value>,
 }
 
 impl<'a> Request<'a> {
@@ -85,6 +92,7 @@ impl<'a> Request<'a> {
             responses: request.get("input_responses").and_then(Value::as_object),
             state: request.get("state").unwrap_or(&NULL),
             capabilities: request.get("client_capabilities").unwrap_or(&NULL),
+            client_response: request.get("client_response"),
         }
     }
 
@@ -104,6 +112,57 @@ impl<'a> Request<'a> {
         self.capabilities
             .get(capability)
             .is_some_and(Value::is_object)
+    }
+}
+
+/// The request a session fixture sends its client.
+fn session_request_params(name: &str, args: &Map<String, Value>) -> Value {
+    let argument = |key: &str, default: &str| {
+        args.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+            .to_string()
+    };
+    match name {
+        "test_sampling" => json!({
+            "messages": [{ "role": "user", "content": { "type": "text", "text": argument("prompt", "Hello") } }],
+            "maxTokens": 100,
+        }),
+        "test_elicitation" => json!({
+            "message": argument("message", "Please provide your information"),
+            "requestedSchema": { "type": "object", "properties": {
+                "username": { "type": "string", "description": "User's response" },
+                "email": { "type": "string", "description": "User's email address" },
+            }, "required": ["username", "email"] },
+        }),
+        "test_elicitation_sep1034_defaults" => json!({
+            "message": "Please provide values (all have defaults)",
+            "requestedSchema": { "type": "object", "properties": {
+                "name": { "type": "string", "description": "User's name", "default": "John Doe" },
+                "age": { "type": "integer", "description": "User's age", "default": 30 },
+                "score": { "type": "number", "description": "User's score", "default": 95.5 },
+                "status": { "type": "string", "description": "User's status", "enum": ["active", "inactive", "pending"], "default": "active" },
+                "verified": { "type": "boolean", "description": "Whether user is verified", "default": true },
+            } },
+        }),
+        _ => json!({
+            "message": "Please pick from each list",
+            "requestedSchema": { "type": "object", "properties": {
+                "untitledSingle": { "type": "string", "enum": ["option1", "option2", "option3"] },
+                "titledSingle": { "type": "string", "oneOf": [
+                    { "const": "value1", "title": "First Option" },
+                    { "const": "value2", "title": "Second Option" },
+                    { "const": "value3", "title": "Third Option" },
+                ] },
+                "legacyEnum": { "type": "string", "enum": ["opt1", "opt2", "opt3"], "enumNames": ["Option One", "Option Two", "Option Three"] },
+                "untitledMulti": { "type": "array", "items": { "type": "string", "enum": ["option1", "option2", "option3"] } },
+                "titledMulti": { "type": "array", "items": { "anyOf": [
+                    { "const": "value1", "title": "First Choice" },
+                    { "const": "value2", "title": "Second Choice" },
+                    { "const": "value3", "title": "Third Choice" },
+                ] } },
+            } },
+        }),
     }
 }
 
@@ -149,6 +208,47 @@ fn respond(name: &str, args: &Map<String, Value>) -> Result<Value, Refusal> {
             Value::Null,
         ),
         "test_logging_tool" => content(vec![text("Logging tool completed")]),
+        "test_tool_with_logging" => json!({
+            "content": [text("Logging test completed")],
+            "log": ["Tool execution started", "Tool processing data", "Tool execution completed"],
+        }),
+        "test_sampling"
+        | "test_elicitation"
+        | "test_elicitation_sep1034_defaults"
+        | "test_elicitation_sep1330_enums" => {
+            let (capability, method) = if name == "test_sampling" {
+                ("sampling", "sampling/createMessage")
+            } else {
+                ("elicitation", "elicitation/create")
+            };
+            if !request.declared(capability) {
+                return Ok(json!({
+                    "content": [text(&format!("the client did not declare {capability}"))],
+                    "is_error": true,
+                }));
+            }
+            match request.client_response {
+                Some(answer) if name == "test_sampling" => {
+                    let said = answer
+                        .get("content")
+                        .and_then(|c| c.get("text"))
+                        .and_then(Value::as_str);
+                    content(vec![text(&format!(
+                        "LLM response: {}",
+                        said.unwrap_or("No text response")
+                    ))])
+                }
+                Some(answer) => content(vec![text(&format!(
+                    "Elicitation completed: action={}, content={}",
+                    answer
+                        .get("action")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown"),
+                    answer.get("content").unwrap_or(&Value::Null)
+                ))]),
+                None => client_request(method, session_request_params(name, args)),
+            }
+        }
         "test_input_required_result_elicitation" => match request.response("user_name") {
             None => input_required(
                 json!({ "user_name": elicit("What is your name?", "name", "string") }),
@@ -342,6 +442,11 @@ fixtures! {
     InputMultiRound => "test_input_required_result_multi_round", "Asks in two rounds";
     InputTamperedState => "test_input_required_result_tampered_state", "Refuses tampered state";
     InputCapabilities => "test_input_required_result_capabilities", "Asks only what the client declared";
+    ToolWithLogging => "test_tool_with_logging", "Logs three messages during the call";
+    Sampling => "test_sampling", "Asks the client's model over the session";
+    Elicitation => "test_elicitation", "Asks the user over the session";
+    ElicitationDefaults => "test_elicitation_sep1034_defaults", "Asks with default values (SEP-1034)";
+    ElicitationEnums => "test_elicitation_sep1330_enums", "Asks with every enum form (SEP-1330)";
 }
 
 #[cfg(test)]
