@@ -537,3 +537,88 @@ async fn an_unreachable_postgresql_fails_closed_with_a_receipt() {
         "{printed}"
     );
 }
+
+/// Values bind as the type the statement gives their placeholder: strings
+/// for timestamps, dates, UUIDs, numerics, addresses, intervals, enums,
+/// arrays and JSON, and NULL for any column, with no cast in the SQL.
+#[tokio::test]
+async fn parameters_bind_as_the_type_of_their_placeholder() {
+    let fixture = PgFixture::create().await;
+    {
+        let mut owner = sqlx::PgConnection::connect(&fixture.url("postgres"))
+            .await
+            .expect("owner");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TYPE mood AS ENUM ('calm', 'alarmed');
+             CREATE TABLE events (id uuid PRIMARY KEY, at timestamptz NOT NULL, day date, amount numeric(12, 2),
+                                  source inet, took interval, feeling mood, tags int4[], doc jsonb, n int4);
+             GRANT SELECT, INSERT ON events TO {rw};
+             GRANT SELECT ON events TO {ro};",
+            rw = fixture.writer,
+            ro = fixture.reader
+        )))
+        .execute(&mut owner)
+        .await
+        .expect("table");
+    }
+    let (_data, client) = start(&fixture, "db:write").await;
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({
+            "sql": "INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "params": ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "2026-11-30T01:02:03.5+02:00", "2026-11-30",
+                       "12.50", "10.0.0.1", "1 day 2 hours", "alarmed", "{1,2,3}", "{\"k\": [1, 2]}", 7],
+        }),
+    )
+    .await;
+    assert_eq!(status(&env), "ok", "{env}");
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({
+            "sql": "INSERT INTO events (id, at, day, amount, source, took, feeling, tags, doc, n) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "params": ["b1eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "2026-12-01T00:00:00Z", null, null, null, null, null, null, null, null],
+        }),
+    )
+    .await;
+    assert_eq!(status(&env), "ok", "NULL binds for any column: {env}");
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({
+            "sql": "SELECT id, at, day, amount, source, took, feeling, tags, doc, n FROM events WHERE at < $1 AND id = $2 AND feeling = $3",
+            "params": ["2026-11-30T12:00:00Z", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "alarmed"],
+        }),
+    )
+    .await;
+    assert_eq!(
+        env["result"]["rows"],
+        json!([["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "2026-11-29T23:02:03.5Z", "2026-11-30", "12.50",
+                "10.0.0.1", "P1DT2H", "alarmed", [1, 2, 3], { "k": [1, 2] }, 7]]),
+        "{env}"
+    );
+    // A string its type does not accept: a clear refusal, nothing written.
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "INSERT INTO events (id, at) VALUES ($1, $2)", "params": ["not-a-uuid", "2026-01-01T00:00:00Z"] }),
+    )
+    .await;
+    assert_eq!(error_code(&env), "invalid_arguments", "{env}");
+    let message = env["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("$1") && message.contains("uuid"),
+        "{message}"
+    );
+    receipt(&env);
+    let (env, _) = call(
+        &client,
+        "db.query",
+        json!({ "sql": "SELECT count(*) FROM events" }),
+    )
+    .await;
+    assert_eq!(env["result"]["rows"], json!([[2]]));
+    client.cancel().await.expect("close");
+    fixture.drop_all().await;
+}

@@ -19,6 +19,7 @@
 
 pub mod classify;
 mod lexical;
+mod pg_params;
 mod pg_values;
 pub mod schema;
 
@@ -31,7 +32,7 @@ use futures_util::TryStreamExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow,
 };
@@ -280,22 +281,6 @@ impl DbQuery {
         }
     }
 
-    fn bind_pg(args: &[SqlParam]) -> Result<PgArguments, Refusal> {
-        use sqlx::Arguments;
-        let mut out = PgArguments::default();
-        for p in args {
-            let r = match p {
-                SqlParam::Null => out.add(Option::<String>::None),
-                SqlParam::Bool(b) => out.add(*b),
-                SqlParam::Int(i) => out.add(*i),
-                SqlParam::Float(f) => out.add(*f),
-                SqlParam::Text(s) => out.add(s.clone()),
-            };
-            r.map_err(|_| Refusal::new("invalid_arguments", "a parameter could not be bound"))?;
-        }
-        Ok(out)
-    }
-
     async fn run_pg(
         &self,
         read_pool: &PgPool,
@@ -306,7 +291,6 @@ impl DbQuery {
         identity: &IdentityValues,
     ) -> Result<Value, Refusal> {
         let timeout_ms = self.limits.statement_timeout_ms;
-        let arguments = Self::bind_pg(params)?;
         // The names are this server's own (`identity.claims` is validated to
         // plain lower-case words); the values travel as bound parameters.
         let settings: Vec<String> = std::iter::once("statement_timeout".to_string())
@@ -344,6 +328,12 @@ impl DbQuery {
                 bind = bind.bind(value.as_str());
             }
             bind.execute(&mut *tx).await?;
+            // Inside the transaction: describing the statement and
+            // converting values run under its deadline and settings.
+            let arguments = match pg_params::bind(&mut tx, sql, params).await? {
+                Ok(arguments) => arguments,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
             let mut affected = 0u64;
             // Deprecated for SQLite's multi-statement behaviour; here it is
             // one prepared statement, and the only way to get both the rows
