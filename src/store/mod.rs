@@ -493,6 +493,50 @@ mod tests {
         held_leases_expire_once_and_are_listed_with_their_receipts(store).await;
     }
 
+    /// Two replicas issuing one subject's leases at once: the cap holds
+    /// exactly (counting and inserting are one step per subject).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_open_lease_cap_holds_across_racing_replicas() {
+        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
+            .await
+            .expect("the test PostgreSQL on 127.0.0.1:5432");
+        let name = format!("dt_store_{}", crate::random_id().expect("id"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let replicas = [
+            Store::open_postgres(&url, 8).await.expect("open"),
+            Store::open_postgres(&url, 8).await.expect("open"),
+        ];
+        let attempts = (0..40).map(|i| {
+            let store = replicas[i % 2].clone();
+            tokio::spawn(async move {
+                let lease = Lease {
+                    expires_at: 10_000,
+                    ..lease(&format!("lease-{i}"))
+                };
+                store.issue_lease(&lease, 5, 100).await
+            })
+        });
+        let mut issued = 0;
+        for attempt in futures_util::future::join_all(attempts).await {
+            match attempt.expect("task") {
+                Ok(()) => issued += 1,
+                Err(StoreError::TooManyOpenLeases) => {}
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(issued, 5);
+        drop(replicas);
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await;
+    }
+
     #[tokio::test]
     async fn held_leases_expire_once_on_postgres() {
         let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")

@@ -23,6 +23,11 @@ pub(super) trait Dialect: Database {
     /// Run first in a transaction that appends to the log or migrates, so
     /// that replicas sharing the store take turns.
     const SERIALIZE: Option<&'static str>;
+    /// Serializes one subject's lease issuance across every replica for
+    /// the rest of the transaction (`$1`: the subject), so the open-lease
+    /// cap is counted and kept in one step; `None` where `begin_write`
+    /// already takes the database's only write lock.
+    const SERIALIZE_SUBJECT: Option<&'static str>;
 
     /// A transaction that will write.
     fn begin_write(
@@ -36,6 +41,7 @@ impl Dialect for sqlx::Sqlite {
     const MIGRATIONS: &'static [(i64, &'static str)] = SQLITE_MIGRATIONS;
     // One writer at a time already: the write lock of `BEGIN IMMEDIATE`.
     const SERIALIZE: Option<&'static str> = None;
+    const SERIALIZE_SUBJECT: Option<&'static str> = None;
 
     /// `BEGIN IMMEDIATE` takes the write lock (waiting up to the busy
     /// timeout) before the first read; a deferred transaction that reads and
@@ -58,6 +64,10 @@ impl Dialect for sqlx::Postgres {
     // transaction; the key is "dualtrst" in ASCII.
     const SERIALIZE: Option<&'static str> =
         Some("SELECT pg_advisory_xact_lock(7238799094505960308)");
+    // Keyed by ("leas" in ASCII, the subject's hash): two subjects rarely
+    // share a key, and when they do they only wait for each other.
+    const SERIALIZE_SUBJECT: Option<&'static str> =
+        Some("SELECT pg_advisory_xact_lock(1818583411, hashtext($1))");
 
     fn begin_write(
         pool: &Pool<Self>,
@@ -273,6 +283,13 @@ where
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut tx = DB::begin_write(&self.pool).await.map_err(failed)?;
+            if let Some(lock) = DB::SERIALIZE_SUBJECT {
+                sqlx::query(lock)
+                    .bind(lease.subject.clone())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(failed)?;
+            }
             let open: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM leases WHERE subject = $1 AND state IN ('pending_approval', 'ready') AND expires_at > $2",
             )
