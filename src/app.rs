@@ -283,6 +283,8 @@ impl App {
             return;
         }
         let gate = self.gate.clone();
+        let shared_limits = (self.config.limits.backend == crate::config::LimitsBackend::Store)
+            .then(|| self.store.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(EVERY);
             loop {
@@ -291,6 +293,12 @@ impl App {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(expired = n, "held calls expired without quorum"),
                     Err(e) => tracing::warn!(error = %e, "expired held calls could not be swept"),
+                }
+                // A refilled bucket says nothing a missing one does not.
+                if let Some(store) = &shared_limits
+                    && let Err(e) = store.prune_rates(crate::now_unix_ms()).await
+                {
+                    tracing::warn!(error = %e, "refilled rate-limit buckets could not be pruned");
                 }
             }
         });

@@ -725,6 +725,30 @@ pub struct LimitsConfig {
     /// Approval and rejection submissions per approver (per submitting
     /// token subject over HTTP), valid or not.
     pub approvals_per_minute: u32,
+    /// Where the call budgets are kept: `local` (each replica its own, in
+    /// memory) or `store` (one budget for every replica, in the shared
+    /// state store).
+    pub backend: LimitsBackend,
+    /// With `backend = "store"`, what a call meets while the store cannot
+    /// be reached: `closed` (refused, `store_unavailable`) or `local` (this
+    /// replica's own in-memory budget).
+    pub on_backend_failure: LimitsFallback,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitsBackend {
+    #[default]
+    Local,
+    Store,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitsFallback {
+    #[default]
+    Closed,
+    Local,
 }
 
 impl Default for LimitsConfig {
@@ -736,6 +760,8 @@ impl Default for LimitsConfig {
                 .collect(),
             auth_failures_per_minute: 60,
             approvals_per_minute: 30,
+            backend: LimitsBackend::Local,
+            on_backend_failure: LimitsFallback::Closed,
         }
     }
 }

@@ -384,9 +384,13 @@ impl Gate {
         let action = &admitted.action;
         self.policy
             .limits
-            .check(caller.principal().subject(), T::NAME)
-            .map_err(|retry_after| Denial::RateLimited {
-                retry_after_s: retry_after.as_secs().max(1),
+            .take(&self.store, caller.principal().subject(), T::NAME)
+            .await
+            .map_err(|limited| match limited {
+                rate::Limited::Wait(retry_after) => Denial::RateLimited {
+                    retry_after_s: retry_after.as_secs().max(1),
+                },
+                rate::Limited::Unavailable => Denial::StoreUnavailable,
             })?;
         let (lease, quorum) = match &admitted.lease_id {
             Some(id) => {

@@ -13,7 +13,8 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::config::LimitsConfig;
+use crate::config::{LimitsBackend, LimitsConfig, LimitsFallback};
+use crate::store::Store;
 
 const MAX_TRACKED_KEYS: usize = 10_000;
 
@@ -46,6 +47,30 @@ pub struct CallLimits {
     per_subject: Option<KeyedLimit<String>>,
     per_tool: BTreeMap<String, KeyedLimit<String>>,
     per_approver: Option<KeyedLimit<String>>,
+    /// The same budgets kept in the shared store, when configured.
+    shared: Option<SharedBudgets>,
+}
+
+/// Per-minute budgets kept in the state store, one for every replica.
+struct SharedBudgets {
+    calls_per_minute: u32,
+    tool_calls_per_minute: BTreeMap<String, u32>,
+    fallback: LimitsFallback,
+}
+
+/// Why a call may not run now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Limited {
+    /// Over budget: retry after this long.
+    Wait(Duration),
+    /// The shared budget cannot be read, and the configured answer is no.
+    Unavailable,
+}
+
+/// GCRA over a minute: one arrival per `60 000 / n` ms, `n` in a burst.
+fn per_minute_bucket(n: u32) -> (u64, u64) {
+    let interval_ms = (60_000 / u64::from(n)).max(1);
+    (interval_ms, interval_ms * u64::from(n))
 }
 
 impl CallLimits {
@@ -58,7 +83,44 @@ impl CallLimits {
                 .filter_map(|(tool, n)| KeyedLimit::per_minute(*n).map(|l| (tool.clone(), l)))
                 .collect(),
             per_approver: KeyedLimit::per_minute(config.approvals_per_minute),
+            shared: (config.backend == LimitsBackend::Store).then(|| SharedBudgets {
+                calls_per_minute: config.calls_per_minute,
+                tool_calls_per_minute: config.tool_calls_per_minute.clone(),
+                fallback: config.on_backend_failure,
+            }),
         }
+    }
+
+    /// Whether `subject` may call `tool` now, against the shared budget
+    /// when there is one (falling back as configured when the store cannot
+    /// be reached), else this replica's own.
+    pub async fn take(&self, store: &Store, subject: &str, tool: &str) -> Result<(), Limited> {
+        let Some(shared) = &self.shared else {
+            return self.check(subject, tool).map_err(Limited::Wait);
+        };
+        let now_ms = crate::now_unix_ms();
+        let mut buckets = Vec::with_capacity(2);
+        if let Some(n) = shared.tool_calls_per_minute.get(tool).filter(|n| **n > 0) {
+            buckets.push((format!("tool\u{1f}{tool}\u{1f}{subject}"), *n));
+        }
+        if shared.calls_per_minute > 0 {
+            buckets.push((format!("calls\u{1f}{subject}"), shared.calls_per_minute));
+        }
+        for (key, n) in buckets {
+            let (interval_ms, burst_ms) = per_minute_bucket(n);
+            match store.take_rate(&key, now_ms, interval_ms, burst_ms).await {
+                Ok(None) => {}
+                Ok(Some(wait_ms)) => return Err(Limited::Wait(Duration::from_millis(wait_ms))),
+                Err(error) => {
+                    tracing::warn!(%error, "the shared rate limit could not be read");
+                    return match shared.fallback {
+                        LimitsFallback::Local => self.check(subject, tool).map_err(Limited::Wait),
+                        LimitsFallback::Closed => Err(Limited::Unavailable),
+                    };
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `Err(retry_after)` when `submitter` has submitted too many approvals
@@ -87,6 +149,52 @@ impl CallLimits {
 mod tests {
     use super::*;
 
+    /// The shared budget's store gone: refused (`closed`) or this replica's
+    /// own budget (`local`), as configured; never unlimited.
+    #[tokio::test]
+    async fn an_unreachable_shared_budget_fails_as_configured() {
+        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
+            .await
+            .expect("the test PostgreSQL on 127.0.0.1:5432");
+        let name = format!("dt_rate_{}", crate::random_id().expect("id"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let store = Store::open_postgres(&url, 2).await.expect("open");
+        let limits = |fallback| {
+            CallLimits::new(&LimitsConfig {
+                calls_per_minute: 2,
+                tool_calls_per_minute: BTreeMap::new(),
+                backend: LimitsBackend::Store,
+                on_backend_failure: fallback,
+                ..LimitsConfig::default()
+            })
+        };
+        let (closed, local) = (
+            limits(LimitsFallback::Closed),
+            limits(LimitsFallback::Local),
+        );
+        assert_eq!(closed.take(&store, "alice", "db.query").await, Ok(()));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await
+        .expect("drop database");
+        assert_eq!(
+            closed.take(&store, "alice", "db.query").await,
+            Err(Limited::Unavailable)
+        );
+        assert_eq!(local.take(&store, "alice", "db.query").await, Ok(()));
+        assert_eq!(local.take(&store, "alice", "db.query").await, Ok(()));
+        assert!(matches!(
+            local.take(&store, "alice", "db.query").await,
+            Err(Limited::Wait(_))
+        ));
+    }
+
     #[test]
     fn limits_are_per_subject_and_per_tool() {
         let config = LimitsConfig {
@@ -94,6 +202,7 @@ mod tests {
             tool_calls_per_minute: [("terminal.execute".to_string(), 2)].into(),
             auth_failures_per_minute: 1,
             approvals_per_minute: 2,
+            ..LimitsConfig::default()
         };
         let limits = CallLimits::new(&config);
         assert!(limits.check_approver("alice").is_ok());

@@ -35,6 +35,10 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0005_lease_requester_token.sql"),
     ),
     (6, include_str!("../../migrations/sqlite/0006_inbox.sql")),
+    (
+        7,
+        include_str!("../../migrations/sqlite/0007_rate_limits.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -52,6 +56,10 @@ pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/postgres/0004_lease_requester_token.sql"),
     ),
     (5, include_str!("../../migrations/postgres/0005_inbox.sql")),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_rate_limits.sql"),
+    ),
 ];
 
 /// Store failures. `Display` is safe to show a caller; the underlying
@@ -253,6 +261,18 @@ pub trait Backend: Send + Sync {
     /// The revoked ids with `revoked_at >= since`, and when.
     fn revoked_since(&self, since: u64) -> BoxFuture<'_, Result<Vec<(String, u64)>, StoreError>>;
     fn revoke<'a>(&'a self, jti: &'a str, now: u64) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// One call against the shared GCRA bucket `key` (one arrival per
+    /// `interval_ms`, bursts up to `burst_ms` of them), taken atomically for
+    /// every replica: `None` when allowed, else how many ms until it would be.
+    fn take_rate<'a>(
+        &'a self,
+        key: &'a str,
+        now_ms: u64,
+        interval_ms: u64,
+        burst_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
+    /// Forgets buckets that have refilled (their state says nothing more).
+    fn prune_rates(&self, now_ms: u64) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// The newest receipt's place: `None` for an empty log.
     fn log_head(&self) -> BoxFuture<'_, Result<Option<LogHead>, StoreError>>;
     /// Appends receipts (with their RFC 6962 leaf hashes), and stores the
@@ -491,6 +511,103 @@ mod tests {
             .await
             .expect("open");
         held_leases_expire_once_and_are_listed_with_their_receipts(store).await;
+    }
+
+    /// A shared GCRA bucket: the burst, then one call per interval, the
+    /// wait it names; on both backends.
+    async fn rate_buckets_refill_at_their_rate(store: Store) {
+        let (interval, burst) = (12_000, 60_000); // 5 per minute
+        for _ in 0..5 {
+            assert_eq!(
+                store
+                    .take_rate("k", 1_000_000, interval, burst)
+                    .await
+                    .expect("take"),
+                None
+            );
+        }
+        let wait = store
+            .take_rate("k", 1_000_000, interval, burst)
+            .await
+            .expect("take");
+        assert_eq!(wait, Some(12_000));
+        assert_eq!(
+            store
+                .take_rate("other", 1_000_000, interval, burst)
+                .await
+                .expect("take"),
+            None,
+            "buckets are per key"
+        );
+        assert_eq!(
+            store
+                .take_rate("k", 1_012_000, interval, burst)
+                .await
+                .expect("take"),
+            None
+        );
+        assert!(
+            store
+                .take_rate("k", 1_012_000, interval, burst)
+                .await
+                .expect("take")
+                .is_some()
+        );
+        // Refilled buckets are pruned; a pruned bucket starts full again.
+        assert_eq!(store.prune_rates(2_000_000).await.expect("prune"), 2);
+        assert_eq!(
+            store
+                .take_rate("k", 2_000_000, interval, burst)
+                .await
+                .expect("take"),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn rate_buckets_refill_at_their_rate_on_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_sqlite(&dir.path().join("store.db"))
+            .await
+            .expect("open");
+        rate_buckets_refill_at_their_rate(store).await;
+    }
+
+    /// Two replicas taking one subject's budget at once: exactly the budget
+    /// passes, whichever replica each call reached.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_shared_rate_budget_holds_across_racing_replicas() {
+        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
+            .await
+            .expect("the test PostgreSQL on 127.0.0.1:5432");
+        let name = format!("dt_store_{}", crate::random_id().expect("id"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let replicas = [
+            Store::open_postgres(&url, 8).await.expect("open"),
+            Store::open_postgres(&url, 8).await.expect("open"),
+        ];
+        rate_buckets_refill_at_their_rate(replicas[0].clone()).await;
+        let takes = (0..60).map(|i| {
+            let store = replicas[i % 2].clone();
+            tokio::spawn(async move { store.take_rate("race", 5_000_000, 6_000, 60_000).await })
+        });
+        let mut allowed = 0;
+        for take in futures_util::future::join_all(takes).await {
+            if take.expect("task").expect("take").is_none() {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 10);
+        drop(replicas);
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await;
     }
 
     /// Two replicas issuing one subject's leases at once: the cap holds

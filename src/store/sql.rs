@@ -542,6 +542,55 @@ where
         })
     }
 
+    fn take_rate<'a>(
+        &'a self,
+        key: &'a str,
+        now_ms: u64,
+        interval_ms: u64,
+        burst_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            // GCRA in one statement: the new arrival time is
+            // max(tat, now) + interval, taken only if it lies within the
+            // burst of now; a refused call changes nothing.
+            let taken: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO rate_limits (key, tat_ms) VALUES ($1, $2 + $3) \
+                 ON CONFLICT (key) DO UPDATE SET tat_ms = \
+                   (CASE WHEN rate_limits.tat_ms > $2 THEN rate_limits.tat_ms ELSE $2 END) + $3 \
+                 WHERE (CASE WHEN rate_limits.tat_ms > $2 THEN rate_limits.tat_ms ELSE $2 END) + $3 - $4 <= $2 \
+                 RETURNING tat_ms",
+            )
+            .bind(key.to_string())
+            .bind(to_i64(now_ms))
+            .bind(to_i64(interval_ms))
+            .bind(to_i64(burst_ms))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(failed)?;
+            if taken.is_some() {
+                return Ok(None);
+            }
+            let tat: i64 = sqlx::query_scalar("SELECT tat_ms FROM rate_limits WHERE key = $1")
+                .bind(key.to_string())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(failed)?;
+            let allowed_at = (tat.max(0) as u64 + interval_ms).saturating_sub(burst_ms);
+            Ok(Some(allowed_at.saturating_sub(now_ms).max(1)))
+        })
+    }
+
+    fn prune_rates(&self, now_ms: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let result = sqlx::query("DELETE FROM rate_limits WHERE tat_ms < $1")
+                .bind(to_i64(now_ms))
+                .execute(&self.pool)
+                .await
+                .map_err(failed)?;
+            Ok(DB::rows_affected(&result))
+        })
+    }
+
     fn log_head(&self) -> BoxFuture<'_, Result<Option<LogHead>, StoreError>> {
         Box::pin(async move {
             let row: Option<(i64, String)> =

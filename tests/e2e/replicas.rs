@@ -125,6 +125,50 @@ async fn two_replicas_redeem_each_lease_once_and_share_one_log() {
     drop_pg_database(PG_ADMIN_URL, &db).await;
 }
 
+/// Rate limits with `limits.backend = "store"`: one subject's budget is one
+/// budget across replicas (with the default `local` backend each replica
+/// would grant it again).
+#[tokio::test]
+async fn a_subjects_rate_budget_is_one_budget_across_replicas() {
+    let db = create_pg_database(PG_ADMIN_URL).await;
+    let store_url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+    let dirs = replicas(
+        2,
+        &store_url,
+        "[limits]\nbackend = \"store\"\ncalls_per_minute = 12\n",
+    );
+    let servers: Vec<HttpServer> =
+        futures_util::future::join_all(dirs.iter().map(|d| HttpServer::start(&d.path))).await;
+    let token = dirs[0].token("agent", "db:read");
+    let clients = [
+        servers[0].client(&token).await,
+        servers[1].client(&token).await,
+    ];
+    let mut ok = [0, 0];
+    let mut limited = 0;
+    for i in 0..36 {
+        let (env, _) = call(&clients[i % 2], "db.query", json!({ "sql": "SELECT 1" })).await;
+        match status(&env) {
+            "ok" => ok[i % 2] += 1,
+            _ => {
+                assert_eq!(error_code(&env), "rate_limited", "{env}");
+                assert!(env["receipt"].is_object(), "{env}");
+                limited += 1;
+            }
+        }
+    }
+    assert_eq!(ok[0] + ok[1], 12, "the budget, once: {ok:?}");
+    assert!(ok[0] > 0 && ok[1] > 0, "both replicas served: {ok:?}");
+    assert_eq!(limited, 24);
+    for c in clients {
+        c.cancel().await.ok();
+    }
+    for s in servers {
+        s.stop().await;
+    }
+    drop_pg_database(PG_ADMIN_URL, &db).await;
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
