@@ -726,21 +726,51 @@ pub struct LimitsConfig {
     /// token subject over HTTP), valid or not.
     pub approvals_per_minute: u32,
     /// Where the call budgets are kept: `local` (each replica its own, in
-    /// memory) or `store` (one budget for every replica, in the shared
-    /// state store).
+    /// memory), `store` (one budget for every replica, in the shared state
+    /// store) or `redis://HOST:PORT` (one budget, in Redis; the password
+    /// may go in the URL, set with DUALTRUST_LIMITS__BACKEND).
     pub backend: LimitsBackend,
-    /// With `backend = "store"`, what a call meets while the store cannot
-    /// be reached: `closed` (refused, `store_unavailable`) or `local` (this
-    /// replica's own in-memory budget).
+    /// With a shared backend, what a call meets while it cannot be reached:
+    /// `closed` (refused, `limits_unavailable`) or `local` (this replica's
+    /// own in-memory budget).
     pub on_backend_failure: LimitsFallback,
+    /// How long one shared-budget check may take before it counts as the
+    /// backend being unreachable.
+    pub backend_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(try_from = "String")]
 pub enum LimitsBackend {
     #[default]
     Local,
     Store,
+    Redis(Secret),
+}
+
+impl PartialEq for LimitsBackend {
+    fn eq(&self, other: &Self) -> bool {
+        matches!(
+            (self, other),
+            (Self::Local, Self::Local)
+                | (Self::Store, Self::Store)
+                | (Self::Redis(_), Self::Redis(_))
+        )
+    }
+}
+
+impl TryFrom<String> for LimitsBackend {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        match value.as_str() {
+            "local" => Ok(Self::Local),
+            "store" => Ok(Self::Store),
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                Ok(Self::Redis(Secret::new(value)))
+            }
+            _ => Err("expected \"local\", \"store\" or a redis:// URL".into()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -762,6 +792,7 @@ impl Default for LimitsConfig {
             approvals_per_minute: 30,
             backend: LimitsBackend::Local,
             on_backend_failure: LimitsFallback::Closed,
+            backend_timeout_ms: 250,
         }
     }
 }
@@ -985,6 +1016,7 @@ impl Config {
             ));
         }
         validate_identity(&raw)?;
+        validate_limits(&raw)?;
         for (i, origin) in raw.http.cors_origins.iter().enumerate() {
             let key = format!("http.cors_origins[{i}]");
             if origin.contains('*') {
@@ -1160,6 +1192,24 @@ pub(crate) const REGISTERED_CLAIMS: &[&str] = &[
     "permissions",
     "subject",
 ];
+
+fn validate_limits(raw: &FileConfig) -> Result<(), ConfigError> {
+    if let LimitsBackend::Redis(url) = &raw.limits.backend
+        && redis::Client::open(url.expose()).is_err()
+    {
+        return Err(ConfigError::key(
+            "limits.backend",
+            "not a Redis URL (redis://[:PASSWORD@]HOST[:PORT][/DB])",
+        ));
+    }
+    if raw.limits.backend_timeout_ms == 0 {
+        return Err(ConfigError::key(
+            "limits.backend_timeout_ms",
+            "must be at least 1",
+        ));
+    }
+    Ok(())
+}
 
 fn validate_identity(raw: &FileConfig) -> Result<(), ConfigError> {
     let identity = &raw.identity;

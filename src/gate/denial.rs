@@ -65,6 +65,9 @@ pub enum Denial {
 
     // The server's own failures: errors, not the caller's fault.
     StoreUnavailable,
+    /// The shared rate-limit backend cannot be reached and
+    /// `limits.on_backend_failure` is `closed`.
+    LimitsUnavailable,
     RandomUnavailable,
     /// The tool ran and failed; the code is the tool's.
     Failed(Refusal),
@@ -109,6 +112,7 @@ impl Denial {
             Self::LeaseExpired => "lease_expired",
             Self::Rejected { .. } => "rejected",
             Self::StoreUnavailable => "store_unavailable",
+            Self::LimitsUnavailable => "limits_unavailable",
             Self::RandomUnavailable => "random_unavailable",
             Self::Internal => INTERNAL,
             Self::AuditUnavailable { .. } => "audit_unavailable",
@@ -123,6 +127,7 @@ impl Denial {
             Self::Tool(refusal) if refusal.code == INTERNAL => Status::Error,
             Self::NoPolicy
             | Self::StoreUnavailable
+            | Self::LimitsUnavailable
             | Self::RandomUnavailable
             | Self::Failed(_)
             | Self::Internal
@@ -195,6 +200,9 @@ impl Denial {
                 "this lease has expired; make the call again to get a new one".into()
             }
             Self::StoreUnavailable => "the state store is unavailable; nothing ran".into(),
+            Self::LimitsUnavailable => {
+                "the shared rate limit cannot be checked right now, so nothing ran; retry".into()
+            }
             Self::RandomUnavailable => "random source unavailable".into(),
             Self::Internal => {
                 "the server failed on this call; it was recorded and nothing else ran".into()
@@ -264,6 +272,7 @@ mod tests {
                 reason: "no".into(),
             },
             Denial::StoreUnavailable,
+            Denial::LimitsUnavailable,
             Denial::RandomUnavailable,
             Denial::Internal,
             Denial::AuditUnavailable { consequence: "" },

@@ -390,7 +390,7 @@ impl Gate {
                 rate::Limited::Wait(retry_after) => Denial::RateLimited {
                     retry_after_s: retry_after.as_secs().max(1),
                 },
-                rate::Limited::Unavailable => Denial::StoreUnavailable,
+                rate::Limited::Unavailable => Denial::LimitsUnavailable,
             })?;
         let (lease, quorum) = match &admitted.lease_id {
             Some(id) => {

@@ -51,11 +51,84 @@ pub struct CallLimits {
     shared: Option<SharedBudgets>,
 }
 
-/// Per-minute budgets kept in the state store, one for every replica.
+/// Per-minute budgets kept outside the replica, one for every replica.
 struct SharedBudgets {
     calls_per_minute: u32,
     tool_calls_per_minute: BTreeMap<String, u32>,
     fallback: LimitsFallback,
+    timeout: Duration,
+    backend: SharedBackend,
+    /// After a failure the backend is not asked again until then (unix
+    /// ms), so an outage costs calls one timeout per interval, not each.
+    retry_at_ms: std::sync::atomic::AtomicU64,
+}
+
+/// How long a failed shared backend is left alone.
+const RETRY_BACKEND_AFTER_MS: u64 = 1_000;
+
+enum SharedBackend {
+    Store,
+    Redis(RedisBuckets),
+    /// A backend that could not be set up: every check fails, and the
+    /// fallback decides (never silently unlimited).
+    Broken(String),
+}
+
+/// GCRA in Redis: one Lua script per call, atomic on the server, on the
+/// server's clock (replicas' clocks may differ). Returns 0 when allowed,
+/// else the milliseconds until it would be; a refused call changes nothing.
+const GCRA_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new = tat + interval
+if new - burst > now then return new - burst - now end
+redis.call('SET', KEYS[1], new, 'PX', new - now)
+return 0
+";
+
+struct RedisBuckets {
+    client: redis::Client,
+    script: redis::Script,
+    /// Connected on first use (Redis may be down when the server starts);
+    /// the manager reconnects by itself afterwards.
+    connection: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+}
+
+impl RedisBuckets {
+    fn new(url: &str) -> Result<Self, redis::RedisError> {
+        Ok(Self {
+            client: redis::Client::open(url)?,
+            script: redis::Script::new(GCRA_LUA),
+            connection: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    async fn take(
+        &self,
+        key: &str,
+        interval_ms: u64,
+        burst_ms: u64,
+    ) -> Result<Option<u64>, String> {
+        let mut connection = self
+            .connection
+            .get_or_try_init(|| redis::aio::ConnectionManager::new(self.client.clone()))
+            .await
+            .map_err(|e| e.to_string())?
+            .clone();
+        let wait_ms: i64 = self
+            .script
+            .key(format!("dualtrust:rate:{key}"))
+            .arg(interval_ms)
+            .arg(burst_ms)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(u64::try_from(wait_ms).ok().filter(|w| *w > 0))
+    }
 }
 
 /// Why a call may not run now.
@@ -65,6 +138,19 @@ pub enum Limited {
     Wait(Duration),
     /// The shared budget cannot be read, and the configured answer is no.
     Unavailable,
+}
+
+/// The shared backend a configuration names (a Redis URL that does not
+/// parse is refused when the configuration loads).
+fn shared_backend(backend: &LimitsBackend) -> Option<SharedBackend> {
+    match backend {
+        LimitsBackend::Local => None,
+        LimitsBackend::Store => Some(SharedBackend::Store),
+        LimitsBackend::Redis(url) => Some(match RedisBuckets::new(url.expose()) {
+            Ok(redis) => SharedBackend::Redis(redis),
+            Err(e) => SharedBackend::Broken(e.to_string()),
+        }),
+    }
 }
 
 /// GCRA over a minute: one arrival per `60 000 / n` ms, `n` in a burst.
@@ -83,10 +169,13 @@ impl CallLimits {
                 .filter_map(|(tool, n)| KeyedLimit::per_minute(*n).map(|l| (tool.clone(), l)))
                 .collect(),
             per_approver: KeyedLimit::per_minute(config.approvals_per_minute),
-            shared: (config.backend == LimitsBackend::Store).then(|| SharedBudgets {
+            shared: shared_backend(&config.backend).map(|backend| SharedBudgets {
                 calls_per_minute: config.calls_per_minute,
                 tool_calls_per_minute: config.tool_calls_per_minute.clone(),
                 fallback: config.on_backend_failure,
+                timeout: Duration::from_millis(config.backend_timeout_ms),
+                backend,
+                retry_at_ms: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -99,6 +188,14 @@ impl CallLimits {
             return self.check(subject, tool).map_err(Limited::Wait);
         };
         let now_ms = crate::now_unix_ms();
+        let fallback = || match shared.fallback {
+            LimitsFallback::Local => self.check(subject, tool).map_err(Limited::Wait),
+            LimitsFallback::Closed => Err(Limited::Unavailable),
+        };
+        let retry_at = &shared.retry_at_ms;
+        if now_ms < retry_at.load(std::sync::atomic::Ordering::Relaxed) {
+            return fallback();
+        }
         let mut buckets = Vec::with_capacity(2);
         if let Some(n) = shared.tool_calls_per_minute.get(tool).filter(|n| **n > 0) {
             buckets.push((format!("tool\u{1f}{tool}\u{1f}{subject}"), *n));
@@ -108,15 +205,29 @@ impl CallLimits {
         }
         for (key, n) in buckets {
             let (interval_ms, burst_ms) = per_minute_bucket(n);
-            match store.take_rate(&key, now_ms, interval_ms, burst_ms).await {
+            let taken = async {
+                match &shared.backend {
+                    SharedBackend::Store => store
+                        .take_rate(&key, now_ms, interval_ms, burst_ms)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    SharedBackend::Redis(redis) => redis.take(&key, interval_ms, burst_ms).await,
+                    SharedBackend::Broken(why) => Err(why.clone()),
+                }
+            };
+            let taken = tokio::time::timeout(shared.timeout, taken)
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()));
+            match taken {
                 Ok(None) => {}
                 Ok(Some(wait_ms)) => return Err(Limited::Wait(Duration::from_millis(wait_ms))),
                 Err(error) => {
                     tracing::warn!(%error, "the shared rate limit could not be read");
-                    return match shared.fallback {
-                        LimitsFallback::Local => self.check(subject, tool).map_err(Limited::Wait),
-                        LimitsFallback::Closed => Err(Limited::Unavailable),
-                    };
+                    retry_at.store(
+                        now_ms + RETRY_BACKEND_AFTER_MS,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    return fallback();
                 }
             }
         }

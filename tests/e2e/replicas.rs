@@ -399,3 +399,112 @@ async fn an_approval_recorded_through_one_replica_counts_at_the_other() {
     export_and_verify(&dirs[0]);
     drop_pg_database(PG_ADMIN_URL, &db).await;
 }
+
+/// A private `redis-server` on a free port, killed on drop.
+struct PrivateRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package)");
+        // Owned by `Self` at once: dropped (killed and reaped) on any path.
+        let server = Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Rate limits in Redis (`limits.backend = "redis://…"`): two replicas with
+/// stores of their own grant one subject one budget; when Redis goes away,
+/// a replica configured `closed` refuses with a receipt and one configured
+/// `local` falls back to its own budget.
+#[tokio::test]
+async fn a_redis_rate_budget_is_shared_and_its_outage_handled_as_configured() {
+    let redis = PrivateRedis::start();
+    let first = DataDir::new();
+    let second = DataDir::new();
+    for file in ["server.key", "dev-issuer.key"] {
+        std::fs::copy(first.path.join(file), second.path.join(file)).expect("copy key");
+    }
+    for (data, fallback) in [(&first, "closed"), (&second, "local")] {
+        std::fs::write(
+            data.path.join("dualtrust.toml"),
+            format!(
+                "[limits]\nbackend = \"{}\"\non_backend_failure = \"{fallback}\"\ncalls_per_minute = 12\n",
+                redis.url
+            ),
+        )
+        .expect("config");
+    }
+    let servers = [first.http_server().await, second.http_server().await];
+    let token = first.token("agent", "db:read");
+    let clients = [
+        servers[0].client(&token).await,
+        servers[1].client(&token).await,
+    ];
+    let mut ok = [0, 0];
+    for i in 0..36 {
+        let (env, _) = call(&clients[i % 2], "db.query", json!({ "sql": "SELECT 1" })).await;
+        match status(&env) {
+            "ok" => ok[i % 2] += 1,
+            _ => assert_eq!(error_code(&env), "rate_limited", "{env}"),
+        }
+    }
+    assert_eq!(ok[0] + ok[1], 12, "one budget across both: {ok:?}");
+
+    drop(redis);
+    let (env, _) = call(&clients[0], "db.query", json!({ "sql": "SELECT 1" })).await;
+    assert_eq!(error_code(&env), "limits_unavailable", "closed: {env}");
+    assert!(env["receipt"].is_object(), "{env}");
+    // `local`: this replica's own, fresh budget (12 a minute) applies.
+    let mut served = 0;
+    for _ in 0..15 {
+        let (env, _) = call(&clients[1], "db.query", json!({ "sql": "SELECT 1" })).await;
+        if status(&env) == "ok" {
+            served += 1;
+        } else {
+            assert_eq!(error_code(&env), "rate_limited", "{env}");
+        }
+    }
+    assert_eq!(served, 12, "the local fallback still limits");
+    for c in clients {
+        c.cancel().await.ok();
+    }
+    for s in servers {
+        s.stop().await;
+    }
+}
