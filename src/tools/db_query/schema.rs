@@ -359,7 +359,20 @@ impl Tool for DbSchema {
     }
 
     async fn execute(&self, call: Authorized<'_, Self>) -> Result<Executed, Refusal> {
-        let result = self.db.describe(call.args().table.as_deref()).await?;
+        // The catalog queries run outside a statement's transaction, so
+        // the statement deadline is kept here.
+        let deadline = self.db.limits.statement_timeout_ms;
+        let result = tokio::time::timeout(
+            std::time::Duration::from_millis(deadline),
+            self.db.describe(call.args().table.as_deref()),
+        )
+        .await
+        .map_err(|_| {
+            Refusal::new(
+                "statement_timeout",
+                format!("reading the schema ran past its {deadline} ms deadline"),
+            )
+        })??;
         let outcome = match result.get("tables").and_then(Value::as_array) {
             Some(tables) => json!({ "tables": tables.len() }),
             None => json!({ "table": result.get("name") }),
