@@ -328,6 +328,20 @@ impl App {
     }
 }
 
+/// A valid production configuration over `dir`, for the tests that show a
+/// build which must not be deployed refuses one.
+#[cfg(all(test, any(feature = "conformance", feature = "bench")))]
+#[allow(clippy::expect_used)]
+fn production_config(dir: &std::path::Path) -> Config {
+    let env = [
+        ("DUALTRUST_MODE", "production"),
+        ("DUALTRUST_IDENTITY__DEV_TOKENS", "false"),
+        ("DUALTRUST_IDENTITY__JWKS_FILE", "idp-jwks.json"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    Config::load(dir, None, env).expect("a valid production config")
+}
+
 #[cfg(all(test, feature = "conformance"))]
 mod conformance_build_tests {
     use super::*;
@@ -335,13 +349,7 @@ mod conformance_build_tests {
     #[tokio::test]
     async fn a_fixture_build_refuses_production_before_anything_is_opened() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let env = [
-            ("DUALTRUST_MODE", "production"),
-            ("DUALTRUST_IDENTITY__DEV_TOKENS", "false"),
-            ("DUALTRUST_IDENTITY__JWKS_FILE", "idp-jwks.json"),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string()));
-        let config = Config::load(dir.path(), None, env).expect("a valid production config");
+        let config = production_config(dir.path());
         assert!(matches!(
             App::build(config).await,
             Err(StartupError::ConformanceInProduction)
@@ -357,13 +365,7 @@ mod bench_build_tests {
     #[tokio::test]
     async fn gate_off_is_refused_in_production_before_anything_is_opened() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let env = [
-            ("DUALTRUST_MODE", "production"),
-            ("DUALTRUST_IDENTITY__DEV_TOKENS", "false"),
-            ("DUALTRUST_IDENTITY__JWKS_FILE", "idp-jwks.json"),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string()));
-        let config = Config::load(dir.path(), None, env).expect("a valid production config");
+        let config = production_config(dir.path());
         assert!(matches!(
             App::build_gate_off(config).await,
             Err(StartupError::GateOffInProduction)

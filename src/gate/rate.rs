@@ -264,16 +264,8 @@ mod tests {
     /// own budget (`local`), as configured; never unlimited.
     #[tokio::test]
     async fn an_unreachable_shared_budget_fails_as_configured() {
-        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
-            .await
-            .expect("the test PostgreSQL on 127.0.0.1:5432");
-        let name = format!("dt_rate_{}", crate::random_id().expect("id"));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("create database");
-        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-        let store = Store::open_postgres(&url, 2).await.expect("open");
+        let database = crate::store::TempPgDatabase::create().await;
+        let store = Store::open_postgres(&database.url, 2).await.expect("open");
         let limits = |fallback| {
             CallLimits::new(&LimitsConfig {
                 calls_per_minute: 2,
@@ -288,12 +280,9 @@ mod tests {
             limits(LimitsFallback::Local),
         );
         assert_eq!(closed.take(&store, "alice", "db.query").await, Ok(()));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {name} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await
-        .expect("drop database");
+        // The store goes away under the running limits (a closed
+        // `take` that still succeeded would fail the next assertion).
+        database.remove().await;
         assert_eq!(
             closed.take(&store, "alice", "db.query").await,
             Err(Limited::Unavailable)

@@ -362,6 +362,43 @@ fn unreachable(error: sqlx::Error) -> StoreError {
     StoreError::Unavailable
 }
 
+/// A throwaway database on the test PostgreSQL (127.0.0.1:5432, trust
+/// auth), for the store's and the gate's unit tests.
+#[cfg(test)]
+pub(crate) struct TempPgDatabase {
+    admin: sqlx::PgPool,
+    name: String,
+    pub url: String,
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+impl TempPgDatabase {
+    pub(crate) async fn create() -> Self {
+        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
+            .await
+            .expect("the test PostgreSQL on 127.0.0.1:5432");
+        let name = format!("dt_unit_{}", crate::random_id().expect("id"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        Self { admin, name, url }
+    }
+
+    /// Drops it at once, connections and all (also what an outage looks
+    /// like to a store still holding a pool on it).
+    pub(crate) async fn remove(self) {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&self.admin)
+        .await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,15 +614,8 @@ mod tests {
     /// passes, whichever replica each call reached.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_shared_rate_budget_holds_across_racing_replicas() {
-        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
-            .await
-            .expect("the test PostgreSQL on 127.0.0.1:5432");
-        let name = format!("dt_store_{}", crate::random_id().expect("id"));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("create database");
-        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let database = TempPgDatabase::create().await;
+        let url = database.url.clone();
         let replicas = [
             Store::open_postgres(&url, 8).await.expect("open"),
             Store::open_postgres(&url, 8).await.expect("open"),
@@ -603,26 +633,15 @@ mod tests {
         }
         assert_eq!(allowed, 10);
         drop(replicas);
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {name} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await;
+        database.remove().await;
     }
 
     /// Two replicas issuing one subject's leases at once: the cap holds
     /// exactly (counting and inserting are one step per subject).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn the_open_lease_cap_holds_across_racing_replicas() {
-        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
-            .await
-            .expect("the test PostgreSQL on 127.0.0.1:5432");
-        let name = format!("dt_store_{}", crate::random_id().expect("id"));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("create database");
-        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let database = TempPgDatabase::create().await;
+        let url = database.url.clone();
         let replicas = [
             Store::open_postgres(&url, 8).await.expect("open"),
             Store::open_postgres(&url, 8).await.expect("open"),
@@ -647,31 +666,16 @@ mod tests {
         }
         assert_eq!(issued, 5);
         drop(replicas);
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {name} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await;
+        database.remove().await;
     }
 
     #[tokio::test]
     async fn held_leases_expire_once_on_postgres() {
-        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
-            .await
-            .expect("the test PostgreSQL on 127.0.0.1:5432");
-        let name = format!("dt_store_{}", crate::random_id().expect("id"));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("create database");
-        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let database = TempPgDatabase::create().await;
+        let url = database.url.clone();
         let store = Store::open_postgres(&url, 4).await.expect("open");
         held_leases_expire_once_and_are_listed_with_their_receipts(store.clone()).await;
         drop(store);
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {name} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await;
+        database.remove().await;
     }
 }
