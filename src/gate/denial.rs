@@ -25,6 +25,8 @@ pub enum Denial {
     /// An approval submission that is not the expected JSON object.
     InvalidRequest,
     UnknownTool,
+    /// `resources/read` of a URI this server does not serve.
+    UnknownResource,
 
     // Admission: the call's arguments, class and scope.
     InvalidLeaseId,
@@ -95,6 +97,7 @@ impl Denial {
             Self::MalformedMessage(code) => code,
             Self::InvalidRequest => "invalid_request",
             Self::UnknownTool => "unknown_tool",
+            Self::UnknownResource => "unknown_resource",
             Self::InvalidLeaseId => "invalid_lease_id",
             Self::InvalidArguments(_) => "invalid_arguments",
             Self::InsufficientScope { .. } => INSUFFICIENT_SCOPE,
@@ -167,6 +170,7 @@ impl Denial {
                 "expected {\"lease_id\", \"approver_id\", \"signature\"}, and \"reason\" for a rejection".into()
             }
             Self::UnknownTool => "no tool with this name exists".into(),
+            Self::UnknownResource => "no resource with this URI exists".into(),
             Self::InvalidLeaseId => {
                 "lease_id must be the 32-character hex id of an issued lease".into()
             }
@@ -248,6 +252,7 @@ mod tests {
             Denial::BodyTimeout,
             Denial::InvalidRequest,
             Denial::UnknownTool,
+            Denial::UnknownResource,
             Denial::InvalidLeaseId,
             Denial::InvalidArguments("why".into()),
             Denial::InsufficientScope {

@@ -308,14 +308,18 @@ impl Gate {
     }
 
     /// Records a call to a tool name that does not exist.
-    pub async fn record_unknown_tool(
+    /// Records a request for something that does not exist: a tool
+    /// (`UnknownTool`, route `unknown`) or a resource (`UnknownResource`).
+    pub async fn record_unknown(
         &self,
         transport: &'static str,
+        route: &str,
         caller: Caller,
+        denial: &Denial,
     ) -> Option<Receipt> {
         let caller = self.identify(caller).await.ok().map(|(caller, _)| caller);
         let principal = caller.as_ref().map(Authenticated::principal);
-        self.record_refusal(transport, "unknown", principal, &Denial::UnknownTool)
+        self.record_refusal(transport, route, principal, denial)
             .await
     }
 

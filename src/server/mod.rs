@@ -511,6 +511,15 @@ impl ServerHandler for McpServer {
                 });
         }
         let Some(arguments) = schema_request(&request.uri) else {
+            self.app
+                .gate
+                .record_unknown(
+                    self.transport_name(),
+                    "resources/read",
+                    self.caller(&context),
+                    &crate::gate::Denial::UnknownResource,
+                )
+                .await;
             let shown: String = request.uri.chars().take(200).collect();
             return Err(resource_not_found(
                 format!(
@@ -587,8 +596,13 @@ impl ServerHandler for McpServer {
             )
             .await
         else {
-            gate.record_unknown_tool(transport, self.caller(&context))
-                .await;
+            gate.record_unknown(
+                transport,
+                "unknown",
+                self.caller(&context),
+                &crate::gate::Denial::UnknownTool,
+            )
+            .await;
             return Err(McpError::invalid_params(
                 format!("unknown tool `{}`", truncate_name(&request.name)),
                 None,

@@ -123,6 +123,23 @@ async fn an_agent_reads_the_sqlite_schema_as_resources_before_writing_sql() {
             "{uri}: {text}"
         );
     }
+    // Each refusal left a receipt: unknown tables through db.schema, a URI
+    // this server does not serve as unknown_resource.
+    let receipts = data.receipts();
+    let reasons: Vec<&str> = receipts[receipts.len() - 5..]
+        .iter()
+        .map(|r| r["body"]["reason"].as_str().unwrap_or("none"))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "unknown_table",
+            "unknown_table",
+            "unknown_resource",
+            "unknown_resource",
+            "unknown_resource"
+        ]
+    );
     let (env, _) = call(&client, "db.schema", json!({ "table": "x\u{0}y" })).await;
     assert_eq!(error_code(&env), "invalid_table");
     let (env, _) = call(
