@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use dualtrust::audit::{
     AuditLog, Decision, GENESIS_PREV, RECEIPT_TYPE, Receipt, ReceiptBody, ReceiptDraft,
 };
+use dualtrust::keyring::{KeySource, ServerKeys};
 use dualtrust::keys::KeyPair;
 use dualtrust::store::{LogRow, Store};
 
@@ -45,8 +46,10 @@ async fn append_rate(concurrency: usize, secs: u64) -> (u64, f64) {
     let store = Store::open_sqlite(&dir.path().join("state.db"))
         .await
         .expect("store");
-    let key = Arc::new(KeyPair::generate().expect("key"));
-    let log = Arc::new(AuditLog::open(store, key).await.expect("log"));
+    let keys = ServerKeys::single(&store, KeyPair::generate().expect("key"))
+        .await
+        .expect("keys");
+    let log = Arc::new(AuditLog::open(store, keys).await.expect("log"));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
@@ -118,6 +121,9 @@ async fn load_time(receipts: Vec<Receipt>, key: Arc<KeyPair>) -> LoadTime {
         .await
         .expect("store");
     let n = receipts.len() as u64;
+    let keys = ServerKeys::open(&store, KeySource::Held(vec![key.clone()]), None, true)
+        .await
+        .expect("keys");
     for chunk in receipts.chunks(10_000) {
         let rows: Vec<LogRow> = chunk
             .iter()
@@ -131,10 +137,13 @@ async fn load_time(receipts: Vec<Receipt>, key: Arc<KeyPair>) -> LoadTime {
                 lease: r.body.lease.clone(),
             })
             .collect();
-        store.insert_receipts(&rows, &[]).await.expect("insert");
+        store
+            .insert_receipts(key.kid(), &rows, &[])
+            .await
+            .expect("insert");
     }
     let started = Instant::now();
-    let log = AuditLog::open(store.clone(), key).await.expect("open");
+    let log = AuditLog::open(store.clone(), keys).await.expect("open");
     log.current_checkpoint().await.expect("checkpoint");
     let derived_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
@@ -194,7 +203,9 @@ fn main() {
     let started = Instant::now();
     let receipts = build_log(n, &key);
     let built = started.elapsed();
-    let keys = vec![(key.kid().to_string(), key.verifying_key())];
+    let keys = vec![dualtrust::keys::PublishedKey::unbounded(
+        key.verifying_key(),
+    )];
     let started = Instant::now();
     let tree = dualtrust::audit::verify_log(receipts.clone(), &keys).expect("honest log verifies");
     let verified = started.elapsed();

@@ -11,6 +11,7 @@ use crate::audit::AuditLog;
 use crate::config::{Config, DatabaseConfig, DatabaseTarget, Mode};
 use crate::gate::{Gate, Policy};
 use crate::identity::TokenVerifier;
+use crate::keyring::{KeySource, ServerKeys};
 use crate::keys::KeyPair;
 use crate::notify::Notifier;
 use crate::store::Store;
@@ -27,6 +28,8 @@ pub enum StartupError {
     },
     #[error(transparent)]
     Key(#[from] crate::keys::KeyError),
+    #[error("server keys: {0}")]
+    Keyring(#[from] crate::keyring::KeyringError),
     #[error(transparent)]
     Verifier(#[from] crate::identity::VerifierSetupError),
     #[error("state store {path}: {source}")]
@@ -59,7 +62,7 @@ pub enum StartupError {
 /// Everything a running server holds.
 pub struct App {
     pub config: Config,
-    pub server_key: Arc<KeyPair>,
+    pub keys: Arc<ServerKeys>,
     pub store: Store,
     pub gate: Arc<Gate>,
     pub tools: Arc<ToolSet>,
@@ -92,14 +95,31 @@ async fn open_store(config: &Config) -> Result<Store, StartupError> {
 async fn open_log(
     config: &Config,
     store: &Store,
-    server_key: &Arc<KeyPair>,
+    keys: &Arc<ServerKeys>,
 ) -> Result<AuditLog, StartupError> {
-    AuditLog::open(store.clone(), server_key.clone())
+    AuditLog::open(store.clone(), keys.clone())
         .await
         .map_err(|source| StartupError::Store {
             path: config.store_target.describe(),
             source,
         })
+}
+
+/// The server keys of the configured source and the store's registry
+/// (registering the first key on a new log). With `require_active`, a
+/// source that does not hold the log's active key is refused at start.
+pub async fn open_keys(
+    config: &Config,
+    store: &Store,
+    require_active: bool,
+) -> Result<Arc<ServerKeys>, StartupError> {
+    Ok(ServerKeys::open(
+        store,
+        KeySource::from_config(config),
+        config.log.origin.as_deref(),
+        require_active,
+    )
+    .await?)
 }
 
 /// What command-line work on held calls needs (listing them, approving one
@@ -114,16 +134,16 @@ pub struct Desk {
 impl Desk {
     pub async fn open(config: &Config) -> Result<Self, StartupError> {
         ensure_data_dir(config)?;
-        let server_key = Arc::new(load_server_key(config)?);
         let store = open_store(config).await?;
-        let log = Arc::new(open_log(config, &store, &server_key).await?);
+        let keys = open_keys(config, &store, true).await?;
+        let log = Arc::new(open_log(config, &store, &keys).await?);
         // Approvals here are the operator's, not a token's: nobody is
         // authenticated, so no key is trusted.
         let verifier = Arc::new(TokenVerifier::trusting_no_one(&config.identity));
         // What is decided here is announced like what the server decides;
         // the command waits for delivery before it exits (`Desk::finish`).
         let gate = Gate::new(verifier, store.clone(), log, Policy::from_config(config))
-            .with_notifier(Notifier::start(&config.notifications, server_key));
+            .with_notifier(Notifier::start(&config.notifications, keys));
         Ok(Self { store, gate })
     }
 
@@ -150,16 +170,6 @@ pub fn ensure_data_dir(config: &Config) -> Result<(), StartupError> {
     Ok(())
 }
 
-/// Loads (or, in development, creates) the server signing key.
-pub fn load_server_key(config: &Config) -> Result<KeyPair, StartupError> {
-    let (key, created) =
-        KeyPair::load_or_create(&config.server_key_path(), config.mode == Mode::Development)?;
-    if created {
-        tracing::warn!(path = %config.server_key_path().display(), kid = key.kid(), "DEVELOPMENT MODE: generated a new server signing key");
-    }
-    Ok(key)
-}
-
 /// Loads (creating if missing) the development token-issuer key.
 pub fn load_dev_issuer(config: &Config) -> Result<KeyPair, StartupError> {
     let (key, created) = KeyPair::load_or_create(&config.dev_issuer_key_path(), true)?;
@@ -176,7 +186,6 @@ impl App {
             return Err(StartupError::ConformanceInProduction);
         }
         ensure_data_dir(&config)?;
-        let server_key = Arc::new(load_server_key(&config)?);
         let dev_issuer = if config.identity.dev_tokens && config.mode == Mode::Development {
             tracing::warn!(
                 "DEVELOPMENT MODE: accepting tokens minted by `dualtrust token`; never expose this server"
@@ -205,7 +214,8 @@ impl App {
         {
             tracing::info!(path = %path.display(), "created the demo database");
         }
-        let log = Arc::new(open_log(&config, &store, &server_key).await?);
+        let keys = open_keys(&config, &store, true).await?;
+        let log = Arc::new(open_log(&config, &store, &keys).await?);
         #[allow(unused_mut)]
         let mut policy = Policy::from_config(&config);
         #[cfg(feature = "conformance")]
@@ -218,7 +228,7 @@ impl App {
         }
         let gate = Arc::new(
             Gate::new(verifier, store.clone(), log.clone(), policy)
-                .with_notifier(Notifier::start(&config.notifications, server_key.clone()))
+                .with_notifier(Notifier::start(&config.notifications, keys.clone()))
                 .with_revocation_refresh(std::time::Duration::from_millis(
                     config.identity.revocation_refresh_ms,
                 )),
@@ -240,13 +250,10 @@ impl App {
         tools.register(Arc::new(DbSchema::new(database)));
         tools.register(terminal.clone());
         tools.register(Arc::new(PassportIssuer::new(
-            server_key.clone(),
+            keys.clone(),
             config.passport.clone(),
         )));
-        tools.register(Arc::new(AuditVerify::new(
-            log,
-            config.passport.issuer.clone(),
-        )));
+        tools.register(Arc::new(AuditVerify::new(log, config.passport.clone())));
         #[cfg(feature = "bench")]
         tools.register(Arc::new(crate::tools::BenchEcho));
         #[cfg(feature = "conformance")]
@@ -254,10 +261,12 @@ impl App {
         if let Some(tool) = tools.names().find(|name| !gate.has_policy_for(name)) {
             return Err(StartupError::NoPolicy(tool));
         }
-        let request_state = request_state_codec(&server_key)?;
+        // Derived from the key active at start: a state sealed before a
+        // rotation still opens here until this process restarts.
+        let request_state = request_state_codec(&*keys.signing()?)?;
         Ok(Self {
             config,
-            server_key,
+            keys,
             store,
             gate,
             tools: Arc::new(tools),
@@ -267,11 +276,16 @@ impl App {
     }
 
     /// While serving, keeps the in-memory revocation list fresh, so no
-    /// call waits for the store to learn its token was not revoked.
+    /// call waits for the store to learn its token was not revoked; and
+    /// picks up server key rotations recorded by another process.
     pub fn refresh_revocations(&self) {
         if !self.gate.is_off() {
             self.gate.revocations().spawn_refresher(self.store.clone());
         }
+        self.keys.spawn_refresher(
+            self.store.clone(),
+            std::time::Duration::from_millis(self.config.keys.refresh_ms),
+        );
     }
 
     /// While serving, ends held calls whose approval window closed, every
@@ -322,9 +336,10 @@ impl App {
         Ok(app)
     }
 
-    /// The server's public keys as an RFC 7517 JWK Set.
+    /// The server's public keys as an RFC 7517 JWK Set: the active key and
+    /// every retired one, each with the span it signs.
     pub fn jwks(&self) -> serde_json::Value {
-        crate::keys::jwks(&[&self.server_key.verifying_key()])
+        self.keys.jwks()
     }
 }
 

@@ -814,6 +814,45 @@ pub struct FileConfig {
     pub scopes: ScopeConfig,
     pub notifications: NotificationsConfig,
     pub inbox: InboxConfig,
+    pub keys: KeysConfig,
+    pub log: LogConfig,
+}
+
+/// Where the server's signing keys come from, and how often a rotation
+/// recorded by another process is looked for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// The key file, relative to the data directory: one key per line, each
+    /// a 64-character hex Ed25519 seed, or PKCS#8 PEM blocks. During a
+    /// rotation it holds the next key beside the current one.
+    pub file: PathBuf,
+    /// When set, the name of an environment variable holding the keys in
+    /// the same form, read instead of the file (a secret manager's env).
+    pub env: Option<String>,
+    /// How often the key registry is re-read (and, after a rotation, the
+    /// keys), so every replica signs with the rotated key within this.
+    pub refresh_ms: u64,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            file: PathBuf::from("server.key"),
+            env: None,
+            refresh_ms: 1000,
+        }
+    }
+}
+
+/// The receipt log.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// The checkpoint origin (the log's name in every checkpoint and
+    /// witness cosignature). Fixed when the log is first opened; when
+    /// unset, `dualtrust/<kid of the first key>`, as logs before it had.
+    pub origin: Option<String>,
 }
 
 /// The validated configuration. Paths are absolute.
@@ -835,11 +874,13 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub notifications: NotificationsConfig,
     pub inbox: InboxConfig,
+    pub keys: KeysConfig,
+    pub log: LogConfig,
 }
 
 impl Config {
     pub fn server_key_path(&self) -> PathBuf {
-        self.data_dir.join("server.key")
+        self.data_dir.join(&self.keys.file)
     }
 
     pub fn dev_issuer_key_path(&self) -> PathBuf {
@@ -940,6 +981,26 @@ impl Config {
             raw.terminal.max_concurrent_per_subject as u64,
         )?;
         positive("passport.default_ttl_s", raw.passport.default_ttl_s)?;
+        positive("keys.refresh_ms", raw.keys.refresh_ms)?;
+        if let Some(origin) = &raw.log.origin
+            && !is_valid_origin(origin)
+        {
+            return Err(ConfigError::key(
+                "log.origin",
+                "must be non-empty printable text without spaces or '+' (a signed-note key name)",
+            ));
+        }
+        if raw
+            .keys
+            .env
+            .as_ref()
+            .is_some_and(|name| name.is_empty() || name.contains('='))
+        {
+            return Err(ConfigError::key(
+                "keys.env",
+                "must name an environment variable",
+            ));
+        }
         positive(
             "identity.max_token_bytes",
             raw.identity.max_token_bytes as u64,
@@ -1112,6 +1173,8 @@ impl Config {
             limits: raw.limits,
             notifications: raw.notifications,
             inbox,
+            keys: raw.keys,
+            log: raw.log,
         })
     }
 }
@@ -1546,6 +1609,14 @@ fn database_target(data_dir: &Path, db: &DatabaseConfig) -> Result<DatabaseTarge
         "database.url",
         db.url.expose(),
     )?))
+}
+
+/// Whether `origin` can name a log in a signed note: the key name rules
+/// (non-empty, no Unicode spaces, no `+`), printable ASCII besides.
+fn is_valid_origin(origin: &str) -> bool {
+    !origin.is_empty()
+        && origin.len() <= 256
+        && origin.bytes().all(|b| b.is_ascii_graphic() && b != b'+')
 }
 
 fn sqlite_path(data_dir: &Path, key: &str, url: &str) -> Result<PathBuf, ConfigError> {

@@ -31,6 +31,7 @@ use crate::config::{IdentityConfig, Mode, ScopeConfig, TerminalConfig};
 use crate::gate::{Class, Tool};
 use crate::identity::TokenVerifier;
 use crate::keys::KeyPair;
+use crate::keys::PublishedKey;
 use crate::tools::audit_verify::AuditVerifyArgs;
 use crate::tools::db_query::classify::{SqlDialect, classify_sql};
 use crate::tools::terminal::{NO_PATH_PROGRAMS, Terminal, TerminalArgs};
@@ -767,8 +768,8 @@ impl AuditFixture {
         }
     }
 
-    fn keys(&self) -> Vec<(String, ed25519_dalek::VerifyingKey)> {
-        vec![(self.key.kid().to_string(), self.key.verifying_key())]
+    fn keys(&self) -> Vec<PublishedKey> {
+        vec![PublishedKey::unbounded(self.key.verifying_key())]
     }
 
     /// The signed-note signature line for `body` (which ends in `\n`).
@@ -851,7 +852,7 @@ pub fn audit_seeds() -> Vec<(String, Vec<u8>)> {
 }
 
 fn audit_note(fixture: &AuditFixture, note: &str) {
-    let Ok(cp) = Checkpoint::verify(note, &fixture.origin, &fixture.key.verifying_key()) else {
+    let Ok(cp) = Checkpoint::verify(note, &fixture.origin, &fixture.keys()) else {
         return;
     };
     let resigned = cp.sign(&fixture.key);
@@ -862,7 +863,7 @@ fn audit_note(fixture: &AuditFixture, note: &str) {
         "{note:?} verified as {cp:?}, which is another note"
     );
     assert_eq!(
-        Checkpoint::verify(&resigned, &fixture.origin, &fixture.key.verifying_key()).as_ref(),
+        Checkpoint::verify(&resigned, &fixture.origin, &fixture.keys()).as_ref(),
         Ok(&cp),
         "{cp:?} does not round-trip"
     );
@@ -871,7 +872,7 @@ fn audit_note(fixture: &AuditFixture, note: &str) {
 fn audit_signed_body(fixture: &AuditFixture, body: &str) {
     let signed = format!("{body}\n");
     let note = format!("{signed}\n{}", fixture.signature_line(&signed));
-    let Ok(cp) = Checkpoint::verify(&note, &fixture.origin, &fixture.key.verifying_key()) else {
+    let Ok(cp) = Checkpoint::verify(&note, &fixture.origin, &fixture.keys()) else {
         return;
     };
     // The fields mean exactly what the signed bytes say: a checkpoint that
@@ -904,7 +905,7 @@ fn audit_arguments(fixture: &AuditFixture, json: &[u8]) {
     let Ok(args) = serde_json::from_slice::<AuditVerifyArgs>(json) else {
         return;
     };
-    let vk = fixture.key.verifying_key();
+    let vk = fixture.keys();
     if let Some(receipt) = &args.receipt
         && receipt.check_signature(&fixture.keys()).is_ok()
     {

@@ -26,9 +26,16 @@ pub enum KeyError {
         #[source]
         source: std::io::Error,
     },
-    /// The key file exists but does not hold a 32-byte hex seed.
-    #[error("key file {path} is not a 64-character hex Ed25519 seed")]
+    /// The key file exists but holds no 32-byte hex seed or PKCS#8 key.
+    #[error(
+        "key file {path} holds no Ed25519 key (64-character hex seeds, one per line, or PKCS#8 PEM)"
+    )]
     Malformed { path: String },
+    /// Group or others may read or write the key file.
+    #[error(
+        "key file {path} has mode {mode:03o}; a signing key must be readable by its owner only (chmod 600)"
+    )]
+    Exposed { path: String, mode: u32 },
     /// The key file is missing and creating keys is not allowed (production).
     #[error("key file {path} is missing; run `dualtrust keygen` or configure an existing key")]
     Missing { path: String },
@@ -67,28 +74,23 @@ impl KeyPair {
         Self { secret, kid }
     }
 
-    /// Loads the key at `path`; when it is missing and `create` is true,
-    /// generates one and writes it with mode 0600. Returns whether it was created.
+    /// Loads the key at `path` (the first, if it holds several); when it is
+    /// missing and `create` is true, generates one and writes it with mode
+    /// 0600. Returns whether it was created.
     pub fn load_or_create(path: &Path, create: bool) -> Result<(Self, bool), KeyError> {
         let shown = path.display().to_string();
         match std::fs::read_to_string(path) {
             Ok(text) => {
-                let seed =
-                    Zeroizing::new(hex::decode(text.trim()).map_err(|_| KeyError::Malformed {
-                        path: shown.clone(),
-                    })?);
-                let seed: &[u8; 32] = seed
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| KeyError::Malformed { path: shown })?;
-                Ok((Self::from_seed(seed), false))
+                let text = Zeroizing::new(text);
+                let first = parse_keys(&text, &shown)?.into_iter().next();
+                Ok((first.ok_or(KeyError::Malformed { path: shown })?, false))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !create {
                     return Err(KeyError::Missing { path: shown });
                 }
                 let pair = Self::generate()?;
-                pair.write_secret(path)?;
+                write_keys(path, &[&pair], false)?;
                 Ok((pair, true))
             }
             Err(source) => Err(KeyError::Io {
@@ -98,21 +100,9 @@ impl KeyPair {
         }
     }
 
-    fn write_secret(&self, path: &Path) -> Result<(), KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
-        let encoded = Zeroizing::new(hex::encode(self.secret.to_bytes()));
-        file.write_all(encoded.as_bytes()).map_err(io)?;
-        file.write_all(b"\n").map_err(io)?;
-        file.sync_all().map_err(io)
+    /// The seed as the key file writes it.
+    fn seed_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.secret.to_bytes()))
     }
 
     /// A 32-byte secret derived from this key for `label` with HKDF-SHA-256
@@ -163,6 +153,97 @@ impl KeyPair {
     }
 }
 
+/// Reads key text: PKCS#8 PEM blocks (RFC 8410, `BEGIN PRIVATE KEY`), or
+/// one 64-character hex seed per line (blank lines and `#` comments
+/// skipped). `shown` names the source in errors; the text never appears.
+pub fn parse_keys(text: &str, shown: &str) -> Result<Vec<KeyPair>, KeyError> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    const BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
+    const END: &str = "-----END PRIVATE KEY-----";
+    let malformed = || KeyError::Malformed {
+        path: shown.to_string(),
+    };
+    let mut keys = Vec::new();
+    if text.contains(BEGIN) {
+        let mut rest = text;
+        while let Some(start) = rest.find(BEGIN) {
+            let end = rest[start..].find(END).ok_or_else(malformed)? + start + END.len();
+            let secret = SigningKey::from_pkcs8_pem(&rest[start..end]).map_err(|_| malformed())?;
+            keys.push(KeyPair::from_seed(&secret.to_bytes()));
+            rest = &rest[end..];
+        }
+    } else {
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let seed = Zeroizing::new(hex::decode(line).map_err(|_| malformed())?);
+            let seed: &[u8; 32] = seed.as_slice().try_into().map_err(|_| malformed())?;
+            keys.push(KeyPair::from_seed(seed));
+        }
+    }
+    if keys.is_empty() {
+        return Err(malformed());
+    }
+    Ok(keys)
+}
+
+/// Writes `keys` to `path`, one hex seed per line, mode 0600: a new file,
+/// or (`replace`) atomically in place of the old one through a rename, so
+/// a reader sees the old keys or the new, never half.
+pub fn write_keys(path: &Path, keys: &[&KeyPair], replace: bool) -> Result<(), KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let target = if replace {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".next");
+        path.with_file_name(name)
+    } else {
+        path.to_path_buf()
+    };
+    if replace {
+        // A leftover from an interrupted rotation holds no key anyone uses.
+        let _ = std::fs::remove_file(&target);
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&target)
+        .map_err(io)?;
+    for key in keys {
+        file.write_all(key.seed_hex().as_bytes()).map_err(io)?;
+        file.write_all(b"\n").map_err(io)?;
+    }
+    file.sync_all().map_err(io)?;
+    if replace {
+        std::fs::rename(&target, path).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Refuses a key file that anyone but its owner may read or write: a
+/// signing key another account can copy is not this server's any more.
+pub fn check_private_mode(path: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| KeyError::Io {
+            path: path.display().to_string(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Exposed {
+            path: path.display().to_string(),
+            mode: mode & 0o777,
+        });
+    }
+    Ok(())
+}
+
 /// Parses a base64url (no padding) Ed25519 public key: a JWK's `x`.
 pub fn parse_public_key(b64: &str) -> Option<VerifyingKey> {
     let bytes = URL_SAFE_NO_PAD.decode(b64.trim()).ok()?;
@@ -197,22 +278,124 @@ pub fn jwks(keys: &[&VerifyingKey]) -> serde_json::Value {
     serde_json::json!({ "keys": keys.iter().map(|k| public_jwk(k)).collect::<Vec<_>>() })
 }
 
-/// Parses the Ed25519 keys out of a JWKS document, keyed by `kid`.
-/// Other key types are skipped: only Ed25519 signs dualtrust artifacts.
-pub fn ed25519_keys_from_jwks(doc: &serde_json::Value) -> Vec<(String, VerifyingKey)> {
+/// A server public key with where it may sign: the receipts and
+/// checkpoints of a span of the log, and the passports of a span of time.
+/// A key retired at log size `until_seq` signs nothing past it, so a
+/// retired key that leaks cannot sign a receipt or checkpoint that verifies
+/// after its retirement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedKey {
+    pub kid: String,
+    pub key: VerifyingKey,
+    /// The first receipt it signs (and the smallest checkpoint size).
+    pub from_seq: u64,
+    /// Retired: receipts below it, checkpoints up to and including it.
+    pub until_seq: Option<u64>,
+    /// The log's RFC 6962 root at `until_seq`: what it signed is fixed.
+    pub until_root: Option<[u8; 32]>,
+    /// Unix seconds it became active (0: not recorded).
+    pub not_before: u64,
+    /// Unix seconds it was retired.
+    pub not_after: Option<u64>,
+}
+
+impl PublishedKey {
+    /// A key with no recorded span (a JWKS from before rotation, a test).
+    pub fn unbounded(key: VerifyingKey) -> Self {
+        Self {
+            kid: jwk_thumbprint(&key),
+            key,
+            from_seq: 0,
+            until_seq: None,
+            until_root: None,
+            not_before: 0,
+            not_after: None,
+        }
+    }
+
+    pub fn signs_receipt(&self, seq: u64) -> bool {
+        seq >= self.from_seq && self.until_seq.is_none_or(|until| seq < until)
+    }
+
+    pub fn signs_checkpoint(&self, size: u64) -> bool {
+        size >= self.from_seq && self.until_seq.is_none_or(|until| size <= until)
+    }
+
+    /// Whether a passport issued at `iat` (unix seconds) is in this key's
+    /// time: a retired key's passports all end by retirement plus the
+    /// longest lifetime, whatever `iat` a leaked key writes.
+    pub fn signs_at(&self, iat: u64) -> bool {
+        self.not_after.is_none_or(|retired| iat <= retired)
+    }
+
+    /// The JWK (RFC 8037) with the span as extra members (RFC 7517 section
+    /// 4 lets a JWK carry them): `nbf`/`exp` in unix seconds, `log_from`,
+    /// `log_until` and `log_until_root` in log positions.
+    pub fn jwk(&self) -> serde_json::Value {
+        let mut jwk = public_jwk(&self.key);
+        let members = jwk.as_object_mut();
+        if let Some(members) = members {
+            members.insert("nbf".into(), self.not_before.into());
+            members.insert("log_from".into(), self.from_seq.into());
+            if let Some(retired) = self.not_after {
+                members.insert("exp".into(), retired.into());
+            }
+            if let Some(until) = self.until_seq {
+                members.insert("log_until".into(), until.into());
+            }
+            if let Some(root) = self.until_root {
+                members.insert("log_until_root".into(), hex::encode(root).into());
+            }
+        }
+        jwk
+    }
+
+    /// Reads a JWK this server publishes; a span member that is present
+    /// but malformed refuses the key rather than widening it.
+    pub fn from_jwk(jwk: &serde_json::Value) -> Option<Self> {
+        if jwk.get("kty").and_then(|v| v.as_str()) != Some("OKP")
+            || jwk.get("crv").and_then(|v| v.as_str()) != Some("Ed25519")
+        {
+            return None;
+        }
+        let key = parse_public_key(jwk.get("x")?.as_str()?)?;
+        let number = |name: &str| match jwk.get(name) {
+            None => Some(None),
+            Some(v) => v.as_u64().map(Some),
+        };
+        let until_root = match jwk.get("log_until_root") {
+            None => None,
+            Some(v) => Some(
+                hex::decode(v.as_str()?)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())?,
+            ),
+        };
+        Some(Self {
+            kid: jwk_thumbprint(&key),
+            key,
+            from_seq: number("log_from")?.unwrap_or(0),
+            until_seq: number("log_until")?,
+            until_root,
+            not_before: number("nbf")?.unwrap_or(0),
+            not_after: number("exp")?,
+        })
+    }
+}
+
+/// The JWK Set of published keys, with their spans.
+pub fn published_jwks(keys: &[PublishedKey]) -> serde_json::Value {
+    serde_json::json!({ "keys": keys.iter().map(PublishedKey::jwk).collect::<Vec<_>>() })
+}
+
+/// Parses the Ed25519 keys out of a JWKS document, with the spans this
+/// server publishes. Other key types are skipped: only Ed25519 signs
+/// dualtrust artifacts.
+pub fn published_keys_from_jwks(doc: &serde_json::Value) -> Vec<PublishedKey> {
     let Some(keys) = doc.get("keys").and_then(|k| k.as_array()) else {
         return Vec::new();
     };
-    keys.iter()
-        .filter(|k| k.get("kty").and_then(|v| v.as_str()) == Some("OKP"))
-        .filter(|k| k.get("crv").and_then(|v| v.as_str()) == Some("Ed25519"))
-        .filter_map(|k| {
-            let x = URL_SAFE_NO_PAD.decode(k.get("x")?.as_str()?).ok()?;
-            let x: [u8; 32] = x.as_slice().try_into().ok()?;
-            let key = VerifyingKey::from_bytes(&x).ok()?;
-            Some((jwk_thumbprint(&key), key))
-        })
-        .collect()
+    keys.iter().filter_map(PublishedKey::from_jwk).collect()
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod fuzzing;
 pub mod gate;
 pub mod identity;
+pub mod keyring;
 pub mod keys;
 pub mod metrics;
 pub mod notify;
@@ -70,6 +71,7 @@ mod module_graph {
         &["keys", "metrics", "sandbox", "demo", "clock", "trace"],
         &["config"],
         &["store"],
+        &["keyring"],
         &["audit", "identity", "notify"],
         &["gate"],
         &["tools"],

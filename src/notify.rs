@@ -16,6 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
 use crate::config::{NotificationsConfig, WebhookConfig, WebhookFormat};
+use crate::keyring::ServerKeys;
 use crate::keys::KeyPair;
 
 /// The header a receiver verifies.
@@ -60,7 +61,7 @@ impl Notifier {
     }
 
     /// Starts delivering to the configured webhooks.
-    pub fn start(config: &NotificationsConfig, key: Arc<KeyPair>) -> Self {
+    pub fn start(config: &NotificationsConfig, keys: Arc<ServerKeys>) -> Self {
         if config.webhooks.is_empty() {
             return Self::disabled();
         }
@@ -79,6 +80,8 @@ impl Notifier {
                 let deliveries: Vec<_> = webhooks
                     .iter()
                     .filter_map(|hook| {
+                        // Signed by the key active now, which the JWKS names.
+                        let key = keys.signing().ok()?;
                         let (body, signature) = signed_body(hook, &event, &key)?;
                         Some(
                             Delivery {

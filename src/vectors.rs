@@ -24,7 +24,7 @@ use crate::audit::{
 };
 use crate::gate::args_digest;
 use crate::gate::quorum::{approval_message, rejection_message};
-use crate::keys::{KeyPair, public_jwk};
+use crate::keys::{KeyPair, PublishedKey, public_jwk};
 use crate::store::{Lease, LeaseState};
 
 /// Test-only keys: published in the vectors, never used for anything else.
@@ -245,11 +245,95 @@ fn receipt_vectors() -> Value {
     })
 }
 
-fn files() -> [(&'static str, Value); 3] {
+/// The keys of a rotated log as its JWKS publishes them: the first retired
+/// at size 3 (with the root there), the second active from 3.
+fn rotated_keys(old: &KeyPair, new: &KeyPair, root_at_3: [u8; 32]) -> [PublishedKey; 2] {
+    [
+        PublishedKey {
+            until_seq: Some(3),
+            until_root: Some(root_at_3),
+            not_before: 1_800_000_000,
+            not_after: Some(1_800_000_050),
+            ..PublishedKey::unbounded(old.verifying_key())
+        },
+        PublishedKey {
+            from_seq: 3,
+            not_before: 1_800_000_050,
+            ..PublishedKey::unbounded(new.verifying_key())
+        },
+    ]
+}
+
+fn rotation_vectors() -> Value {
+    let (old, _, new) = keys();
+    let mut receipts: Vec<Receipt> = Vec::new();
+    let mut prev = GENESIS_PREV.to_string();
+    let mut tree = MerkleTree::new();
+    for seq in 0..5 {
+        let signer = if seq < 3 { &old } else { &new };
+        let receipt = Receipt::seal(receipt_body(seq, &prev, signer.kid()), signer).expect("seal");
+        prev = receipt.hash.clone();
+        tree.push(leaf_hash_of(&receipt.body).expect("leaf"));
+        receipts.push(receipt);
+    }
+    let origin = "example.com/dualtrust-vectors";
+    let keys = rotated_keys(&old, &new, tree.root(3).expect("root"));
+    let note = |size: u64, key: &KeyPair| {
+        Checkpoint {
+            origin: origin.into(),
+            size,
+            root: tree.root(size).expect("root"),
+            time: 1_800_000_100,
+        }
+        .sign(key)
+    };
+    let proofs: Vec<Value> = receipts
+        .iter()
+        .map(|receipt| {
+            let index = receipt.body.seq;
+            json!({
+                "leaf_index": index,
+                "tree_size": 5,
+                "inclusion": tree.inclusion_proof(index, 5).expect("proof").iter().map(hex::encode).collect::<Vec<_>>(),
+                "checkpoint": note(5, &new),
+            })
+        })
+        .collect();
+    let mut late = receipt_body(5, &receipts[4].hash, old.kid());
+    late.subject = Some("mallory".into());
+    let late = Receipt::seal(late, &old).expect("seal");
+    let mut rewritten = Vec::new();
+    let mut prev = GENESIS_PREV.to_string();
+    for receipt in &receipts[..3] {
+        let mut body = receipt.body.clone();
+        body.prev = prev.clone();
+        body.tool = "db.execute".into();
+        let sealed = Receipt::seal(body, &old).expect("seal");
+        prev = sealed.hash.clone();
+        rewritten.push(sealed);
+    }
+    // Presented alone: with the later receipts the chain would break too.
+    let extended = [receipts.clone(), vec![late]].concat();
+    json!({
+        "about": "a log whose server key rotated at size 3: each JWK carries the span it signs (log_from <= receipt seq < log_until; log_from <= checkpoint size <= log_until) and a retired key the root of the log at log_until; the origin is configured, not derived from a key",
+        "jwks": crate::keys::published_jwks(&keys),
+        "origin": origin,
+        "receipts": receipts,
+        "proofs": proofs,
+        "refused": {
+            "receipt_by_the_retired_key_after_retirement": { "receipts": extended, "failure": "key_retired", "at": 5 },
+            "checkpoint_by_the_retired_key_past_retirement": { "checkpoint": note(4, &old), "failure": "checkpoint_key_retired" },
+            "history_rewritten_with_the_retired_key": { "receipts": rewritten, "failure": "retirement_root", "at": 3 },
+        },
+    })
+}
+
+fn files() -> [(&'static str, Value); 4] {
     [
         ("args_digest.json", args_digest_vectors()),
         ("approval_statement.json", approval_vectors()),
         ("receipts.json", receipt_vectors()),
+        ("rotation.json", rotation_vectors()),
     ]
 }
 
@@ -348,7 +432,7 @@ fn vectors_recompute_from_their_inputs_and_every_refused_case_fails() {
         crate::keys::parse_public_key(jwk["x"].as_str().expect("x")).expect("server key");
     let kid = jwk["kid"].as_str().expect("kid").to_string();
     assert_eq!(crate::keys::jwk_thumbprint(&server_key), kid);
-    let keyring = [(kid, server_key)];
+    let keyring = [crate::keys::PublishedKey::unbounded(server_key)];
     let receipts: Vec<Receipt> = serde_json::from_value(log["receipts"].clone()).expect("receipts");
     let tree = verify_log(receipts.clone(), &keyring).expect("the chain verifies");
     let origin = log["origin"].as_str().expect("origin");
@@ -358,7 +442,7 @@ fn vectors_recompute_from_their_inputs_and_every_refused_case_fails() {
     {
         let proof: LogProof = serde_json::from_value(proof.clone()).expect("proof");
         let checkpoint =
-            Checkpoint::verify(&proof.checkpoint, origin, &server_key).expect("checkpoint");
+            Checkpoint::verify(&proof.checkpoint, origin, &keyring).expect("checkpoint");
         assert_eq!(Some(checkpoint.root), tree.root(checkpoint.size));
         verify_log_proof(receipt, &proof, &checkpoint).expect("inclusion");
     }
@@ -380,7 +464,7 @@ fn vectors_recompute_from_their_inputs_and_every_refused_case_fails() {
     let wrong = &refused["wrong_inclusion_path"];
     let receipt: Receipt = serde_json::from_value(wrong["receipt"].clone()).expect("receipt");
     let proof: LogProof = serde_json::from_value(wrong["proof"].clone()).expect("proof");
-    let checkpoint = Checkpoint::verify(&proof.checkpoint, origin, &server_key).expect("valid");
+    let checkpoint = Checkpoint::verify(&proof.checkpoint, origin, &keyring).expect("valid");
     let failure = verify_log_proof(&receipt, &proof, &checkpoint)
         .expect_err("wrong path")
         .code();
@@ -391,11 +475,52 @@ fn vectors_recompute_from_their_inputs_and_every_refused_case_fails() {
                 .as_str()
                 .expect("note"),
             origin,
-            &server_key
+            &keyring
         )
         .is_err(),
         "a checkpoint whose signed text changed does not verify"
     );
+
+    let rotation = read("rotation.json");
+    let published = crate::keys::published_keys_from_jwks(&rotation["jwks"]);
+    assert_eq!(published.len(), 2);
+    let origin = rotation["origin"].as_str().expect("origin");
+    let receipts: Vec<Receipt> =
+        serde_json::from_value(rotation["receipts"].clone()).expect("receipts");
+    let tree = verify_log(receipts.clone(), &published).expect("the rotated log verifies");
+    for (receipt, proof) in receipts
+        .iter()
+        .zip(rotation["proofs"].as_array().expect("proofs"))
+    {
+        let proof: LogProof = serde_json::from_value(proof.clone()).expect("proof");
+        let checkpoint =
+            Checkpoint::verify(&proof.checkpoint, origin, &published).expect("checkpoint");
+        assert_eq!(Some(checkpoint.root), tree.root(checkpoint.size));
+        verify_log_proof(receipt, &proof, &checkpoint).expect("inclusion");
+    }
+    let refused = &rotation["refused"];
+    for case in [
+        "receipt_by_the_retired_key_after_retirement",
+        "history_rewritten_with_the_retired_key",
+    ] {
+        let log: Vec<Receipt> =
+            serde_json::from_value(refused[case]["receipts"].clone()).expect("receipts");
+        let (at, failure) = verify_log(log, &published).expect_err(case);
+        assert_eq!(refused[case]["at"].as_u64(), Some(at), "{case}");
+        assert_eq!(
+            refused[case]["failure"].as_str(),
+            Some(failure.code()),
+            "{case}"
+        );
+    }
+    let case = &refused["checkpoint_by_the_retired_key_past_retirement"];
+    let failure = Checkpoint::verify(
+        case["checkpoint"].as_str().expect("note"),
+        origin,
+        &published,
+    )
+    .expect_err("retired");
+    assert_eq!(case["failure"].as_str(), Some(failure.code()));
 
     // The files are exactly what this code would write: a format change
     // cannot slip past both implementations unnoticed.

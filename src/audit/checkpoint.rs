@@ -22,10 +22,14 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use crate::audit::merkle::Hash;
-use crate::keys::KeyPair;
+use crate::keys::{KeyPair, PublishedKey};
 
 const SIGNATURE_PREFIX: &str = "\u{2014} ";
 const ED25519_TYPE: u8 = 0x01;
+
+/// One signature line of a note: the signer's name and its decoded blob
+/// (key hash, then the signature or cosignature).
+pub type NoteSignature = (String, Vec<u8>);
 
 /// A verified (or freshly signed) checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +64,8 @@ pub enum CheckpointError {
     UnknownKey,
     #[error("the checkpoint signature does not verify")]
     BadSignature,
+    #[error("the checkpoint is signed by a server key retired before this tree size")]
+    KeyRetired,
 }
 
 impl CheckpointError {
@@ -69,14 +75,12 @@ impl CheckpointError {
             Self::WrongOrigin => "checkpoint_origin",
             Self::UnknownKey => "checkpoint_key",
             Self::BadSignature => "checkpoint_signature",
+            Self::KeyRetired => "checkpoint_key_retired",
         }
     }
 }
 
-/// The log's origin line for a server key.
-pub fn origin_for(kid: &str) -> String {
-    format!("dualtrust/{kid}")
-}
+pub use crate::keyring::origin_for;
 
 fn key_hash(name: &str, key: &VerifyingKey) -> [u8; 4] {
     let mut h = Sha256::new();
@@ -133,14 +137,50 @@ impl Checkpoint {
         )
     }
 
-    /// Parses and verifies a signed checkpoint against `key`, whose log has
-    /// origin `origin`.
+    /// Parses and verifies a signed checkpoint of the log named `origin`
+    /// against its server keys: a signature by one of them whose span
+    /// covers the checkpoint's size. Other signature lines (a witness's
+    /// cosignature, a key this verifier does not know) are passed over.
     pub fn verify(
         note: &str,
         origin: &str,
-        key: &VerifyingKey,
+        keys: &[PublishedKey],
     ) -> Result<VerifiedCheckpoint, CheckpointError> {
-        let (body, signatures) = note.split_once("\n\n").ok_or(CheckpointError::Malformed)?;
+        let (checkpoint, signatures) = Self::parse(note, origin)?;
+        let mut failure = CheckpointError::UnknownKey;
+        for (name, blob) in &signatures {
+            if name != origin || blob.len() != 68 {
+                continue;
+            }
+            for key in keys
+                .iter()
+                .filter(|k| key_hash(origin, &k.key) == blob[..4])
+            {
+                let sig =
+                    <[u8; 64]>::try_from(&blob[4..]).map_err(|_| CheckpointError::Malformed)?;
+                if key
+                    .key
+                    .verify_strict(checkpoint.body().as_bytes(), &Signature::from_bytes(&sig))
+                    .is_err()
+                {
+                    failure = CheckpointError::BadSignature;
+                } else if !key.signs_checkpoint(checkpoint.size) {
+                    failure = CheckpointError::KeyRetired;
+                } else {
+                    return Ok(VerifiedCheckpoint(checkpoint));
+                }
+            }
+        }
+        Err(failure)
+    }
+
+    /// The checkpoint a note states and its signature lines (name, decoded
+    /// blob), unverified; the body must be the one canonical text.
+    pub fn parse(
+        note: &str,
+        origin: &str,
+    ) -> Result<(Checkpoint, Vec<NoteSignature>), CheckpointError> {
+        let (body, signature_text) = note.split_once("\n\n").ok_or(CheckpointError::Malformed)?;
         let body = format!("{body}\n");
         let mut lines = body.lines();
         let (Some(note_origin), Some(size), Some(root)) =
@@ -161,38 +201,29 @@ impl Checkpoint {
             .find_map(|l| l.strip_prefix("time "))
             .and_then(decimal)
             .unwrap_or(0);
-        let expected_hash = key_hash(origin, key);
-        let mut found = false;
-        for line in signatures.lines() {
-            let Some(rest) = line.strip_prefix(SIGNATURE_PREFIX) else {
-                return Err(CheckpointError::Malformed);
-            };
+        let checkpoint = Self {
+            origin: origin.to_string(),
+            size,
+            root,
+            time,
+        };
+        // What is signed is the body as written; a note whose body is not
+        // the canonical text of what it states is not one of ours.
+        if checkpoint.body() != body {
+            return Err(CheckpointError::Malformed);
+        }
+        let mut signatures = Vec::new();
+        for line in signature_text.lines() {
+            let rest = line
+                .strip_prefix(SIGNATURE_PREFIX)
+                .ok_or(CheckpointError::Malformed)?;
             let (name, blob) = rest.split_once(' ').ok_or(CheckpointError::Malformed)?;
             let blob = STANDARD
                 .decode(blob)
                 .map_err(|_| CheckpointError::Malformed)?;
-            if name != origin || blob.len() != 68 || blob[..4] != expected_hash {
-                continue;
-            }
-            found = true;
-            let sig = <[u8; 64]>::try_from(&blob[4..]).map_err(|_| CheckpointError::Malformed)?;
-            if key
-                .verify_strict(body.as_bytes(), &Signature::from_bytes(&sig))
-                .is_ok()
-            {
-                return Ok(VerifiedCheckpoint(Self {
-                    origin: origin.to_string(),
-                    size,
-                    root,
-                    time,
-                }));
-            }
+            signatures.push((name.to_string(), blob));
         }
-        Err(if found {
-            CheckpointError::BadSignature
-        } else {
-            CheckpointError::UnknownKey
-        })
+        Ok((checkpoint, signatures))
     }
 }
 
@@ -213,25 +244,46 @@ mod tests {
         let note = cp.sign(&key);
         assert!(note.contains("\n\n\u{2014} dualtrust/"));
         assert_eq!(
-            Checkpoint::verify(&note, &origin, &key.verifying_key()).as_deref(),
+            Checkpoint::verify(
+                &note,
+                &origin,
+                &[PublishedKey::unbounded(key.verifying_key())]
+            )
+            .as_deref(),
             Ok(&cp)
         );
         let edited = note.replacen("\n42\n", "\n43\n", 1);
         assert_eq!(
-            Checkpoint::verify(&edited, &origin, &key.verifying_key()),
+            Checkpoint::verify(
+                &edited,
+                &origin,
+                &[PublishedKey::unbounded(key.verifying_key())]
+            ),
             Err(CheckpointError::BadSignature)
         );
         let other = KeyPair::generate().expect("key");
         assert_eq!(
-            Checkpoint::verify(&note, &origin, &other.verifying_key()),
+            Checkpoint::verify(
+                &note,
+                &origin,
+                &[PublishedKey::unbounded(other.verifying_key())]
+            ),
             Err(CheckpointError::UnknownKey)
         );
         assert_eq!(
-            Checkpoint::verify(&note, "elsewhere", &key.verifying_key()),
+            Checkpoint::verify(
+                &note,
+                "elsewhere",
+                &[PublishedKey::unbounded(key.verifying_key())]
+            ),
             Err(CheckpointError::WrongOrigin)
         );
         assert_eq!(
-            Checkpoint::verify("garbage", &origin, &key.verifying_key()),
+            Checkpoint::verify(
+                "garbage",
+                &origin,
+                &[PublishedKey::unbounded(key.verifying_key())]
+            ),
             Err(CheckpointError::Malformed)
         );
         assert!(verifier_key(&origin, &key.verifying_key()).starts_with(&format!("{origin}+")));
@@ -259,7 +311,11 @@ mod tests {
             ("42", "+5"),
         ] {
             let note = sign(format!("{origin}\n{size}\n{root}\ntime {time}\n"));
-            let opened = Checkpoint::verify(&note, &origin, &key.verifying_key());
+            let opened = Checkpoint::verify(
+                &note,
+                &origin,
+                &[PublishedKey::unbounded(key.verifying_key())],
+            );
             assert!(
                 opened
                     .as_ref()
@@ -269,6 +325,13 @@ mod tests {
             );
         }
         let note = sign(format!("{origin}\n0\n{root}\ntime 0\n"));
-        assert!(Checkpoint::verify(&note, &origin, &key.verifying_key()).is_ok());
+        assert!(
+            Checkpoint::verify(
+                &note,
+                &origin,
+                &[PublishedKey::unbounded(key.verifying_key())]
+            )
+            .is_ok()
+        );
     }
 }

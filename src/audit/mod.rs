@@ -19,10 +19,11 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::{Signature, VerifyingKey};
+use ed25519_dalek::Signature;
 use serde::{Deserialize, Serialize};
 
-use crate::keys::KeyPair;
+use crate::keyring::ServerKeys;
+use crate::keys::{KeyPair, PublishedKey};
 use crate::store::{LogRow, Store, StoreError};
 
 pub mod checkpoint;
@@ -132,6 +133,12 @@ pub enum ReceiptCheckError {
     MalformedSignature,
     #[error("the signature does not verify: the body was altered or signed by another key")]
     BadSignature,
+    #[error("signed by a server key retired before this receipt's place in the log")]
+    KeyRetired,
+    #[error(
+        "the log's receipts before a key's retirement do not hash to the root it was retired at"
+    )]
+    RetirementRoot,
     #[error("no receipt with this sequence number is in the log")]
     NotInLog,
     #[error("the log holds a different receipt at this sequence number")]
@@ -156,6 +163,8 @@ impl ReceiptCheckError {
             Self::UnknownKey => "unknown_key",
             Self::MalformedSignature => "malformed_signature",
             Self::BadSignature => "signature",
+            Self::KeyRetired => "key_retired",
+            Self::RetirementRoot => "retirement_root",
             Self::NotInLog => "not_in_log",
             Self::LogMismatch => "log_mismatch",
             Self::ChainBroken => "chain",
@@ -210,35 +219,34 @@ impl Receipt {
         })
     }
 
-    /// Checks hash and signature against the given server keys (by `kid`).
-    pub fn check_signature(
-        &self,
-        keys: &[(String, VerifyingKey)],
-    ) -> Result<(), ReceiptCheckError> {
+    /// Checks hash and signature against the given server keys (by `kid`),
+    /// and that the key signs this receipt's place in the log.
+    pub fn check_signature(&self, keys: &[PublishedKey]) -> Result<(), ReceiptCheckError> {
         self.check_and_hash(keys).map(|_| ())
     }
 
     /// [`Receipt::check_signature`], returning the RFC 6962 leaf hash from
     /// the same canonical bytes (one canonicalization instead of two).
-    pub fn check_and_hash(
-        &self,
-        keys: &[(String, VerifyingKey)],
-    ) -> Result<merkle::Hash, ReceiptCheckError> {
+    pub fn check_and_hash(&self, keys: &[PublishedKey]) -> Result<merkle::Hash, ReceiptCheckError> {
         let bytes = body_bytes(&self.body)?;
         if crate::sha256_hex(&bytes) != self.hash {
             return Err(ReceiptCheckError::HashMismatch);
         }
-        let (_, key) = keys
+        let key = keys
             .iter()
-            .find(|(kid, _)| *kid == self.body.kid)
+            .find(|k| k.kid == self.body.kid)
             .ok_or(ReceiptCheckError::UnknownKey)?;
         let sig = URL_SAFE_NO_PAD
             .decode(&self.sig)
             .ok()
             .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
             .ok_or(ReceiptCheckError::MalformedSignature)?;
-        key.verify_strict(&bytes, &Signature::from_bytes(&sig))
+        key.key
+            .verify_strict(&bytes, &Signature::from_bytes(&sig))
             .map_err(|_| ReceiptCheckError::BadSignature)?;
+        if !key.signs_receipt(self.body.seq) {
+            return Err(ReceiptCheckError::KeyRetired);
+        }
         Ok(merkle::leaf_hash(&bytes))
     }
 }
@@ -345,8 +353,7 @@ pub struct AuditLog {
 /// The log's shared state, between callers and the writer task.
 struct LogInner {
     store: Store,
-    key: Arc<KeyPair>,
-    origin: String,
+    keys: Arc<ServerKeys>,
     state: tokio::sync::Mutex<LogState>,
     /// The first disagreement found between the stored bytes and the tree;
     /// once set, the log accepts no appends (it would sign over it).
@@ -419,12 +426,10 @@ impl AuditLog {
     /// the store in the background (a million receipts take seconds, and a
     /// stdio server must answer `initialize` long before that); whatever
     /// needs the tree first waits for it under the state lock.
-    pub async fn open(store: Store, key: Arc<KeyPair>) -> Result<Self, StoreError> {
-        let origin = checkpoint::origin_for(key.kid());
+    pub async fn open(store: Store, keys: Arc<ServerKeys>) -> Result<Self, StoreError> {
         let inner = Arc::new(LogInner {
             store,
-            key,
-            origin,
+            keys,
             state: tokio::sync::Mutex::new(LogState {
                 tree: MerkleTree::new(),
                 last_hash: GENESIS_PREV.to_string(),
@@ -481,12 +486,13 @@ impl AuditLog {
         self.inner.origin()
     }
 
-    pub fn server_keys(&self) -> Vec<(String, VerifyingKey)> {
-        self.inner.server_keys()
+    /// The server keys of this log, with where each may sign.
+    pub fn server_keys(&self) -> Arc<[PublishedKey]> {
+        self.inner.keys.published()
     }
 
-    pub fn verifying_key(&self) -> VerifyingKey {
-        self.inner.verifying_key()
+    pub fn keys(&self) -> &Arc<ServerKeys> {
+        &self.inner.keys
     }
 
     /// The first disagreement found between the store and the tree, if any.
@@ -500,6 +506,40 @@ impl AuditLog {
     /// burst of callers costs at most two passes.
     pub async fn scrub(&self) -> Result<Option<IntegrityFailure>, StoreError> {
         self.inner.scrub().await
+    }
+
+    /// Retires the active server key at the log's current size, fixing the
+    /// root it signed up to, and activates `next` from that size on (see
+    /// [`crate::keyring`]). Appends racing it land before or after, never
+    /// across. Returns the size.
+    pub async fn rotate_key(&self, next: &KeyPair) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        for _ in 0..APPEND_ATTEMPTS {
+            let mut state = inner.state.lock().await;
+            inner.sync(&mut state).await?;
+            let size = state.tree.len();
+            let root = state.tree.root(size).ok_or(StoreError::Corrupt)?;
+            let retiring = inner.keys.active_kid();
+            let record = crate::keyring::record_for(next, size);
+            match inner
+                .store
+                .rotate_key(&retiring, size, &hex::encode(root), &record)
+                .await
+            {
+                Ok(()) => {
+                    drop(state);
+                    inner.keys.refresh(&inner.store).await?;
+                    return Ok(size);
+                }
+                Err(StoreError::LogMoved) => continue,
+                Err(StoreError::KeyRotated) => {
+                    inner.keys.refresh(&inner.store).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::LogMoved)
     }
 
     /// A signed checkpoint of the log as it is now.
@@ -585,15 +625,7 @@ impl LogInner {
     }
 
     fn origin(&self) -> &str {
-        &self.origin
-    }
-
-    fn server_keys(&self) -> Vec<(String, VerifyingKey)> {
-        vec![(self.key.kid().to_string(), self.key.verifying_key())]
-    }
-
-    fn verifying_key(&self) -> VerifyingKey {
-        self.key.verifying_key()
+        self.keys.origin()
     }
 
     /// Brings the in-memory tree up to the store's newest receipt, deriving
@@ -627,7 +659,11 @@ impl LogInner {
             }
         }
         if let Some(receipt) = newest
-            && receipt.check_signature(&self.server_keys()).is_err()
+            && receipt.check_signature(&self.keys.published()).is_err()
+            // A receipt by a key another process rotated to a moment ago is
+            // checked against the registry as it is now before it is doubted.
+            && (self.keys.refresh(&self.store).await.is_err()
+                || receipt.check_signature(&self.keys.published()).is_err())
         {
             return Err(self.flag(
                 receipt.body.seq,
@@ -761,6 +797,7 @@ impl LogInner {
                     let _ = waiter.send(Err(match e {
                         StoreError::Duplicate => StoreError::Duplicate,
                         StoreError::LogMoved => StoreError::LogMoved,
+                        StoreError::KeyRotated => StoreError::KeyRotated,
                         StoreError::Corrupt => StoreError::Corrupt,
                         _ => StoreError::Unavailable,
                     }));
@@ -778,6 +815,7 @@ impl LogInner {
         if self.integrity().is_some() {
             return Err(StoreError::Corrupt);
         }
+        let mut signer = self.keys.signing().map_err(|_| StoreError::KeyRotated)?;
         for attempt in 0..APPEND_ATTEMPTS {
             // The store's own head check rejects a batch that does not
             // continue the log; only then is it worth re-reading what other
@@ -797,7 +835,7 @@ impl LogInner {
                     seq: base + i as u64,
                     prev: prev.clone(),
                     ts_ms: now,
-                    kid: self.key.kid().to_string(),
+                    kid: signer.kid().to_string(),
                     subject: draft.subject.clone(),
                     token_id: draft.token_id.clone(),
                     transport: draft.transport.into(),
@@ -812,7 +850,7 @@ impl LogInner {
                     trace_id: draft.trace_id.clone(),
                 };
                 let leaf = leaf_hash_of(&body).map_err(|_| StoreError::Corrupt)?;
-                let receipt = Receipt::seal(body, &self.key).map_err(|_| StoreError::Corrupt)?;
+                let receipt = Receipt::seal(body, &signer).map_err(|_| StoreError::Corrupt)?;
                 prev = receipt.hash.clone();
                 state.tree.push(leaf);
                 rows.push(LogRow {
@@ -828,12 +866,16 @@ impl LogInner {
                 .iter()
                 .filter_map(|d| d.consumed_lease.as_ref())
                 .collect();
-            match self.store.insert_receipts(&rows, &leases).await {
+            match self
+                .store
+                .insert_receipts(signer.kid(), &rows, &leases)
+                .await
+            {
                 Ok(()) => {
                     state.last_hash = prev;
                     let size = state.tree.len();
                     let checkpoint = self
-                        .checkpoint_note(&state.tree, size)
+                        .checkpoint_note_by(&signer, &state.tree, size)
                         .ok_or(StoreError::Corrupt)?;
                     return receipts
                         .into_iter()
@@ -861,6 +903,22 @@ impl LogInner {
                 Err(StoreError::LogMoved) => {
                     state.tree.truncate(base);
                     state.last_hash = base_hash;
+                    // Two writers that keep colliding would keep colliding in
+                    // step; a random, growing pause lets one of them through.
+                    let mut jitter = [0u8; 2];
+                    let _ = getrandom::getrandom(&mut jitter);
+                    let cap = 1u64 << attempt.min(6);
+                    let pause = u64::from(u16::from_le_bytes(jitter)) % (cap * 1000);
+                    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+                    continue;
+                }
+                Err(StoreError::KeyRotated) => {
+                    // Another process rotated the key: sign with the one
+                    // the registry now names, if this process holds it.
+                    state.tree.truncate(base);
+                    state.last_hash = base_hash;
+                    self.keys.refresh(&self.store).await?;
+                    signer = self.keys.signing().map_err(|_| StoreError::KeyRotated)?;
                     continue;
                 }
                 Err(e) => {
@@ -873,16 +931,23 @@ impl LogInner {
         Err(StoreError::LogMoved)
     }
 
+    /// A checkpoint signed by the active key; `None` when this process no
+    /// longer holds it (rotated away) or the size is past the tree.
     fn checkpoint_note(&self, tree: &MerkleTree, size: u64) -> Option<String> {
+        let signer = self.keys.signing().ok()?;
+        self.checkpoint_note_by(&signer, tree, size)
+    }
+
+    fn checkpoint_note_by(&self, signer: &KeyPair, tree: &MerkleTree, size: u64) -> Option<String> {
         let root = tree.root(size)?;
         Some(
             Checkpoint {
-                origin: self.origin.clone(),
+                origin: self.origin().to_string(),
                 size,
                 root,
                 time: crate::now_unix(),
             }
-            .sign(&self.key),
+            .sign(signer),
         )
     }
 
@@ -895,7 +960,7 @@ impl LogInner {
     }
 
     fn open_checkpoint(&self, note: &str) -> Result<VerifiedCheckpoint, CheckpointError> {
-        Checkpoint::verify(note, &self.origin, &self.key.verifying_key())
+        Checkpoint::verify(note, self.origin(), &self.keys.published())
     }
 
     async fn prove_inclusion(&self, index: u64) -> Result<Option<LogProof>, StoreError> {
@@ -944,7 +1009,7 @@ impl LogInner {
         proof: Option<&LogProof>,
     ) -> Result<Vec<(&'static str, Result<(), ReceiptCheckError>)>, StoreError> {
         let mut checks = Vec::new();
-        let signature = receipt.check_signature(&self.server_keys());
+        let signature = receipt.check_signature(&self.keys.published());
         let signature_ok = signature.is_ok();
         checks.push(("signature", signature));
         if !signature_ok {
@@ -1039,7 +1104,7 @@ pub fn verify_log_proof(
 /// cheap. The error names the first bad receipt, as a sequential pass would.
 pub fn verify_log(
     receipts: impl IntoIterator<Item = Receipt>,
-    keys: &[(String, VerifyingKey)],
+    keys: &[PublishedKey],
 ) -> Result<MerkleTree, (u64, ReceiptCheckError)> {
     let receipts: Vec<Receipt> = receipts.into_iter().collect();
     let threads = std::thread::available_parallelism()
@@ -1077,13 +1142,23 @@ pub fn verify_log(
         chain.link(receipt).map_err(|e| (count, e))?;
         tree.push(leaf);
     }
+    // What a retired key signed is fixed by the root it was retired at; a
+    // log that disagrees was rewritten, by whoever held that key or not.
+    for key in keys {
+        if let (Some(until), Some(root)) = (key.until_seq, key.until_root)
+            && until <= tree.len()
+            && tree.root(until) != Some(root)
+        {
+            return Err((until, ReceiptCheckError::RetirementRoot));
+        }
+    }
     Ok(tree)
 }
 
 /// [`verify_log`], counting receipts.
 pub fn verify_chain(
     receipts: impl IntoIterator<Item = Receipt>,
-    keys: &[(String, VerifyingKey)],
+    keys: &[PublishedKey],
 ) -> Result<u64, (u64, ReceiptCheckError)> {
     verify_log(receipts, keys).map(|t| t.len())
 }
@@ -1130,7 +1205,7 @@ mod tests {
     #[test]
     fn honest_chain_verifies_and_every_tamper_is_caught() {
         let key = KeyPair::generate().expect("key");
-        let keys = vec![(key.kid().to_string(), key.verifying_key())];
+        let keys = vec![PublishedKey::unbounded(key.verifying_key())];
         let honest = chain(&key, 6);
         assert_eq!(verify_chain(honest.clone(), &keys), Ok(6));
 
@@ -1158,7 +1233,10 @@ mod tests {
         );
 
         let other = KeyPair::generate().expect("key");
-        let other_keys = vec![(key.kid().to_string(), other.verifying_key())];
+        let other_keys = vec![PublishedKey {
+            kid: key.kid().to_string(),
+            ..PublishedKey::unbounded(other.verifying_key())
+        }];
         assert_eq!(
             verify_chain(honest, &other_keys),
             Err((0, ReceiptCheckError::BadSignature))

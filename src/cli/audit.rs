@@ -1,7 +1,5 @@
 //! `dualtrust audit export | checkpoint | verify`.
 
-use std::sync::Arc;
-
 use crate::app;
 use crate::config::Config;
 
@@ -30,8 +28,9 @@ pub(super) async fn run(config: Config, command: AuditCommand) -> Result<(), Box
         }
         AuditCommand::Checkpoint => {
             let store = crate::store::Store::open(&config.store_target).await?;
-            let key = Arc::new(app::load_server_key(&config)?);
-            let log = crate::audit::AuditLog::open(store, key.clone()).await?;
+            let keys = app::open_keys(&config, &store, true).await?;
+            let key = keys.signing()?;
+            let log = crate::audit::AuditLog::open(store, keys).await?;
             eprintln!(
                 "verifier key: {}",
                 crate::audit::checkpoint::verifier_key(log.origin(), &key.verifying_key())
@@ -41,10 +40,11 @@ pub(super) async fn run(config: Config, command: AuditCommand) -> Result<(), Box
         AuditCommand::Verify {
             log,
             jwks,
+            origin,
             checkpoint,
         } => {
             let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&jwks)?)?;
-            let keys = crate::keys::ed25519_keys_from_jwks(&doc);
+            let keys = crate::keys::published_keys_from_jwks(&doc);
             if keys.is_empty() {
                 return Err("the JWKS holds no Ed25519 key".into());
             }
@@ -69,20 +69,18 @@ pub(super) async fn run(config: Config, command: AuditCommand) -> Result<(), Box
             );
             for path in checkpoint {
                 let note = std::fs::read_to_string(&path)?;
-                let verified = keys.iter().find_map(|(kid, key)| {
-                    crate::audit::checkpoint::Checkpoint::verify(
-                        &note,
-                        &crate::audit::checkpoint::origin_for(kid),
-                        key,
-                    )
-                    .ok()
-                });
-                let cp = verified.ok_or_else(|| {
-                    format!(
-                        "{}: not a checkpoint signed by a key in the JWKS",
-                        path.display()
-                    )
-                })?;
+                // The signature's key hash covers the origin, so a note's own
+                // origin is only trusted as far as a key in the JWKS signed it.
+                let named = origin
+                    .clone()
+                    .unwrap_or_else(|| note.lines().next().unwrap_or_default().to_string());
+                let cp = crate::audit::checkpoint::Checkpoint::verify(&note, &named, &keys)
+                    .map_err(|e| {
+                        format!(
+                            "{}: not a checkpoint of {named} signed by a key in the JWKS: {e}",
+                            path.display()
+                        )
+                    })?;
                 match tree.root(cp.size) {
                     Some(root) if root == cp.root => println!("ok: checkpoint {} (size {}) is a prefix of this log", path.display(), cp.size),
                     Some(_) => return Err(format!("{}: the log was rewritten: its first {} receipts do not match the checkpoint", path.display(), cp.size).into()),

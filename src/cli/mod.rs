@@ -3,6 +3,7 @@
 
 mod approvals;
 mod audit;
+mod keys;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,10 +78,19 @@ pub enum Command {
         #[arg(long)]
         jti: String,
     },
-    /// Print the server's public keys as a JWK Set.
-    Keys,
-    /// Create the server signing key if it does not exist, and print its JWK.
-    Keygen,
+    /// Print the server's public keys as a JWK Set (the active key and every
+    /// retired one, with the span of the log each signs), or `keys rotate`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Keys {
+        #[command(subcommand)]
+        action: Option<KeysAction>,
+    },
+    /// Create the server signing key if it does not exist, and print its JWK;
+    /// with --out, write a new key to FILE (the next key of a rotation).
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Internal: the launcher terminal.execute runs commands through
     /// (applies resource limits and no-new-privileges, then execs).
     #[command(hide = true)]
@@ -179,9 +189,13 @@ pub enum AuditCommand {
         /// The JSONL file written by `audit export`.
         #[arg(long)]
         log: PathBuf,
-        /// The server's JWKS (from `dualtrust keys` or /.well-known/jwks.json).
+        /// The server's JWKS (from `dualtrust keys` or /.well-known/jwks.json):
+        /// every key that signed the log, with the span each may sign.
         #[arg(long)]
         jwks: PathBuf,
+        /// The log's origin, when you know it; otherwise a checkpoint's own.
+        #[arg(long)]
+        origin: Option<String>,
         /// Signed checkpoints you hold (from receipts or `audit checkpoint`):
         /// the exported log must contain each one as a prefix.
         #[arg(long)]
@@ -189,6 +203,19 @@ pub enum AuditCommand {
     },
     /// Print a signed checkpoint (C2SP signed note) of the log as it is now.
     Checkpoint,
+}
+
+#[derive(Subcommand)]
+pub enum KeysAction {
+    /// Retire the active server key at the log's current size and sign
+    /// with a new one from there on. Without --next, generates the new key
+    /// into the key file; with --next, activates a key already added to
+    /// every replica's key file or variable.
+    Rotate {
+        /// The next key (from `dualtrust keygen --out FILE`).
+        #[arg(long, value_name = "FILE")]
+        next: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -227,7 +254,8 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Init => {
             let app = App::build(config).await?;
             println!("data directory: {}", app.config.data_dir.display());
-            println!("server key id:  {}", app.server_key.kid());
+            println!("server key id:  {}", app.keys.active_kid());
+            println!("log origin:     {}", app.keys.origin());
             println!("state store:    {}", app.config.store_target.describe());
             println!("database:       {}", app.config.database_target.describe());
         }
@@ -294,14 +322,12 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             };
             println!("{}", issuer.sign_jws("JWT", &claims)?);
         }
-        Command::Keys => {
-            let key = app::load_server_key(&config)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&crate::keys::jwks(&[&key.verifying_key()]))?
-            );
-        }
-        Command::Keygen => {
+        Command::Keys { action: None } => keys::print(&config).await?,
+        Command::Keys {
+            action: Some(KeysAction::Rotate { next }),
+        } => keys::rotate(&config, next.as_deref()).await?,
+        Command::Keygen { out: Some(out) } => keys::generate(&out)?,
+        Command::Keygen { out: None } => {
             app::ensure_data_dir(&config)?;
             let (key, created) =
                 crate::keys::KeyPair::load_or_create(&config.server_key_path(), true)?;

@@ -493,9 +493,10 @@ mod tests {
         let store = Store::open_sqlite(&dir.join("store.db"))
             .await
             .expect("store");
-        let log = AuditLog::open(store.clone(), Arc::new(KeyPair::generate().expect("key")))
+        let keys = crate::keyring::ServerKeys::single(&store, KeyPair::generate().expect("key"))
             .await
-            .expect("log");
+            .expect("keys");
+        let log = AuditLog::open(store.clone(), keys).await.expect("log");
         let gate = Gate::new(
             Arc::new(verifier),
             store,

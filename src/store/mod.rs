@@ -39,6 +39,10 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../migrations/sqlite/0007_rate_limits.sql"),
     ),
+    (
+        8,
+        include_str!("../../migrations/sqlite/0008_server_keys.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -59,6 +63,10 @@ pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         6,
         include_str!("../../migrations/postgres/0006_rate_limits.sql"),
+    ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_server_keys.sql"),
     ),
 ];
 
@@ -81,6 +89,10 @@ pub enum StoreError {
     /// A stored row does not parse: the store was edited outside dualtrust.
     #[error("the state store holds a corrupt record")]
     Corrupt,
+    /// The batch was signed by a key that is no longer the log's active
+    /// server key (another process rotated it): load the active key, re-sign.
+    #[error("the server key was rotated; the batch is not signed by the active key")]
+    KeyRotated,
     /// The subject already holds the maximum number of open leases.
     #[error("too many open leases for this subject; redeem or let some expire first")]
     TooManyOpenLeases,
@@ -141,6 +153,30 @@ pub struct LogRow {
 pub struct LogHead {
     pub seq: u64,
     pub hash: String,
+}
+
+/// A server key as the log's key registry holds it: which positions of the
+/// log it may sign (receipts `from_seq..until_seq`, checkpoints of sizes
+/// `from_seq..=until_seq`) and when it was active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub kid: String,
+    /// The Ed25519 public key, base64url (a JWK's `x`).
+    pub public_key: String,
+    pub from_seq: u64,
+    /// `None` for the active key.
+    pub until_seq: Option<u64>,
+    /// The RFC 6962 root (hex) of the log at `until_seq`.
+    pub until_root: Option<String>,
+    pub activated_ms: u64,
+    pub retired_ms: Option<u64>,
+}
+
+/// The log's origin and the keys that signed it, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogKeys {
+    pub origin: Option<String>,
+    pub keys: Vec<KeyRecord>,
 }
 
 /// A lease for one exact call: (subject, tool, argument digest) until expiry.
@@ -280,10 +316,36 @@ pub trait Backend: Send + Sync {
     /// transaction: all become durable together or none does. The batch
     /// must continue the log exactly where the store's log ends; otherwise
     /// another writer got there first (`LogMoved`: re-read and rebuild).
+    /// `signer` must be the registry's active key, active from before the
+    /// batch (`KeyRotated` otherwise).
     fn insert_receipts<'a>(
         &'a self,
+        signer: &'a str,
         batch: &'a [LogRow],
         consumed_leases: &'a [&'a Lease],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// The log's origin and key registry.
+    fn log_keys(&self) -> BoxFuture<'_, Result<LogKeys, StoreError>>;
+    /// Fixes the log's origin and first key where none is recorded yet
+    /// (the first start, or a log from before the registry), or afresh
+    /// while the log holds no receipt (its key signed nothing: `init` ran
+    /// before the deployment's key was put in place). Otherwise what is
+    /// recorded stays. Returns what is recorded.
+    fn adopt_log_keys<'a>(
+        &'a self,
+        origin: &'a str,
+        first: &'a KeyRecord,
+    ) -> BoxFuture<'a, Result<LogKeys, StoreError>>;
+    /// Retires the active key `retiring` at log size `at_seq` (whose root is
+    /// `until_root`) and activates `next` from there, atomically with
+    /// respect to appends: `LogMoved` if the log no longer ends at
+    /// `at_seq`, `KeyRotated` if `retiring` is not the active key.
+    fn rotate_key<'a>(
+        &'a self,
+        retiring: &'a str,
+        at_seq: u64,
+        until_root: &'a str,
+        next: &'a KeyRecord,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// The stored rows of the log from `from_seq` on, in order, at most `limit`.
     fn log_rows(&self, from_seq: u64, limit: u32)
@@ -438,8 +500,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("s.db");
         let store = Store::open_sqlite(&path).await.expect("open");
-        let key = std::sync::Arc::new(crate::keys::KeyPair::generate().expect("key"));
-        let log = crate::audit::AuditLog::open(store.clone(), key.clone())
+        let key = crate::keys::KeyPair::generate().expect("key");
+        let keys = crate::keyring::ServerKeys::single(&store, key)
+            .await
+            .expect("keys");
+        let log = crate::audit::AuditLog::open(store.clone(), keys.clone())
             .await
             .expect("log");
         log.append(consumed_draft("l1")).await.expect("first");
@@ -488,8 +553,11 @@ mod tests {
             let lease = held(id, at);
             store.issue_lease(&lease, 10, at).await.expect("issue");
         }
-        let key = std::sync::Arc::new(crate::keys::KeyPair::generate().expect("key"));
-        let log = crate::audit::AuditLog::open(store.clone(), key)
+        let key = crate::keys::KeyPair::generate().expect("key");
+        let keys = crate::keyring::ServerKeys::single(&store, key)
+            .await
+            .expect("keys");
+        let log = crate::audit::AuditLog::open(store.clone(), keys)
             .await
             .expect("log");
         for id in ["old", "new", "old"] {

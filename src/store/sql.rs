@@ -12,8 +12,8 @@ use sqlx::{
 };
 
 use super::{
-    Backend, Lease, LeaseState, LogHead, LogRow, POSTGRES_MIGRATIONS, RejectionTally,
-    SQLITE_MIGRATIONS, StoreError, StoredApproval, StoredRejection,
+    Backend, KeyRecord, Lease, LeaseState, LogHead, LogKeys, LogRow, POSTGRES_MIGRATIONS,
+    RejectionTally, SQLITE_MIGRATIONS, StoreError, StoredApproval, StoredRejection,
 };
 
 /// What one database does its own way.
@@ -202,6 +202,79 @@ where
         });
         insert.build().execute(&mut *conn).await.map_err(failed)?;
     }
+    Ok(())
+}
+
+type KeyColumns = (
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<String>,
+    i64,
+    Option<i64>,
+);
+
+async fn read_log_keys<DB>(conn: &mut DB::Connection) -> Result<LogKeys, StoreError>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    i64: for<'r> Decode<'r, DB> + Type<DB>,
+    String: for<'r> Decode<'r, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let origin: Option<(String,)> = sqlx::query_as("SELECT origin FROM log_origin")
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(failed)?;
+    let rows: Vec<KeyColumns> = sqlx::query_as(
+        "SELECT kid, public_key, from_seq, until_seq, until_root, activated_ms, retired_ms \
+         FROM server_keys ORDER BY from_seq, activated_ms",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(failed)?;
+    let keys = rows
+        .into_iter()
+        .map(
+            |(kid, public_key, from_seq, until_seq, until_root, activated_ms, retired_ms)| {
+                Ok(KeyRecord {
+                    kid,
+                    public_key,
+                    from_seq: to_u64(from_seq)?,
+                    until_seq: until_seq.map(to_u64).transpose()?,
+                    until_root,
+                    activated_ms: to_u64(activated_ms)?,
+                    retired_ms: retired_ms.map(to_u64).transpose()?,
+                })
+            },
+        )
+        .collect::<Result<_, StoreError>>()?;
+    Ok(LogKeys {
+        origin: origin.map(|(o,)| o),
+        keys,
+    })
+}
+
+async fn insert_key<DB>(conn: &mut DB::Connection, key: &KeyRecord) -> Result<(), StoreError>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(
+        "INSERT INTO server_keys (kid, public_key, from_seq, activated_ms) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(key.kid.clone())
+    .bind(key.public_key.clone())
+    .bind(to_i64(key.from_seq))
+    .bind(to_i64(key.activated_ms))
+    .execute(conn)
+    .await
+    .map_err(failed)?;
     Ok(())
 }
 
@@ -610,6 +683,7 @@ where
 
     fn insert_receipts<'a>(
         &'a self,
+        signer: &'a str,
         batch: &'a [LogRow],
         consumed_leases: &'a [&'a Lease],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
@@ -625,6 +699,16 @@ where
                 .map_err(failed)?;
             if next != to_i64(first.seq) {
                 return Err(StoreError::LogMoved);
+            }
+            // Under the same lock as a rotation: no batch signed by a key
+            // retired a moment ago lands after its retirement.
+            let active: Option<(String, i64)> =
+                sqlx::query_as("SELECT kid, from_seq FROM server_keys WHERE until_seq IS NULL")
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(failed)?;
+            if !active.is_some_and(|(kid, from)| kid == signer && from <= next) {
+                return Err(StoreError::KeyRotated);
             }
             insert_leases::<DB>(&mut tx, consumed_leases).await?;
             for chunk in batch.chunks(ROWS_PER_INSERT) {
@@ -650,6 +734,84 @@ where
                         other => other,
                     })?;
             }
+            tx.commit().await.map_err(failed)
+        })
+    }
+
+    fn log_keys(&self) -> BoxFuture<'_, Result<LogKeys, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await.map_err(failed)?;
+            read_log_keys::<DB>(&mut conn).await
+        })
+    }
+
+    fn adopt_log_keys<'a>(
+        &'a self,
+        origin: &'a str,
+        first: &'a KeyRecord,
+    ) -> BoxFuture<'a, Result<LogKeys, StoreError>> {
+        Box::pin(async move {
+            let mut tx = DB::begin_write(&self.pool).await.map_err(failed)?;
+            serialize::<DB>(&mut tx).await?;
+            let mut recorded = read_log_keys::<DB>(&mut tx).await?;
+            let empty: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(failed)?;
+            if empty == 0 && recorded.keys.iter().all(|k| k.kid != first.kid) {
+                for table in ["DELETE FROM server_keys", "DELETE FROM log_origin"] {
+                    sqlx::query(table).execute(&mut *tx).await.map_err(failed)?;
+                }
+                recorded = LogKeys::default();
+            }
+            if recorded.origin.is_none() {
+                sqlx::query("INSERT INTO log_origin (only_row, origin) VALUES (1, $1)")
+                    .bind(origin.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(failed)?;
+            }
+            if recorded.keys.is_empty() {
+                insert_key::<DB>(&mut tx, first).await?;
+            }
+            let adopted = read_log_keys::<DB>(&mut tx).await?;
+            tx.commit().await.map_err(failed)?;
+            Ok(adopted)
+        })
+    }
+
+    fn rotate_key<'a>(
+        &'a self,
+        retiring: &'a str,
+        at_seq: u64,
+        until_root: &'a str,
+        next: &'a KeyRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut tx = DB::begin_write(&self.pool).await.map_err(failed)?;
+            serialize::<DB>(&mut tx).await?;
+            let size: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_log")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(failed)?;
+            if size != to_i64(at_seq) {
+                return Err(StoreError::LogMoved);
+            }
+            let retired = sqlx::query(
+                "UPDATE server_keys SET until_seq = $1, until_root = $2, retired_ms = $3 \
+                 WHERE kid = $4 AND until_seq IS NULL",
+            )
+            .bind(size)
+            .bind(until_root.to_string())
+            .bind(to_i64(next.activated_ms))
+            .bind(retiring.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+            if DB::rows_affected(&retired) != 1 {
+                return Err(StoreError::KeyRotated);
+            }
+            insert_key::<DB>(&mut tx, next).await?;
             tx.commit().await.map_err(failed)
         })
     }

@@ -56,15 +56,12 @@ pub struct AuditVerifyArgs {
 
 pub struct AuditVerify {
     log: Arc<AuditLog>,
-    passport_issuer: String,
+    passports: crate::config::PassportConfig,
 }
 
 impl AuditVerify {
-    pub fn new(log: Arc<AuditLog>, passport_issuer: String) -> Self {
-        Self {
-            log,
-            passport_issuer,
-        }
+    pub fn new(log: Arc<AuditLog>, passports: crate::config::PassportConfig) -> Self {
+        Self { log, passports }
     }
 
     async fn verify_receipt(
@@ -298,7 +295,8 @@ impl Tool for AuditVerify {
             match verify_passport(
                 token,
                 &self.log.server_keys(),
-                &self.passport_issuer,
+                &self.passports.issuer,
+                self.passports.max_ttl_s,
                 crate::now_unix(),
             ) {
                 Ok(claims) => {

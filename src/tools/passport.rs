@@ -11,7 +11,6 @@
 
 use std::sync::Arc;
 
-use ed25519_dalek::VerifyingKey;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use schemars::JsonSchema;
@@ -20,7 +19,8 @@ use serde_json::{Value, json};
 
 use crate::config::PassportConfig;
 use crate::gate::{Authorized, Class, Classification, Executed, Refusal, Tool};
-use crate::keys::KeyPair;
+use crate::keyring::ServerKeys;
+use crate::keys::PublishedKey;
 
 pub const PASSPORT_TYP: &str = "passport+jwt";
 const MAX_ID_LEN: usize = 128;
@@ -59,7 +59,7 @@ pub struct PassportArgs {
 }
 
 pub struct PassportIssuer {
-    key: Arc<KeyPair>,
+    keys: Arc<ServerKeys>,
     config: PassportConfig,
 }
 
@@ -71,8 +71,8 @@ fn valid_id(s: &str) -> bool {
 }
 
 impl PassportIssuer {
-    pub fn new(key: Arc<KeyPair>, config: PassportConfig) -> Self {
-        Self { key, config }
+    pub fn new(keys: Arc<ServerKeys>, config: PassportConfig) -> Self {
+        Self { keys, config }
     }
 }
 
@@ -140,13 +140,20 @@ impl Tool for PassportIssuer {
             "act": { "sub": call.principal().subject() },
             "health": args.health.clone().unwrap_or(Health { status: HealthStatus::Unknown, version: None }),
         });
-        let passport = self
-            .key
+        // A replica that lags a rotation signs nothing: what the retired
+        // key signs now would not verify.
+        let key = self.keys.signing().map_err(|_| {
+            Refusal::new(
+                "audit_unavailable",
+                "the server key was rotated and this replica does not hold the new key yet",
+            )
+        })?;
+        let passport = key
             .sign_jws(PASSPORT_TYP, &claims)
             .map_err(|_| Refusal::new("internal", "the passport could not be signed"))?;
         let outcome = json!({ "jti": jti, "sub": args.agent_id, "exp": now + ttl });
         Ok(Executed {
-            result: json!({ "passport": passport, "claims": claims, "kid": self.key.kid(), "jwks_uri": "/.well-known/jwks.json" }),
+            result: json!({ "passport": passport, "claims": claims, "kid": key.kid(), "jwks_uri": "/.well-known/jwks.json" }),
             outcome,
         })
     }
@@ -169,6 +176,8 @@ pub enum PassportError {
     Expired,
     #[error("the passport is not valid yet")]
     NotYetValid,
+    #[error("signed by a server key after its retirement")]
+    KeyRetired,
 }
 
 impl PassportError {
@@ -181,6 +190,7 @@ impl PassportError {
             Self::WrongIssuer => "issuer",
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
+            Self::KeyRetired => "key_retired",
         }
     }
 }
@@ -189,10 +199,16 @@ impl PassportError {
 /// compact form is held to the same strictness as access tokens (three
 /// unpadded segments, no repeated member names); the signature is checked by
 /// `jsonwebtoken`, against the key the header names, for EdDSA only.
+///
+/// A retired key's passports verify only if issued before its retirement
+/// and no longer-lived than `max_ttl_s`: whatever `iat` a leaked retired
+/// key writes, nothing it signs is valid past retirement plus the longest
+/// lifetime.
 pub fn verify_passport(
     token: &str,
-    keys: &[(String, VerifyingKey)],
+    keys: &[PublishedKey],
     issuer: &str,
+    max_ttl_s: u64,
     now: u64,
 ) -> Result<Value, PassportError> {
     crate::identity::strict_header(token).map_err(|_| PassportError::Malformed)?;
@@ -201,11 +217,11 @@ pub fn verify_passport(
         return Err(PassportError::WrongType);
     }
     let kid = header.kid.as_deref().ok_or(PassportError::UnknownKey)?;
-    let (_, key) = keys
+    let published = keys
         .iter()
-        .find(|(k, _)| k == kid)
+        .find(|k| k.kid == kid)
         .ok_or(PassportError::UnknownKey)?;
-    let key = DecodingKey::from_ed_der(key.as_bytes());
+    let key = DecodingKey::from_ed_der(published.key.as_bytes());
     let mut validation = Validation::new(Algorithm::EdDSA);
     validation.set_issuer(&[issuer]);
     validation.set_required_spec_claims(&["exp", "iss"]);
@@ -224,6 +240,15 @@ pub fn verify_passport(
         .get("exp")
         .and_then(Value::as_u64)
         .ok_or(PassportError::Malformed)?;
+    if published.not_after.is_some() {
+        let iat = claims
+            .get("iat")
+            .and_then(Value::as_u64)
+            .ok_or(PassportError::KeyRetired)?;
+        if !published.signs_at(iat) || exp.saturating_sub(iat) > max_ttl_s {
+            return Err(PassportError::KeyRetired);
+        }
+    }
     if exp <= now {
         return Err(PassportError::Expired);
     }
@@ -240,26 +265,27 @@ pub fn verify_passport(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::KeyPair;
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     #[test]
     fn passport_verification_catches_tampering() {
         let key = KeyPair::generate().expect("key");
-        let keys = vec![(key.kid().to_string(), key.verifying_key())];
+        let keys = vec![PublishedKey::unbounded(key.verifying_key())];
         let claims = json!({"iss": "dualtrust", "sub": "agent-1", "exp": 2000, "nbf": 1000});
         let token = key.sign_jws(PASSPORT_TYP, &claims).expect("sign");
-        assert!(verify_passport(&token, &keys, "dualtrust", 1500).is_ok());
+        assert!(verify_passport(&token, &keys, "dualtrust", 3600, 1500).is_ok());
         assert_eq!(
-            verify_passport(&token, &keys, "dualtrust", 2000),
+            verify_passport(&token, &keys, "dualtrust", 3600, 2000),
             Err(PassportError::Expired)
         );
         assert_eq!(
-            verify_passport(&token, &keys, "dualtrust", 500),
+            verify_passport(&token, &keys, "dualtrust", 3600, 500),
             Err(PassportError::NotYetValid)
         );
         assert_eq!(
-            verify_passport(&token, &keys, "other", 1500),
+            verify_passport(&token, &keys, "other", 3600, 1500),
             Err(PassportError::WrongIssuer)
         );
         // Extending the expiry after signing breaks the signature.
@@ -268,17 +294,20 @@ mod tests {
             .encode(json!({"iss": "dualtrust", "sub": "agent-1", "exp": 9999}).to_string());
         let forged = format!("{}.{later}.{}", parts[0], parts[2]);
         assert_eq!(
-            verify_passport(&forged, &keys, "dualtrust", 1500),
+            verify_passport(&forged, &keys, "dualtrust", 3600, 1500),
             Err(PassportError::BadSignature)
         );
         let other = KeyPair::generate().expect("key");
-        let other_keys = vec![(key.kid().to_string(), other.verifying_key())];
+        let other_keys = vec![PublishedKey {
+            kid: key.kid().to_string(),
+            ..PublishedKey::unbounded(other.verifying_key())
+        }];
         assert_eq!(
-            verify_passport(&token, &other_keys, "dualtrust", 1500),
+            verify_passport(&token, &other_keys, "dualtrust", 3600, 1500),
             Err(PassportError::BadSignature)
         );
         assert_eq!(
-            verify_passport("a.b", &keys, "dualtrust", 1500),
+            verify_passport("a.b", &keys, "dualtrust", 3600, 1500),
             Err(PassportError::Malformed)
         );
         // A repeated claim must not mean whichever one a parser keeps.
@@ -292,14 +321,50 @@ mod tests {
             URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()))
         );
         assert_eq!(
-            verify_passport(&signed, &keys, "dualtrust", 1500),
+            verify_passport(&signed, &keys, "dualtrust", 3600, 1500),
             Err(PassportError::Malformed)
         );
         // An access token (typ JWT) is not a passport.
         let jwt = key.sign_jws("JWT", &claims).expect("sign");
         assert_eq!(
-            verify_passport(&jwt, &keys, "dualtrust", 1500),
+            verify_passport(&jwt, &keys, "dualtrust", 3600, 1500),
             Err(PassportError::WrongType)
+        );
+    }
+
+    #[test]
+    fn a_retired_key_signs_no_passport_that_outlives_its_retirement() {
+        let key = KeyPair::generate().expect("key");
+        let retired = vec![PublishedKey {
+            not_after: Some(1_000),
+            until_seq: Some(10),
+            ..PublishedKey::unbounded(key.verifying_key())
+        }];
+        let sign = |iat: u64, exp: u64| {
+            key.sign_jws(
+                PASSPORT_TYP,
+                &json!({"iss": "dualtrust", "sub": "a", "iat": iat, "exp": exp}),
+            )
+            .expect("sign")
+        };
+        // Issued before retirement, still within its lifetime: valid.
+        assert!(verify_passport(&sign(900, 1_500), &retired, "dualtrust", 3600, 1_200).is_ok());
+        // After retirement, or back-dated with a lifetime past the longest.
+        for token in [sign(1_001, 1_500), sign(900, 900 + 3601)] {
+            assert_eq!(
+                verify_passport(&token, &retired, "dualtrust", 3600, 1_200),
+                Err(PassportError::KeyRetired)
+            );
+        }
+        let no_iat = key
+            .sign_jws(
+                PASSPORT_TYP,
+                &json!({"iss": "dualtrust", "sub": "a", "exp": 1_500}),
+            )
+            .expect("sign");
+        assert_eq!(
+            verify_passport(&no_iat, &retired, "dualtrust", 3600, 1_200),
+            Err(PassportError::KeyRetired)
         );
     }
 }

@@ -164,3 +164,54 @@ fn the_remote_command_line_does_not_read_an_oversized_answer() {
     assert!(!out.status.success());
     assert!(stderr.contains("over 4194304 bytes"), "{stderr}");
 }
+
+/// `keys.env`: the key text from a variable (a secret manager's), the file
+/// ignored; a missing variable is named, its would-be contents never shown.
+#[test]
+fn the_server_key_can_come_from_an_environment_variable() {
+    let data = DataDir::new();
+    let key_text = std::fs::read_to_string(data.path.join("server.key")).expect("key");
+    std::fs::write(
+        data.path.join("dualtrust.toml"),
+        "[keys]\nenv = \"DT_TEST_SERVER_KEY\"\n[log]\norigin = \"example.com/audit\"\n",
+    )
+    .expect("config");
+    let keys = |value: Option<&str>| {
+        let mut command = std::process::Command::new(crate::common::BIN);
+        command.arg("--data-dir").arg(&data.path).arg("keys");
+        if let Some(v) = value {
+            command.env("DT_TEST_SERVER_KEY", v);
+        }
+        command.output().expect("run")
+    };
+    // The log init opened is named after its key; a new origin is refused.
+    let out = keys(Some(&key_text));
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("log.origin"), "{said}");
+
+    std::fs::write(
+        data.path.join("dualtrust.toml"),
+        "[keys]\nenv = \"DT_TEST_SERVER_KEY\"\n",
+    )
+    .expect("config");
+    std::fs::remove_file(data.path.join("server.key")).expect("the file is not needed");
+    let out = keys(Some(&key_text));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jwks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("jwks");
+    assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(1), "{jwks}");
+    let out = keys(None);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("$DT_TEST_SERVER_KEY"), "{said}");
+    let out = keys(Some("not a key"));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && !said.contains("not a key"),
+        "{said}"
+    );
+}

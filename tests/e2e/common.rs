@@ -48,6 +48,15 @@ impl DataDir {
             .expect("run dualtrust")
     }
 
+    /// Makes this data directory another replica of `first`'s deployment:
+    /// the same server key and token issuer, as an operator distributes
+    /// them (over the key `init` made here, which signed nothing).
+    pub fn share_keys_of(&self, first: &DataDir) {
+        for file in ["server.key", "dev-issuer.key"] {
+            std::fs::copy(first.path.join(file), self.path.join(file)).expect("copy key");
+        }
+    }
+
     /// A development token minted by `dualtrust token`.
     pub fn token(&self, sub: &str, scope: &str) -> String {
         let out = self.cli(&["token", "--sub", sub, "--scope", scope]);
@@ -169,7 +178,11 @@ pub async fn listening_address(child: &mut tokio::process::Child) -> String {
     })
     .await
     .expect("server did not start in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            eprintln!("SERVER: {l}");
+        }
+    });
     base
 }
 

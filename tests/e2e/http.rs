@@ -180,7 +180,7 @@ async fn mcp_over_http_with_a_token_and_receipts_verify_against_the_jwks() {
         .json()
         .await
         .expect("json");
-    let keys = dualtrust::keys::ed25519_keys_from_jwks(&jwks);
+    let keys = dualtrust::keys::published_keys_from_jwks(&jwks);
     let receipt: dualtrust::audit::Receipt = serde_json::from_value(r).expect("receipt");
     receipt
         .check_signature(&keys)

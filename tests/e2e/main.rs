@@ -5,6 +5,8 @@
 //! - `common`: data directories, tokens, spawning servers and clients.
 //! - `idp`: a local identity provider (JWKS, OAuth authorization code + PKCE).
 //! - `replicas`: two servers sharing a PostgreSQL store; a private PostgreSQL stopped and restarted.
+//! - `rotation`: `keys rotate` mid-run on two replicas; old and new receipts verify, a leaked
+//!   retired key signs nothing that verifies.
 //! - `stdio`: the gate through the stdio transport, allowed and denied calls.
 //! - `http`: the HTTP front door (401/403 answers, metadata, JWKS) and MCP over it.
 //! - `identity`: a local IdP (RSA, EC, Ed25519, JWKS rotation) and the token attack battery,
@@ -35,6 +37,7 @@ mod notifications;
 mod postgres;
 mod quorum;
 mod replicas;
+mod rotation;
 mod row_security;
 mod sandbox;
 mod schema;

@@ -15,14 +15,12 @@ use crate::common::{
 
 /// Data directories for `n` replicas of one deployment: the same server key
 /// and token issuer (as an operator would distribute them), one store URL.
-fn replicas(n: usize, store_url: &str, extra: &str) -> Vec<DataDir> {
+pub(crate) fn replicas(n: usize, store_url: &str, extra: &str) -> Vec<DataDir> {
     let first = DataDir::new();
     let mut all = vec![first];
     for _ in 1..n {
         let other = DataDir::new();
-        for file in ["server.key", "dev-issuer.key"] {
-            std::fs::copy(all[0].path.join(file), other.path.join(file)).expect("copy key");
-        }
+        other.share_keys_of(&all[0]);
         all.push(other);
     }
     for data in &all {
@@ -457,9 +455,7 @@ async fn a_redis_rate_budget_is_shared_and_its_outage_handled_as_configured() {
     let redis = PrivateRedis::start();
     let first = DataDir::new();
     let second = DataDir::new();
-    for file in ["server.key", "dev-issuer.key"] {
-        std::fs::copy(first.path.join(file), second.path.join(file)).expect("copy key");
-    }
+    second.share_keys_of(&first);
     for (data, fallback) in [(&first, "closed"), (&second, "local")] {
         std::fs::write(
             data.path.join("dualtrust.toml"),

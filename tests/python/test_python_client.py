@@ -53,12 +53,40 @@ def jwks(data: str) -> dict:
     return json.loads(out.stdout)
 
 
+def signs(key: dict, position: int, through: bool) -> bool:
+    """Whether a published key's span covers a receipt's seq (`through`
+    False) or a checkpoint's size (True): log_from <= position and below
+    log_until (receipts) or up to it (checkpoints). No span: any."""
+    until = key.get("log_until")
+    return position >= key.get("log_from", 0) and (until is None or (position <= until if through else position < until))
+
+
 def verify_receipt_independently(receipt: dict, keyset: dict) -> None:
-    """RFC 8785 canonical body -> SHA-256 must equal `hash`; Ed25519 over the same bytes."""
+    """RFC 8785 canonical body -> SHA-256 must equal `hash`; Ed25519 over the
+    same bytes, by a key whose published span covers the receipt's seq."""
     canonical = rfc8785.dumps(receipt["body"])
     assert hashlib.sha256(canonical).hexdigest() == receipt["hash"]
     key = next(k for k in keyset["keys"] if k["kid"] == receipt["body"]["kid"])
     Ed25519PublicKey.from_public_bytes(b64url_decode(key["x"])).verify(b64url_decode(receipt["sig"]), canonical)
+    assert signs(key, receipt["body"]["seq"], through=False), "key_retired"
+
+
+def verify_checkpoint_independently(note: str, keyset: dict) -> None:
+    """A C2SP signed note: some signature line by the origin's name whose key
+    hash (SHA-256(name || 0x0A || 0x01 || key)[:4]) is a published key's, an
+    Ed25519 signature over the body, by a key whose span covers the size."""
+    text, signatures = note.split("\n\n", 1)
+    origin, size = text.split("\n")[:2]
+    for line in signatures.strip().split("\n"):
+        name, blob = line.removeprefix("\u2014 ").split(" ")
+        blob = base64.b64decode(blob)
+        for key in keyset["keys"]:
+            public = b64url_decode(key["x"])
+            if name == origin and blob[:4] == hashlib.sha256(origin.encode() + b"\n\x01" + public).digest()[:4]:
+                Ed25519PublicKey.from_public_bytes(public).verify(blob[4:], (text + "\n").encode())
+                assert signs(key, int(size), through=True), "checkpoint_key_retired"
+                return
+    raise AssertionError("no signature by a published key")
 
 
 def verify_log_proof_independently(receipt: dict, log: dict, keyset: dict) -> None:
@@ -68,13 +96,7 @@ def verify_log_proof_independently(receipt: dict, log: dict, keyset: dict) -> No
     text, signatures = note.split("\n\n", 1)
     origin, size, root_b64 = text.split("\n")[:3]
     assert int(size) == log["tree_size"]
-    key = next(k for k in keyset["keys"] if origin == f"dualtrust/{k['kid']}")
-    public = b64url_decode(key["x"])
-    name, blob = signatures.strip().removeprefix("\u2014 ").split(" ")
-    blob = base64.b64decode(blob)
-    assert name == origin
-    assert blob[:4] == hashlib.sha256(origin.encode() + b"\n\x01" + public).digest()[:4]
-    Ed25519PublicKey.from_public_bytes(public).verify(blob[4:], (text + "\n").encode())
+    verify_checkpoint_independently(note, keyset)
 
     node = lambda left, right: hashlib.sha256(b"\x01" + left + right).digest()
     r = hashlib.sha256(b"\x00" + rfc8785.dumps(receipt["body"])).digest()

@@ -11,7 +11,12 @@ import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from test_python_client import b64url_decode, verify_log_proof_independently, verify_receipt_independently
+from test_python_client import (
+    b64url_decode,
+    verify_checkpoint_independently,
+    verify_log_proof_independently,
+    verify_receipt_independently,
+)
 
 VECTORS = pathlib.Path(__file__).resolve().parents[1] / "vectors"
 GENESIS = "0" * 64
@@ -92,3 +97,39 @@ def test_receipts_chain_and_prove_their_inclusion_under_a_signed_checkpoint():
     forged = dict(vectors["proofs"][0], checkpoint=refused["checkpoint_with_another_size"]["checkpoint"], tree_size=6)
     with pytest.raises(InvalidSignature):
         verify_log_proof_independently(vectors["receipts"][0], forged, keyset)
+
+
+def rfc6962_root(leaves: list) -> bytes:
+    """MTH (RFC 6962 section 2.1) of leaf hashes, recomputed here."""
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1
+    while k * 2 < len(leaves):
+        k *= 2
+    return hashlib.sha256(b"\x01" + rfc6962_root(leaves[:k]) + rfc6962_root(leaves[k:])).digest()
+
+
+def verify_rotated_log(receipts: list, keyset: dict) -> None:
+    verify_chain(receipts, keyset)
+    leaves = [hashlib.sha256(b"\x00" + rfc8785.dumps(r["body"])).digest() for r in receipts]
+    for key in keyset["keys"]:
+        until = key.get("log_until")
+        if until is not None and until <= len(leaves) and "log_until_root" in key:
+            assert rfc6962_root(leaves[:until]).hex() == key["log_until_root"], "retirement_root"
+
+
+def test_a_rotated_log_verifies_and_its_retired_key_signs_nothing_past_its_span():
+    vectors = load("rotation.json")
+    keyset = vectors["jwks"]
+    assert [k.get("log_until") for k in keyset["keys"]] == [3, None]
+    verify_rotated_log(vectors["receipts"], keyset)
+    for receipt, proof in zip(vectors["receipts"], vectors["proofs"]):
+        verify_log_proof_independently(receipt, proof, keyset)
+
+    refused = vectors["refused"]
+    with pytest.raises(AssertionError, match="key_retired"):
+        verify_rotated_log(refused["receipt_by_the_retired_key_after_retirement"]["receipts"], keyset)
+    with pytest.raises(AssertionError, match="retirement_root"):
+        verify_rotated_log(refused["history_rewritten_with_the_retired_key"]["receipts"], keyset)
+    with pytest.raises(AssertionError, match="checkpoint_key_retired"):
+        verify_checkpoint_independently(refused["checkpoint_by_the_retired_key_past_retirement"]["checkpoint"], keyset)
