@@ -42,6 +42,8 @@ pub enum StartupError {
     Database { path: String, message: String },
     #[error("terminal roots: {0}")]
     Terminal(std::io::Error),
+    #[error("{0}")]
+    Witness(String),
     #[error("internal: policy names no scope for any class of `{0}`, so it could never be called")]
     NoPolicy(&'static str),
     #[cfg(feature = "bench")]
@@ -70,6 +72,8 @@ pub struct App {
     pub terminal: Arc<Terminal>,
     /// Seals `requestState` for 2026-07-28 multi-round-trip calls.
     pub(crate) request_state: RequestStateCodec,
+    /// The witnesses the log's checkpoints go to, until serving starts.
+    witnesses: std::sync::Mutex<Vec<crate::audit::witnessing::Witness>>,
 }
 
 const REQUEST_STATE_LABEL: &str = "dualtrust-request-state-v1";
@@ -264,7 +268,10 @@ impl App {
         // Derived from the key active at start: a state sealed before a
         // rotation still opens here until this process restarts.
         let request_state = request_state_codec(&*keys.signing()?)?;
+        let witnesses = crate::audit::witnessing::Witness::from_config(&config.log.witnesses)
+            .map_err(StartupError::Witness)?;
         Ok(Self {
+            witnesses: std::sync::Mutex::new(witnesses),
             config,
             keys,
             store,
@@ -285,6 +292,21 @@ impl App {
         self.keys.spawn_refresher(
             self.store.clone(),
             std::time::Duration::from_millis(self.config.keys.refresh_ms),
+        );
+    }
+
+    /// While serving, takes the log's checkpoints to its witnesses.
+    pub fn witness_checkpoints(&self) {
+        let witnesses =
+            std::mem::take(&mut *self.witnesses.lock().unwrap_or_else(|e| e.into_inner()));
+        if self.gate.is_off() {
+            return;
+        }
+        crate::audit::witnessing::spawn(
+            self.gate.log().clone(),
+            self.store.clone(),
+            witnesses,
+            std::time::Duration::from_millis(self.config.log.witness_interval_ms),
         );
     }
 

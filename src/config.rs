@@ -846,13 +846,36 @@ impl Default for KeysConfig {
 }
 
 /// The receipt log.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// The checkpoint origin (the log's name in every checkpoint and
     /// witness cosignature). Fixed when the log is first opened; when
     /// unset, `dualtrust/<kid of the first key>`, as logs before it had.
     pub origin: Option<String>,
+    /// Witnesses asked to cosign the log's checkpoints (C2SP tlog-witness).
+    pub witnesses: Vec<WitnessEndpoint>,
+    /// How often the newest checkpoint is taken to the witnesses.
+    pub witness_interval_ms: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            origin: None,
+            witnesses: Vec::new(),
+            witness_interval_ms: 1000,
+        }
+    }
+}
+
+/// One witness: where to submit (its `add-checkpoint` prefix) and its
+/// cosigner verifier key (`name+hash+base64(0x04||key)`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessEndpoint {
+    pub url: String,
+    pub vkey: String,
 }
 
 /// The validated configuration. Paths are absolute.
@@ -982,8 +1005,17 @@ impl Config {
         )?;
         positive("passport.default_ttl_s", raw.passport.default_ttl_s)?;
         positive("keys.refresh_ms", raw.keys.refresh_ms)?;
+        positive("log.witness_interval_ms", raw.log.witness_interval_ms)?;
+        for (i, witness) in raw.log.witnesses.iter().enumerate() {
+            if !(witness.url.starts_with("http://") || witness.url.starts_with("https://")) {
+                return Err(ConfigError::key(
+                    &format!("log.witnesses[{i}].url"),
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
         if let Some(origin) = &raw.log.origin
-            && !is_valid_origin(origin)
+            && !is_valid_note_name(origin)
         {
             return Err(ConfigError::key(
                 "log.origin",
@@ -1611,12 +1643,10 @@ fn database_target(data_dir: &Path, db: &DatabaseConfig) -> Result<DatabaseTarge
     )?))
 }
 
-/// Whether `origin` can name a log in a signed note: the key name rules
-/// (non-empty, no Unicode spaces, no `+`), printable ASCII besides.
-fn is_valid_origin(origin: &str) -> bool {
-    !origin.is_empty()
-        && origin.len() <= 256
-        && origin.bytes().all(|b| b.is_ascii_graphic() && b != b'+')
+/// Whether `name` can name a log or a witness in a signed note: the key
+/// name rules (non-empty, no Unicode spaces, no `+`), printable ASCII besides.
+pub fn is_valid_note_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 256 && name.bytes().all(|b| b.is_ascii_graphic() && b != b'+')
 }
 
 fn sqlite_path(data_dir: &Path, key: &str, url: &str) -> Result<PathBuf, ConfigError> {

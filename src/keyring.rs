@@ -69,9 +69,6 @@ impl KeySource {
                     let (key, _) = KeyPair::load_or_create(path, true)?;
                     tracing::warn!(path = %path.display(), kid = key.kid(), "DEVELOPMENT MODE: generated a new server signing key");
                 }
-                if *private {
-                    crate::keys::check_private_mode(path)?;
-                }
                 let shown = path.display().to_string();
                 let text = std::fs::read_to_string(path).map_err(|source| {
                     if source.kind() == std::io::ErrorKind::NotFound {
@@ -86,6 +83,9 @@ impl KeySource {
                     }
                 })?;
                 let text = Zeroizing::new(text);
+                if *private {
+                    crate::keys::check_private_mode(path)?;
+                }
                 Ok(parse_keys(&text, &shown)?
                     .into_iter()
                     .map(Arc::new)

@@ -29,6 +29,7 @@ pub mod trace;
 pub mod transport;
 #[cfg(test)]
 mod vectors;
+pub mod witness;
 
 /// Seconds since the Unix epoch. Every expiry in dualtrust is compared with this.
 pub fn now_unix() -> u64 {
@@ -73,7 +74,7 @@ mod module_graph {
         &["store"],
         &["keyring"],
         &["audit", "identity", "notify"],
-        &["gate"],
+        &["gate", "witness"],
         &["tools"],
         &["app"],
         &["server"],

@@ -82,11 +82,20 @@ impl CheckpointError {
 
 pub use crate::keyring::origin_for;
 
+/// The signature type of a C2SP `tlog-cosignature` v1 (Ed25519, timestamped).
+pub const COSIGNATURE_TYPE: u8 = 0x04;
+const COSIGNATURE_HEADER: &str = "cosignature/v1";
+
 fn key_hash(name: &str, key: &VerifyingKey) -> [u8; 4] {
+    typed_key_hash(name, ED25519_TYPE, key)
+}
+
+/// signed-note key ID: SHA-256(name || "\n" || type || key)[:4].
+fn typed_key_hash(name: &str, kind: u8, key: &VerifyingKey) -> [u8; 4] {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
     h.update(b"\n");
-    h.update([ED25519_TYPE]);
+    h.update([kind]);
     h.update(key.as_bytes());
     let digest = h.finalize();
     [digest[0], digest[1], digest[2], digest[3]]
@@ -95,13 +104,51 @@ fn key_hash(name: &str, key: &VerifyingKey) -> [u8; 4] {
 /// The signed-note verifier key string (`name+hash+base64(0x01||key)`) that
 /// note tooling takes.
 pub fn verifier_key(name: &str, key: &VerifyingKey) -> String {
-    let mut raw = vec![ED25519_TYPE];
+    typed_verifier_key(name, ED25519_TYPE, key)
+}
+
+/// A witness's verifier key (`name+hash+base64(0x04||key)`), as witness
+/// tooling (and `audit verify --witness`) takes it.
+pub fn cosigner_key(name: &str, key: &VerifyingKey) -> String {
+    typed_verifier_key(name, COSIGNATURE_TYPE, key)
+}
+
+fn typed_verifier_key(name: &str, kind: u8, key: &VerifyingKey) -> String {
+    let mut raw = vec![kind];
     raw.extend_from_slice(key.as_bytes());
     format!(
         "{name}+{}+{}",
-        hex::encode(key_hash(name, key)),
+        hex::encode(typed_key_hash(name, kind, key)),
         STANDARD.encode(raw)
     )
+}
+
+/// A parsed verifier key: whose signatures of which type it checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoteVerifier {
+    pub name: String,
+    pub kind: u8,
+    pub key: VerifyingKey,
+}
+
+impl NoteVerifier {
+    /// Parses `name+hash+base64(type||key)` for an Ed25519 log key (0x01)
+    /// or cosigner key (0x04); the hash must be the key's own.
+    pub fn parse(vkey: &str) -> Option<Self> {
+        let mut parts = vkey.trim().splitn(3, '+');
+        let (name, hash, raw) = (parts.next()?, parts.next()?, parts.next()?);
+        let raw = STANDARD.decode(raw).ok()?;
+        let (&kind, key) = raw.split_first()?;
+        if name.is_empty() || !matches!(kind, ED25519_TYPE | COSIGNATURE_TYPE) {
+            return None;
+        }
+        let key = VerifyingKey::from_bytes(&<[u8; 32]>::try_from(key).ok()?).ok()?;
+        (hex::decode(hash).ok()? == typed_key_hash(name, kind, &key)).then(|| Self {
+            name: name.to_string(),
+            kind,
+            key,
+        })
+    }
 }
 
 /// A number exactly as the note format writes it (tlog-checkpoint: ASCII
@@ -114,7 +161,8 @@ fn decimal(text: &str) -> Option<u64> {
 }
 
 impl Checkpoint {
-    fn body(&self) -> String {
+    /// The note text that is signed (and cosigned).
+    pub fn body(&self) -> String {
         format!(
             "{}\n{}\n{}\ntime {}\n",
             self.origin,
@@ -135,6 +183,52 @@ impl Checkpoint {
             self.origin,
             STANDARD.encode(blob)
         )
+    }
+
+    /// A `tlog-cosignature` v1 line by witness `name` at unix time `time`:
+    /// its statement that, as of `time`, this is the largest consistent
+    /// tree it has seen of this log.
+    pub fn cosignature(&self, name: &str, key: &KeyPair, time: u64) -> String {
+        let message = format!("{COSIGNATURE_HEADER}\ntime {time}\n{}", self.body());
+        let mut blob = typed_key_hash(name, COSIGNATURE_TYPE, &key.verifying_key()).to_vec();
+        blob.extend_from_slice(&time.to_be_bytes());
+        blob.extend_from_slice(&key.sign(message.as_bytes()));
+        format!("{SIGNATURE_PREFIX}{name} {}\n", STANDARD.encode(blob))
+    }
+
+    /// Which of `witnesses` cosigned `note` (each named once, in the order
+    /// given), after the checkpoint itself parses as one of `origin`.
+    /// Lines by other keys are passed over, as the protocol asks.
+    pub fn cosigners(
+        note: &str,
+        origin: &str,
+        witnesses: &[NoteVerifier],
+    ) -> Result<Vec<String>, CheckpointError> {
+        let (checkpoint, signatures) = Self::parse(note, origin)?;
+        let body = checkpoint.body();
+        let mut cosigned = Vec::new();
+        for witness in witnesses.iter().filter(|w| w.kind == COSIGNATURE_TYPE) {
+            let id = typed_key_hash(&witness.name, COSIGNATURE_TYPE, &witness.key);
+            let valid = signatures.iter().any(|(name, blob)| {
+                if *name != witness.name || blob.len() != 76 || blob[..4] != id {
+                    return false;
+                }
+                let time = u64::from_be_bytes(blob[4..12].try_into().unwrap_or_default());
+                let Ok(sig) = <[u8; 64]>::try_from(&blob[12..]) else {
+                    return false;
+                };
+                let message = format!("{COSIGNATURE_HEADER}\ntime {time}\n{body}");
+                time <= i64::MAX as u64
+                    && witness
+                        .key
+                        .verify_strict(message.as_bytes(), &Signature::from_bytes(&sig))
+                        .is_ok()
+            });
+            if valid && !cosigned.contains(&witness.name) {
+                cosigned.push(witness.name.clone());
+            }
+        }
+        Ok(cosigned)
     }
 
     /// Parses and verifies a signed checkpoint of the log named `origin`
@@ -333,5 +427,68 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn cosignatures_are_tlog_cosignature_v1_by_the_named_witness_key_only() {
+        let log = KeyPair::generate().expect("key");
+        let witness = KeyPair::generate().expect("key");
+        let origin = "example.com/log";
+        let cp = Checkpoint {
+            origin: origin.into(),
+            size: 7,
+            root: [3u8; 32],
+            time: 1_700_000_000,
+        };
+        let line = cp.cosignature("w.example/1", &witness, 1_700_000_005);
+        let blob = STANDARD
+            .decode(line.trim_end().rsplit(' ').next().expect("blob"))
+            .expect("b64");
+        assert_eq!(blob.len(), 4 + 8 + 64);
+        assert_eq!(
+            u64::from_be_bytes(blob[4..12].try_into().expect("8")),
+            1_700_000_005
+        );
+        // The signed message is the header, the time line and the body.
+        let message = format!("cosignature/v1\ntime 1700000005\n{}", cp.body());
+        let sig = Signature::from_bytes(&blob[12..].try_into().expect("64"));
+        assert!(
+            witness
+                .verifying_key()
+                .verify_strict(message.as_bytes(), &sig)
+                .is_ok()
+        );
+
+        let vkey = cosigner_key("w.example/1", &witness.verifying_key());
+        let verifier = NoteVerifier::parse(&vkey).expect("vkey parses");
+        assert_eq!(verifier.kind, COSIGNATURE_TYPE);
+        let note = format!("{}{line}", cp.sign(&log));
+        assert_eq!(
+            Checkpoint::cosigners(&note, origin, std::slice::from_ref(&verifier)),
+            Ok(vec!["w.example/1".to_string()])
+        );
+        // The log key's signature is no cosignature, another witness key
+        // does not count, and an edited body voids the cosignature.
+        let other = NoteVerifier::parse(&cosigner_key(
+            "w.example/1",
+            &KeyPair::generate().expect("key").verifying_key(),
+        ))
+        .expect("vkey");
+        assert_eq!(Checkpoint::cosigners(&note, origin, &[other]), Ok(vec![]));
+        let log_as_witness =
+            NoteVerifier::parse(&verifier_key(origin, &log.verifying_key())).expect("vkey");
+        assert_eq!(
+            Checkpoint::cosigners(&note, origin, &[log_as_witness]),
+            Ok(vec![])
+        );
+        let edited = note.replacen("\n7\n", "\n8\n", 1);
+        assert_eq!(
+            Checkpoint::cosigners(&edited, origin, &[verifier]),
+            Ok(vec![])
+        );
+        // A verifier key whose hash is not its key's is refused.
+        let mut bad = vkey.clone();
+        bad.replace_range(12..14, if &vkey[12..14] == "00" { "11" } else { "00" });
+        assert!(NoteVerifier::parse(&bad).is_none());
     }
 }

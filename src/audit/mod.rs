@@ -28,6 +28,7 @@ use crate::store::{LogRow, Store, StoreError};
 
 pub mod checkpoint;
 pub mod merkle;
+pub mod witnessing;
 
 use checkpoint::{Checkpoint, CheckpointError, VerifiedCheckpoint};
 use merkle::MerkleTree;

@@ -1,6 +1,7 @@
 //! `dualtrust audit export | checkpoint | verify`.
 
 use crate::app;
+use crate::audit::checkpoint::{Checkpoint, NoteVerifier};
 use crate::config::Config;
 
 use super::{AuditCommand, BoxError};
@@ -26,7 +27,15 @@ pub(super) async fn run(config: Config, command: AuditCommand) -> Result<(), Box
             }
             sink.flush()?;
         }
-        AuditCommand::Checkpoint => {
+        AuditCommand::Checkpoint { witnessed: true } => {
+            let store = crate::store::Store::open(&config.store_target).await?;
+            let note = store
+                .latest_cosigned()
+                .await?
+                .ok_or("no checkpoint has been cosigned yet (are [[log.witnesses]] configured and reachable?)")?;
+            print!("{note}");
+        }
+        AuditCommand::Checkpoint { witnessed: false } => {
             let store = crate::store::Store::open(&config.store_target).await?;
             let keys = app::open_keys(&config, &store, true).await?;
             let key = keys.signing()?;
@@ -42,7 +51,25 @@ pub(super) async fn run(config: Config, command: AuditCommand) -> Result<(), Box
             jwks,
             origin,
             checkpoint,
+            witnesses,
+            witnesses_required,
         } => {
+            let witnesses = witnesses
+                .iter()
+                .map(|vkey| {
+                    NoteVerifier::parse(vkey)
+                        .filter(|v| v.kind == crate::audit::checkpoint::COSIGNATURE_TYPE)
+                        .ok_or_else(|| format!("--witness {vkey}: not a witness verifier key"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let required = witnesses_required.unwrap_or(witnesses.len());
+            if required > witnesses.len() {
+                return Err(format!(
+                    "--witnesses-required {required}, but only {} --witness given",
+                    witnesses.len()
+                )
+                .into());
+            }
             let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&jwks)?)?;
             let keys = crate::keys::published_keys_from_jwks(&doc);
             if keys.is_empty() {
@@ -74,13 +101,30 @@ pub(super) async fn run(config: Config, command: AuditCommand) -> Result<(), Box
                 let named = origin
                     .clone()
                     .unwrap_or_else(|| note.lines().next().unwrap_or_default().to_string());
-                let cp = crate::audit::checkpoint::Checkpoint::verify(&note, &named, &keys)
-                    .map_err(|e| {
-                        format!(
-                            "{}: not a checkpoint of {named} signed by a key in the JWKS: {e}",
-                            path.display()
+                let cp = Checkpoint::verify(&note, &named, &keys).map_err(|e| {
+                    format!(
+                        "{}: not a checkpoint of {named} signed by a key in the JWKS: {e}",
+                        path.display()
+                    )
+                })?;
+                if required > 0 {
+                    let by = Checkpoint::cosigners(&note, &named, &witnesses)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    if by.len() < required {
+                        return Err(format!(
+                            "{}: cosigned by {} of the {required} witnesses required ({}); a checkpoint the witnesses did not see may be a split view",
+                            path.display(),
+                            by.len(),
+                            if by.is_empty() { "none".to_string() } else { by.join(", ") }
                         )
-                    })?;
+                        .into());
+                    }
+                    println!(
+                        "ok: checkpoint {} is cosigned by {}",
+                        path.display(),
+                        by.join(", ")
+                    );
+                }
                 match tree.root(cp.size) {
                     Some(root) if root == cp.root => println!("ok: checkpoint {} (size {}) is a prefix of this log", path.display(), cp.size),
                     Some(_) => return Err(format!("{}: the log was rewritten: its first {} receipts do not match the checkpoint", path.display(), cp.size).into()),

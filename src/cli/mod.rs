@@ -116,6 +116,26 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run a small reference witness (C2SP tlog-witness): cosigns a log's
+    /// checkpoints only while they stay consistent with what it cosigned.
+    Witness {
+        /// Its name in cosignatures, e.g. witness.example.com/w1.
+        #[arg(long)]
+        name: String,
+        /// Its Ed25519 key file (created, mode 0600, when missing).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Where it remembers the latest checkpoint of each log.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// A log it witnesses: the log's verifier key (from `dualtrust audit
+        /// checkpoint`); repeat for each log, and for each key after a rotation.
+        #[arg(long = "log", value_name = "VKEY", required = true)]
+        logs: Vec<String>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
     /// Held calls waiting for approval.
     Approvals {
         #[command(subcommand)]
@@ -200,9 +220,20 @@ pub enum AuditCommand {
         /// the exported log must contain each one as a prefix.
         #[arg(long)]
         checkpoint: Vec<PathBuf>,
+        /// A witness you trust (its cosigner verifier key); repeat for each.
+        #[arg(long = "witness", value_name = "VKEY")]
+        witnesses: Vec<String>,
+        /// How many of those witnesses must have cosigned each checkpoint
+        /// (default: all of them).
+        #[arg(long, value_name = "K")]
+        witnesses_required: Option<usize>,
     },
-    /// Print a signed checkpoint (C2SP signed note) of the log as it is now.
-    Checkpoint,
+    /// Print a signed checkpoint (C2SP signed note) of the log as it is now,
+    /// or with --witnessed the newest one the witnesses cosigned.
+    Checkpoint {
+        #[arg(long)]
+        witnessed: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -276,6 +307,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             let app = Arc::new(app);
             app.sweep_expired_leases();
             app.refresh_revocations();
+            app.witness_checkpoints();
             if stdio {
                 let token = std::env::var("DUALTRUST_TOKEN")
                     .ok()
@@ -341,6 +373,30 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
                 config.server_key_path().display()
             );
             println!("{}", serde_json::to_string_pretty(&key.public_jwk())?);
+        }
+        Command::Witness {
+            name,
+            key,
+            state,
+            logs,
+            listen,
+        } => {
+            let logs = logs
+                .iter()
+                .map(|vkey| {
+                    crate::audit::checkpoint::NoteVerifier::parse(vkey)
+                        .ok_or_else(|| format!("--log {vkey}: not a log verifier key"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let (key, _) = crate::keys::KeyPair::load_or_create(&key, true)?;
+            let witness = Arc::new(crate::witness::Witness::open(name, key, logs, state)?);
+            let listener = tokio::net::TcpListener::bind(&listen).await?;
+            eprintln!("witness key: {}", witness.verifier_key());
+            eprintln!(
+                "dualtrust witness listening on http://{}",
+                listener.local_addr()?
+            );
+            crate::witness::serve(witness, listener).await?;
         }
         Command::SandboxExec { .. } | Command::SandboxProbe => unreachable_launcher()?,
         Command::Audit { command } => audit::run(config, command).await?,

@@ -43,6 +43,10 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         8,
         include_str!("../../migrations/sqlite/0008_server_keys.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_cosigned_checkpoints.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -67,6 +71,10 @@ pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         7,
         include_str!("../../migrations/postgres/0007_server_keys.sql"),
+    ),
+    (
+        8,
+        include_str!("../../migrations/postgres/0008_cosigned_checkpoints.sql"),
     ),
 ];
 
@@ -347,6 +355,15 @@ pub trait Backend: Send + Sync {
         until_root: &'a str,
         next: &'a KeyRecord,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Keeps a checkpoint with the witness cosignatures gathered for it
+    /// (the latest gathering for a size replaces an earlier one).
+    fn record_cosigned<'a>(
+        &'a self,
+        size: u64,
+        note: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// The largest cosigned checkpoint kept.
+    fn latest_cosigned(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
     /// The stored rows of the log from `from_seq` on, in order, at most `limit`.
     fn log_rows(&self, from_seq: u64, limit: u32)
     -> BoxFuture<'_, Result<Vec<LogRow>, StoreError>>;

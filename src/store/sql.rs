@@ -738,6 +738,34 @@ where
         })
     }
 
+    fn record_cosigned<'a>(
+        &'a self,
+        size: u64,
+        note: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO cosigned_checkpoints (size, note) VALUES ($1, $2) \
+                 ON CONFLICT (size) DO UPDATE SET note = excluded.note",
+            )
+            .bind(to_i64(size))
+            .bind(note.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(failed)?;
+            Ok(())
+        })
+    }
+
+    fn latest_cosigned(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            sqlx::query_scalar("SELECT note FROM cosigned_checkpoints ORDER BY size DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(failed)
+        })
+    }
+
     fn log_keys(&self) -> BoxFuture<'_, Result<LogKeys, StoreError>> {
         Box::pin(async move {
             let mut conn = self.pool.acquire().await.map_err(failed)?;

@@ -7,6 +7,8 @@
 //! - `replicas`: two servers sharing a PostgreSQL store; a private PostgreSQL stopped and restarted.
 //! - `rotation`: `keys rotate` mid-run on two replicas; old and new receipts verify, a leaked
 //!   retired key signs nothing that verifies.
+//! - `witness`: two `dualtrust witness` processes cosign two replicas' log; a split view
+//!   forked with the server key is refused by a witness and by `audit verify --witness`.
 //! - `stdio`: the gate through the stdio transport, allowed and denied calls.
 //! - `http`: the HTTP front door (401/403 answers, metadata, JWKS) and MCP over it.
 //! - `identity`: a local IdP (RSA, EC, Ed25519, JWKS rotation) and the token attack battery,
@@ -43,3 +45,4 @@ mod sandbox;
 mod schema;
 mod sql_differential;
 mod stdio;
+mod witness;
