@@ -15,16 +15,37 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-#[derive(Default, Clone)]
+/// Upper bounds of the approval-wait buckets, in seconds: people, not CPUs.
+const WAIT_BUCKETS: [f64; 10] = [
+    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0,
+];
+
+#[derive(Clone)]
 struct Histogram {
-    counts: [u64; BUCKETS.len()],
+    bounds: &'static [f64],
+    counts: Vec<u64>,
     count: u64,
     sum: f64,
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::with_bounds(&BUCKETS)
+    }
+}
+
 impl Histogram {
+    fn with_bounds(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len()],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
     fn observe(&mut self, seconds: f64) {
-        for (bound, count) in BUCKETS.iter().zip(self.counts.iter_mut()) {
+        for (bound, count) in self.bounds.iter().zip(self.counts.iter_mut()) {
             if seconds <= *bound {
                 *count += 1;
             }
@@ -41,6 +62,7 @@ pub struct Metrics {
     refusals: Mutex<BTreeMap<&'static str, u64>>,
     auth_failures: Mutex<BTreeMap<&'static str, u64>>,
     approvals: Mutex<BTreeMap<&'static str, u64>>,
+    quorum_wait: Mutex<Option<Histogram>>,
     pub leases_issued: AtomicU64,
     pub leases_redeemed: AtomicU64,
     pub auth_throttled: AtomicU64,
@@ -95,6 +117,13 @@ impl Metrics {
     /// An approval submission, by result (`accepted` or an error code).
     pub fn record_approval(&self, result: &'static str) {
         bump(&self.approvals, result);
+    }
+
+    /// A held call reached its quorum `seconds` after it was held.
+    pub fn record_quorum_wait(&self, seconds: f64) {
+        let mut wait = self.quorum_wait.lock().unwrap_or_else(|e| e.into_inner());
+        wait.get_or_insert_with(|| Histogram::with_bounds(&WAIT_BUCKETS))
+            .observe(seconds);
     }
 
     /// The Prometheus text exposition (version 0.0.4).
@@ -179,19 +208,52 @@ impl Metrics {
             "# HELP dualtrust_tool_call_duration_seconds Time from a call entering the gate to its receipt.\n# TYPE dualtrust_tool_call_duration_seconds histogram"
         );
         for (tool, h) in snapshot(&self.latency) {
-            for (bound, count) in BUCKETS.iter().zip(h.counts.iter()) {
-                let _ = writeln!(
-                    out,
-                    "dualtrust_tool_call_duration_seconds_bucket{{tool=\"{tool}\",le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "dualtrust_tool_call_duration_seconds_bucket{{tool=\"{tool}\",le=\"+Inf\"}} {}\ndualtrust_tool_call_duration_seconds_sum{{tool=\"{tool}\"}} {}\ndualtrust_tool_call_duration_seconds_count{{tool=\"{tool}\"}} {}",
-                h.count, h.sum, h.count
+            h.render(
+                &mut out,
+                "dualtrust_tool_call_duration_seconds",
+                &format!("tool=\"{tool}\","),
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP dualtrust_approval_quorum_seconds Time from a call being held to its quorum of approvals.\n# TYPE dualtrust_approval_quorum_seconds histogram"
+        );
+        let wait = self
+            .quorum_wait
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| Histogram::with_bounds(&WAIT_BUCKETS));
+        wait.render(&mut out, "dualtrust_approval_quorum_seconds", "");
         out
+    }
+}
+
+/// A gauge in the text exposition: its help, its type, its value now.
+pub fn render_gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+impl Histogram {
+    /// The bucket, sum and count lines; `labels` ends in a comma when set.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (bound, count) in self.bounds.iter().zip(self.counts.iter()) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {count}");
+        }
+        let bare = labels.trim_end_matches(',');
+        let bare = if bare.is_empty() {
+            String::new()
+        } else {
+            format!("{{{bare}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}le=\"+Inf\"}} {}\n{name}_sum{bare} {}\n{name}_count{bare} {}",
+            self.count, self.sum, self.count
+        );
     }
 }
 
@@ -217,6 +279,20 @@ mod tests {
         assert!(
             text.contains("dualtrust_tool_call_duration_seconds_count{tool=\"db.query\"} 2"),
             "no latency sample for a call that was only counted: {text}"
+        );
+        m.record_quorum_wait(40.0);
+        let text = m.render(&[]);
+        assert!(
+            text.contains("dualtrust_approval_quorum_seconds_bucket{le=\"30\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dualtrust_approval_quorum_seconds_bucket{le=\"60\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dualtrust_approval_quorum_seconds_count 1"),
+            "{text}"
         );
     }
 }

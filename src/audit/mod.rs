@@ -16,6 +16,7 @@
 //! earlier checkpoint.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -362,6 +363,21 @@ struct LogInner {
     /// One re-verification of the whole store at a time; when the last
     /// complete one started.
     scrub: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// What `/metrics` reports, readable without the state lock.
+    status: LogStatus,
+}
+
+/// The log's size and freshness, for dashboards and alerts.
+#[derive(Debug, Default)]
+pub struct LogStatus {
+    /// Receipts in the log as this process last saw it.
+    pub size: std::sync::atomic::AtomicU64,
+    /// Unix ms of this process's last committed batch (0: none yet).
+    pub last_append_ms: std::sync::atomic::AtomicU64,
+    /// Size of the newest checkpoint witnesses cosigned for this process.
+    pub cosigned_size: std::sync::atomic::AtomicU64,
+    /// Unix ms it was cosigned (0: never).
+    pub cosigned_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Where and how the stored log stopped matching its own tree.
@@ -437,6 +453,7 @@ impl AuditLog {
             }),
             integrity: std::sync::Mutex::new(None),
             scrub: tokio::sync::Mutex::new(None),
+            status: LogStatus::default(),
         });
         // Fail now, not at the first call, when the store cannot be read.
         inner.store.log_head().await?;
@@ -499,6 +516,11 @@ impl AuditLog {
     /// The first disagreement found between the store and the tree, if any.
     pub fn integrity(&self) -> Option<IntegrityFailure> {
         self.inner.integrity()
+    }
+
+    /// Size and freshness, for `/metrics`.
+    pub fn status(&self) -> &LogStatus {
+        &self.inner.status
     }
 
     /// Re-derives every stored receipt and holds it against the tree the
@@ -659,6 +681,7 @@ impl LogInner {
                 newest = Some(receipt);
             }
         }
+        self.status.size.store(state.tree.len(), Ordering::Relaxed);
         if let Some(receipt) = newest
             && receipt.check_signature(&self.keys.published()).is_err()
             // A receipt by a key another process rotated to a moment ago is
@@ -875,6 +898,8 @@ impl LogInner {
                 Ok(()) => {
                     state.last_hash = prev;
                     let size = state.tree.len();
+                    self.status.size.store(size, Ordering::Relaxed);
+                    self.status.last_append_ms.store(now, Ordering::Relaxed);
                     let checkpoint = self
                         .checkpoint_note_by(&signer, &state.tree, size)
                         .ok_or(StoreError::Corrupt)?;

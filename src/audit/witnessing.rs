@@ -13,6 +13,7 @@
 //! Every replica does this; the witness orders their submissions.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use base64::Engine;
@@ -195,7 +196,16 @@ pub fn spawn(log: Arc<AuditLog>, store: Store, witnesses: Vec<Witness>, every: D
                 .record_cosigned(checkpoint.size, &format!("{note}{lines}"))
                 .await
             {
-                Ok(()) => complete_at = complete.then_some(checkpoint.size),
+                Ok(()) => {
+                    complete_at = complete.then_some(checkpoint.size);
+                    let status = log.status();
+                    status
+                        .cosigned_size
+                        .store(checkpoint.size, Ordering::Relaxed);
+                    status
+                        .cosigned_ms
+                        .store(crate::now_unix_ms(), Ordering::Relaxed);
+                }
                 Err(e) => tracing::warn!(error = %e, "a cosigned checkpoint could not be kept"),
             }
         }

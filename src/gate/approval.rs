@@ -137,6 +137,10 @@ impl Gate {
             .await
             .map_err(|_| ApprovalError::StoreUnavailable)?;
         let approvals = self.policy.approvers.tally(&lease, &stored).len();
+        if approvals == lease.quorum_k as usize {
+            self.metrics
+                .record_quorum_wait(now.saturating_sub(lease.issued_at) as f64);
+        }
         Ok(ApprovalStatus {
             lease_id: lease_id.to_string(),
             approvals,

@@ -179,6 +179,39 @@ async fn two_witnesses_cosign_two_replicas_log_and_a_split_view_is_caught() {
     // each cosigned before.
     calls(6).await;
     let (size, note) = cosigned_at_least(&dirs[0], first + 6, 2).await;
+    // The dashboard's view: the log's size and what the witnesses cosigned.
+    let gauge = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = reqwest::get(format!("{}/metrics", servers[0].base))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if gauge(&metrics, "dualtrust_log_cosigned_size") >= first {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gauge(&metrics, "dualtrust_log_size") >= size, "{metrics}");
+    assert!(
+        gauge(&metrics, "dualtrust_log_cosigned_size") >= first,
+        "{metrics}"
+    );
+    assert!(
+        gauge(&metrics, "dualtrust_log_cosigned_timestamp_seconds") > 0,
+        "{metrics}"
+    );
+    assert!(
+        gauge(&metrics, "dualtrust_log_last_append_timestamp_seconds") > 0,
+        "{metrics}"
+    );
     for c in clients {
         c.cancel().await.ok();
     }

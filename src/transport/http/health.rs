@@ -107,10 +107,52 @@ pub(super) async fn metrics(State(state): State<HttpState>) -> Response {
         }
     }
     let mut text = gate.metrics().render(&extra);
-    text.push_str(&format!(
-        "# HELP dualtrust_http_connections_open HTTP connections open now.\n# TYPE dualtrust_http_connections_open gauge\ndualtrust_http_connections_open {}\n",
-        state.connections.open()
-    ));
+    let gauge = |text: &mut String, name: &str, help: &str, value: u64| {
+        crate::metrics::render_gauge(text, name, help, value)
+    };
+    gauge(
+        &mut text,
+        "dualtrust_http_connections_open",
+        "HTTP connections open now.",
+        state.connections.open() as u64,
+    );
+    let log = gate.log().status();
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (name, help, value) in [
+            (
+                "dualtrust_log_size",
+                "Receipts in the audit log.",
+                log.size.load(Relaxed),
+            ),
+            (
+                "dualtrust_log_last_append_timestamp_seconds",
+                "When this replica last committed receipts (unix seconds; 0: not yet).",
+                log.last_append_ms.load(Relaxed) / 1000,
+            ),
+            (
+                "dualtrust_log_cosigned_size",
+                "Size of the newest checkpoint the witnesses cosigned (0: none).",
+                log.cosigned_size.load(Relaxed),
+            ),
+            (
+                "dualtrust_log_cosigned_timestamp_seconds",
+                "When the witnesses last cosigned a checkpoint for this replica (unix seconds; 0: never).",
+                log.cosigned_ms.load(Relaxed) / 1000,
+            ),
+        ] {
+            gauge(&mut text, name, help, value);
+        }
+    }
+    // One indexed query per scrape; left out (not zero) when the store is away.
+    if let Ok(held) = state.app.store.pending_leases(crate::now_unix()).await {
+        gauge(
+            &mut text,
+            "dualtrust_held_calls",
+            "Calls held for approval now.",
+            held.len() as u64,
+        );
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
