@@ -237,8 +237,16 @@ impl App {
                     config.identity.revocation_refresh_ms,
                 )),
         );
+        // A slot lapses after the longest a command may run, and a margin.
+        let slot_lifetime_ms = config.terminal.max_timeout_ms + 30_000;
         let terminal = Arc::new(
-            Terminal::new(config.terminal.clone(), config.mode).map_err(StartupError::Terminal)?,
+            Terminal::new(config.terminal.clone(), config.mode)
+                .map_err(StartupError::Terminal)?
+                .with_shared_slots(crate::gate::rate::SharedSlots::new(
+                    &config.limits,
+                    store.clone(),
+                    slot_lifetime_ms,
+                )),
         );
         let mut tools = ToolSet::default();
         let database = Arc::new(

@@ -47,6 +47,10 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         9,
         include_str!("../../migrations/sqlite/0009_cosigned_checkpoints.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/sqlite/0010_terminal_slots.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -75,6 +79,10 @@ pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         8,
         include_str!("../../migrations/postgres/0008_cosigned_checkpoints.sql"),
+    ),
+    (
+        9,
+        include_str!("../../migrations/postgres/0009_terminal_slots.sql"),
     ),
 ];
 
@@ -315,7 +323,20 @@ pub trait Backend: Send + Sync {
         interval_ms: u64,
         burst_ms: u64,
     ) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
-    /// Forgets buckets that have refilled (their state says nothing more).
+    /// Takes one of `subject`'s at most `max` concurrency slots, as `id`,
+    /// lapsing at `expires_ms`, atomically for every replica (slots lapsed
+    /// by `now_ms` do not count): whether it was taken.
+    fn take_slot<'a>(
+        &'a self,
+        subject: &'a str,
+        id: &'a str,
+        max: usize,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn release_slot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Forgets buckets that have refilled (their state says nothing more)
+    /// and terminal slots that lapsed.
     fn prune_rates(&self, now_ms: u64) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// The newest receipt's place: `None` for an empty log.
     fn log_head(&self) -> BoxFuture<'_, Result<Option<LogHead>, StoreError>>;
@@ -750,6 +771,71 @@ mod tests {
             }
         }
         assert_eq!(issued, 5);
+        drop(replicas);
+        database.remove().await;
+    }
+
+    /// The terminal's concurrency cap as one cap across racing replicas:
+    /// exactly `max` of 40 concurrent takes win; a released slot and a
+    /// lapsed one are free again.
+    #[tokio::test]
+    async fn the_terminal_slot_cap_holds_across_racing_replicas() {
+        let database = TempPgDatabase::create().await;
+        let replicas = [
+            Store::open_postgres(&database.url, 8).await.expect("open"),
+            Store::open_postgres(&database.url, 8).await.expect("open"),
+        ];
+        let attempts = (0..40).map(|i| {
+            let store = replicas[i % 2].clone();
+            tokio::spawn(async move {
+                let id = format!("slot-{i}");
+                store
+                    .take_slot("alice", &id, 3, 1_000, 5_000)
+                    .await
+                    .map(|taken| taken.then_some(id))
+            })
+        });
+        let mut taken = Vec::new();
+        for attempt in futures_util::future::join_all(attempts).await {
+            if let Some(id) = attempt.expect("task").expect("store") {
+                taken.push(id);
+            }
+        }
+        assert_eq!(taken.len(), 3, "{taken:?}");
+        let store = &replicas[0];
+        assert!(
+            !store
+                .take_slot("alice", "x", 3, 1_000, 5_000)
+                .await
+                .expect("take")
+        );
+        assert!(
+            store
+                .take_slot("bob", "b", 3, 1_000, 5_000)
+                .await
+                .expect("take"),
+            "per subject"
+        );
+        store.release_slot(&taken[0]).await.expect("release");
+        assert!(
+            store
+                .take_slot("alice", "y", 3, 1_000, 5_000)
+                .await
+                .expect("take")
+        );
+        assert!(
+            !store
+                .take_slot("alice", "z", 3, 1_000, 5_000)
+                .await
+                .expect("take")
+        );
+        // After their lifetime, slots a dead replica held no longer count.
+        assert!(
+            store
+                .take_slot("alice", "z", 3, 5_000, 9_000)
+                .await
+                .expect("take")
+        );
         drop(replicas);
         database.remove().await;
     }

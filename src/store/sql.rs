@@ -653,6 +653,62 @@ where
         })
     }
 
+    fn take_slot<'a>(
+        &'a self,
+        subject: &'a str,
+        id: &'a str,
+        max: usize,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut tx = DB::begin_write(&self.pool).await.map_err(failed)?;
+            // Count and insert as one step for this subject, across replicas.
+            if let Some(lock) = DB::SERIALIZE_SUBJECT {
+                sqlx::query(lock)
+                    .bind(subject.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(failed)?;
+            }
+            sqlx::query("DELETE FROM terminal_slots WHERE subject = $1 AND expires_ms <= $2")
+                .bind(subject.to_string())
+                .bind(to_i64(now_ms))
+                .execute(&mut *tx)
+                .await
+                .map_err(failed)?;
+            let held: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM terminal_slots WHERE subject = $1")
+                    .bind(subject.to_string())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(failed)?;
+            if u64::try_from(held).unwrap_or(u64::MAX) >= max as u64 {
+                return Ok(false);
+            }
+            sqlx::query("INSERT INTO terminal_slots (id, subject, expires_ms) VALUES ($1, $2, $3)")
+                .bind(id.to_string())
+                .bind(subject.to_string())
+                .bind(to_i64(expires_ms))
+                .execute(&mut *tx)
+                .await
+                .map_err(failed)?;
+            tx.commit().await.map_err(failed)?;
+            Ok(true)
+        })
+    }
+
+    fn release_slot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM terminal_slots WHERE id = $1")
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await
+                .map_err(failed)?;
+            Ok(())
+        })
+    }
+
     fn prune_rates(&self, now_ms: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
             let result = sqlx::query("DELETE FROM rate_limits WHERE tat_ms < $1")
@@ -660,7 +716,12 @@ where
                 .execute(&self.pool)
                 .await
                 .map_err(failed)?;
-            Ok(DB::rows_affected(&result))
+            let lapsed = sqlx::query("DELETE FROM terminal_slots WHERE expires_ms <= $1")
+                .bind(to_i64(now_ms))
+                .execute(&self.pool)
+                .await
+                .map_err(failed)?;
+            Ok(DB::rows_affected(&result) + DB::rows_affected(&lapsed))
         })
     }
 

@@ -504,3 +504,51 @@ async fn a_redis_rate_budget_is_shared_and_its_outage_handled_as_configured() {
         s.stop().await;
     }
 }
+
+/// The terminal's per-subject concurrency cap with `limits.backend =
+/// "store"`: one cap across replicas (each replica alone would run its own
+/// two), and slots are given back when the commands end.
+#[tokio::test]
+async fn the_terminal_concurrency_cap_is_one_cap_across_replicas() {
+    let db = create_pg_database(PG_ADMIN_URL).await;
+    let store_url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+    let dirs = replicas(
+        2,
+        &store_url,
+        "[limits]\nbackend = \"store\"\ncalls_per_minute = 0\ntool_calls_per_minute = {}\n[terminal]\nmax_concurrent_per_subject = 2\n",
+    );
+    let servers: Vec<HttpServer> =
+        futures_util::future::join_all(dirs.iter().map(|d| HttpServer::start(&d.path))).await;
+    let token = dirs[0].token("erin", "terminal:execute");
+    let mut clients: Vec<Client> = Vec::new();
+    for i in 0..6 {
+        clients.push(servers[i % 2].client(&token).await);
+    }
+    let slow = clients.iter().map(|client| async move {
+        call(
+            client,
+            "terminal.execute",
+            json!({ "argv": ["sleep", "1"] }),
+        )
+        .await
+        .0
+    });
+    let outcomes = futures_util::future::join_all(slow).await;
+    let ran = outcomes.iter().filter(|e| status(e) == "ok").count();
+    assert_eq!(ran, 2, "{outcomes:?}");
+    for e in outcomes.iter().filter(|e| status(e) != "ok") {
+        assert_eq!(error_code(e), "too_many_concurrent", "{e}");
+    }
+    // The slots were given back: both replicas run commands again.
+    for client in &clients[..2] {
+        let (env, _) = call(client, "terminal.execute", json!({ "argv": ["true"] })).await;
+        assert_eq!(status(&env), "ok", "{env}");
+    }
+    for c in clients {
+        c.cancel().await.ok();
+    }
+    for s in servers {
+        s.stop().await;
+    }
+    drop_pg_database(PG_ADMIN_URL, &db).await;
+}

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
@@ -29,6 +30,7 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::config::TerminalConfig;
+use crate::gate::rate::{SharedSlots, SlotAnswer};
 use crate::gate::{Authorized, Class, Classification, Executed, Refusal, Tool};
 
 const MAX_ARGS: usize = 256;
@@ -99,6 +101,39 @@ pub struct Terminal {
     /// Per-command process limits, or why the host has none.
     cgroups: Result<crate::sandbox::PidsCgroups, String>,
     running: std::sync::Mutex<HashMap<String, usize>>,
+    /// The same cap kept for every replica, when the limits are shared.
+    shared_slots: Option<Arc<SharedSlots>>,
+}
+
+/// A slot of the shared cap; given back when the command ends (or its
+/// call is dropped), else it lapses by itself.
+struct SharedSlot {
+    slots: Arc<SharedSlots>,
+    subject: String,
+    id: String,
+}
+
+impl SharedSlot {
+    async fn release(mut self) {
+        let id = std::mem::take(&mut self.id);
+        self.slots.release(&self.subject, &id).await;
+    }
+}
+
+impl Drop for SharedSlot {
+    fn drop(&mut self) {
+        if self.id.is_empty() {
+            return;
+        }
+        let (slots, subject, id) = (
+            self.slots.clone(),
+            std::mem::take(&mut self.subject),
+            std::mem::take(&mut self.id),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { slots.release(&subject, &id).await });
+        }
+    }
 }
 
 /// One running command of a subject; releases its slot when dropped.
@@ -294,6 +329,7 @@ impl Terminal {
             require_sandbox,
             cgroups,
             running: std::sync::Mutex::new(HashMap::new()),
+            shared_slots: None,
         })
     }
 
@@ -393,6 +429,38 @@ impl Terminal {
             ));
         }
         Ok(canonical)
+    }
+
+    /// With shared limits, the subject's cap across every replica.
+    async fn take_shared_slot(&self, subject: &str) -> Result<Option<SharedSlot>, Refusal> {
+        let Some(slots) = &self.shared_slots else {
+            return Ok(None);
+        };
+        let max = self.config.max_concurrent_per_subject;
+        match slots.take(subject, max).await {
+            SlotAnswer::Taken(id) => Ok(Some(SharedSlot {
+                slots: slots.clone(),
+                subject: subject.to_string(),
+                id,
+            })),
+            SlotAnswer::Local => Ok(None),
+            SlotAnswer::Full => Err(refuse(
+                "too_many_concurrent",
+                format!(
+                    "at most {max} commands may run at once for one subject, across every replica"
+                ),
+            )),
+            SlotAnswer::Unavailable => Err(refuse(
+                "limits_unavailable",
+                "the shared limits cannot be read now; retry shortly",
+            )),
+        }
+    }
+
+    /// Keeps the per-subject concurrency cap in the shared limits backend.
+    pub fn with_shared_slots(mut self, slots: Option<SharedSlots>) -> Self {
+        self.shared_slots = slots.map(Arc::new);
+        self
     }
 
     fn take_slot(&self, subject: &str) -> Result<Slot<'_>, Refusal> {
@@ -755,6 +823,9 @@ impl Tool for Terminal {
         let (cwd, timeout) = (cwd.clone(), *timeout);
         let cap = self.config.output_cap_bytes;
         let _slot = self.take_slot(call.principal().subject())?;
+        // Released before the answer goes out; dropped with a cancelled
+        // call, it is released in the background.
+        let shared_slot = self.take_shared_slot(call.principal().subject()).await?;
 
         let limits = crate::sandbox::Limits {
             cpu_s: self.config.cpu_limit_s,
@@ -921,6 +992,9 @@ impl Tool for Terminal {
             "stopped": stopped,
             "duration_ms": duration_ms,
         });
+        if let Some(slot) = shared_slot {
+            slot.release().await;
+        }
         Ok(Executed { result, outcome })
     }
 }
