@@ -433,9 +433,12 @@ fn derive_row(row: &LogRow) -> Result<(Receipt, merkle::Hash), &'static str> {
     Ok((receipt, leaf))
 }
 
-// Each attempt loses only to a batch another writer (a replica, the CLI)
-// committed between our read of the log and our insert.
-const APPEND_ATTEMPTS: usize = 32;
+// A batch is first offered as built on this writer's view; after this
+// many losses to other writers it is rebuilt under the store's lock on
+// what they appended, so it cannot lose again. An attempt after that is
+// repeated only after catching up with a long tail, or a key rotation.
+const OPTIMISTIC_ATTEMPTS: usize = 3;
+const APPEND_ATTEMPTS: usize = OPTIMISTIC_ATTEMPTS + 8;
 const SYNC_PAGE: u32 = 10_000;
 
 impl AuditLog {
@@ -537,7 +540,9 @@ impl AuditLog {
     /// across. Returns the size.
     pub async fn rotate_key(&self, next: &KeyPair) -> Result<u64, StoreError> {
         let inner = &self.inner;
-        for _ in 0..APPEND_ATTEMPTS {
+        // Each attempt loses only to a batch committed between reading the
+        // log's size and taking its lock: a busy log may take a few.
+        for _ in 0..64 {
             let mut state = inner.state.lock().await;
             inner.sync(&mut state).await?;
             let size = state.tree.len();
@@ -666,20 +671,7 @@ impl LogInner {
             if rows.is_empty() {
                 break;
             }
-            let mut chain = Chain::after(state.tree.len(), &state.last_hash);
-            for row in &rows {
-                if row.seq != state.tree.len() {
-                    return Err(self.flag(state.tree.len(), "it is missing from the store"));
-                }
-                let (receipt, leaf) =
-                    derive_row(row).map_err(|problem| self.flag(row.seq, problem))?;
-                chain.link(&receipt).map_err(|_| {
-                    self.flag(row.seq, "its prev is not the hash of the receipt before it")
-                })?;
-                state.tree.push(leaf);
-                state.last_hash = chain.prev().to_string();
-                newest = Some(receipt);
-            }
+            newest = self.integrate(state, &rows)?.or(newest);
         }
         self.status.size.store(state.tree.len(), Ordering::Relaxed);
         if let Some(receipt) = newest
@@ -695,6 +687,79 @@ impl LogInner {
             ));
         }
         Ok(())
+    }
+
+    /// Adds stored rows that continue the tree to it: each leaf derived
+    /// from the receipt bytes, each link of the chain checked; a
+    /// disagreement is flagged. Returns the last receipt added.
+    fn integrate(
+        &self,
+        state: &mut LogState,
+        rows: &[LogRow],
+    ) -> Result<Option<Receipt>, StoreError> {
+        let mut chain = Chain::after(state.tree.len(), &state.last_hash);
+        let mut newest = None;
+        for row in rows {
+            if row.seq != state.tree.len() {
+                return Err(self.flag(state.tree.len(), "it is missing from the store"));
+            }
+            let (receipt, leaf) = derive_row(row).map_err(|problem| self.flag(row.seq, problem))?;
+            chain.link(&receipt).map_err(|_| {
+                self.flag(row.seq, "its prev is not the hash of the receipt before it")
+            })?;
+            state.tree.push(leaf);
+            state.last_hash = chain.prev().to_string();
+            newest = Some(receipt);
+        }
+        Ok(newest)
+    }
+
+    /// Seals `drafts` as the receipts continuing the tree, pushing their
+    /// leaves: the stored rows and the receipts.
+    fn seal(
+        &self,
+        state: &mut LogState,
+        drafts: &[ReceiptDraft],
+        signer: &KeyPair,
+        now: u64,
+    ) -> Result<(Vec<LogRow>, Vec<Receipt>), StoreError> {
+        let base = state.tree.len();
+        let mut rows = Vec::with_capacity(drafts.len());
+        let mut receipts = Vec::with_capacity(drafts.len());
+        for (i, draft) in drafts.iter().enumerate() {
+            let body = ReceiptBody {
+                kind: RECEIPT_TYPE.into(),
+                seq: base + i as u64,
+                prev: state.last_hash.clone(),
+                ts_ms: now,
+                kid: signer.kid().to_string(),
+                subject: draft.subject.clone(),
+                token_id: draft.token_id.clone(),
+                transport: draft.transport.into(),
+                tool: draft.tool.clone(),
+                class: draft.class.map(String::from),
+                scope: draft.scope.clone(),
+                args_digest: draft.args_digest.clone(),
+                lease: draft.lease.clone(),
+                decision: draft.decision.unwrap_or(Decision::Error),
+                reason: draft.reason.clone(),
+                outcome: draft.outcome.clone(),
+                trace_id: draft.trace_id.clone(),
+            };
+            let leaf = leaf_hash_of(&body).map_err(|_| StoreError::Corrupt)?;
+            let receipt = Receipt::seal(body, signer).map_err(|_| StoreError::Corrupt)?;
+            state.tree.push(leaf);
+            state.last_hash.clone_from(&receipt.hash);
+            rows.push(LogRow {
+                seq: receipt.body.seq,
+                hash: receipt.hash.clone(),
+                leaf_hash: Some(hex::encode(leaf)),
+                receipt: serde_json::to_string(&receipt).map_err(|_| StoreError::Corrupt)?,
+                lease: receipt.body.lease.clone(),
+            });
+            receipts.push(receipt);
+        }
+        Ok((rows, receipts))
     }
 
     /// Records the first integrity failure, loudly.
@@ -840,63 +905,57 @@ impl LogInner {
             return Err(StoreError::Corrupt);
         }
         let mut signer = self.keys.signing().map_err(|_| StoreError::KeyRotated)?;
+        let leases: Vec<_> = drafts
+            .iter()
+            .filter_map(|d| d.consumed_lease.as_ref())
+            .collect();
         for attempt in 0..APPEND_ATTEMPTS {
-            // The store's own head check rejects a batch that does not
-            // continue the log; only then is it worth re-reading what other
-            // writers (replicas, `dualtrust approve`) appended.
+            // Only a writer far behind, or one whose view of the keys is
+            // stale, comes round again: catch up outside the lock first.
             if attempt > 0 {
                 self.sync(state).await?;
             }
-            let base = state.tree.len();
-            let base_hash = state.last_hash.clone();
+            let (base, base_hash) = (state.tree.len(), state.last_hash.clone());
             let now = crate::now_unix_ms();
-            let mut rows = Vec::with_capacity(drafts.len());
-            let mut receipts = Vec::with_capacity(drafts.len());
-            let mut prev = base_hash.clone();
-            for (i, draft) in drafts.iter().enumerate() {
-                let body = ReceiptBody {
-                    kind: RECEIPT_TYPE.into(),
-                    seq: base + i as u64,
-                    prev: prev.clone(),
-                    ts_ms: now,
-                    kid: signer.kid().to_string(),
-                    subject: draft.subject.clone(),
-                    token_id: draft.token_id.clone(),
-                    transport: draft.transport.into(),
-                    tool: draft.tool.clone(),
-                    class: draft.class.map(String::from),
-                    scope: draft.scope.clone(),
-                    args_digest: draft.args_digest.clone(),
-                    lease: draft.lease.clone(),
-                    decision: draft.decision.unwrap_or(Decision::Error),
-                    reason: draft.reason.clone(),
-                    outcome: draft.outcome.clone(),
-                    trace_id: draft.trace_id.clone(),
-                };
-                let leaf = leaf_hash_of(&body).map_err(|_| StoreError::Corrupt)?;
-                let receipt = Receipt::seal(body, &signer).map_err(|_| StoreError::Corrupt)?;
-                prev = receipt.hash.clone();
-                state.tree.push(leaf);
-                rows.push(LogRow {
-                    seq: receipt.body.seq,
-                    hash: receipt.hash.clone(),
-                    leaf_hash: Some(hex::encode(leaf)),
-                    receipt: serde_json::to_string(&receipt).map_err(|_| StoreError::Corrupt)?,
-                    lease: receipt.body.lease.clone(),
-                });
-                receipts.push(receipt);
-            }
-            let leases: Vec<_> = drafts
-                .iter()
-                .filter_map(|d| d.consumed_lease.as_ref())
-                .collect();
-            match self
+            let published = self.keys.published();
+            // Sealed before the lock, on this writer's view of the log: what
+            // the lock finds is nearly always that view.
+            let (sealed_rows, mut receipts) = self.seal(state, drafts, &signer, now)?;
+            let mut sealed_rows = Some(sealed_rows);
+            // Under the store's lock: what other writers (replicas,
+            // `dualtrust approve`) appended meanwhile joins the tree, and
+            // the batch is sealed again after it, so it never loses to them.
+            let mut build = |tail: &[LogRow]| {
+                if tail.is_empty() {
+                    return sealed_rows.take().ok_or(StoreError::Corrupt);
+                }
+                state.tree.truncate(base);
+                state.last_hash.clone_from(&base_hash);
+                if let Some(newest) = self.integrate(state, tail)?
+                    && newest.check_signature(&published).is_err()
+                {
+                    // Perhaps signed by a key rotated to a moment ago:
+                    // checked again, with the registry re-read, by `sync`.
+                    return Err(StoreError::LogMoved);
+                }
+                let (rows, sealed) = self.seal(state, drafts, &signer, now)?;
+                receipts = sealed;
+                Ok(rows)
+            };
+            let appended = self
                 .store
-                .insert_receipts(signer.kid(), &rows, &leases)
-                .await
-            {
+                // Catching up outside the lock lets the other writer go on
+                // meanwhile; only a writer that keeps losing does it under.
+                .append_receipts(
+                    signer.kid(),
+                    base,
+                    attempt >= OPTIMISTIC_ATTEMPTS,
+                    &mut build,
+                    &leases,
+                )
+                .await;
+            match appended {
                 Ok(()) => {
-                    state.last_hash = prev;
                     let size = state.tree.len();
                     self.status.size.store(size, Ordering::Relaxed);
                     self.status.last_append_ms.store(now, Ordering::Relaxed);
@@ -926,31 +985,30 @@ impl LogInner {
                         })
                         .collect();
                 }
-                Err(StoreError::LogMoved) => {
-                    state.tree.truncate(base);
-                    state.last_hash = base_hash;
-                    // Two writers that keep colliding would keep colliding in
-                    // step; a random, growing pause lets one of them through.
-                    let mut jitter = [0u8; 2];
-                    let _ = getrandom::getrandom(&mut jitter);
-                    let cap = 1u64 << attempt.min(6);
-                    let pause = u64::from(u16::from_le_bytes(jitter)) % (cap * 1000);
-                    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
-                    continue;
-                }
-                Err(StoreError::KeyRotated) => {
-                    // Another process rotated the key: sign with the one
-                    // the registry now names, if this process holds it.
-                    state.tree.truncate(base);
-                    state.last_hash = base_hash;
-                    self.keys.refresh(&self.store).await?;
-                    signer = self.keys.signing().map_err(|_| StoreError::KeyRotated)?;
-                    continue;
-                }
                 Err(e) => {
+                    // Nothing was written; what was read under the lock is
+                    // read again by the next sync.
                     state.tree.truncate(base);
                     state.last_hash = base_hash;
-                    return Err(e);
+                    match e {
+                        StoreError::LogMoved => {
+                            // Two writers that collide would collide again
+                            // in step; a short random pause breaks the step,
+                            // and the calls queued meanwhile join the batch.
+                            let mut jitter = [0u8; 2];
+                            let _ = getrandom::getrandom(&mut jitter);
+                            let cap_us = 1_000u64 << attempt.min(6);
+                            let pause = u64::from(u16::from_le_bytes(jitter)) % cap_us;
+                            tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+                        }
+                        StoreError::KeyRotated => {
+                            // Another process rotated the key: sign with the
+                            // one the registry now names, if this one holds it.
+                            self.keys.refresh(&self.store).await?;
+                            signer = self.keys.signing().map_err(|_| StoreError::KeyRotated)?;
+                        }
+                        e => return Err(e),
+                    }
                 }
             }
         }

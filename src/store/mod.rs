@@ -340,17 +340,22 @@ pub trait Backend: Send + Sync {
     fn prune_rates(&self, now_ms: u64) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// The newest receipt's place: `None` for an empty log.
     fn log_head(&self) -> BoxFuture<'_, Result<Option<LogHead>, StoreError>>;
-    /// Appends receipts (with their RFC 6962 leaf hashes), and stores the
-    /// already-consumed leases of the ordinary calls they record, in one
-    /// transaction: all become durable together or none does. The batch
-    /// must continue the log exactly where the store's log ends; otherwise
-    /// another writer got there first (`LogMoved`: re-read and rebuild).
-    /// `signer` must be the registry's active key, active from before the
-    /// batch (`KeyRotated` otherwise).
-    fn insert_receipts<'a>(
+    /// Appends a batch of receipts (with their RFC 6962 leaf hashes), and
+    /// stores the already-consumed leases of the ordinary calls they
+    /// record, in one transaction: all become durable together or none
+    /// does. `build` is called once, under the log's lock, with the rows
+    /// other writers appended from `base` on, and returns the batch
+    /// continuing after them. Without `rebuild`, any such rows end the
+    /// attempt (`LogMoved`: catch up and retry); with it, they are handed
+    /// to `build`, so the batch cannot lose to another replica (unless the
+    /// caller is too far behind). `signer` must be the registry's active
+    /// key, active from before the batch (`KeyRotated` otherwise).
+    fn append_receipts<'a>(
         &'a self,
         signer: &'a str,
-        batch: &'a [LogRow],
+        base: u64,
+        rebuild: bool,
+        build: &'a mut BuildBatch<'_>,
         consumed_leases: &'a [&'a Lease],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// The log's origin and key registry.
@@ -390,10 +395,39 @@ pub trait Backend: Send + Sync {
     -> BoxFuture<'_, Result<Vec<LogRow>, StoreError>>;
 }
 
+/// Builds a batch of log rows on the rows other writers appended (given
+/// in order); called once, under the log's lock.
+pub type BuildBatch<'b> = dyn FnMut(&[LogRow]) -> Result<Vec<LogRow>, StoreError> + Send + 'b;
+
 /// The state store the server opened: a [`Backend`] behind a cheap handle.
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
+}
+
+impl Store {
+    /// Appends `batch` exactly where the log ends (`LogMoved` if another
+    /// writer appended since `batch` was built): for callers that build
+    /// rows themselves rather than on what the lock finds.
+    pub async fn insert_receipts(
+        &self,
+        signer: &str,
+        batch: &[LogRow],
+        consumed_leases: &[&Lease],
+    ) -> Result<(), StoreError> {
+        let Some(first) = batch.first() else {
+            return Ok(());
+        };
+        let mut build = |tail: &[LogRow]| {
+            if tail.is_empty() {
+                Ok(batch.to_vec())
+            } else {
+                Err(StoreError::LogMoved)
+            }
+        };
+        self.append_receipts(signer, first.seq, false, &mut build, consumed_leases)
+            .await
+    }
 }
 
 impl std::ops::Deref for Store {

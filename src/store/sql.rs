@@ -12,8 +12,9 @@ use sqlx::{
 };
 
 use super::{
-    Backend, KeyRecord, Lease, LeaseState, LogHead, LogKeys, LogRow, POSTGRES_MIGRATIONS,
-    RejectionTally, SQLITE_MIGRATIONS, StoreError, StoredApproval, StoredRejection,
+    Backend, BuildBatch, KeyRecord, Lease, LeaseState, LogHead, LogKeys, LogRow,
+    POSTGRES_MIGRATIONS, RejectionTally, SQLITE_MIGRATIONS, StoreError, StoredApproval,
+    StoredRejection,
 };
 
 /// What one database does its own way.
@@ -742,23 +743,48 @@ where
         })
     }
 
-    fn insert_receipts<'a>(
+    fn append_receipts<'a>(
         &'a self,
         signer: &'a str,
-        batch: &'a [LogRow],
+        base: u64,
+        rebuild: bool,
+        build: &'a mut BuildBatch<'_>,
         consumed_leases: &'a [&'a Lease],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let Some(first) = batch.first() else {
-                return Ok(());
-            };
             let mut tx = DB::begin_write(&self.pool).await.map_err(failed)?;
             serialize::<DB>(&mut tx).await?;
-            let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_log")
+            let end: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_log")
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(failed)?;
-            if next != to_i64(first.seq) {
+            let behind = u64::try_from(end).unwrap_or(0).saturating_sub(base);
+            if behind > 0 && (!rebuild || behind > MAX_TAIL as u64) {
+                // Catch up outside the lock (always, when far behind).
+                return Err(StoreError::LogMoved);
+            }
+            // What other writers committed since the caller's view, read
+            // under the lock: the batch is built on it and cannot lose.
+            let tail: Vec<LogRow> = if behind == 0 {
+                Vec::new()
+            } else {
+                let rows: Vec<LogColumns> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    log_columns!(),
+                    " FROM audit_log WHERE seq >= $1 ORDER BY seq"
+                ))
+                .bind(to_i64(base))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(failed)?;
+                rows.into_iter().map(log_row).collect::<Result<_, _>>()?
+            };
+            let batch = build(&tail)?;
+            let Some(first) = batch.first() else {
+                return Ok(());
+            };
+            let next = base + tail.len() as u64;
+            if first.seq != next {
                 return Err(StoreError::LogMoved);
             }
             // Under the same lock as a rotation: no batch signed by a key
@@ -768,7 +794,7 @@ where
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(failed)?;
-            if !active.is_some_and(|(kid, from)| kid == signer && from <= next) {
+            if !active.is_some_and(|(kid, from)| kid == signer && from <= to_i64(next)) {
                 return Err(StoreError::KeyRotated);
             }
             insert_leases::<DB>(&mut tx, consumed_leases).await?;
@@ -947,6 +973,10 @@ where
 }
 
 type LogColumns = (i64, String, String, String, Option<String>);
+
+/// The most rows of other writers a batch is rebuilt on inside the lock;
+/// a writer further behind catches up outside it.
+const MAX_TAIL: usize = 1_000;
 
 fn log_row((seq, hash, leaf_hash, receipt, lease): LogColumns) -> Result<LogRow, StoreError> {
     Ok(LogRow {

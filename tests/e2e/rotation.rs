@@ -50,7 +50,7 @@ async fn a_key_rotated_mid_run_on_two_replicas_breaks_no_call_and_no_proof() {
         futures_util::future::join_all(dirs.iter().map(|d| HttpServer::start(&d.path))).await;
     let token = dirs[0].token("agent", "db:read audit:read passport:issue");
     let mut clients: Vec<Arc<Client>> = Vec::new();
-    for i in 0..4 {
+    for i in 0..6 {
         clients.push(Arc::new(servers[i % 2].client(&token).await));
     }
     let (before, _) = call(&clients[0], "db.query", json!({ "sql": "SELECT 1 AS n" })).await;
@@ -73,13 +73,10 @@ async fn a_key_rotated_mid_run_on_two_replicas_breaks_no_call_and_no_proof() {
             let (client, running) = (client.clone(), running.clone());
             tokio::spawn(async move {
                 let mut seen = Vec::new();
-                // Paced: what is under test is the rotation, not two
-                // replicas' writers colliding (the performance issue's).
                 while running.load(Ordering::Relaxed) {
                     let (env, _) =
                         call(&client, "db.query", json!({ "sql": "SELECT 2 AS n" })).await;
                     seen.push(env);
-                    tokio::time::sleep(Duration::from_millis(15)).await;
                 }
                 seen
             })
@@ -130,7 +127,10 @@ async fn a_key_rotated_mid_run_on_two_replicas_breaks_no_call_and_no_proof() {
             served += 1;
         }
     }
-    assert!(served > 40, "calls ran through the rotation: {served}");
+    println!(
+        "rotation at log size {at} on two replicas: {served} calls served through it, none failed"
+    );
+    assert!(served > 50, "calls ran through the rotation: {served}");
 
     // Both replicas sign with the new key now, without a restart.
     let mut after = Vec::new();

@@ -174,7 +174,12 @@ async fn two_witnesses_cosign_two_replicas_log_and_a_split_view_is_caught() {
         }
     };
     calls(6).await;
+    let started = std::time::Instant::now();
     let (first, _) = cosigned_at_least(&dirs[1], 6, 2).await;
+    println!(
+        "a checkpoint of {first} receipts cosigned by both witnesses {} ms after the calls",
+        started.elapsed().as_millis()
+    );
     // The log grows; the witnesses follow by consistency proofs from what
     // each cosigned before.
     calls(6).await;
