@@ -153,6 +153,16 @@ async fn a_key_rotated_mid_run_on_two_replicas_breaks_no_call_and_no_proof() {
         }
         let (verdict, _) = call(client, "audit.verify", json!({ "passport": passport })).await;
         assert_eq!(verdict["result"]["valid"], true, "{verdict}");
+        // Every receipt so far, across the rotation, online.
+        let end = receipt(&after[1])["body"]["seq"].as_u64().expect("seq") + 1;
+        let (verdict, _) = call(
+            client,
+            "audit.verify",
+            json!({ "range": { "from": 0, "to": end } }),
+        )
+        .await;
+        assert_eq!(verdict["result"]["valid"], true, "{verdict}");
+        assert_eq!(verdict["result"]["verified"], end, "{verdict}");
     }
     // Each replica publishes both keys, the old one with its span.
     for server in &servers {
