@@ -314,9 +314,17 @@ async fn adopt(
             path: source.describe(),
         })?,
     };
-    let origin = configured_origin
-        .map(str::to_string)
-        .unwrap_or_else(|| origin_for(first.kid()));
+    let named = origin_for(first.kid());
+    // A log with receipts had this name in every checkpoint it signed.
+    if let (Some(_), Some(configured)) = (&first_signer, configured_origin)
+        && configured != named
+    {
+        return Err(KeyringError::OriginMismatch {
+            recorded: named,
+            configured: configured.to_string(),
+        });
+    }
+    let origin = configured_origin.map_or(named, str::to_string);
     let record = record_for(first, 0);
     Ok(store.adopt_log_keys(&origin, &record).await?)
 }
@@ -491,6 +499,18 @@ mod tests {
             Some(CheckpointError::KeyRetired)
         );
         assert!(Checkpoint::verify(&at(3, &old), keys.origin(), &published).is_ok());
+        // At its retirement size, only the root it was retired at.
+        let forked = Checkpoint {
+            origin: keys.origin().to_string(),
+            size: 3,
+            root: [9u8; 32],
+            time: 1,
+        }
+        .sign(&old);
+        assert_eq!(
+            Checkpoint::verify(&forked, keys.origin(), &published).err(),
+            Some(CheckpointError::KeyRetired)
+        );
         assert!(Checkpoint::verify(&at(5, &new), keys.origin(), &published).is_ok());
         assert_eq!(
             Checkpoint::verify(&at(2, &new), keys.origin(), &published).err(),
@@ -568,6 +588,12 @@ mod tests {
             new.kid(),
             "signed with the new key"
         );
+        // A JWK of a retired key without its retirement root is refused.
+        let mut jwk = both.jwks()["keys"][0].clone();
+        jwk.as_object_mut()
+            .expect("object")
+            .remove("log_until_root");
+        assert_eq!(crate::keys::PublishedKey::from_jwk(&jwk), None);
         // Starting with a configured origin other than the recorded one is refused.
         assert!(matches!(
             ServerKeys::open(

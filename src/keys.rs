@@ -317,15 +317,29 @@ impl PublishedKey {
         seq >= self.from_seq && self.until_seq.is_none_or(|until| seq < until)
     }
 
-    pub fn signs_checkpoint(&self, size: u64) -> bool {
-        size >= self.from_seq && self.until_seq.is_none_or(|until| size <= until)
+    /// Whether a checkpoint of `size` with `root` lies in this key's span:
+    /// at its retirement size, only the root it was retired at.
+    pub fn signs_checkpoint(&self, size: u64, root: &[u8; 32]) -> bool {
+        size >= self.from_seq
+            && self.until_seq.is_none_or(|until| {
+                size < until || (size == until && self.until_root.as_ref() == Some(root))
+            })
+    }
+
+    /// Retired: it signs nothing new, and what it signed is bounded.
+    pub fn is_retired(&self) -> bool {
+        self.until_seq.is_some() || self.not_after.is_some()
     }
 
     /// Whether a passport issued at `iat` (unix seconds) is in this key's
     /// time: a retired key's passports all end by retirement plus the
     /// longest lifetime, whatever `iat` a leaked key writes.
     pub fn signs_at(&self, iat: u64) -> bool {
-        self.not_after.is_none_or(|retired| iat <= retired)
+        match self.not_after {
+            Some(retired) => iat <= retired,
+            // Retired without a recorded time: no passport is in its time.
+            None => self.until_seq.is_none(),
+        }
     }
 
     /// The JWK (RFC 8037) with the span as extra members (RFC 7517 section
@@ -371,11 +385,17 @@ impl PublishedKey {
                     .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())?,
             ),
         };
+        let until_seq = number("log_until")?;
+        // A retired key without the root it was retired at would leave what
+        // it signed unbounded: refused, not widened.
+        if until_seq.is_some() != until_root.is_some() {
+            return None;
+        }
         Some(Self {
             kid: jwk_thumbprint(&key),
             key,
             from_seq: number("log_from")?.unwrap_or(0),
-            until_seq: number("log_until")?,
+            until_seq,
             until_root,
             not_before: number("nbf")?.unwrap_or(0),
             not_after: number("exp")?,

@@ -23,10 +23,10 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::checkpoint::{
-    COSIGNATURE_TYPE, Checkpoint, CheckpointError, NoteVerifier, cosigner_key,
+    COSIGNATURE_TYPE, ForeignCheckpoint, NoteVerifier, cosignature_line, cosigner_key,
 };
 use crate::audit::merkle::{self, Hash};
-use crate::keys::{KeyPair, PublishedKey};
+use crate::keys::KeyPair;
 
 /// Larger bodies are refused before they are read: 63 proof lines and a
 /// checkpoint with a few signatures fit many times over.
@@ -105,28 +105,18 @@ impl Witness {
     /// `add-checkpoint`: the cosignature line(s), or the protocol's refusal.
     pub async fn add_checkpoint(&self, body: &[u8]) -> Result<String, Refused> {
         let request = Request::parse(body)?;
-        let origin = request.note.lines().next().unwrap_or_default();
-        let keys: Vec<PublishedKey> = self
-            .logs
-            .iter()
-            .filter(|l| l.name == origin)
-            .map(|l| PublishedKey::unbounded(l.key))
-            .collect();
-        if keys.is_empty() {
+        let checkpoint = ForeignCheckpoint::parse(request.note)
+            .map_err(|_| refused(StatusCode::BAD_REQUEST, "not a checkpoint note"))?;
+        let origin = checkpoint.origin.as_str();
+        if !self.logs.iter().any(|l| l.name == origin) {
             return Err(refused(StatusCode::NOT_FOUND, "unknown log origin"));
         }
-        let checkpoint = match Checkpoint::verify(request.note, origin, &keys) {
-            Ok(cp) => (*cp).clone(),
-            Err(CheckpointError::Malformed | CheckpointError::WrongOrigin) => {
-                return Err(refused(StatusCode::BAD_REQUEST, "not a checkpoint note"));
-            }
-            Err(_) => {
-                return Err(refused(
-                    StatusCode::FORBIDDEN,
-                    "no signature by a key of this log",
-                ));
-            }
-        };
+        if !checkpoint.signed_by_any(&self.logs) {
+            return Err(refused(
+                StatusCode::FORBIDDEN,
+                "no signature by a key of this log",
+            ));
+        }
         if request.old > checkpoint.size {
             return Err(refused(
                 StatusCode::BAD_REQUEST,
@@ -193,28 +183,47 @@ impl Witness {
             },
         );
         self.persist(&next)
+            .await
             .map_err(|e| refused(StatusCode::SERVICE_UNAVAILABLE, e))?;
         *state = next;
-        Ok(checkpoint.cosignature(&self.name, &self.key, crate::now_unix()))
+        Ok(cosignature_line(
+            &checkpoint.body,
+            &self.name,
+            &self.key,
+            crate::now_unix(),
+        ))
     }
 
-    /// Replaces the state file: a new file, synced, renamed over the old.
-    fn persist(&self, state: &BTreeMap<String, Seen>) -> Result<(), String> {
+    /// Replaces the state file: a new file, synced, renamed over the old,
+    /// and the directory synced, so a crash cannot bring back a smaller
+    /// tree (after which a fork would be cosigned). Off the async threads.
+    async fn persist(&self, state: &BTreeMap<String, Seen>) -> Result<(), String> {
         let text = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
-        let mut temp = self.state_path.clone().into_os_string();
-        temp.push(".next");
-        let temp = PathBuf::from(temp);
-        let write = || -> std::io::Result<()> {
+        let path = self.state_path.clone();
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             use std::io::Write;
+            let mut temp = path.clone().into_os_string();
+            temp.push(".next");
+            let temp = PathBuf::from(temp);
             let mut file = std::fs::File::create(&temp)?;
             file.write_all(&text)?;
             file.sync_all()?;
-            std::fs::rename(&temp, &self.state_path)
-        };
-        write().map_err(|e| {
-            tracing::error!(error = %e, "the witness state could not be saved; nothing is cosigned");
-            "the witness cannot save its state".to_string()
+            std::fs::rename(&temp, &path)?;
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            std::fs::File::open(dir)?.sync_all()
         })
+        .await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the witness state could not be saved; nothing is cosigned");
+                Err("the witness cannot save its state".to_string())
+            }
+            Err(_) => Err("the witness cannot save its state".to_string()),
+        }
     }
 }
 
@@ -286,7 +295,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::checkpoint::verifier_key;
+    use crate::audit::checkpoint::{Checkpoint, verifier_key};
     use crate::audit::merkle::MerkleTree;
 
     const ORIGIN: &str = "example.com/log";
@@ -438,5 +447,57 @@ mod tests {
             w.add_checkpoint(&too_long).await.expect_err("400").status,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    /// Another log's plain tlog-checkpoint (no `time` line, an extension
+    /// line of its own) is witnessed too, cosigned over its text as written.
+    #[tokio::test]
+    async fn witnesses_any_c2sp_checkpoint_as_written() {
+        use sha2::{Digest, Sha256};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = KeyPair::generate().expect("key");
+        let w = witness(dir.path(), &log);
+        let honest = tree(3);
+        let body = format!(
+            "{ORIGIN}\n3\n{}\nexample-extension 7\n",
+            STANDARD.encode(honest.root(3).expect("root"))
+        );
+        let mut blob = Sha256::new()
+            .chain_update(format!("{ORIGIN}\n").as_bytes())
+            .chain_update([0x01])
+            .chain_update(log.verifying_key().as_bytes())
+            .finalize()[..4]
+            .to_vec();
+        blob.extend_from_slice(&log.sign(body.as_bytes()));
+        let note = format!("{body}\n\u{2014} {ORIGIN} {}\n", STANDARD.encode(blob));
+        let line = w
+            .add_checkpoint(&body_of(0, &note))
+            .await
+            .expect("cosigned");
+        let sig = STANDARD
+            .decode(line.trim_end().rsplit(' ').next().expect("blob"))
+            .expect("b64");
+        let time = u64::from_be_bytes(sig[4..12].try_into().expect("8"));
+        let message = format!("cosignature/v1\ntime {time}\n{body}");
+        let signature = ed25519_dalek::Signature::from_bytes(&sig[12..].try_into().expect("64"));
+        let witness_key = NoteVerifier::parse(&w.verifier_key()).expect("vkey").key;
+        assert!(
+            witness_key
+                .verify_strict(message.as_bytes(), &signature)
+                .is_ok()
+        );
+        // A signature over other text is no signature of this log's.
+        let edited = note.replacen("example-extension 7", "example-extension 8", 1);
+        assert_eq!(
+            w.add_checkpoint(&body_of(3, &edited))
+                .await
+                .expect_err("403")
+                .status,
+            StatusCode::FORBIDDEN
+        );
+    }
+
+    fn body_of(old: u64, note: &str) -> Vec<u8> {
+        body(old, &[], note)
     }
 }

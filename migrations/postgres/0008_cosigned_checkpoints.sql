@@ -1,5 +1,7 @@
--- Checkpoints with the witness cosignatures gathered for them, by size.
+-- Checkpoints with the witness cosignatures gathered for them, by size,
+-- and how many witnesses cosigned (the note with the most is kept).
 CREATE TABLE cosigned_checkpoints (
     size BIGINT PRIMARY KEY,
+    cosigners BIGINT NOT NULL,
     note TEXT NOT NULL
 );

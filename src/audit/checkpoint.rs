@@ -123,6 +123,84 @@ fn typed_verifier_key(name: &str, kind: u8, key: &VerifyingKey) -> String {
     )
 }
 
+/// A `tlog-cosignature` v1 line over a note `body` (with its final newline).
+pub fn cosignature_line(body: &str, name: &str, key: &KeyPair, time: u64) -> String {
+    let message = format!("{COSIGNATURE_HEADER}\ntime {time}\n{body}");
+    let mut blob = typed_key_hash(name, COSIGNATURE_TYPE, &key.verifying_key()).to_vec();
+    blob.extend_from_slice(&time.to_be_bytes());
+    blob.extend_from_slice(&key.sign(message.as_bytes()));
+    format!("{SIGNATURE_PREFIX}{name} {}\n", STANDARD.encode(blob))
+}
+
+/// Any log's C2SP checkpoint, as a witness reads it: origin, size and root,
+/// then whatever extension lines the log writes, all signed as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignCheckpoint {
+    pub origin: String,
+    pub size: u64,
+    pub root: Hash,
+    /// The signed text, final newline included.
+    pub body: String,
+    signatures: Vec<NoteSignature>,
+}
+
+impl ForeignCheckpoint {
+    pub fn parse(note: &str) -> Result<Self, CheckpointError> {
+        let (text, signature_text) = note.split_once("\n\n").ok_or(CheckpointError::Malformed)?;
+        let mut lines = text.split('\n');
+        let (Some(origin), Some(size), Some(root)) = (lines.next(), lines.next(), lines.next())
+        else {
+            return Err(CheckpointError::Malformed);
+        };
+        if origin.is_empty() || lines.any(str::is_empty) {
+            return Err(CheckpointError::Malformed);
+        }
+        let size = decimal(size).ok_or(CheckpointError::Malformed)?;
+        let root: Hash = STANDARD
+            .decode(root)
+            .ok()
+            .and_then(|r| r.try_into().ok())
+            .ok_or(CheckpointError::Malformed)?;
+        let mut signatures = Vec::new();
+        for line in signature_text.lines() {
+            let rest = line
+                .strip_prefix(SIGNATURE_PREFIX)
+                .ok_or(CheckpointError::Malformed)?;
+            let (name, blob) = rest.split_once(' ').ok_or(CheckpointError::Malformed)?;
+            let blob = STANDARD
+                .decode(blob)
+                .map_err(|_| CheckpointError::Malformed)?;
+            signatures.push((name.to_string(), blob));
+        }
+        Ok(Self {
+            origin: origin.to_string(),
+            size,
+            root,
+            body: format!("{text}\n"),
+            signatures,
+        })
+    }
+
+    /// Whether one of `keys` (Ed25519 log keys named by this origin) signed it.
+    pub fn signed_by_any(&self, keys: &[NoteVerifier]) -> bool {
+        keys.iter()
+            .filter(|k| k.kind == ED25519_TYPE && k.name == self.origin)
+            .any(|k| {
+                let id = key_hash(&k.name, &k.key);
+                self.signatures.iter().any(|(name, blob)| {
+                    *name == self.origin
+                        && blob.len() == 68
+                        && blob[..4] == id
+                        && <[u8; 64]>::try_from(&blob[4..]).is_ok_and(|sig| {
+                            k.key
+                                .verify_strict(self.body.as_bytes(), &Signature::from_bytes(&sig))
+                                .is_ok()
+                        })
+                })
+            })
+    }
+}
+
 /// A parsed verifier key: whose signatures of which type it checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoteVerifier {
@@ -189,11 +267,7 @@ impl Checkpoint {
     /// its statement that, as of `time`, this is the largest consistent
     /// tree it has seen of this log.
     pub fn cosignature(&self, name: &str, key: &KeyPair, time: u64) -> String {
-        let message = format!("{COSIGNATURE_HEADER}\ntime {time}\n{}", self.body());
-        let mut blob = typed_key_hash(name, COSIGNATURE_TYPE, &key.verifying_key()).to_vec();
-        blob.extend_from_slice(&time.to_be_bytes());
-        blob.extend_from_slice(&key.sign(message.as_bytes()));
-        format!("{SIGNATURE_PREFIX}{name} {}\n", STANDARD.encode(blob))
+        cosignature_line(&self.body(), name, key, time)
     }
 
     /// Which of `witnesses` cosigned `note` (each named once, in the order
@@ -258,7 +332,7 @@ impl Checkpoint {
                     .is_err()
                 {
                     failure = CheckpointError::BadSignature;
-                } else if !key.signs_checkpoint(checkpoint.size) {
+                } else if !key.signs_checkpoint(checkpoint.size, &checkpoint.root) {
                     failure = CheckpointError::KeyRetired;
                 } else {
                     return Ok(VerifiedCheckpoint(checkpoint));

@@ -75,7 +75,9 @@ impl Witness {
         for _ in 0..2 {
             let old = self.known().unwrap_or(0);
             if old > checkpoint.size {
-                // It has cosigned a larger tree than this replica's view.
+                // It says it cosigned a larger tree than this replica's
+                // view: ask afresh next time rather than trust that forever.
+                *self.known.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 return None;
             }
             let proof = if old == 0 || old == checkpoint.size {
@@ -98,21 +100,30 @@ impl Witness {
                 }
             };
             let status = response.status();
-            let text = response.text().await.unwrap_or_default();
+            let Some(text) = bounded_text(response).await else {
+                tracing::warn!(
+                    witness = self.verifier.name,
+                    "a witness answered with too much"
+                );
+                return None;
+            };
             match status.as_u16() {
                 200 => {
+                    // Only the lines that are this witness's cosignature.
                     let lines: String = text
                         .lines()
                         .filter(|l| l.starts_with('\u{2014}'))
                         .map(|l| format!("{l}\n"))
+                        .filter(|line| {
+                            Checkpoint::cosigners(
+                                &format!("{note}{line}"),
+                                &checkpoint.origin,
+                                std::slice::from_ref(&self.verifier),
+                            )
+                            .is_ok_and(|names| !names.is_empty())
+                        })
                         .collect();
-                    let cosigned = format!("{note}{lines}");
-                    let by = Checkpoint::cosigners(
-                        &cosigned,
-                        &checkpoint.origin,
-                        std::slice::from_ref(&self.verifier),
-                    );
-                    if by.is_ok_and(|names| !names.is_empty()) {
+                    if !lines.is_empty() {
                         self.set_known(checkpoint.size);
                         return Some(lines);
                     }
@@ -148,6 +159,21 @@ impl Witness {
         }
         None
     }
+}
+
+/// The largest witness answer read: cosignature lines or a size.
+const MAX_ANSWER: usize = 16 * 1024;
+
+/// The answer's text, or `None` past [`MAX_ANSWER`] bytes (or unreadable).
+async fn bounded_text(mut response: reqwest::Response) -> Option<String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.ok()? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).ok()
 }
 
 /// While serving: takes the newest checkpoint to every witness each
@@ -188,12 +214,14 @@ pub fn spawn(log: Arc<AuditLog>, store: Store, witnesses: Vec<Witness>, every: D
             )
             .await;
             let complete = answers.iter().all(Option::is_some);
+            let answers_count = answers.iter().filter(|a| a.is_some()).count() as u64;
             let lines: String = answers.into_iter().flatten().collect();
             if lines.is_empty() {
                 continue;
             }
+            let cosigners = answers_count;
             match store
-                .record_cosigned(checkpoint.size, &format!("{note}{lines}"))
+                .record_cosigned(checkpoint.size, cosigners, &format!("{note}{lines}"))
                 .await
             {
                 Ok(()) => {

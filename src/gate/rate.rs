@@ -396,10 +396,14 @@ impl SharedSlots {
         match taken {
             Some(true) => SlotAnswer::Taken(id),
             Some(false) => SlotAnswer::Full,
-            None => match self.access.fallback {
-                LimitsFallback::Closed => SlotAnswer::Unavailable,
-                LimitsFallback::Local => SlotAnswer::Local,
-            },
+            None => {
+                // A take that timed out may still have landed: give it back.
+                self.release(subject, &id).await;
+                match self.access.fallback {
+                    LimitsFallback::Closed => SlotAnswer::Unavailable,
+                    LimitsFallback::Local => SlotAnswer::Local,
+                }
+            }
         }
     }
 

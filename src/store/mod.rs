@@ -381,11 +381,12 @@ pub trait Backend: Send + Sync {
         until_root: &'a str,
         next: &'a KeyRecord,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Keeps a checkpoint with the witness cosignatures gathered for it
-    /// (the latest gathering for a size replaces an earlier one).
+    /// Keeps a checkpoint with the cosignatures of `cosigners` witnesses
+    /// gathered for it; for one size, the note with the most is kept.
     fn record_cosigned<'a>(
         &'a self,
         size: u64,
+        cosigners: u64,
         note: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// The largest cosigned checkpoint kept.
@@ -872,6 +873,27 @@ mod tests {
         );
         drop(replicas);
         database.remove().await;
+    }
+
+    /// Replicas gathering cosignatures for one size: the fuller note stays.
+    #[tokio::test]
+    async fn the_cosigned_checkpoint_with_most_witnesses_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_sqlite(&dir.path().join("s.db"))
+            .await
+            .expect("store");
+        store.record_cosigned(5, 2, "two").await.expect("record");
+        store.record_cosigned(5, 1, "one").await.expect("record");
+        assert_eq!(
+            store.latest_cosigned().await.expect("read").as_deref(),
+            Some("two")
+        );
+        store.record_cosigned(5, 3, "three").await.expect("record");
+        store.record_cosigned(4, 3, "older").await.expect("record");
+        assert_eq!(
+            store.latest_cosigned().await.expect("read").as_deref(),
+            Some("three")
+        );
     }
 
     #[tokio::test]

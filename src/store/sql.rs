@@ -828,14 +828,19 @@ where
     fn record_cosigned<'a>(
         &'a self,
         size: u64,
+        cosigners: u64,
         note: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            // Replicas gather for the same size; one that reached fewer
+            // witnesses does not replace a fuller note.
             sqlx::query(
-                "INSERT INTO cosigned_checkpoints (size, note) VALUES ($1, $2) \
-                 ON CONFLICT (size) DO UPDATE SET note = excluded.note",
+                "INSERT INTO cosigned_checkpoints (size, cosigners, note) VALUES ($1, $2, $3) \
+                 ON CONFLICT (size) DO UPDATE SET note = excluded.note, cosigners = excluded.cosigners \
+                 WHERE excluded.cosigners > cosigned_checkpoints.cosigners",
             )
             .bind(to_i64(size))
+            .bind(to_i64(cosigners))
             .bind(note.to_string())
             .execute(&self.pool)
             .await
@@ -873,7 +878,11 @@ where
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(failed)?;
-            if empty == 0 && recorded.keys.iter().all(|k| k.kid != first.kid) {
+            // Only a registry never rotated, whose one key signed nothing.
+            let unused = recorded.keys.len() == 1
+                && recorded.keys[0].until_seq.is_none()
+                && recorded.keys[0].kid != first.kid;
+            if empty == 0 && unused {
                 for table in ["DELETE FROM server_keys", "DELETE FROM log_origin"] {
                     sqlx::query(table).execute(&mut *tx).await.map_err(failed)?;
                 }

@@ -240,7 +240,7 @@ pub fn verify_passport(
         .get("exp")
         .and_then(Value::as_u64)
         .ok_or(PassportError::Malformed)?;
-    if published.not_after.is_some() {
+    if published.is_retired() {
         let iat = claims
             .get("iat")
             .and_then(Value::as_u64)

@@ -85,6 +85,10 @@ def verify_checkpoint_independently(note: str, keyset: dict) -> None:
             if name == origin and blob[:4] == hashlib.sha256(origin.encode() + b"\n\x01" + public).digest()[:4]:
                 Ed25519PublicKey.from_public_bytes(public).verify(blob[4:], (text + "\n").encode())
                 assert signs(key, int(size), through=True), "checkpoint_key_retired"
+                if key.get("log_until") == int(size):
+                    # At its retirement size, only the root it was retired at.
+                    root = base64.b64decode(text.split("\n")[2]).hex()
+                    assert root == key["log_until_root"], "checkpoint_key_retired"
                 return
     raise AssertionError("no signature by a published key")
 
