@@ -499,8 +499,9 @@ async fn a_redis_rate_budget_is_shared_and_its_outage_handled_as_configured() {
     assert_eq!(error_code(&env), "limits_unavailable", "closed: {env}");
     assert!(env["receipt"].is_object(), "{env}");
     // `local`: this replica's own, fresh budget (100 a minute) applies.
-    let mut served = 0;
-    for _ in 0..110 {
+    let mut served = 0u64;
+    let started = std::time::Instant::now();
+    for _ in 0..150 {
         let (env, _) = call(&clients[1], "db.query", json!({ "sql": "SELECT 1" })).await;
         if status(&env) == "ok" {
             served += 1;
@@ -508,9 +509,11 @@ async fn a_redis_rate_budget_is_shared_and_its_outage_handled_as_configured() {
             assert_eq!(error_code(&env), "rate_limited", "{env}");
         }
     }
+    // One more refills every 600 ms while the calls run.
+    let refilled = started.elapsed().as_millis() as u64 / 600 + 1;
     assert!(
-        (100..=102).contains(&served),
-        "the local fallback still limits: {served}"
+        served >= 100 && served <= 100 + refilled,
+        "the local fallback still limits: {served} served, {refilled} refilled"
     );
     for c in clients {
         c.cancel().await.ok();
