@@ -542,11 +542,12 @@ async fn the_terminal_concurrency_cap_is_one_cap_across_replicas() {
     for i in 0..6 {
         clients.push(servers[i % 2].client(&token).await);
     }
+    // Long enough that all six are in flight together on a loaded machine.
     let slow = clients.iter().map(|client| async move {
         call(
             client,
             "terminal.execute",
-            json!({ "argv": ["sleep", "1"] }),
+            json!({ "argv": ["sleep", "3"] }),
         )
         .await
         .0
