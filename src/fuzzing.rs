@@ -846,6 +846,21 @@ pub fn audit_seeds() -> Vec<(String, Vec<u8>)> {
         "consistency".into(),
         [&[2u8][..], consistency.to_string().as_bytes()].concat(),
     ));
+    let proof: String = fixture
+        .tree
+        .consistency_proof(7, FUZZ_LOG_SIZE)
+        .unwrap_or_default()
+        .iter()
+        .map(|h| format!("{}\n", STANDARD.encode(h)))
+        .collect();
+    let submission = format!(
+        "old 7\n{proof}\n{}",
+        fixture.checkpoint(FUZZ_LOG_SIZE).sign(&fixture.key)
+    );
+    seeds.push((
+        "witness-submission".into(),
+        [&[6u8][..], submission.as_bytes()].concat(),
+    ));
     seeds.push(("inclusion".into(), vec![4, 5, 13, 0, 1, 2, 3, 4]));
     seeds.push(("consistency-proof".into(), vec![5, 7, 13, 0, 1, 2, 3]));
     seeds
@@ -1076,20 +1091,22 @@ fn audit_consistency(fixture: &AuditFixture, bytes: &[u8]) {
 ///   a checkpoint with `checkpoint_new`;
 /// - 3: a receipt body (JSON), sealed here;
 /// - 4, 5: an inclusion or consistency proof assembled from real tree
-///   hashes picked by the bytes (index, size, leaf, root, path…).
+///   hashes picked by the bytes (index, size, leaf, root, path…);
+/// - 6: a body submitted to `dualtrust witness` (`add-checkpoint`).
 ///
 /// Properties: a checkpoint that verifies re-serializes to the bytes that
 /// were signed and its fields are those the text spells; a receipt that
 /// verifies is the server's own seal of its body; canonical receipt bytes
 /// read back as the same body; against a real head only the real leaf, the
 /// real earlier head and the one true proof verify; honest checkpoints are
-/// consistent.
+/// consistent; a witness submission that parses is the one its text
+/// spells, and so is any checkpoint in it.
 pub fn audit(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else {
         return;
     };
     let fixture = audit_fixture();
-    match selector % 6 {
+    match selector % 7 {
         0 => {
             if let Ok(note) = std::str::from_utf8(rest) {
                 audit_note(fixture, note);
@@ -1103,8 +1120,43 @@ pub fn audit(data: &[u8]) {
         2 => audit_arguments(fixture, rest),
         3 => audit_sealed_body(fixture, rest),
         4 => audit_inclusion(fixture, rest),
-        _ => audit_consistency(fixture, rest),
+        5 => audit_consistency(fixture, rest),
+        _ => audit_witness_submission(rest),
     }
+}
+
+fn audit_witness_submission(body: &[u8]) {
+    let Ok(request) = crate::witness::Request::parse(body) else {
+        return;
+    };
+    let mut text = format!("old {}\n", request.old);
+    for hash in &request.proof {
+        text.push_str(&STANDARD.encode(hash));
+        text.push('\n');
+    }
+    text.push('\n');
+    text.push_str(request.note);
+    assert_eq!(
+        crate::witness::Request::parse(text.as_bytes()).as_ref(),
+        Ok(&request),
+        "{body:?} does not re-encode to itself"
+    );
+    let Ok(checkpoint) = crate::audit::checkpoint::ForeignCheckpoint::parse(request.note) else {
+        return;
+    };
+    assert!(request.note.starts_with(&checkpoint.body), "{body:?}");
+    let mut lines = checkpoint.body.split('\n');
+    assert_eq!(lines.next(), Some(checkpoint.origin.as_str()), "{body:?}");
+    assert_eq!(
+        lines.next(),
+        Some(checkpoint.size.to_string().as_str()),
+        "{body:?}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some(STANDARD.encode(checkpoint.root).as_str()),
+        "{body:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------

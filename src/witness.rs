@@ -228,14 +228,16 @@ impl Witness {
 }
 
 /// An `add-checkpoint` body: `old N`, proof lines, a blank line, the note.
-struct Request<'a> {
-    old: u64,
-    proof: Vec<Hash>,
-    note: &'a str,
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub old: u64,
+    pub proof: Vec<Hash>,
+    pub note: &'a str,
 }
 
 impl<'a> Request<'a> {
-    fn parse(body: &'a [u8]) -> Result<Self, Refused> {
+    /// Parses an untrusted body; a refusal says which line is wrong.
+    pub fn parse(body: &'a [u8]) -> Result<Self, Refused> {
         let bad = |why: &str| refused(StatusCode::BAD_REQUEST, why);
         let text = std::str::from_utf8(body).map_err(|_| bad("the body is not UTF-8"))?;
         let (head, note) = text

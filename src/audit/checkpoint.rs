@@ -348,50 +348,29 @@ impl Checkpoint {
         note: &str,
         origin: &str,
     ) -> Result<(Checkpoint, Vec<NoteSignature>), CheckpointError> {
-        let (body, signature_text) = note.split_once("\n\n").ok_or(CheckpointError::Malformed)?;
-        let body = format!("{body}\n");
-        let mut lines = body.lines();
-        let (Some(note_origin), Some(size), Some(root)) =
-            (lines.next(), lines.next(), lines.next())
-        else {
-            return Err(CheckpointError::Malformed);
-        };
-        if note_origin != origin {
+        let note = ForeignCheckpoint::parse(note)?;
+        if note.origin != origin {
             return Err(CheckpointError::WrongOrigin);
         }
-        let size = decimal(size).ok_or(CheckpointError::Malformed)?;
-        let root: Hash = STANDARD
-            .decode(root)
-            .ok()
-            .and_then(|r| r.try_into().ok())
-            .ok_or(CheckpointError::Malformed)?;
-        let time = lines
+        let time = note
+            .body
+            .lines()
+            .skip(3)
             .find_map(|l| l.strip_prefix("time "))
             .and_then(decimal)
             .unwrap_or(0);
         let checkpoint = Self {
-            origin: origin.to_string(),
-            size,
-            root,
+            origin: note.origin,
+            size: note.size,
+            root: note.root,
             time,
         };
         // What is signed is the body as written; a note whose body is not
         // the canonical text of what it states is not one of ours.
-        if checkpoint.body() != body {
+        if checkpoint.body() != note.body {
             return Err(CheckpointError::Malformed);
         }
-        let mut signatures = Vec::new();
-        for line in signature_text.lines() {
-            let rest = line
-                .strip_prefix(SIGNATURE_PREFIX)
-                .ok_or(CheckpointError::Malformed)?;
-            let (name, blob) = rest.split_once(' ').ok_or(CheckpointError::Malformed)?;
-            let blob = STANDARD
-                .decode(blob)
-                .map_err(|_| CheckpointError::Malformed)?;
-            signatures.push((name.to_string(), blob));
-        }
-        Ok((checkpoint, signatures))
+        Ok((checkpoint, note.signatures))
     }
 }
 
