@@ -1118,7 +1118,7 @@ impl Config {
                     "a wildcard CORS origin is never accepted; list the origins",
                 ));
             }
-            if !origin_matches(&raw.http.allowed_origins, origin) {
+            if !crate::origin_matches(&raw.http.allowed_origins, origin) {
                 return Err(ConfigError::key(
                     &key,
                     "must also be admitted by http.allowed_origins",
@@ -1209,24 +1209,6 @@ impl Config {
             log: raw.log,
         })
     }
-}
-
-/// Whether `origin` is admitted by the `allowed` patterns (`scheme://host`,
-/// `scheme://host:port`, or `scheme://host:*` for any port).
-pub fn origin_matches(allowed: &[String], origin: &str) -> bool {
-    allowed.iter().any(|a| {
-        if let Some(prefix) = a.strip_suffix(":*") {
-            origin.eq_ignore_ascii_case(prefix)
-                || origin
-                    .strip_prefix(prefix)
-                    .and_then(|rest| rest.strip_prefix(':'))
-                    .is_some_and(|port| {
-                        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
-                    })
-        } else {
-            a.eq_ignore_ascii_case(origin)
-        }
-    })
 }
 
 fn validate_inbox(

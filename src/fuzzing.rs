@@ -1483,3 +1483,166 @@ mod tests {
         );
     }
 }
+
+/// A software WebAuthn authenticator, for tests and fuzz seeds: it makes
+/// the registration and assertion bytes a browser hands back, signed with
+/// a fresh ES256 or EdDSA key, and each public field turns one property a
+/// relying party must check into something a test can get wrong.
+#[derive(Clone)]
+pub struct SoftAuthenticator {
+    signer: SoftSigner,
+    credential_id: Vec<u8>,
+    /// The page origin the client data names.
+    pub origin: String,
+    /// The RP id whose hash the authenticator data carries.
+    pub rp_id: String,
+    pub user_verified: bool,
+    pub cross_origin: bool,
+    /// The client data `type` of assertions.
+    pub ceremony: &'static str,
+    /// The signature counter; each assertion adds one first.
+    pub counter: u32,
+}
+
+#[derive(Clone)]
+enum SoftSigner {
+    Es256(p256::ecdsa::SigningKey),
+    EdDsa(ed25519_dalek::SigningKey),
+}
+
+impl SoftAuthenticator {
+    pub fn new(alg: i64, origin: &str, rp_id: &str) -> Self {
+        let mut seed = [0u8; 32];
+        let mut credential_id = vec![0u8; 16];
+        getrandom::getrandom(&mut seed).expect("randomness");
+        getrandom::getrandom(&mut credential_id).expect("randomness");
+        let signer = match alg {
+            crate::webauthn::ES256 => {
+                SoftSigner::Es256(p256::ecdsa::SigningKey::from_slice(&seed).expect("scalar"))
+            }
+            _ => SoftSigner::EdDsa(ed25519_dalek::SigningKey::from_bytes(&seed)),
+        };
+        Self {
+            signer,
+            credential_id,
+            origin: origin.into(),
+            rp_id: rp_id.into(),
+            user_verified: true,
+            cross_origin: false,
+            ceremony: "webauthn.get",
+            counter: 0,
+        }
+    }
+
+    pub fn credential_id(&self) -> Vec<u8> {
+        self.credential_id.clone()
+    }
+
+    pub fn credential_id_b64(&self) -> String {
+        URL_SAFE_NO_PAD.encode(&self.credential_id)
+    }
+
+    /// The COSE_Key of the public key, as a registration carries it.
+    pub fn cose_key(&self) -> Vec<u8> {
+        use coset::CborSerializable;
+        use coset::iana;
+        let key = match &self.signer {
+            SoftSigner::Es256(key) => {
+                let point = key.verifying_key().to_encoded_point(false);
+                coset::CoseKeyBuilder::new_ec2_pub_key(
+                    iana::EllipticCurve::P_256,
+                    point.x().expect("x").to_vec(),
+                    point.y().expect("y").to_vec(),
+                )
+                .algorithm(iana::Algorithm::ES256)
+                .build()
+            }
+            SoftSigner::EdDsa(key) => coset::CoseKeyBuilder::new_okp_key()
+                .param(
+                    iana::OkpKeyParameter::Crv as i64,
+                    coset::cbor::value::Value::from(iana::EllipticCurve::Ed25519 as i64),
+                )
+                .param(
+                    iana::OkpKeyParameter::X as i64,
+                    coset::cbor::value::Value::Bytes(key.verifying_key().to_bytes().to_vec()),
+                )
+                .algorithm(iana::Algorithm::EdDSA)
+                .build(),
+        };
+        key.to_vec().expect("COSE encoding")
+    }
+
+    pub fn key(&self) -> crate::webauthn::CredentialKey {
+        crate::webauthn::CredentialKey::from_cose(&self.cose_key()).expect("own key")
+    }
+
+    fn flags(&self) -> u8 {
+        0x01 | if self.user_verified { 0x04 } else { 0 }
+    }
+
+    fn client_data(&self, kind: &str, challenge: &[u8]) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "type": kind,
+            "challenge": URL_SAFE_NO_PAD.encode(challenge),
+            "origin": self.origin,
+            "crossOrigin": self.cross_origin,
+        }))
+        .expect("json")
+    }
+
+    /// `navigator.credentials.create()` for `challenge`, attestation `none`.
+    pub fn register(&mut self, challenge: &[u8]) -> crate::webauthn::RegistrationResponse {
+        use coset::cbor::value::Value;
+        let mut auth_data = Sha256::digest(self.rp_id.as_bytes()).to_vec();
+        auth_data.push(self.flags() | 0x40);
+        auth_data.extend_from_slice(&self.counter.to_be_bytes());
+        auth_data.extend_from_slice(&[0u8; 16]);
+        auth_data.extend_from_slice(&(self.credential_id.len() as u16).to_be_bytes());
+        auth_data.extend_from_slice(&self.credential_id);
+        auth_data.extend_from_slice(&self.cose_key());
+        let object = Value::Map(vec![
+            (Value::Text("fmt".into()), Value::Text("none".into())),
+            (Value::Text("attStmt".into()), Value::Map(Vec::new())),
+            (Value::Text("authData".into()), Value::Bytes(auth_data)),
+        ]);
+        let mut attestation = Vec::new();
+        coset::cbor::ser::into_writer(&object, &mut attestation).expect("cbor");
+        crate::webauthn::RegistrationResponse {
+            client_data_json: URL_SAFE_NO_PAD
+                .encode(self.client_data("webauthn.create", challenge)),
+            attestation_object: URL_SAFE_NO_PAD.encode(attestation),
+        }
+    }
+
+    /// `navigator.credentials.get()` with the challenge derived from
+    /// `statement`, as the inbox asks for it.
+    pub fn assert(&mut self, statement: &str) -> crate::webauthn::Assertion {
+        self.counter += 1;
+        let client_data = self.client_data(
+            self.ceremony,
+            &crate::webauthn::statement_challenge(statement),
+        );
+        let mut auth_data = Sha256::digest(self.rp_id.as_bytes()).to_vec();
+        auth_data.push(self.flags());
+        auth_data.extend_from_slice(&self.counter.to_be_bytes());
+        let mut signed = auth_data.clone();
+        signed.extend_from_slice(&Sha256::digest(&client_data));
+        let signature = match &self.signer {
+            SoftSigner::Es256(key) => {
+                use p256::ecdsa::signature::Signer;
+                let signature: p256::ecdsa::Signature = key.sign(&signed);
+                signature.to_der().as_bytes().to_vec()
+            }
+            SoftSigner::EdDsa(key) => {
+                use ed25519_dalek::Signer;
+                key.sign(&signed).to_bytes().to_vec()
+            }
+        };
+        crate::webauthn::Assertion {
+            credential_id: self.credential_id_b64(),
+            authenticator_data: URL_SAFE_NO_PAD.encode(auth_data),
+            client_data_json: URL_SAFE_NO_PAD.encode(client_data),
+            signature: URL_SAFE_NO_PAD.encode(signature),
+        }
+    }
+}

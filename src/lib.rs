@@ -29,6 +29,7 @@ pub mod trace;
 pub mod transport;
 #[cfg(test)]
 mod vectors;
+pub mod webauthn;
 pub mod witness;
 
 /// Seconds since the Unix epoch. Every expiry in dualtrust is compared with this.
@@ -60,6 +61,24 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// Whether `origin` is admitted by the `allowed` patterns (`scheme://host`,
+/// `scheme://host:port`, or `scheme://host:*` for any port).
+pub fn origin_matches(allowed: &[String], origin: &str) -> bool {
+    allowed.iter().any(|a| {
+        if let Some(prefix) = a.strip_suffix(":*") {
+            origin.eq_ignore_ascii_case(prefix)
+                || origin
+                    .strip_prefix(prefix)
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    .is_some_and(|port| {
+                        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+                    })
+        } else {
+            a.eq_ignore_ascii_case(origin)
+        }
+    })
+}
+
 /// The module graph: every module may use only modules in layers below its
 /// own, so the graph has no cycle and a reader can learn the crate bottom-up.
 #[cfg(test)]
@@ -69,7 +88,9 @@ mod module_graph {
 
     /// Lowest first. Modules in one layer do not use each other.
     const LAYERS: &[&[&str]] = &[
-        &["keys", "metrics", "sandbox", "demo", "clock", "trace"],
+        &[
+            "keys", "metrics", "sandbox", "demo", "clock", "trace", "webauthn",
+        ],
         &["config"],
         &["store"],
         &["keyring"],

@@ -16,7 +16,7 @@ pub(super) async fn cors(State(state): State<HttpState>, request: Request, next:
         .headers()
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok())
-        .filter(|o| crate::config::origin_matches(cors_origins, o))
+        .filter(|o| crate::origin_matches(cors_origins, o))
         .and_then(|o| HeaderValue::from_str(o).ok());
     let Some(origin) = origin else {
         return next.run(request).await;

@@ -51,7 +51,7 @@ pub(super) async fn check_host_and_origin(
         let ok = request.headers().get_all(header::ORIGIN).iter().count() == 1
             && origin
                 .to_str()
-                .is_ok_and(|o| crate::config::origin_matches(&http.allowed_origins, o));
+                .is_ok_and(|o| crate::origin_matches(&http.allowed_origins, o));
         if !ok {
             let response = json_response(
                 StatusCode::FORBIDDEN,
@@ -111,20 +111,14 @@ mod tests {
             "http://localhost:*".to_string(),
             "https://app.example.com".to_string(),
         ];
-        assert!(crate::config::origin_matches(
-            &origins,
-            "http://localhost:3000"
-        ));
-        assert!(crate::config::origin_matches(
-            &origins,
-            "https://app.example.com"
-        ));
-        assert!(!crate::config::origin_matches(
+        assert!(crate::origin_matches(&origins, "http://localhost:3000"));
+        assert!(crate::origin_matches(&origins, "https://app.example.com"));
+        assert!(!crate::origin_matches(
             &origins,
             "http://localhost.evil.com:3000"
         ));
-        assert!(!crate::config::origin_matches(&origins, "http://evil.com"));
-        assert!(!crate::config::origin_matches(&[], "http://localhost:3000"));
+        assert!(!crate::origin_matches(&origins, "http://evil.com"));
+        assert!(!crate::origin_matches(&[], "http://localhost:3000"));
     }
 
     #[tokio::test]
