@@ -15,6 +15,8 @@
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 /// Environment variables that carry inputs other than configuration keys.
@@ -561,21 +563,45 @@ pub struct ApproverConfig {
     /// Stable name, e.g. `alice`. Letters, digits, `-_.@`.
     pub id: String,
     /// Ed25519 public key: base64url of the 32 raw bytes (a JWK's `x`).
-    pub public_key: String,
+    /// An approver who signs only with passkeys has none.
+    #[serde(default)]
+    pub public_key: Option<String>,
     /// The approver's subject at the identity provider, if they also hold
     /// tokens: they can never approve a call they requested, and over HTTP
-    /// only a token with this subject may submit their approvals.
+    /// only a token with this subject may submit their approvals (and
+    /// register passkeys).
     #[serde(default)]
     pub subject: Option<String>,
+    /// Passkeys pinned here rather than registered in the inbox.
+    #[serde(default)]
+    pub passkeys: Vec<PinnedPasskeyConfig>,
+}
+
+/// A passkey credential trusted by configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinnedPasskeyConfig {
+    /// The credential id, base64url (as `dualtrust passkeys list` prints it).
+    pub credential_id: String,
+    /// The credential's COSE_Key, base64url (ES256 or EdDSA).
+    pub public_key: String,
+}
+
+/// A passkey credential, its key parsed once.
+#[derive(Debug, Clone)]
+pub struct PinnedPasskey {
+    pub credential_id: String,
+    pub key: crate::webauthn::CredentialKey,
 }
 
 /// A registered approver, its key parsed once at start-up.
 #[derive(Debug, Clone)]
 pub struct Approver {
     pub id: String,
-    pub key: ed25519_dalek::VerifyingKey,
+    pub key: Option<ed25519_dalek::VerifyingKey>,
     /// See [`ApproverConfig::subject`].
     pub subject: Option<String>,
+    pub passkeys: Vec<PinnedPasskey>,
 }
 
 /// k-of-n for one tool's destructive calls.
@@ -589,6 +615,10 @@ pub struct QuorumRule {
     /// Rejections that end a held call of this tool; unset: `quorum.rejections`.
     #[serde(default)]
     pub rejections: Option<usize>,
+    /// Of the k approvals, how many must be passkey signatures; unset:
+    /// `quorum.passkeys`.
+    #[serde(default)]
+    pub passkeys: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -603,6 +633,9 @@ pub struct QuorumConfig {
     /// Signed rejections by distinct eligible approvers that end a held
     /// call at once (until then each is recorded and shown).
     pub rejections: usize,
+    /// Of the k approvals, how many must be passkey (WebAuthn) signatures
+    /// rather than Ed25519 key files.
+    pub passkeys: usize,
 }
 
 impl Default for QuorumConfig {
@@ -610,6 +643,7 @@ impl Default for QuorumConfig {
         Self {
             k: 3,
             rejections: 1,
+            passkeys: 0,
             approvers: Vec::new(),
             overrides: std::collections::BTreeMap::new(),
         }
@@ -639,6 +673,19 @@ impl Default for LeaseConfig {
             explicit: Vec::new(),
         }
     }
+}
+
+/// The WebAuthn relying party approvers' passkeys belong to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasskeysConfig {
+    /// The RP id: the inbox's host name or a registrable suffix of it.
+    /// Unset: the host of `http.public_url`, else `localhost`.
+    pub rp_id: Option<String>,
+    /// Page origins a ceremony may come from (`scheme://host[:port]`,
+    /// `:*` for any port). Unset: the origin of `http.public_url`, else
+    /// `http://localhost:*`.
+    pub origins: Option<Vec<String>>,
 }
 
 /// The approvers' web inbox at `/approvals/`.
@@ -814,6 +861,7 @@ pub struct FileConfig {
     pub scopes: ScopeConfig,
     pub notifications: NotificationsConfig,
     pub inbox: InboxConfig,
+    pub passkeys: PasskeysConfig,
     pub keys: KeysConfig,
     pub log: LogConfig,
 }
@@ -897,6 +945,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub notifications: NotificationsConfig,
     pub inbox: InboxConfig,
+    /// The relying party of approvers' passkeys, resolved.
+    pub passkeys: crate::webauthn::RelyingParty,
     pub keys: KeysConfig,
     pub log: LogConfig,
 }
@@ -1139,6 +1189,7 @@ impl Config {
             }
         }
         let inbox = validate_inbox(raw.inbox, raw.mode, &raw.scopes)?;
+        let passkeys = relying_party(&raw.passkeys, &raw.http)?;
         positive(
             "notifications.attempts",
             u64::from(raw.notifications.attempts),
@@ -1205,6 +1256,7 @@ impl Config {
             limits: raw.limits,
             notifications: raw.notifications,
             inbox,
+            passkeys,
             keys: raw.keys,
             log: raw.log,
         })
@@ -1451,22 +1503,52 @@ fn validate_quorum(raw: &FileConfig) -> Result<Vec<Approver>, ConfigError> {
                 format!("`{}` is registered twice", approver.id),
             ));
         }
-        let Some(key) = crate::keys::parse_public_key(&approver.public_key) else {
-            return Err(ConfigError::key(
-                &format!("approvers[{i}].public_key"),
-                "not a base64url-encoded 32-byte Ed25519 public key",
-            ));
+        let key = match &approver.public_key {
+            None => None,
+            Some(text) => Some(crate::keys::parse_public_key(text).ok_or_else(|| {
+                ConfigError::key(
+                    &format!("approvers[{i}].public_key"),
+                    "not a base64url-encoded 32-byte Ed25519 public key",
+                )
+            })?),
         };
+        let mut passkeys = Vec::with_capacity(approver.passkeys.len());
+        for (j, pinned) in approver.passkeys.iter().enumerate() {
+            let at = format!("approvers[{i}].passkeys[{j}]");
+            let id_valid = URL_SAFE_NO_PAD
+                .decode(pinned.credential_id.trim())
+                .is_ok_and(|id| !id.is_empty() && id.len() <= 1023);
+            if !id_valid {
+                return Err(ConfigError::key(
+                    &format!("{at}.credential_id"),
+                    "not a base64url credential id",
+                ));
+            }
+            let key = crate::webauthn::CredentialKey::from_cose_b64(&pinned.public_key)
+                .map_err(|e| ConfigError::key(&format!("{at}.public_key"), e.to_string()))?;
+            passkeys.push(PinnedPasskey {
+                credential_id: pinned.credential_id.trim().to_string(),
+                key,
+            });
+        }
+        if key.is_none() && passkeys.is_empty() && approver.subject.is_none() {
+            return Err(ConfigError::key(
+                &format!("approvers[{i}]"),
+                "needs a public_key, pinned passkeys, or a subject to register passkeys with",
+            ));
+        }
         approvers.push(Approver {
             id: approver.id.clone(),
             key,
             subject: approver.subject.clone(),
+            passkeys,
         });
     }
-    let mut rules: Vec<(String, usize, usize, &Vec<String>)> = vec![(
+    let mut rules: Vec<(String, usize, usize, usize, &Vec<String>)> = vec![(
         "quorum".into(),
         raw.quorum.k,
         raw.quorum.rejections,
+        raw.quorum.passkeys,
         &raw.quorum.approvers,
     )];
     for (tool, rule) in &raw.quorum.overrides {
@@ -1474,10 +1556,17 @@ fn validate_quorum(raw: &FileConfig) -> Result<Vec<Approver>, ConfigError> {
             format!("quorum.overrides.\"{tool}\""),
             rule.k,
             rule.rejections.unwrap_or(raw.quorum.rejections),
+            rule.passkeys.unwrap_or(raw.quorum.passkeys),
             &rule.approvers,
         ));
     }
-    for (key, k, rejections, eligible) in rules {
+    for (key, k, rejections, passkeys, eligible) in rules {
+        if passkeys > k {
+            return Err(ConfigError::key(
+                &format!("{key}.passkeys"),
+                format!("{passkeys} passkey approvals can never be among {k} approvals"),
+            ));
+        }
         if k == 0 {
             return Err(ConfigError::key(
                 &format!("{key}.k"),
@@ -1516,6 +1605,60 @@ fn validate_quorum(raw: &FileConfig) -> Result<Vec<Approver>, ConfigError> {
         }
     }
     Ok(approvers)
+}
+
+/// The relying party from `[passkeys]`, defaulting to the public URL.
+fn relying_party(
+    passkeys: &PasskeysConfig,
+    http: &HttpConfig,
+) -> Result<crate::webauthn::RelyingParty, ConfigError> {
+    let public = match &http.public_url {
+        Some(url) => Some(
+            reqwest::Url::parse(url)
+                .map_err(|_| ConfigError::key("http.public_url", "not a URL"))?,
+        ),
+        None => None,
+    };
+    let id = match (&passkeys.rp_id, &public) {
+        (Some(id), _) => id.trim().to_ascii_lowercase(),
+        (None, Some(url)) => url.host_str().unwrap_or("localhost").to_ascii_lowercase(),
+        (None, None) => "localhost".into(),
+    };
+    let valid_id = !id.is_empty()
+        && id.len() <= 253
+        && id.parse::<std::net::IpAddr>().is_err()
+        && id.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !valid_id {
+        return Err(ConfigError::key(
+            "passkeys.rp_id",
+            "must be a DNS name (WebAuthn does not accept IP addresses)",
+        ));
+    }
+    let origins = match (&passkeys.origins, &public) {
+        (Some(origins), _) => origins.clone(),
+        (None, Some(url)) => vec![url.origin().ascii_serialization()],
+        (None, None) => vec!["http://localhost:*".into()],
+    };
+    for (i, origin) in origins.iter().enumerate() {
+        let host = reqwest::Url::parse(origin.trim_end_matches(":*"))
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+        // A browser only runs a ceremony for an RP id that is the page's
+        // host or a suffix of it; any other origin could never succeed.
+        let fits = host.is_some_and(|h| h == id || h.ends_with(&format!(".{id}")));
+        if !fits {
+            return Err(ConfigError::key(
+                &format!("passkeys.origins[{i}]"),
+                format!("an origin whose host is `{id}` or under it"),
+            ));
+        }
+    }
+    Ok(crate::webauthn::RelyingParty { id, origins })
 }
 
 fn absolute(path: &Path) -> PathBuf {

@@ -46,6 +46,17 @@ pub struct RelyingParty {
     pub origins: Vec<String>,
 }
 
+/// The embedded default: the inbox on a loopback port, opened as `localhost`
+/// (WebAuthn takes no IP address as an RP id).
+impl Default for RelyingParty {
+    fn default() -> Self {
+        Self {
+            id: "localhost".into(),
+            origins: vec!["http://localhost:*".into()],
+        }
+    }
+}
+
 impl RelyingParty {
     fn admits_origin(&self, origin: &str) -> bool {
         crate::origin_matches(&self.origins, origin)

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::app::Desk;
 use crate::config::Config;
 use crate::gate::args_digest;
-use crate::gate::quorum::{approval_message, rejection_message};
+use crate::gate::quorum::{Evidence, approval_message, rejection_message};
 use crate::keys::KeyPair;
 use crate::store::{Lease, LeaseState};
 
@@ -358,7 +358,13 @@ pub(super) async fn approve(config: &Config, signing: &Signing) -> Result<(), Bo
         }
         HeldCalls::Local(desk) => serde_json::to_value(
             desk.gate
-                .submit_approval("cli", None, &lease.id, approver, &signature)
+                .submit_approval(
+                    "cli",
+                    None,
+                    &lease.id,
+                    approver,
+                    &Evidence::Key(signature.clone()),
+                )
                 .await
                 .map_err(|e| format!("approval not recorded: {e}"))?,
         )?,
@@ -403,7 +409,14 @@ pub(super) async fn reject(
         }
         HeldCalls::Local(desk) => serde_json::to_value(
             desk.gate
-                .submit_rejection("cli", None, &lease.id, approver, &signature, reason)
+                .submit_rejection(
+                    "cli",
+                    None,
+                    &lease.id,
+                    approver,
+                    &Evidence::Key(signature.clone()),
+                    reason,
+                )
                 .await
                 .map_err(|e| format!("rejection not recorded: {e}"))?,
         )?,

@@ -11,7 +11,7 @@ use crate::store::{
 };
 
 use super::admit::valid_lease_id;
-use super::quorum::ApprovalError;
+use super::quorum::{ApprovalError, Evidence, PasskeyUse};
 use super::record::CallRecord;
 use super::{APPROVAL, Gate};
 
@@ -35,19 +35,20 @@ impl Gate {
         submitter: Option<&Principal>,
         lease_id: &str,
         approver_id: &str,
-        signature: &str,
+        evidence: &Evidence,
     ) -> Result<ApprovalStatus, ApprovalError> {
         let record = submission_record(transport, submitter, lease_id, approver_id);
         let result = self
-            .check_and_record(submitter, lease_id, approver_id, signature)
+            .check_and_record(submitter, lease_id, approver_id, evidence)
             .await;
         let outcome = result.as_ref().map_err(|e| *e).map(|status| {
-            serde_json::json!({
+            let mut outcome = serde_json::json!({
                 "approver": approver_id,
-                "signature": signature,
                 "approvals": status.approvals,
                 "k": status.k,
-            })
+            });
+            evidence_into(&mut outcome, evidence);
+            outcome
         });
         let receipt = self
             .record_submission(
@@ -105,22 +106,25 @@ impl Gate {
         submitter: Option<&Principal>,
         lease_id: &str,
         approver_id: &str,
-        signature: &str,
+        evidence: &Evidence,
     ) -> Result<ApprovalStatus, ApprovalError> {
         let lease = self.pending_lease(lease_id, submitter, approver_id).await?;
         let now = self.clock.now_unix();
-        self.policy.approvers.check(
+        let passkeys = self.passkeys_for(evidence).await?;
+        let used = self.policy.approvers.check(
             &lease,
             approver_id,
-            signature,
+            evidence,
             submitter.map(Principal::subject),
+            &passkeys,
         )?;
+        self.advance_counter(used).await?;
         match self
             .store
             .record_approval(
                 &StoredApproval {
                     approver_id: approver_id.to_string(),
-                    signature: signature.to_string(),
+                    signature: evidence.to_stored(),
                     signed_at: now,
                 },
                 lease_id,
@@ -131,12 +135,11 @@ impl Gate {
             Err(StoreError::Duplicate) => return Err(ApprovalError::Duplicate),
             Err(_) => return Err(ApprovalError::StoreUnavailable),
         }
-        let stored = self
-            .store
-            .approvals(lease_id)
+        let approvals = self
+            .counted_approvals(&lease)
             .await
-            .map_err(|_| ApprovalError::StoreUnavailable)?;
-        let approvals = self.policy.approvers.tally(&lease, &stored).len();
+            .map_err(|_| ApprovalError::StoreUnavailable)?
+            .len();
         if approvals == lease.quorum_k as usize {
             self.metrics
                 .record_quorum_wait(now.saturating_sub(lease.issued_at) as f64);
@@ -148,6 +151,41 @@ impl Gate {
             complete: approvals >= lease.quorum_k as usize,
             receipt: None,
         })
+    }
+
+    /// The registered passkeys, when `evidence` is a passkey's.
+    async fn passkeys_for(
+        &self,
+        evidence: &Evidence,
+    ) -> Result<Vec<crate::store::StoredPasskey>, ApprovalError> {
+        match evidence {
+            Evidence::Key(_) => Ok(Vec::new()),
+            Evidence::Passkey(_) => self
+                .store
+                .passkeys(None)
+                .await
+                .map_err(|_| ApprovalError::StoreUnavailable),
+        }
+    }
+
+    /// Moves a verified passkey's counter on in the store, once for every
+    /// replica: an assertion whose counter does not advance is refused, as
+    /// a replay or a cloned authenticator (WebAuthn section 7.2 step 21).
+    async fn advance_counter(&self, used: Option<PasskeyUse>) -> Result<(), ApprovalError> {
+        let Some(used) = used else {
+            return Ok(());
+        };
+        match self
+            .store
+            .advance_passkey_counter(&used.credential_id, used.sign_count)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ApprovalError::Passkey(
+                crate::webauthn::WebauthnError::CounterRegressed,
+            )),
+            Err(_) => Err(ApprovalError::StoreUnavailable),
+        }
     }
 
     /// A held lease that approvals and rejections may still act on, once
@@ -194,22 +232,23 @@ impl Gate {
         submitter: Option<&Principal>,
         lease_id: &str,
         approver_id: &str,
-        signature: &str,
+        evidence: &Evidence,
         reason: &str,
     ) -> Result<RejectionStatus, ApprovalError> {
         let record = submission_record(transport, submitter, lease_id, approver_id);
         let result = self
-            .check_and_reject(submitter, lease_id, approver_id, signature, reason)
+            .check_and_reject(submitter, lease_id, approver_id, evidence, reason)
             .await;
         let outcome = result.as_ref().map_err(|e| *e).map(|(tally, needed)| {
-            serde_json::json!({
+            let mut outcome = serde_json::json!({
                 "approver": approver_id,
-                "signature": signature,
                 "reason": reason,
                 "rejections": tally.rejections,
                 "needed": needed,
                 "ended": tally.ended,
-            })
+            });
+            evidence_into(&mut outcome, evidence);
+            outcome
         });
         let receipt = self
             .record_submission(
@@ -242,21 +281,24 @@ impl Gate {
         submitter: Option<&Principal>,
         lease_id: &str,
         approver_id: &str,
-        signature: &str,
+        evidence: &Evidence,
         reason: &str,
     ) -> Result<(RejectionTally, u32), ApprovalError> {
         let lease = self.pending_lease(lease_id, submitter, approver_id).await?;
-        self.policy.approvers.check_rejection(
+        let passkeys = self.passkeys_for(evidence).await?;
+        let used = self.policy.approvers.check_rejection(
             &lease,
             approver_id,
-            signature,
+            evidence,
             submitter.map(Principal::subject),
+            &passkeys,
             reason,
         )?;
+        self.advance_counter(used).await?;
         let now = self.clock.now_unix();
         let rejection = StoredRejection {
             approver_id: approver_id.to_string(),
-            signature: signature.to_string(),
+            signature: evidence.to_stored(),
             reason: reason.to_string(),
             signed_at: now,
         };
@@ -296,6 +338,15 @@ impl Gate {
             self.notify_lease("expired", &lease.id, None, None).await;
         }
         Ok(expired.len())
+    }
+}
+
+/// A submission receipt's signature: `signature` for a key's, `passkey`
+/// (the whole assertion) for a passkey's.
+fn evidence_into(outcome: &mut serde_json::Value, evidence: &Evidence) {
+    match evidence {
+        Evidence::Key(signature) => outcome["signature"] = serde_json::json!(signature),
+        Evidence::Passkey(assertion) => outcome["passkey"] = serde_json::json!(assertion),
     }
 }
 

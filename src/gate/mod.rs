@@ -64,6 +64,8 @@ pub const LEASE_ARG: &str = "lease_id";
 
 /// What receipts of approval submissions name as their tool.
 pub const APPROVAL: &str = "approval";
+/// The pseudo-tool of passkey registrations and their confirmations.
+pub const PASSKEY: &str = "passkey";
 
 /// The code of a call the server failed on, not one the caller got wrong.
 pub const INTERNAL: &str = "internal";
@@ -504,7 +506,11 @@ mod tests {
             Policy::new(
                 &ScopeConfig::default(),
                 &leases,
-                ApproverRegistry::new(&[], &QuorumConfig::default()),
+                ApproverRegistry::new(
+                    &[],
+                    &QuorumConfig::default(),
+                    &crate::webauthn::RelyingParty::default(),
+                ),
                 rate::CallLimits::new(&LimitsConfig::default()),
             )
             .with_scope(Fragile::NAME, Class::Read, "db:read")

@@ -65,7 +65,7 @@ impl Policy {
         Self::new(
             &config.scopes,
             &config.leases,
-            ApproverRegistry::new(&config.approvers, &config.quorum),
+            ApproverRegistry::new(&config.approvers, &config.quorum, &config.passkeys),
             CallLimits::new(&config.limits),
         )
     }
@@ -129,7 +129,11 @@ mod tests {
         Policy::new(
             &ScopeConfig::default(),
             &leases,
-            ApproverRegistry::new(&[], &QuorumConfig::default()),
+            ApproverRegistry::new(
+                &[],
+                &QuorumConfig::default(),
+                &crate::webauthn::RelyingParty::default(),
+            ),
             CallLimits::new(&LimitsConfig::default()),
         )
     }

@@ -1,9 +1,11 @@
 //! k-of-n approval of destructive calls by registered humans.
 //!
-//! An approval is an Ed25519 signature by a registered approver key over a
+//! An approval is a signature by a registered approver over a
 //! domain-separated statement built by the server from its own lease record
 //! ([`approval_message`]): the lease id, tool, argument digest, requesting
-//! subject and expiry. Nothing a client sends names what is approved; a
+//! subject and expiry. It is made with the approver's Ed25519 key, or with
+//! one of their passkeys as a WebAuthn assertion whose challenge is the
+//! statement's SHA-256 ([`crate::webauthn::statement_challenge`]). Nothing a client sends names what is approved; a
 //! signature made for another lease, other arguments or another expiry does
 //! not verify. Stored approvals are verified again every time they are
 //! counted, so a row written into the store by hand counts for nothing
@@ -17,7 +19,8 @@ use ed25519_dalek::Signature;
 use serde::Serialize;
 
 use crate::config::{Approver, QuorumConfig};
-use crate::store::{Lease, LeaseState, StoreError, StoredApproval};
+use crate::store::{Lease, LeaseState, StoreError, StoredApproval, StoredPasskey};
+use crate::webauthn::{Assertion, CredentialKey, RelyingParty, WebauthnError};
 
 use super::record::{Halt, Held, Status};
 use super::{Action, Denial, Gate};
@@ -57,6 +60,7 @@ pub fn approval_view(
     registry: &ApproverRegistry,
     approved_by: &[String],
 ) -> serde_json::Value {
+    let statement = approval_message(lease);
     serde_json::json!({
         "lease_id": lease.id,
         "tool": lease.tool,
@@ -72,7 +76,9 @@ pub fn approval_view(
         "approvers": registry.eligible_for(lease),
         "approvals": approved_by.len(),
         "approved_by": approved_by,
-        "sign": approval_message(lease),
+        "passkeys_needed": registry.rule_for(&lease.tool).passkeys,
+        "passkey_challenge": URL_SAFE_NO_PAD.encode(crate::webauthn::statement_challenge(&statement)),
+        "sign": statement,
         "sign_to_reject": rejection_message(lease, "<your reason>"),
     })
 }
@@ -104,6 +110,12 @@ pub enum ApprovalError {
     MalformedSignature,
     #[error("the signature does not verify for this lease with this approver's key")]
     BadSignature,
+    #[error("this approver signs with passkeys only: no key file is registered")]
+    NoApproverKey,
+    #[error("the passkey is not one of this approver's confirmed or pinned credentials")]
+    UnknownCredential,
+    #[error("the passkey assertion was refused: {0}")]
+    Passkey(WebauthnError),
     #[error("this approver has already approved this lease")]
     Duplicate,
     #[error("a rejection needs a reason of 1-500 printable characters on one line")]
@@ -126,6 +138,9 @@ impl ApprovalError {
             Self::WrongSubmitter => "wrong_submitter",
             Self::MalformedSignature => "malformed_signature",
             Self::BadSignature => "bad_signature",
+            Self::NoApproverKey => "no_approver_key",
+            Self::UnknownCredential => "unknown_credential",
+            Self::Passkey(e) => e.code(),
             Self::Duplicate => "duplicate_approval",
             Self::InvalidReason => "invalid_reason",
             Self::RateLimited => "rate_limited",
@@ -141,23 +156,80 @@ pub struct QuorumRule {
     pub approvers: Vec<String>,
     /// Rejections that end a held call.
     pub rejections: u32,
+    /// Of the k approvals, how many must be passkey signatures.
+    pub passkeys: u32,
+}
+
+/// What an approval or rejection is signed with. Stored as the signature
+/// column's text: an Ed25519 signature as its base64url, a passkey
+/// assertion as `{"passkey": …}` (JSON never starts a base64url string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Evidence {
+    /// base64url of an Ed25519 signature by the approver's key.
+    Key(String),
+    Passkey(Assertion),
+}
+
+#[derive(Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredAssertion {
+    passkey: Assertion,
+}
+
+impl Evidence {
+    pub fn to_stored(&self) -> String {
+        match self {
+            Self::Key(signature) => signature.clone(),
+            Self::Passkey(assertion) => serde_json::to_string(&StoredAssertion {
+                passkey: assertion.clone(),
+            })
+            .unwrap_or_default(),
+        }
+    }
+
+    /// Reads the stored text; what is not a well-formed assertion is taken
+    /// as a key signature, which then fails to verify like any bad one.
+    pub fn from_stored(text: &str) -> Self {
+        if text.starts_with('{')
+            && let Ok(stored) = serde_json::from_str::<StoredAssertion>(text)
+        {
+            return Self::Passkey(stored.passkey);
+        }
+        Self::Key(text.to_string())
+    }
+}
+
+/// A passkey check that passed: the counter the caller must still advance
+/// in the store ([`crate::store::Backend::advance_passkey_counter`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasskeyUse {
+    pub credential_id: String,
+    pub sign_count: u32,
 }
 
 /// A counted approval, as listed in receipts: a registered approver's
 /// signature that verified over this lease's statement. Only the tally
 /// makes one.
+/// It carries the lease's expiry, the one statement field a receipt does
+/// not hold otherwise, so an auditor rebuilds the statement and re-checks
+/// the signature or the passkey assertion from the receipt alone.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ApprovalProof {
     approver: String,
-    signature: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signature: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    passkey: Option<Assertion>,
+    expires_at: u64,
 }
 
 impl ApprovalProof {
     pub fn approver(&self) -> &str {
         &self.approver
     }
-    pub fn signature(&self) -> &str {
-        &self.signature
+
+    pub fn is_passkey(&self) -> bool {
+        self.passkey.is_some()
     }
 }
 
@@ -213,22 +285,25 @@ impl Gate {
                 approvals: Vec::new(),
             });
         }
-        let stored = self
-            .store
-            .approvals(&lease.id)
+        let approvals = self
+            .counted_approvals(lease)
             .await
             .map_err(|_| Denial::StoreUnavailable)?;
-        let approvals = self.policy.approvers.tally(lease, &stored);
-        if approvals.len() < k as usize {
+        let by_passkey = approvals.iter().filter(|a| a.is_passkey()).count();
+        if approvals.len() < k as usize || by_passkey < rule.passkeys as usize {
             let approval = self
                 .approval_view(lease)
                 .await
                 .map_err(|_| Denial::StoreUnavailable)?;
+            let passkeys = match rule.passkeys {
+                0 => String::new(),
+                p => format!(" ({by_passkey} of the {p} passkey approvals needed)"),
+            };
             return Err(Halt::Hold(Held {
                 status: Status::ApprovalRequired,
                 approval,
                 message: format!(
-                    "approval required: {} of {k} approvals so far for lease {}",
+                    "approval required: {} of {k} approvals so far{passkeys} for lease {}",
                     approvals.len(),
                     lease.id
                 ),
@@ -237,14 +312,27 @@ impl Gate {
         Ok(QuorumMet { approvals })
     }
 
+    /// The stored approvals of `lease` that verify now, one per approver,
+    /// with the passkeys registered and confirmed at this moment.
+    pub(super) async fn counted_approvals(
+        &self,
+        lease: &Lease,
+    ) -> Result<Vec<ApprovalProof>, StoreError> {
+        let stored = self.store.approvals(&lease.id).await?;
+        let passkeys = if stored.iter().any(|a| a.signature.starts_with('{')) {
+            self.store.passkeys(None).await?
+        } else {
+            Vec::new()
+        };
+        Ok(self.policy.approvers.tally(lease, &stored, &passkeys))
+    }
+
     /// What approvers are shown about `lease`, from the server's records:
     /// the statement to sign, who may sign, and who already did.
     pub async fn approval_view(&self, lease: &Lease) -> Result<serde_json::Value, StoreError> {
-        let stored = self.store.approvals(&lease.id).await?;
         let approved_by: Vec<String> = self
-            .policy
-            .approvers
-            .tally(lease, &stored)
+            .counted_approvals(lease)
+            .await?
             .into_iter()
             .map(|a| a.approver)
             .collect();
@@ -330,14 +418,34 @@ const RECEIPTS_PER_DECIDED_CALL: u32 = 32;
 pub struct ApproverRegistry {
     approvers: Vec<Approver>,
     quorum: QuorumConfig,
+    relying_party: RelyingParty,
 }
 
 impl ApproverRegistry {
-    pub fn new(approvers: &[Approver], quorum: &QuorumConfig) -> Self {
+    pub fn new(
+        approvers: &[Approver],
+        quorum: &QuorumConfig,
+        relying_party: &RelyingParty,
+    ) -> Self {
         Self {
             approvers: approvers.to_vec(),
             quorum: quorum.clone(),
+            relying_party: relying_party.clone(),
         }
+    }
+
+    /// The WebAuthn relying party passkeys are checked against.
+    pub fn relying_party(&self) -> &RelyingParty {
+        &self.relying_party
+    }
+
+    /// Every registered approver.
+    pub fn all(&self) -> &[Approver] {
+        &self.approvers
+    }
+
+    pub fn approver(&self, id: &str) -> Option<&Approver> {
+        self.approvers.iter().find(|a| a.id == id)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -345,16 +453,18 @@ impl ApproverRegistry {
     }
 
     pub fn rule_for(&self, tool: &str) -> QuorumRule {
-        let (k, eligible, rejections) = match self.quorum.overrides.get(tool) {
+        let (k, eligible, rejections, passkeys) = match self.quorum.overrides.get(tool) {
             Some(rule) => (
                 rule.k,
                 &rule.approvers,
                 rule.rejections.unwrap_or(self.quorum.rejections),
+                rule.passkeys.unwrap_or(self.quorum.passkeys),
             ),
             None => (
                 self.quorum.k,
                 &self.quorum.approvers,
                 self.quorum.rejections,
+                self.quorum.passkeys,
             ),
         };
         let approvers = if eligible.is_empty() {
@@ -366,23 +476,27 @@ impl ApproverRegistry {
             k: u32::try_from(k).unwrap_or(u32::MAX),
             approvers,
             rejections: u32::try_from(rejections).unwrap_or(u32::MAX),
+            passkeys: u32::try_from(passkeys).unwrap_or(u32::MAX),
         }
     }
 
-    /// Checks one approval for `lease`; returns nothing on success.
-    /// `submitter` is the subject of the token that submitted it, if any.
+    /// Checks one approval for `lease`. `submitter` is the subject of the
+    /// token that submitted it, if any; `passkeys` the registered ones. A
+    /// passkey's counter is returned for the caller to advance.
     pub fn check(
         &self,
         lease: &Lease,
         approver_id: &str,
-        signature_b64: &str,
+        evidence: &Evidence,
         submitter: Option<&str>,
-    ) -> Result<(), ApprovalError> {
+        passkeys: &[StoredPasskey],
+    ) -> Result<Option<PasskeyUse>, ApprovalError> {
         self.check_signed(
             lease,
             approver_id,
-            signature_b64,
+            evidence,
             submitter,
+            passkeys,
             &approval_message(lease),
         )
     }
@@ -393,10 +507,11 @@ impl ApproverRegistry {
         &self,
         lease: &Lease,
         approver_id: &str,
-        signature_b64: &str,
+        evidence: &Evidence,
         submitter: Option<&str>,
+        passkeys: &[StoredPasskey],
         reason: &str,
-    ) -> Result<(), ApprovalError> {
+    ) -> Result<Option<PasskeyUse>, ApprovalError> {
         let valid = !reason.trim().is_empty()
             && reason.chars().count() <= MAX_REASON_CHARS
             && !reason.chars().any(char::is_control);
@@ -406,8 +521,9 @@ impl ApproverRegistry {
         self.check_signed(
             lease,
             approver_id,
-            signature_b64,
+            evidence,
             submitter,
+            passkeys,
             &rejection_message(lease, reason),
         )
     }
@@ -416,14 +532,13 @@ impl ApproverRegistry {
         &self,
         lease: &Lease,
         approver_id: &str,
-        signature_b64: &str,
+        evidence: &Evidence,
         submitter: Option<&str>,
+        passkeys: &[StoredPasskey],
         message: &str,
-    ) -> Result<(), ApprovalError> {
+    ) -> Result<Option<PasskeyUse>, ApprovalError> {
         let approver = self
-            .approvers
-            .iter()
-            .find(|a| a.id == approver_id)
+            .approver(approver_id)
             .ok_or(ApprovalError::UnknownApprover)?;
         if !self
             .rule_for(&lease.tool)
@@ -442,15 +557,51 @@ impl ApproverRegistry {
                 _ => return Err(ApprovalError::WrongSubmitter),
             }
         }
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature_b64.trim())
-            .ok()
-            .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
-            .ok_or(ApprovalError::MalformedSignature)?;
-        approver
-            .key
-            .verify_strict(message.as_bytes(), &Signature::from_bytes(&signature))
-            .map_err(|_| ApprovalError::BadSignature)
+        match evidence {
+            Evidence::Key(signature_b64) => {
+                let key = approver.key.ok_or(ApprovalError::NoApproverKey)?;
+                let signature = URL_SAFE_NO_PAD
+                    .decode(signature_b64.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
+                    .ok_or(ApprovalError::MalformedSignature)?;
+                key.verify_strict(message.as_bytes(), &Signature::from_bytes(&signature))
+                    .map_err(|_| ApprovalError::BadSignature)?;
+                Ok(None)
+            }
+            Evidence::Passkey(assertion) => {
+                assertion
+                    .credential_id_bytes()
+                    .map_err(ApprovalError::Passkey)?;
+                let key = self
+                    .credential(approver, &assertion.credential_id, passkeys)
+                    .ok_or(ApprovalError::UnknownCredential)?;
+                let sign_count = assertion
+                    .verify(&self.relying_party, &key, message)
+                    .map_err(ApprovalError::Passkey)?;
+                Ok(Some(PasskeyUse {
+                    credential_id: assertion.credential_id.clone(),
+                    sign_count,
+                }))
+            }
+        }
+    }
+
+    /// The key of `approver`'s credential `id`: pinned in the
+    /// configuration, or registered and confirmed.
+    fn credential(
+        &self,
+        approver: &Approver,
+        id: &str,
+        registered: &[StoredPasskey],
+    ) -> Option<CredentialKey> {
+        if let Some(pinned) = approver.passkeys.iter().find(|p| p.credential_id == id) {
+            return Some(pinned.key.clone());
+        }
+        registered
+            .iter()
+            .find(|p| p.credential_id == id && p.approver_id == approver.id && p.confirmed)
+            .and_then(|p| CredentialKey::from_cose_b64(&p.public_key).ok())
     }
 
     /// The registered approver whose token subject is `subject`, if any.
@@ -464,10 +615,9 @@ impl ApproverRegistry {
     /// The registered public key of approver `id` (base64url, as the
     /// inbox derives it from a key file to check it is the right one).
     pub fn public_key_of(&self, id: &str) -> Option<String> {
-        self.approvers
-            .iter()
-            .find(|a| a.id == id)
-            .map(|a| URL_SAFE_NO_PAD.encode(a.key.as_bytes()))
+        self.approver(id)
+            .and_then(|a| a.key)
+            .map(|key| URL_SAFE_NO_PAD.encode(key.as_bytes()))
     }
 
     /// The approver ids policy lets approve `lease`: eligible for its tool,
@@ -483,19 +633,35 @@ impl ApproverRegistry {
             .collect()
     }
 
-    /// The stored approvals that verify for `lease`, one per approver.
-    pub fn tally(&self, lease: &Lease, stored: &[StoredApproval]) -> Vec<ApprovalProof> {
+    /// The stored approvals that verify for `lease`, one per approver. A
+    /// passkey's counter was checked when the approval was submitted; here
+    /// its signature is checked again against the credential as it stands.
+    pub fn tally(
+        &self,
+        lease: &Lease,
+        stored: &[StoredApproval],
+        passkeys: &[StoredPasskey],
+    ) -> Vec<ApprovalProof> {
         let mut seen = BTreeSet::new();
         stored
             .iter()
-            .filter(|a| {
-                self.check(lease, &a.approver_id, &a.signature, None)
+            .map(|a| (a, Evidence::from_stored(&a.signature)))
+            .filter(|(a, evidence)| {
+                self.check(lease, &a.approver_id, evidence, None, passkeys)
                     .is_ok()
             })
-            .filter(|a| seen.insert(a.approver_id.clone()))
-            .map(|a| ApprovalProof {
-                approver: a.approver_id.clone(),
-                signature: a.signature.clone(),
+            .filter(|(a, _)| seen.insert(a.approver_id.clone()))
+            .map(|(a, evidence)| {
+                let (signature, passkey) = match evidence {
+                    Evidence::Key(signature) => (Some(signature), None),
+                    Evidence::Passkey(assertion) => (None, Some(assertion)),
+                };
+                ApprovalProof {
+                    approver: a.approver_id.clone(),
+                    signature,
+                    passkey,
+                    expires_at: lease.expires_at,
+                }
             })
             .collect()
     }
@@ -530,8 +696,9 @@ mod tests {
             .iter()
             .map(|(id, key, subject)| Approver {
                 id: id.to_string(),
-                key: key.verifying_key(),
+                key: Some(key.verifying_key()),
                 subject: subject.map(String::from),
+                passkeys: Vec::new(),
             })
             .collect();
         ApproverRegistry::new(
@@ -540,11 +707,12 @@ mod tests {
                 k,
                 ..QuorumConfig::default()
             },
+            &RelyingParty::default(),
         )
     }
 
-    fn sign(key: &KeyPair, lease: &Lease) -> String {
-        URL_SAFE_NO_PAD.encode(key.sign(approval_message(lease).as_bytes()))
+    fn sign(key: &KeyPair, lease: &Lease) -> Evidence {
+        Evidence::Key(URL_SAFE_NO_PAD.encode(key.sign(approval_message(lease).as_bytes())))
     }
 
     #[test]
@@ -569,51 +737,54 @@ mod tests {
             ["alice", "bob"],
             "the requester is not offered as an approver"
         );
-        assert_eq!(reg.check(&l, "alice", &sign(&a, &l), None), Ok(()));
+        assert_eq!(reg.check(&l, "alice", &sign(&a, &l), None, &[]), Ok(None));
         assert_eq!(
-            reg.check(&l, "mallory", &sign(&outsider, &l), None),
+            reg.check(&l, "mallory", &sign(&outsider, &l), None, &[]),
             Err(ApprovalError::UnknownApprover)
         );
         assert_eq!(
-            reg.check(&l, "alice", &sign(&outsider, &l), None),
+            reg.check(&l, "alice", &sign(&outsider, &l), None, &[]),
             Err(ApprovalError::BadSignature)
         );
         assert_eq!(
-            reg.check(&l, "agent", &sign(&c, &l), None),
+            reg.check(&l, "agent", &sign(&c, &l), None, &[]),
             Err(ApprovalError::SelfApproval)
         );
         assert_eq!(
-            reg.check(&l, "alice", "not base64!", None),
+            reg.check(&l, "alice", &Evidence::Key("not base64!".into()), None, &[]),
             Err(ApprovalError::MalformedSignature)
         );
         assert_eq!(
-            reg.check(&l, "bob", &sign(&b, &l), Some("mallory@idp")),
+            reg.check(&l, "bob", &sign(&b, &l), Some("mallory@idp"), &[]),
             Err(ApprovalError::WrongSubmitter)
         );
-        assert_eq!(reg.check(&l, "bob", &sign(&b, &l), Some("bob@idp")), Ok(()));
+        assert_eq!(
+            reg.check(&l, "bob", &sign(&b, &l), Some("bob@idp"), &[]),
+            Ok(None)
+        );
 
         let mut other_digest = l.clone();
         other_digest.args_digest = "cd".repeat(32);
         assert_eq!(
-            reg.check(&l, "alice", &sign(&a, &other_digest), None),
+            reg.check(&l, "alice", &sign(&a, &other_digest), None, &[]),
             Err(ApprovalError::BadSignature)
         );
         let mut other_lease = l.clone();
         other_lease.id = "f".repeat(32);
         assert_eq!(
-            reg.check(&l, "alice", &sign(&a, &other_lease), None),
+            reg.check(&l, "alice", &sign(&a, &other_lease), None, &[]),
             Err(ApprovalError::BadSignature)
         );
         let mut later = l.clone();
         later.expires_at += 1;
         assert_eq!(
-            reg.check(&l, "alice", &sign(&a, &later), None),
+            reg.check(&l, "alice", &sign(&a, &later), None, &[]),
             Err(ApprovalError::BadSignature)
         );
 
-        let stored = |id: &str, sig: String| StoredApproval {
+        let stored = |id: &str, sig: Evidence| StoredApproval {
             approver_id: id.into(),
-            signature: sig,
+            signature: sig.to_stored(),
             signed_at: 1,
         };
         let tally = reg.tally(
@@ -624,11 +795,107 @@ mod tests {
                 stored("agent", sign(&c, &l)),
                 stored("bob", sign(&a, &l)),
             ],
+            &[],
         );
         assert_eq!(
             tally.len(),
             1,
             "duplicates, self-approval and wrong keys do not count"
         );
+    }
+
+    #[test]
+    fn a_passkey_counts_only_for_its_approver_once_confirmed_or_pinned() {
+        use crate::fuzzing::SoftAuthenticator;
+        use crate::webauthn::ES256;
+        let origin = "http://localhost:8080";
+        let mut pinned = SoftAuthenticator::new(ES256, origin, "localhost");
+        let mut registered = SoftAuthenticator::new(ES256, origin, "localhost");
+        let approvers = vec![
+            Approver {
+                id: "alice".into(),
+                key: None,
+                subject: None,
+                passkeys: vec![crate::config::PinnedPasskey {
+                    credential_id: pinned.credential_id_b64(),
+                    key: pinned.key(),
+                }],
+            },
+            Approver {
+                id: "bob".into(),
+                key: None,
+                subject: None,
+                passkeys: Vec::new(),
+            },
+        ];
+        let reg = ApproverRegistry::new(
+            &approvers,
+            &QuorumConfig {
+                k: 2,
+                ..QuorumConfig::default()
+            },
+            &RelyingParty::default(),
+        );
+        let l = lease();
+        let statement = approval_message(&l);
+        let (bob_id, bob_key) = (
+            registered.credential_id_b64(),
+            URL_SAFE_NO_PAD.encode(registered.cose_key()),
+        );
+        let row = |confirmed| StoredPasskey {
+            credential_id: bob_id.clone(),
+            approver_id: "bob".into(),
+            public_key: bob_key.clone(),
+            confirmed,
+            registered_at: 1,
+            confirmed_at: None,
+        };
+        let alice = Evidence::Passkey(pinned.assert(&statement));
+        assert_eq!(
+            reg.check(&l, "alice", &alice, None, &[]),
+            Ok(Some(PasskeyUse {
+                credential_id: pinned.credential_id_b64(),
+                sign_count: 1
+            }))
+        );
+        assert_eq!(
+            reg.check(&l, "bob", &alice, None, &[]),
+            Err(ApprovalError::UnknownCredential),
+            "another approver's passkey"
+        );
+        let bob = Evidence::Passkey(registered.assert(&statement));
+        assert_eq!(
+            reg.check(&l, "bob", &bob, None, &[row(false)]),
+            Err(ApprovalError::UnknownCredential),
+            "a registration no operator confirmed"
+        );
+        assert!(reg.check(&l, "bob", &bob, None, &[row(true)]).is_ok());
+        assert_eq!(
+            reg.check(&l, "bob", &Evidence::Key("AA".into()), None, &[]),
+            Err(ApprovalError::NoApproverKey)
+        );
+        assert_eq!(Evidence::from_stored(&bob.to_stored()), bob);
+        let mut other = l.clone();
+        other.id = "f".repeat(32);
+        assert_eq!(
+            reg.check(&other, "bob", &bob, None, &[row(true)]),
+            Err(ApprovalError::Passkey(WebauthnError::ChallengeMismatch)),
+            "an assertion replayed for another lease"
+        );
+        let stored = |id: &str, e: &Evidence| StoredApproval {
+            approver_id: id.into(),
+            signature: e.to_stored(),
+            signed_at: 1,
+        };
+        let tally = reg.tally(
+            &l,
+            &[stored("alice", &alice), stored("bob", &bob)],
+            &[row(true)],
+        );
+        assert_eq!(tally.len(), 2);
+        assert!(tally.iter().all(ApprovalProof::is_passkey));
+        let proof = serde_json::to_value(&tally[0]).expect("json");
+        assert_eq!(proof["expires_at"], l.expires_at);
+        assert!(proof.get("signature").is_none() && proof["passkey"]["signature"].is_string());
     }
 }

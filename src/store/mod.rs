@@ -51,6 +51,10 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         10,
         include_str!("../../migrations/sqlite/0010_terminal_slots.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/sqlite/0011_passkeys.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -83,6 +87,10 @@ pub(crate) const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         9,
         include_str!("../../migrations/postgres/0009_terminal_slots.sql"),
+    ),
+    (
+        10,
+        include_str!("../../migrations/postgres/0010_passkeys.sql"),
     ),
 ];
 
@@ -244,6 +252,20 @@ pub struct StoredApproval {
     pub signed_at: u64,
 }
 
+/// A passkey an approver registered in the inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPasskey {
+    /// base64url, as the browser reports it.
+    pub credential_id: String,
+    pub approver_id: String,
+    /// The COSE_Key, base64url.
+    pub public_key: String,
+    /// Counted only once an operator confirmed it.
+    pub confirmed: bool,
+    pub registered_at: u64,
+    pub confirmed_at: Option<u64>,
+}
+
 /// What the store does, in domain rows. Every guarantee is the database's:
 /// a lease is consumed by one compare-and-set, a batch of receipts lands
 /// only where the log ends.
@@ -310,6 +332,32 @@ pub trait Backend: Send + Sync {
         &'a self,
         lease_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<StoredRejection>, StoreError>>;
+    /// Records a newly registered, unconfirmed passkey and its first
+    /// counter; a credential id already known is `Duplicate`.
+    fn register_passkey<'a>(
+        &'a self,
+        passkey: &'a StoredPasskey,
+        sign_count: u32,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Registered passkeys, of one approver or of all, oldest first.
+    fn passkeys<'a>(
+        &'a self,
+        approver_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredPasskey>, StoreError>>;
+    /// Confirms a pending registration: whether one was pending.
+    fn confirm_passkey<'a>(
+        &'a self,
+        credential_id: &'a str,
+        now: u64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Moves a credential's counter to `reported` if that is an advance
+    /// ([`crate::webauthn::counter_advances`]), atomically across replicas:
+    /// whether it advanced.
+    fn advance_passkey_counter<'a>(
+        &'a self,
+        credential_id: &'a str,
+        reported: u32,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// The revoked ids with `revoked_at >= since`, and when.
     fn revoked_since(&self, since: u64) -> BoxFuture<'_, Result<Vec<(String, u64)>, StoreError>>;
     fn revoke<'a>(&'a self, jti: &'a str, now: u64) -> BoxFuture<'a, Result<(), StoreError>>;

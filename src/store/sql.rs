@@ -14,7 +14,7 @@ use sqlx::{
 use super::{
     Backend, BuildBatch, KeyRecord, Lease, LeaseState, LogHead, LogKeys, LogRow,
     POSTGRES_MIGRATIONS, RejectionTally, SQLITE_MIGRATIONS, StoreError, StoredApproval,
-    StoredRejection,
+    StoredPasskey, StoredRejection,
 };
 
 /// What one database does its own way.
@@ -506,6 +506,124 @@ where
                     })
                 })
                 .collect()
+        })
+    }
+
+    fn register_passkey<'a>(
+        &'a self,
+        passkey: &'a StoredPasskey,
+        sign_count: u32,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut tx = DB::begin_write(&self.pool).await.map_err(failed)?;
+            let known: Option<i64> = sqlx::query_scalar(
+                "SELECT sign_count FROM passkey_counters WHERE credential_id = $1",
+            )
+            .bind(passkey.credential_id.clone())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(failed)?;
+            if known.is_some() {
+                return Err(StoreError::Duplicate);
+            }
+            sqlx::query(
+                "INSERT INTO passkeys (credential_id, approver_id, public_key, state, registered_at) \
+                 VALUES ($1, $2, $3, 'pending', $4)",
+            )
+            .bind(passkey.credential_id.clone())
+            .bind(passkey.approver_id.clone())
+            .bind(passkey.public_key.clone())
+            .bind(to_i64(passkey.registered_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+            sqlx::query("INSERT INTO passkey_counters (credential_id, sign_count) VALUES ($1, $2)")
+                .bind(passkey.credential_id.clone())
+                .bind(i64::from(sign_count))
+                .execute(&mut *tx)
+                .await
+                .map_err(failed)?;
+            tx.commit().await.map_err(failed)
+        })
+    }
+
+    fn passkeys<'a>(
+        &'a self,
+        approver_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredPasskey>, StoreError>> {
+        Box::pin(async move {
+            let rows: Vec<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+                "SELECT credential_id, approver_id, public_key, state, registered_at, confirmed_at \
+                 FROM passkeys WHERE $1 IS NULL OR approver_id = $1 ORDER BY registered_at, credential_id",
+            )
+            .bind(approver_id.map(String::from))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(failed)?;
+            rows.into_iter()
+                .map(
+                    |(
+                        credential_id,
+                        approver_id,
+                        public_key,
+                        state,
+                        registered_at,
+                        confirmed_at,
+                    )| {
+                        Ok(StoredPasskey {
+                            credential_id,
+                            approver_id,
+                            public_key,
+                            confirmed: state == "active",
+                            registered_at: to_u64(registered_at)?,
+                            confirmed_at: confirmed_at.map(to_u64).transpose()?,
+                        })
+                    },
+                )
+                .collect()
+        })
+    }
+
+    fn confirm_passkey<'a>(
+        &'a self,
+        credential_id: &'a str,
+        now: u64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let result = sqlx::query(
+                "UPDATE passkeys SET state = 'active', confirmed_at = $2 \
+                 WHERE credential_id = $1 AND state = 'pending'",
+            )
+            .bind(credential_id.to_string())
+            .bind(to_i64(now))
+            .execute(&self.pool)
+            .await
+            .map_err(failed)?;
+            Ok(DB::rows_affected(&result) == 1)
+        })
+    }
+
+    fn advance_passkey_counter<'a>(
+        &'a self,
+        credential_id: &'a str,
+        reported: u32,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            // One statement, so two replicas given the same assertion
+            // cannot both see the old counter.
+            let advanced: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO passkey_counters (credential_id, sign_count) VALUES ($1, $2) \
+                 ON CONFLICT (credential_id) DO UPDATE SET sign_count = excluded.sign_count \
+                 WHERE passkey_counters.sign_count < excluded.sign_count \
+                    OR (passkey_counters.sign_count = 0 AND excluded.sign_count = 0) \
+                 RETURNING sign_count",
+            )
+            .bind(credential_id.to_string())
+            .bind(i64::from(reported))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(failed)?;
+            Ok(advanced.is_some())
         })
     }
 

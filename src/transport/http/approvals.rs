@@ -164,8 +164,25 @@ pub(super) async fn approval_history(
 pub(super) struct ApprovalSubmission {
     lease_id: String,
     approver_id: String,
-    /// base64url Ed25519 signature over the lease's `sign` statement.
-    signature: String,
+    /// Exactly one of `signature` (base64url Ed25519 over the `sign`
+    /// statement) and `passkey` (a WebAuthn assertion whose challenge is
+    /// the statement's SHA-256, `passkey_challenge` in the view).
+    #[serde(default)]
+    signature: Option<String>,
+    #[serde(default)]
+    passkey: Option<crate::webauthn::Assertion>,
+}
+
+/// What a submission is signed with, if it names exactly one.
+fn evidence(
+    signature: Option<String>,
+    passkey: Option<crate::webauthn::Assertion>,
+) -> Option<Evidence> {
+    match (signature, passkey) {
+        (Some(signature), None) => Some(Evidence::Key(signature)),
+        (None, Some(assertion)) => Some(Evidence::Passkey(assertion)),
+        _ => None,
+    }
 }
 /// `POST /approvals`: an approver's signed approval, submitted with the
 /// approver's own token (`approvals:write`, subject bound to the approver).
@@ -178,6 +195,9 @@ pub(super) async fn submit_approval(
         Ok(submission) => submission,
         Err(refused) => return refused,
     };
+    let Some(evidence) = evidence(submission.signature, submission.passkey) else {
+        return refuse_invalid(&state, &caller).await;
+    };
     let status = state
         .app
         .gate
@@ -186,7 +206,7 @@ pub(super) async fn submit_approval(
             Some(caller.principal()),
             &submission.lease_id,
             &submission.approver_id,
-            &submission.signature,
+            &evidence,
         )
         .await;
     answer(status)
@@ -202,14 +222,19 @@ async fn submission<T: serde::de::DeserializeOwned>(
     may_use_approvals(state, caller).await?;
     match serde_json::from_slice::<T>(body) {
         Ok(submission) => Ok(submission),
-        Err(_) => Err(refuse_authenticated(
-            state,
-            crate::gate::APPROVAL,
-            caller.principal(),
-            Denial::InvalidRequest,
-        )
-        .await),
+        Err(_) => Err(refuse_invalid(state, caller).await),
     }
+}
+
+/// The recorded refusal of a submission that is not well formed.
+async fn refuse_invalid(state: &HttpState, caller: &Authenticated) -> Response {
+    refuse_authenticated(
+        state,
+        crate::gate::APPROVAL,
+        caller.principal(),
+        Denial::InvalidRequest,
+    )
+    .await
 }
 
 fn answer<S: serde::Serialize>(status: Result<S, ApprovalError>) -> Response {
@@ -244,9 +269,12 @@ fn approval_error(error: ApprovalError) -> Response {
 pub(super) struct RejectionSubmission {
     lease_id: String,
     approver_id: String,
-    /// base64url Ed25519 signature over the lease's rejection statement
-    /// with this reason (`sign_to_reject` in `GET /approvals/{id}`).
-    signature: String,
+    /// A signature over the lease's rejection statement with this reason
+    /// (`sign_to_reject` in `GET /approvals/{id}`), as for an approval.
+    #[serde(default)]
+    signature: Option<String>,
+    #[serde(default)]
+    passkey: Option<crate::webauthn::Assertion>,
     reason: String,
 }
 
@@ -261,6 +289,9 @@ pub(super) async fn submit_rejection(
         Ok(submission) => submission,
         Err(refused) => return refused,
     };
+    let Some(evidence) = evidence(submission.signature, submission.passkey) else {
+        return refuse_invalid(&state, &caller).await;
+    };
     let status = state
         .app
         .gate
@@ -269,7 +300,7 @@ pub(super) async fn submit_rejection(
             Some(caller.principal()),
             &submission.lease_id,
             &submission.approver_id,
-            &submission.signature,
+            &evidence,
             &submission.reason,
         )
         .await;

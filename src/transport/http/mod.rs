@@ -37,7 +37,7 @@ pub use auth::bearer;
 
 use super::connections::ConnectionLimits;
 use crate::app::App;
-use crate::gate::quorum::ApprovalError;
+use crate::gate::quorum::{ApprovalError, Evidence};
 use crate::gate::rate::KeyedLimit;
 use crate::gate::{Authenticated, Challenge, Denial};
 use crate::identity::IdentityError;
