@@ -59,6 +59,10 @@ pub enum Decision {
     RejectionRecorded,
     /// A held call's approval window closed without quorum; it never ran.
     LeaseExpired,
+    /// An approver registered a passkey; it counts once confirmed.
+    PasskeyRegistered,
+    /// An operator confirmed a registered passkey.
+    PasskeyConfirmed,
 }
 
 /// What the gate knows about a decision; the log adds position and time.

@@ -53,6 +53,7 @@ pub(super) async fn run(config: Config, command: AuditCommand) -> Result<(), Box
             checkpoint,
             witnesses,
             witnesses_required,
+            approvers,
         } => {
             let witnesses = witnesses
                 .iter()
@@ -87,6 +88,7 @@ pub(super) async fn run(config: Config, command: AuditCommand) -> Result<(), Box
                         .map_err(|e| format!("line {}: not a receipt: {e}", n + 1))?,
                 );
             }
+            let logged = approvers.as_ref().map(|_| receipts.clone());
             let tree = crate::audit::verify_log(receipts, &keys)
                 .map_err(|(seq, error)| format!("receipt {seq}: {error}"))?;
             println!(
@@ -94,6 +96,21 @@ pub(super) async fn run(config: Config, command: AuditCommand) -> Result<(), Box
                 tree.len(),
                 tree.root(tree.len()).map(hex::encode).unwrap_or_default()
             );
+            if let (Some(path), Some(logged)) = (&approvers, &logged) {
+                let document: crate::gate::logged_approvals::ApproversDocument =
+                    serde_json::from_str(&std::fs::read_to_string(path)?).map_err(|e| {
+                        format!("{}: not an approvers document: {e}", path.display())
+                    })?;
+                let checked =
+                    crate::gate::logged_approvals::verify_logged_approvals(logged, &document)
+                        .map_err(|(seq, error)| format!("receipt {seq}: {error}"))?;
+                println!(
+                    "ok: {} approvals re-checked ({} Ed25519, {} passkey)",
+                    checked.by_key + checked.by_passkey,
+                    checked.by_key,
+                    checked.by_passkey
+                );
+            }
             for path in checkpoint {
                 let note = std::fs::read_to_string(&path)?;
                 // The signature's key hash covers the origin, so a note's own

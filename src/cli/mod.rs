@@ -136,6 +136,12 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
     },
+    /// Approvers' passkeys: list them, confirm a registration, or print the
+    /// approvers document offline verifiers check approvals against.
+    Passkeys {
+        #[command(subcommand)]
+        command: PasskeysCommand,
+    },
     /// Held calls waiting for approval.
     Approvals {
         #[command(subcommand)]
@@ -197,6 +203,23 @@ pub enum ApprovalsCommand {
 }
 
 #[derive(Subcommand)]
+pub enum PasskeysCommand {
+    /// Every approver's passkeys: pinned in the configuration, registered
+    /// in the inbox, and whether each is confirmed.
+    List,
+    /// Confirm a registration made in the inbox: from this receipt on, the
+    /// passkey counts for its approver. Check the credential id with the
+    /// approver first (the inbox shows it after registering).
+    Confirm {
+        #[arg(long, value_name = "CREDENTIAL_ID")]
+        credential: String,
+    },
+    /// Print the approvers document (as `/.well-known/dualtrust-approvers.json`)
+    /// for `audit verify --approvers`.
+    Export,
+}
+
+#[derive(Subcommand)]
 pub enum AuditCommand {
     /// Write the whole log as JSON lines, one receipt per line.
     Export {
@@ -227,6 +250,11 @@ pub enum AuditCommand {
         /// (default: all of them).
         #[arg(long, value_name = "K")]
         witnesses_required: Option<usize>,
+        /// The approvers document (`dualtrust passkeys export` or
+        /// /.well-known/dualtrust-approvers.json): re-check every approval
+        /// a call ran with, Ed25519 and passkey.
+        #[arg(long, value_name = "FILE")]
+        approvers: Option<PathBuf>,
     },
     /// Print a signed checkpoint (C2SP signed note) of the log as it is now,
     /// or with --witnessed the newest one the witnesses cosigned.
@@ -421,6 +449,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
                 "[[approvers]]\nid = \"{id}\"\npublic_key = \"{x}\"\n# subject = \"{id}@your-idp\"  # your token subject, if you also call the server"
             );
         }
+        Command::Passkeys { command } => approvals::passkeys(&config, command).await?,
         Command::Approvals {
             command: ApprovalsCommand::List { server },
         } => approvals::list(&config, server.as_deref()).await?,

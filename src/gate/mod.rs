@@ -22,6 +22,8 @@ mod danger;
 pub mod denial;
 pub mod execute;
 pub mod lease;
+pub mod logged_approvals;
+pub mod passkeys;
 pub mod policy;
 pub mod quorum;
 pub mod rate;

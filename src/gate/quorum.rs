@@ -30,9 +30,27 @@ pub const APPROVAL_DOMAIN: &str = "dualtrust-approval-v1";
 
 /// The exact bytes an approver signs for `lease`.
 pub fn approval_message(lease: &Lease) -> String {
+    approval_statement(
+        &lease.id,
+        &lease.tool,
+        &lease.args_digest,
+        &lease.subject,
+        lease.expires_at,
+    )
+}
+
+/// The approval statement from its fields, as an auditor rebuilds it from
+/// a receipt (`lease`, `tool`, `args_digest`, `subject`, and the approval's
+/// `expires_at`).
+pub fn approval_statement(
+    lease: &str,
+    tool: &str,
+    args_digest: &str,
+    subject: &str,
+    expires_at: u64,
+) -> String {
     format!(
-        "{APPROVAL_DOMAIN}\nlease={}\ntool={}\nargs_digest={}\nsubject={}\nexpires_at={}\n",
-        lease.id, lease.tool, lease.args_digest, lease.subject, lease.expires_at
+        "{APPROVAL_DOMAIN}\nlease={lease}\ntool={tool}\nargs_digest={args_digest}\nsubject={subject}\nexpires_at={expires_at}\n"
     )
 }
 
@@ -116,6 +134,12 @@ pub enum ApprovalError {
     UnknownCredential,
     #[error("the passkey assertion was refused: {0}")]
     Passkey(WebauthnError),
+    #[error(
+        "the registration challenge was not issued to this approver by this server, or it expired"
+    )]
+    BadChallenge,
+    #[error("no passkey registration with this credential id waits for confirmation")]
+    NoPendingPasskey,
     #[error("this approver has already approved this lease")]
     Duplicate,
     #[error("a rejection needs a reason of 1-500 printable characters on one line")]
@@ -141,6 +165,8 @@ impl ApprovalError {
             Self::NoApproverKey => "no_approver_key",
             Self::UnknownCredential => "unknown_credential",
             Self::Passkey(e) => e.code(),
+            Self::BadChallenge => "bad_challenge",
+            Self::NoPendingPasskey => "no_pending_passkey",
             Self::Duplicate => "duplicate_approval",
             Self::InvalidReason => "invalid_reason",
             Self::RateLimited => "rate_limited",

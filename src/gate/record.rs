@@ -150,6 +150,11 @@ impl CallRecord {
         self.draft.subject = Some(format!("approver:{approver_id}"));
     }
 
+    /// On behalf of the operator at the server's command line.
+    pub fn operator(&mut self) {
+        self.draft.subject = Some("operator".into());
+    }
+
     pub fn args_digest(&mut self, digest: &str) {
         self.draft.args_digest = Some(digest.to_string());
     }

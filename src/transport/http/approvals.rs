@@ -67,7 +67,7 @@ async fn may_use_approvals(state: &HttpState, caller: &Authenticated) -> Result<
 
 /// The registered approver bound to the caller's token subject, once the
 /// caller may use the approval routes at all (`None`: no approver is).
-async fn calling_approver<'s>(
+pub(super) async fn calling_approver<'s>(
     state: &'s HttpState,
     caller: &Authenticated,
 ) -> Result<Option<&'s str>, Response> {
@@ -79,7 +79,7 @@ async fn calling_approver<'s>(
         .approver_for_subject(caller.principal().subject()))
 }
 
-fn store_unavailable() -> Response {
+pub(super) fn store_unavailable() -> Response {
     json_response(
         StatusCode::SERVICE_UNAVAILABLE,
         json!({ "error": "store_unavailable" }),
@@ -214,7 +214,7 @@ pub(super) async fn submit_approval(
 
 /// The submission in `body`, once the caller may submit at all; otherwise
 /// the refusal, recorded.
-async fn submission<T: serde::de::DeserializeOwned>(
+pub(super) async fn submission<T: serde::de::DeserializeOwned>(
     state: &HttpState,
     caller: &Authenticated,
     body: &[u8],
@@ -237,7 +237,7 @@ async fn refuse_invalid(state: &HttpState, caller: &Authenticated) -> Response {
     .await
 }
 
-fn answer<S: serde::Serialize>(status: Result<S, ApprovalError>) -> Response {
+pub(super) fn answer<S: serde::Serialize>(status: Result<S, ApprovalError>) -> Response {
     match status {
         Ok(status) => json_response(
             StatusCode::OK,
@@ -253,7 +253,12 @@ fn approval_error(error: ApprovalError) -> Response {
         ApprovalError::Duplicate | ApprovalError::LeaseNotPending | ApprovalError::LeaseExpired => {
             StatusCode::CONFLICT
         }
-        ApprovalError::MalformedSignature | ApprovalError::InvalidReason => StatusCode::BAD_REQUEST,
+        ApprovalError::MalformedSignature
+        | ApprovalError::InvalidReason
+        | ApprovalError::Passkey(crate::webauthn::WebauthnError::Malformed(_)) => {
+            StatusCode::BAD_REQUEST
+        }
+        ApprovalError::NoPendingPasskey => StatusCode::NOT_FOUND,
         ApprovalError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         ApprovalError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::FORBIDDEN,

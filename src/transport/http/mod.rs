@@ -31,6 +31,7 @@ mod cors;
 mod health;
 mod inbox;
 mod origin;
+mod passkeys;
 mod scope;
 
 pub use auth::bearer;
@@ -97,6 +98,14 @@ pub fn router(
         )
         .route("/rejections", post(approvals::submit_rejection))
         .route("/approvals/history", get(approvals::approval_history))
+        .route(
+            "/approvals/passkeys",
+            get(passkeys::list_passkeys).post(passkeys::register_passkey),
+        )
+        .route(
+            "/approvals/passkeys/challenge",
+            post(passkeys::registration_options),
+        )
         .route("/approvals/{lease_id}", get(approvals::show_approval))
         .with_state(state.clone());
     let mcp = Router::new()
@@ -131,6 +140,10 @@ pub fn router(
             get(health::resource_metadata),
         )
         .route("/.well-known/jwks.json", get(health::jwks))
+        .route(
+            "/.well-known/dualtrust-approvers.json",
+            get(passkeys::approvers_document),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
