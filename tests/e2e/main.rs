@@ -18,6 +18,8 @@
 //!   that holds however a query is written, SQLite's server-bound `:dt_…` parameters.
 //! - `quorum`: leases and k-of-n approval, the happy path and the attacks.
 //! - `inbox`: the approvers' web inbox in headless Chromium (tests/browser).
+//! - `passkeys`: passkey approvers over HTTP with a software authenticator: registration,
+//!   confirmation, k passkey signatures over one call, each ceremony attack, offline re-check.
 //! - `audit_log`: the RFC 6962 log: proofs, checkpoints, tampering, kill -9.
 //! - `schema`: the database schema as MCP resources (and `db.schema`) on SQLite and PostgreSQL.
 //! - `sandbox`: the kernel boundary of terminal.execute: escapes, an approved shell, each layer.
@@ -36,6 +38,7 @@ mod identity;
 mod idp;
 mod inbox;
 mod notifications;
+mod passkeys;
 mod postgres;
 mod quorum;
 mod replicas;
