@@ -6,12 +6,18 @@
 //   node inbox.mjs history  the decided calls and their receipts, checked in
 //                           the page; a tampered receipt must fail the check
 //   node inbox.mjs oauth    sign in through the identity provider, approve
+//   node inbox.mjs passkeys-register   alice and bob register passkeys on
+//                           CDP virtual authenticators; their credentials are
+//                           written to DT_PASSKEY_STATE for the next phase
+//   node inbox.mjs passkeys-approve    the confirmed passkeys approve a held
+//                           call in the page; a replayed assertion and a
+//                           cloned authenticator are refused
 //
 // Everything comes from the environment (DT_BASE, DT_ALICE_TOKEN, ...).
 // Exits non-zero with a message on the first failed expectation.
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 
 const env = (name) => {
   const value = process.env[name];
@@ -69,6 +75,121 @@ async function ready(inbox, token, keyFile) {
   await signIn(inbox, token);
   await signedIn(inbox);
   if (keyFile) assert.match(await loadKey(inbox, keyFile), /Key loaded/);
+}
+
+// A platform authenticator with user verification, in this page's browser
+// context (Chrome DevTools Protocol WebAuthn domain); `credentials` are
+// put back into it, as they were exported from an earlier phase.
+async function virtualAuthenticator(inbox, credentials = []) {
+  const cdp = await inbox.context.newCDPSession(inbox.page);
+  await cdp.send('WebAuthn.enable');
+  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: {
+      protocol: 'ctap2', transport: 'internal', hasResidentKey: true,
+      hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true,
+    },
+  });
+  for (const credential of credentials) {
+    await cdp.send('WebAuthn.addCredential', { authenticatorId, credential });
+  }
+  return { cdp, authenticatorId };
+}
+
+// Chromium logs every 403 answer as a console error; a refusal the test
+// provoked is expected, once, and taken off the page's problems.
+async function expectRefusalLogged(inbox) {
+  const logged = (p) => p.includes('status of 403');
+  for (let i = 0; i < 50 && !inbox.problems.some(logged); i += 1) await inbox.page.waitForTimeout(100);
+  const at = inbox.problems.findIndex(logged);
+  assert.notEqual(at, -1, 'the refusal reached the page');
+  inbox.problems.splice(at, 1);
+}
+
+// What the page says on a held call once a decision on it came back.
+async function outcomeOf(inbox, lease) {
+  await inbox.page.waitForFunction((l) => {
+    const node = document.querySelector(`#pending li[data-lease="${l}"] .outcome`);
+    return node && node.textContent.trim() !== '';
+  }, lease, { timeout: 15000 });
+  return inbox.page.locator(`#pending li[data-lease="${lease}"] .outcome`).textContent();
+}
+
+async function passkeysRegister() {
+  const state = {};
+  for (const [name, token] of [['alice', env('DT_ALICE_TOKEN')], ['bob', env('DT_BOB_TOKEN')]]) {
+    const inbox = await openInbox(name);
+    const { cdp, authenticatorId } = await virtualAuthenticator(inbox);
+    await ready(inbox, token);
+    await inbox.page.click('#register-passkey');
+    await inbox.page.waitForFunction(() => /registered|Not registered/.test(document.getElementById('passkey-state').textContent));
+    const said = await inbox.page.textContent('#passkey-state');
+    assert.match(said, /registered\. It counts once an operator confirms it/, said);
+    assert.match(await inbox.page.textContent('#passkey-list'), /waiting for an operator/);
+    // Not confirmed yet: the page offers no passkey approval.
+    assert.equal(await inbox.page.locator('#pending li .approve-passkey:visible').count(), 0);
+    const { credentials } = await cdp.send('WebAuthn.getCredentials', { authenticatorId });
+    assert.equal(credentials.length, 1);
+    state[name] = credentials;
+    await inbox.page.screenshot({ path: `${shots}/passkey-registered-${name}.png`, fullPage: true });
+    await done(inbox);
+  }
+  writeFileSync(env('DT_PASSKEY_STATE'), JSON.stringify(state));
+}
+
+async function passkeysApprove() {
+  const state = JSON.parse(readFileSync(env('DT_PASSKEY_STATE'), 'utf8'));
+  const lease = env('DT_DROP_LEASE');
+  const other = env('DT_OTHER_LEASE');
+  let bobsLater = null;
+  for (const [name, token] of [['alice', env('DT_ALICE_TOKEN')], ['bob', env('DT_BOB_TOKEN')]]) {
+    const inbox = await openInbox(name);
+    const { cdp, authenticatorId } = await virtualAuthenticator(inbox, state[name]);
+    await ready(inbox, token);
+    await inbox.page.waitForFunction(() => /confirmed/.test(document.getElementById('passkey-list').textContent));
+    const call = item(inbox, 'pending', lease);
+    await call.waitFor();
+    assert.match(await call.locator('.tally').textContent(), /2 must be passkeys/);
+    const posted = inbox.page.waitForRequest((r) => r.url().endsWith('/approvals') && r.method() === 'POST');
+    await call.locator('.approve-passkey').click();
+    const body = (await posted).postDataJSON();
+    assert.equal(body.signature, undefined, 'a passkey approval carries no key signature');
+    assert.ok(body.passkey.authenticator_data && body.passkey.client_data_json);
+    const outcome = await outcomeOf(inbox, lease);
+    if (name === 'alice') {
+      assert.match(outcome, /Approved: 1 of 2/, outcome);
+      // The same assertion, replayed for another held call from the page.
+      const replay = await inbox.page.evaluate(async ({ body, other, token }) => {
+        const r = await fetch('/approvals', {
+          method: 'POST',
+          headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+          body: JSON.stringify({ ...body, lease_id: other }),
+        });
+        return { status: r.status, answer: await r.json() };
+      }, { body, other, token });
+      assert.equal(replay.status, 403);
+      assert.equal(replay.answer.error, 'passkey_challenge_mismatch');
+      await expectRefusalLogged(inbox);
+    } else {
+      assert.match(outcome, /Approved: 2 of 2\. The call may run once/, outcome);
+      bobsLater = (await cdp.send('WebAuthn.getCredentials', { authenticatorId })).credentials;
+    }
+    await inbox.page.screenshot({ path: `${shots}/passkey-approved-${name}.png`, fullPage: true });
+    await done(inbox);
+  }
+  // A clone of bob's authenticator as it was at registration: its counter
+  // lags the original's, so the server takes it for a copy.
+  assert.ok(bobsLater[0].signCount > state.bob[0].signCount, 'the authenticator counts its signatures');
+  const clone = await openInbox('bob-clone');
+  await virtualAuthenticator(clone, state.bob);
+  await ready(clone, env('DT_BOB_TOKEN'));
+  await clone.page.waitForFunction(() => /confirmed/.test(document.getElementById('passkey-list').textContent));
+  const call = item(clone, 'pending', other);
+  await call.waitFor();
+  await call.locator('.approve-passkey').click();
+  const refused = await outcomeOf(clone, other);
+  assert.match(refused, /counter went backwards/, refused);
+  await expectRefusalLogged(clone);
+  await done(clone);
 }
 
 const item = (inbox, list, lease) => inbox.page.locator(`#${list} li[data-lease="${lease}"]`);
@@ -236,7 +357,9 @@ async function oauth() {
 
 try {
   const phase = process.argv[2];
-  if (phase === 'decide') await decide();
+  if (phase === 'passkeys-register') await passkeysRegister();
+  else if (phase === 'passkeys-approve') await passkeysApprove();
+  else if (phase === 'decide') await decide();
   else if (phase === 'history') await history();
   else if (phase === 'oauth') await oauth();
   else throw new Error(`unknown phase ${phase}`);

@@ -166,3 +166,134 @@ async fn approvers_sign_in_to_the_inbox_through_the_identity_provider() {
     assert_eq!(status(&ran), "ok", "{ran}");
     server.stop().await;
 }
+
+/// Passkeys in a real browser: alice and bob register passkeys on Chromium's
+/// virtual platform authenticators (user verification on), an operator
+/// confirms both, and both approve a held call in the page; it runs once.
+/// A real assertion replayed for another lease is refused, and so is a
+/// cloned authenticator whose counter lags. The exported log re-checks
+/// both passkey approvals offline.
+#[tokio::test]
+async fn approvers_sign_held_calls_with_passkeys_in_the_inbox() {
+    let Some(dir) = browser_tests() else {
+        return;
+    };
+    let data = DataDir::new();
+    std::fs::write(
+        data.path.join("dualtrust.toml"),
+        "[[approvers]]\nid = \"alice\"\nsubject = \"alice@idp\"\n\
+         [[approvers]]\nid = \"bob\"\nsubject = \"bob@idp\"\n\
+         [quorum]\nk = 2\npasskeys = 2\n",
+    )
+    .expect("config");
+    let server = data.http_server().await;
+    // WebAuthn takes no IP address as an RP id: the page is opened as
+    // localhost, the relying party by default.
+    let localhost = server.base.replace("127.0.0.1", "localhost");
+    let agent = server
+        .client(&data.token("agent", "db:read db:admin"))
+        .await;
+    let drop_table = json!({ "sql": "DROP TABLE orders" });
+    let (held, _) = call(&agent, "db.query", drop_table.clone()).await;
+    let (other, _) = call(
+        &agent,
+        "db.query",
+        json!({ "sql": "DELETE FROM customers" }),
+    )
+    .await;
+    let (lease, other_lease) = (lease_of(&held), lease_of(&other));
+    let state = tempfile::NamedTempFile::new().expect("state file");
+    let vars = vec![
+        ("DT_BASE", localhost),
+        ("DT_ALICE_TOKEN", data.token("alice@idp", "approvals:write")),
+        ("DT_BOB_TOKEN", data.token("bob@idp", "approvals:write")),
+        ("DT_DROP_LEASE", lease.clone()),
+        ("DT_OTHER_LEASE", other_lease.clone()),
+        (
+            "DT_PASSKEY_STATE",
+            state.path().to_str().expect("utf8").to_string(),
+        ),
+    ];
+    run_page(&dir, "passkeys-register", &vars).await;
+
+    // The operator confirms the two registrations.
+    let exported = data.cli(&["passkeys", "export"]);
+    let document: serde_json::Value = serde_json::from_slice(&exported.stdout).expect("document");
+    let pending: Vec<String> = document["approvers"]
+        .as_array()
+        .expect("approvers")
+        .iter()
+        .flat_map(|a| a["passkeys"].as_array().cloned().unwrap_or_default())
+        .filter(|p| p["confirmed"] == false)
+        .map(|p| p["credential_id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(pending.len(), 2, "{document}");
+    for credential in &pending {
+        let out = data.cli(&["passkeys", "confirm", "--credential", credential]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    run_page(&dir, "passkeys-approve", &vars).await;
+
+    let mut redeem = drop_table;
+    redeem["lease_id"] = json!(lease);
+    let (ran, _) = call(&agent, "db.query", redeem.clone()).await;
+    assert_eq!(status(&ran), "ok", "{ran}");
+    let approvals = ran["receipt"]["body"]["outcome"]["approvals"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(approvals.len(), 2, "{ran}");
+    assert!(
+        approvals
+            .iter()
+            .all(|a| a["passkey"]["client_data_json"].is_string())
+    );
+    let (again, _) = call(&agent, "db.query", redeem).await;
+    assert_eq!(error_code(&again), "lease_consumed", "{again}");
+    let reasons: Vec<String> = data
+        .receipts()
+        .iter()
+        .filter_map(|r| r["body"]["reason"].as_str().map(String::from))
+        .collect();
+    for code in ["passkey_challenge_mismatch", "passkey_counter_regressed"] {
+        assert!(
+            reasons.iter().any(|r| r == code),
+            "no receipt for {code}: {reasons:?}"
+        );
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, jwks, doc) = (
+        dir.path().join("log.jsonl"),
+        dir.path().join("jwks.json"),
+        dir.path().join("approvers.json"),
+    );
+    assert!(
+        data.cli(&["audit", "export", "--out", log.to_str().expect("utf8")])
+            .status
+            .success()
+    );
+    std::fs::write(&jwks, data.cli(&["keys"]).stdout).expect("jwks");
+    std::fs::write(&doc, data.cli(&["passkeys", "export"]).stdout).expect("doc");
+    let out = data.cli(&[
+        "audit",
+        "verify",
+        "--log",
+        log.to_str().expect("utf8"),
+        "--jwks",
+        jwks.to_str().expect("utf8"),
+        "--approvers",
+        doc.to_str().expect("utf8"),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("0 Ed25519, 4 passkey"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop().await;
+}

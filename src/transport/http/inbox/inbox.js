@@ -1,6 +1,8 @@
 // The approvers' inbox. Everything an approver signs comes from the server's
 // own record of the held call (GET /approvals); the signature is made here
-// with WebCrypto Ed25519 from the approver's key file, which is never sent.
+// with WebCrypto Ed25519 from the approver's key file, which is never sent,
+// or by one of the approver's passkeys (WebAuthn), whose challenge this page
+// derives itself from the statement shown: SHA-256 of its bytes.
 // Text from the server is only ever placed with textContent, never parsed
 // as HTML.
 'use strict';
@@ -9,7 +11,7 @@ const REFRESH_MS = 5000;
 // DER of a PKCS#8 Ed25519 private key up to its 32-byte seed (RFC 8410).
 const PKCS8_ED25519_PREFIX = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
-const session = { token: null, key: null, approver: null, publicKey: null, timer: null, keyset: null };
+const session = { token: null, key: null, approver: null, publicKey: null, timer: null, keyset: null, passkeys: [], rpId: null };
 // The last outcome shown on each held call, kept across refreshes.
 const notes = new Map();
 // What the page keeps across the provider's redirect (this tab only): the
@@ -126,6 +128,78 @@ async function receiptProblem(receipt) {
   return ok ? null : 'the signature does not verify';
 }
 
+// The approver's passkeys and the relying party, from the server.
+async function loadPasskeys() {
+  const listing = await api('/approvals/passkeys');
+  session.rpId = listing.relying_party.id;
+  session.passkeys = listing.passkeys;
+  const items = listing.passkeys.map((p) => {
+    const line = document.createElement('li');
+    const state = p.confirmed ? (p.source === 'config' ? 'pinned by configuration' : 'confirmed') : 'waiting for an operator to confirm it';
+    line.textContent = `${p.credential_id} (${p.alg === -7 ? 'ES256' : 'EdDSA'}): ${state}`;
+    line.dataset.credential = p.credential_id;
+    return line;
+  });
+  byId('passkey-list').replaceChildren(...items);
+}
+
+// The WebAuthn registration ceremony with the server's options (binary
+// members arrive base64url); the result waits for an operator.
+async function registerPasskey() {
+  const state = byId('passkey-state');
+  state.classList.remove('error');
+  try {
+    const { public_key: options } = await api('/approvals/passkeys/challenge', {});
+    const credential = await navigator.credentials.create({
+      publicKey: {
+        ...options,
+        challenge: fromBase64url(options.challenge),
+        user: { ...options.user, id: fromBase64url(options.user.id) },
+        excludeCredentials: options.excludeCredentials.map((c) => ({ type: c.type, id: fromBase64url(c.id) })),
+      },
+    });
+    if (!credential) throw new Error('no passkey was created');
+    const registered = await api('/approvals/passkeys', {
+      challenge: options.challenge,
+      client_data_json: base64url(credential.response.clientDataJSON),
+      attestation_object: base64url(credential.response.attestationObject),
+    });
+    await loadPasskeys();
+    state.textContent = `Passkey ${registered.credential_id} registered. It counts once an operator confirms it: dualtrust passkeys confirm --credential ${registered.credential_id}`;
+  } catch (failure) {
+    state.textContent = `Not registered: ${failure.message}`;
+    state.classList.add('error');
+  }
+}
+
+// A WebAuthn assertion over `statement`: the challenge is its SHA-256,
+// computed here, and must equal what the server offered, so the server can
+// never have a passkey sign anything but the statement shown.
+async function passkeySign(statement, offered) {
+  const usable = session.passkeys.filter((p) => p.confirmed);
+  if (!usable.length) throw new Error('you have no confirmed passkey');
+  const challenge = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(statement));
+  if (offered !== undefined && base64url(challenge) !== offered) {
+    throw new Error('the server asked for a signature over something other than the statement shown; not signing');
+  }
+  const credential = await navigator.credentials.get({
+    publicKey: {
+      challenge,
+      rpId: session.rpId,
+      allowCredentials: usable.map((p) => ({ type: 'public-key', id: fromBase64url(p.credential_id) })),
+      userVerification: 'required',
+      timeout: 120000,
+    },
+  });
+  if (!credential) throw new Error('the passkey did not sign');
+  return {
+    credential_id: base64url(credential.rawId),
+    authenticator_data: base64url(credential.response.authenticatorData),
+    client_data_json: base64url(credential.response.clientDataJSON),
+    signature: base64url(credential.response.signature),
+  };
+}
+
 function fill(node, selector, text) {
   node.querySelector(selector).textContent = text;
 }
@@ -149,7 +223,8 @@ function renderPending(view) {
   const against = view.rejected_by.length
     ? `; rejected by ${view.rejected_by.join(', ')} (${view.rejections_needed} end it)`
     : '';
-  fill(item, '.tally', `${view.approvals} of ${view.k}${by}${against}`);
+  const passkeys = view.passkeys_needed ? `; ${view.passkeys_needed} must be passkeys` : '';
+  fill(item, '.tally', `${view.approvals} of ${view.k}${by}${passkeys}${against}`);
   fill(item, '.eligible', view.approvers.join(', '));
   fill(item, '.lease', view.lease_id);
   fill(item, '.digest', view.args_digest);
@@ -157,8 +232,14 @@ function renderPending(view) {
   fill(item, '.statement', view.sign);
   const approve = item.querySelector('.approve');
   const reject = item.querySelector('.reject');
+  const approvePasskey = item.querySelector('.approve-passkey');
+  const rejectPasskey = item.querySelector('.reject-passkey');
+  const withPasskey = session.passkeys.some((p) => p.confirmed);
+  approvePasskey.hidden = !withPasskey;
+  rejectPasskey.hidden = !withPasskey;
   if (view.approved_by.includes(session.approver)) {
     approve.disabled = true;
+    approvePasskey.disabled = true;
     fill(item, '.outcome', 'You approved this call; it waits for the others.');
   }
   const note = notes.get(view.lease_id);
@@ -166,12 +247,19 @@ function renderPending(view) {
     fill(item, '.outcome', note.text);
     item.querySelector('.outcome').classList.toggle('error', note.error);
   }
-  approve.addEventListener('click', () => act(item, view, 'approve'));
-  reject.addEventListener('click', () => act(item, view, 'reject'));
+  approve.addEventListener('click', () => act(item, view, 'approve', false));
+  reject.addEventListener('click', () => act(item, view, 'reject', false));
+  approvePasskey.addEventListener('click', () => act(item, view, 'approve', true));
+  rejectPasskey.addEventListener('click', () => act(item, view, 'reject', true));
   return item;
 }
 
-async function act(item, view, what) {
+// The signature member of a submission: a key file's or a passkey's.
+async function evidence(statement, passkey, offered) {
+  return passkey ? { passkey: await passkeySign(statement, offered) } : { signature: await sign(statement) };
+}
+
+async function act(item, view, what, passkey) {
   const outcome = item.querySelector('.outcome');
   const buttons = item.querySelectorAll('button');
   buttons.forEach((b) => { b.disabled = true; });
@@ -184,8 +272,8 @@ async function act(item, view, what) {
   try {
     let status;
     if (what === 'approve') {
-      const signature = await sign(view.sign);
-      status = await api('/approvals', { lease_id: view.lease_id, approver_id: session.approver, signature });
+      const signed = await evidence(view.sign, passkey, view.passkey_challenge);
+      status = await api('/approvals', { lease_id: view.lease_id, approver_id: session.approver, ...signed });
       say(status.complete
         ? `Approved: ${status.approvals} of ${status.k}. The call may run once.`
         : `Approved: ${status.approvals} of ${status.k} so far.`, false);
@@ -193,8 +281,8 @@ async function act(item, view, what) {
       const reason = item.querySelector('.reason').value.trim();
       if (!reason) throw new Error('a rejection needs a reason');
       const statement = view.sign_to_reject.replace(/reason=<your reason>\n$/, `reason=${reason}\n`);
-      const signature = await sign(statement);
-      status = await api('/rejections', { lease_id: view.lease_id, approver_id: session.approver, signature, reason });
+      const signed = await evidence(statement, passkey);
+      status = await api('/rejections', { lease_id: view.lease_id, approver_id: session.approver, ...signed, reason });
       say(status.ended
         ? `Rejected by ${status.rejected_by}: the call will not run.`
         : `Rejection recorded: ${status.rejections} of ${status.needed} needed to end this call.`, false);
@@ -264,7 +352,7 @@ async function refresh() {
 
 function signOut(message) {
   clearInterval(session.timer);
-  Object.assign(session, { token: null, key: null, approver: null, publicKey: null, timer: null });
+  Object.assign(session, { token: null, key: null, approver: null, publicKey: null, timer: null, passkeys: [], rpId: null });
   notes.clear();
   byId('inbox').hidden = true;
   byId('who').hidden = true;
@@ -295,6 +383,11 @@ async function signInWith(token) {
   byId('signin').hidden = true;
   byId('inbox').hidden = false;
   showWho();
+  try {
+    await loadPasskeys();
+  } catch (failure) {
+    byId('passkey-state').textContent = `Your passkeys could not be listed: ${failure.message}`;
+  }
   await refresh();
   session.timer = setInterval(refresh, REFRESH_MS);
 }
@@ -391,6 +484,7 @@ async function finishOAuth(oauth, params) {
 async function start() {
   byId('signin-form').addEventListener('submit', signInWithToken);
   byId('keyfile').addEventListener('change', loadKey);
+  byId('register-passkey').addEventListener('click', registerPasskey);
   let signin = { oauth: null };
   try {
     const response = await fetch('/approvals/signin', { cache: 'no-store', credentials: 'omit' });
