@@ -1619,21 +1619,29 @@ fn relying_party(
         ),
         None => None,
     };
+    let valid_id = |id: &str| {
+        !id.is_empty()
+            && id.len() <= 253
+            && id.parse::<std::net::IpAddr>().is_err()
+            && id.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    };
+    // A public URL at an IP address cannot be a relying party (browsers
+    // refuse one); passkeys then work only on a page opened as localhost.
+    let public = public.filter(|url| {
+        url.host_str()
+            .is_some_and(|h| valid_id(&h.to_ascii_lowercase()))
+    });
     let id = match (&passkeys.rp_id, &public) {
         (Some(id), _) => id.trim().to_ascii_lowercase(),
         (None, Some(url)) => url.host_str().unwrap_or("localhost").to_ascii_lowercase(),
         (None, None) => "localhost".into(),
     };
-    let valid_id = !id.is_empty()
-        && id.len() <= 253
-        && id.parse::<std::net::IpAddr>().is_err()
-        && id.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    if !valid_id {
+    if !valid_id(&id) {
         return Err(ConfigError::key(
             "passkeys.rp_id",
             "must be a DNS name (WebAuthn does not accept IP addresses)",
@@ -1641,8 +1649,14 @@ fn relying_party(
     }
     let origins = match (&passkeys.origins, &public) {
         (Some(origins), _) => origins.clone(),
-        (None, Some(url)) => vec![url.origin().ascii_serialization()],
-        (None, None) => vec!["http://localhost:*".into()],
+        (None, Some(url)) if passkeys.rp_id.is_none() => vec![url.origin().ascii_serialization()],
+        (None, _) if id == "localhost" => vec!["http://localhost:*".into()],
+        (None, _) => {
+            return Err(ConfigError::key(
+                "passkeys.origins",
+                "name the inbox's origins when passkeys.rp_id is set",
+            ));
+        }
     };
     for (i, origin) in origins.iter().enumerate() {
         let host = reqwest::Url::parse(origin.trim_end_matches(":*"))
@@ -1906,6 +1920,67 @@ mod tests {
         assert!(err.to_string().contains("identity.dev_tokens"), "{err}");
         let err = load("[http]\nallowed_origins = [\"*\"]\n", &[]).expect_err("wildcard");
         assert!(err.to_string().contains("allowed_origins"), "{err}");
+    }
+
+    #[test]
+    fn the_passkey_relying_party_follows_the_public_url_and_refuses_what_cannot_work() {
+        let c = load("", &[]).expect("defaults");
+        assert_eq!(c.passkeys, crate::webauthn::RelyingParty::default());
+        let c = load(
+            "[http]\npublic_url = \"https://Approvals.Example.com/\"\n",
+            &[],
+        )
+        .expect("public url");
+        assert_eq!(c.passkeys.id, "approvals.example.com");
+        assert_eq!(c.passkeys.origins, ["https://approvals.example.com"]);
+        let c = load(
+            "[passkeys]\nrp_id = \"example.com\"\norigins = [\"https://a.example.com\", \"https://example.com:8443\"]\n",
+            &[],
+        )
+        .expect("a registrable suffix");
+        assert_eq!(c.passkeys.id, "example.com");
+        let c = load("[http]\npublic_url = \"http://127.0.0.1:8080\"\n", &[])
+            .expect("an IP public URL still starts");
+        assert_eq!(c.passkeys, crate::webauthn::RelyingParty::default());
+        for (text, key) in [
+            ("[passkeys]\nrp_id = \"127.0.0.1\"\n", "passkeys.rp_id"),
+            (
+                "[passkeys]\nrp_id = \"example.com\"\norigins = [\"https://evil-example.com\"]\n",
+                "passkeys.origins[0]",
+            ),
+        ] {
+            let err = load(text, &[]).expect_err(text);
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_approver_may_sign_with_passkeys_only_and_pins_are_checked() {
+        let mut device = crate::fuzzing::SoftAuthenticator::new(
+            crate::webauthn::ES256,
+            "http://localhost:8080",
+            "localhost",
+        );
+        let _ = device.register(&[0; 32]);
+        let cose = URL_SAFE_NO_PAD.encode(device.cose_key());
+        let pinned = format!(
+            "[[approvers]]\nid = \"alice\"\n[[approvers.passkeys]]\ncredential_id = \"{}\"\npublic_key = \"{cose}\"\n\
+             [quorum]\nk = 1\npasskeys = 1\n",
+            device.credential_id_b64()
+        );
+        let c = load(&pinned, &[]).expect("passkey-only approver");
+        assert!(c.approvers[0].key.is_none());
+        assert_eq!(c.approvers[0].passkeys.len(), 1);
+        let err = load(&pinned.replace(&cose, "AAAA"), &[]).expect_err("bad key");
+        assert!(
+            err.to_string()
+                .contains("approvers[0].passkeys[0].public_key"),
+            "{err}"
+        );
+        let err = load("[[approvers]]\nid = \"bob\"\n", &[]).expect_err("nothing to sign with");
+        assert!(err.to_string().contains("approvers[0]"), "{err}");
+        let err = load(&pinned.replace("passkeys = 1", "passkeys = 2"), &[]).expect_err("p > k");
+        assert!(err.to_string().contains("quorum.passkeys"), "{err}");
     }
 
     #[test]

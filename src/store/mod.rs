@@ -953,4 +953,103 @@ mod tests {
         drop(store);
         database.remove().await;
     }
+
+    /// A registration waits for its confirmation, a credential id is taken
+    /// once, and of many replicas handed the same counter value only one
+    /// moves the counter on (the rest see a replay).
+    async fn passkeys_register_confirm_and_count_once(replicas: [Store; 2]) {
+        let store = &replicas[0];
+        let passkey = StoredPasskey {
+            credential_id: "cred-1".into(),
+            approver_id: "alice".into(),
+            public_key: "cose".into(),
+            confirmed: false,
+            registered_at: 10,
+            confirmed_at: None,
+        };
+        store.register_passkey(&passkey, 3).await.expect("register");
+        assert!(matches!(
+            replicas[1].register_passkey(&passkey, 0).await,
+            Err(StoreError::Duplicate)
+        ));
+        assert_eq!(
+            store.passkeys(Some("alice")).await.expect("list"),
+            [passkey.clone()]
+        );
+        assert!(store.passkeys(Some("bob")).await.expect("list").is_empty());
+        assert!(store.confirm_passkey("cred-1", 11).await.expect("confirm"));
+        assert!(!store.confirm_passkey("cred-1", 12).await.expect("once"));
+        assert!(!store.confirm_passkey("nope", 12).await.expect("unknown"));
+        let listed = store.passkeys(None).await.expect("list");
+        assert!(listed[0].confirmed && listed[0].confirmed_at == Some(11));
+        assert!(
+            !store
+                .advance_passkey_counter("cred-1", 3)
+                .await
+                .expect("same")
+        );
+        let racing = (0..20).map(|i| {
+            let store = replicas[i % 2].clone();
+            tokio::spawn(async move { store.advance_passkey_counter("cred-1", 4).await })
+        });
+        let advanced = futures_util::future::join_all(racing)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(Ok(true))))
+            .count();
+        assert_eq!(advanced, 1, "one assertion, one count");
+        assert!(
+            !store
+                .advance_passkey_counter("cred-1", 2)
+                .await
+                .expect("back")
+        );
+        // A pinned credential's first use starts its row; a counter-less
+        // authenticator keeps reporting zero.
+        assert!(
+            store
+                .advance_passkey_counter("pinned", 0)
+                .await
+                .expect("first")
+        );
+        assert!(
+            store
+                .advance_passkey_counter("pinned", 0)
+                .await
+                .expect("zero again")
+        );
+        assert!(
+            store
+                .advance_passkey_counter("pinned", 1)
+                .await
+                .expect("starts counting")
+        );
+        assert!(
+            !store
+                .advance_passkey_counter("pinned", 0)
+                .await
+                .expect("then never zero")
+        );
+    }
+
+    #[tokio::test]
+    async fn passkeys_on_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let first = Store::open_sqlite(&path).await.expect("store");
+        let second = Store::open_sqlite(&path).await.expect("store");
+        passkeys_register_confirm_and_count_once([first, second]).await;
+    }
+
+    #[tokio::test]
+    async fn passkeys_on_postgres() {
+        let database = TempPgDatabase::create().await;
+        let replicas = [
+            Store::open_postgres(&database.url, 8).await.expect("open"),
+            Store::open_postgres(&database.url, 8).await.expect("open"),
+        ];
+        passkeys_register_confirm_and_count_once(replicas.clone()).await;
+        drop(replicas);
+        database.remove().await;
+    }
 }

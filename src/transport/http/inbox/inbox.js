@@ -382,6 +382,8 @@ async function signInWith(token) {
   byId('signin-error').textContent = '';
   byId('signin').hidden = true;
   byId('inbox').hidden = false;
+  // An approver who signs only with passkeys has no key file to load.
+  byId('key').hidden = !session.publicKey;
   showWho();
   try {
     await loadPasskeys();
