@@ -506,6 +506,9 @@ mod tests {
 
     const STATEMENT: &str = "dualtrust-approval-v1\nlease=00\n";
 
+    /// One way a ceremony is made wrong.
+    type Tamper = fn(&mut SoftAuthenticator);
+
     #[test]
     fn a_registered_credential_signs_one_statement_for_this_relying_party() {
         for alg in [ES256, EDDSA] {
@@ -555,7 +558,7 @@ mod tests {
         let key = verify_registration(&rp(), &challenge, &device.register(&challenge))
             .expect("reg")
             .key;
-        let cases: [(&str, fn(&mut SoftAuthenticator), WebauthnError); 5] = [
+        let cases: [(&str, Tamper, WebauthnError); 5] = [
             (
                 "a page of another origin",
                 |d| d.origin = "http://evil.example".into(),

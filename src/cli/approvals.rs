@@ -436,6 +436,61 @@ pub(super) async fn reject(
     Ok(())
 }
 
+/// `dualtrust passkeys …`, beside the server's data directory.
+pub async fn passkeys(config: &Config, command: super::PasskeysCommand) -> Result<(), BoxError> {
+    let desk = Desk::open(config).await?;
+    match command {
+        super::PasskeysCommand::List => {
+            let document = desk.gate.approvers_document().await?;
+            let mut any = false;
+            for approver in document["approvers"].as_array().into_iter().flatten() {
+                for passkey in approver["passkeys"].as_array().into_iter().flatten() {
+                    any = true;
+                    let state = match (passkey["source"].as_str(), passkey["confirmed"].as_bool()) {
+                        (Some("config"), _) => "pinned",
+                        (_, Some(true)) => "confirmed",
+                        _ => "PENDING (dualtrust passkeys confirm --credential …)",
+                    };
+                    println!(
+                        "{}  {}  alg {}  {state}",
+                        approver["id"].as_str().unwrap_or_default(),
+                        passkey["credential_id"].as_str().unwrap_or_default(),
+                        passkey["alg"],
+                    );
+                }
+            }
+            if !any {
+                eprintln!("no passkeys: approvers register them in the inbox (/approvals/)");
+            }
+        }
+        super::PasskeysCommand::Confirm { credential } => {
+            let receipt = desk
+                .gate
+                .confirm_passkey(credential.trim())
+                .await
+                .map_err(|e| format!("not confirmed: {e}"))?;
+            let approver = receipt
+                .body
+                .outcome
+                .as_ref()
+                .and_then(|o| o["approver"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            eprintln!(
+                "confirmed: {credential} now counts for approver {approver} (receipt {})",
+                receipt.hash
+            );
+        }
+        super::PasskeysCommand::Export => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&desk.gate.approvers_document().await?)?
+            );
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,59 +545,4 @@ mod tests {
         other_requester["requested_by"] = json!("someone-else");
         assert!(lease_from_view(&other_requester).is_err());
     }
-}
-
-/// `dualtrust passkeys …`, beside the server's data directory.
-pub async fn passkeys(config: &Config, command: super::PasskeysCommand) -> Result<(), BoxError> {
-    let desk = Desk::open(config).await?;
-    match command {
-        super::PasskeysCommand::List => {
-            let document = desk.gate.approvers_document().await?;
-            let mut any = false;
-            for approver in document["approvers"].as_array().into_iter().flatten() {
-                for passkey in approver["passkeys"].as_array().into_iter().flatten() {
-                    any = true;
-                    let state = match (passkey["source"].as_str(), passkey["confirmed"].as_bool()) {
-                        (Some("config"), _) => "pinned",
-                        (_, Some(true)) => "confirmed",
-                        _ => "PENDING (dualtrust passkeys confirm --credential …)",
-                    };
-                    println!(
-                        "{}  {}  alg {}  {state}",
-                        approver["id"].as_str().unwrap_or_default(),
-                        passkey["credential_id"].as_str().unwrap_or_default(),
-                        passkey["alg"],
-                    );
-                }
-            }
-            if !any {
-                eprintln!("no passkeys: approvers register them in the inbox (/approvals/)");
-            }
-        }
-        super::PasskeysCommand::Confirm { credential } => {
-            let receipt = desk
-                .gate
-                .confirm_passkey(credential.trim())
-                .await
-                .map_err(|e| format!("not confirmed: {e}"))?;
-            let approver = receipt
-                .body
-                .outcome
-                .as_ref()
-                .and_then(|o| o["approver"].as_str())
-                .unwrap_or_default()
-                .to_string();
-            eprintln!(
-                "confirmed: {credential} now counts for approver {approver} (receipt {})",
-                receipt.hash
-            );
-        }
-        super::PasskeysCommand::Export => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&desk.gate.approvers_document().await?)?
-            );
-        }
-    }
-    Ok(())
 }

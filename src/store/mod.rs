@@ -974,7 +974,7 @@ mod tests {
         ));
         assert_eq!(
             store.passkeys(Some("alice")).await.expect("list"),
-            [passkey.clone()]
+            std::slice::from_ref(&passkey)
         );
         assert!(store.passkeys(Some("bob")).await.expect("list").is_empty());
         assert!(store.confirm_passkey("cred-1", 11).await.expect("confirm"));

@@ -11,6 +11,9 @@ use serde_json::{Value, json};
 
 use crate::common::{DataDir, call, lease_of, status};
 
+/// One way an assertion is made wrong.
+type Tamper = fn(&mut SoftAuthenticator);
+
 struct Api {
     http: reqwest::Client,
     base: String,
@@ -238,7 +241,7 @@ async fn destructive_calls_run_on_k_passkey_signatures_over_that_exact_call() {
     assert!(!again.status.success(), "a confirmation is made once");
 
     // Each attack on the assertion, refused.
-    let attacks: [(&str, fn(&mut SoftAuthenticator), &str); 3] = [
+    let attacks: [(&str, Tamper, &str); 3] = [
         (
             "a page of another origin",
             |d| d.origin = "http://localhost.evil.example:1".into(),
