@@ -1101,6 +1101,191 @@ fn audit_consistency(fixture: &AuditFixture, bytes: &[u8]) {
 /// real earlier head and the one true proof verify; honest checkpoints are
 /// consistent; a witness submission that parses is the one its text
 /// spells, and so is any checkpoint in it.
+/// The relying party, statement and registered authenticator the
+/// `webauthn` target checks against; fixed so that seeds stay valid.
+struct WebauthnFixture {
+    rp: crate::webauthn::RelyingParty,
+    device: SoftAuthenticator,
+    key: crate::webauthn::CredentialKey,
+}
+
+const WEBAUTHN_STATEMENT: &str = "dualtrust-approval-v1\nlease=fuzz\n";
+const WEBAUTHN_CHALLENGE: [u8; 32] = [0x5a; 32];
+
+fn webauthn_fixture() -> &'static WebauthnFixture {
+    static FIXTURE: OnceLock<WebauthnFixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let device = SoftAuthenticator::from_seed(
+            crate::webauthn::ES256,
+            [0x42; 32],
+            b"fuzz-credential",
+            "http://localhost:8080",
+            "localhost",
+        );
+        let key = device.key();
+        WebauthnFixture {
+            rp: crate::webauthn::RelyingParty::default(),
+            device,
+            key,
+        }
+    })
+}
+
+/// WebAuthn ceremonies from the browser's bytes. The first byte picks:
+/// 0, a COSE_Key; 1, a registration (client data JSON and the attestation
+/// object); otherwise an assertion over the fixture statement by the
+/// fixture credential (client data, authenticator data, signature); each
+/// part after a 2-byte big-endian length. Property: whatever is accepted has, by a check of its own
+/// here, the relying party's RP id hash, user presence and verification,
+/// the right ceremony type, challenge and origin, and (for an assertion) a
+/// signature that verifies directly with p256 over authenticator data and
+/// the client data hash.
+pub fn webauthn(data: &[u8]) {
+    use crate::webauthn::{Assertion, CredentialKey, RegistrationResponse};
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let fixture = webauthn_fixture();
+    let mut parts = length_prefixed(rest);
+    match selector {
+        0 => {
+            if let Ok(key) = CredentialKey::from_cose(rest) {
+                assert_eq!(key.cose(), rest, "the key is kept as registered");
+                assert!(matches!(
+                    key.alg(),
+                    crate::webauthn::ES256 | crate::webauthn::EDDSA
+                ));
+            }
+        }
+        1 => {
+            let (Some(client), Some(object)) = (parts.next(), parts.next()) else {
+                return;
+            };
+            let response = RegistrationResponse {
+                client_data_json: URL_SAFE_NO_PAD.encode(client),
+                attestation_object: URL_SAFE_NO_PAD.encode(object),
+            };
+            if crate::webauthn::verify_registration(&fixture.rp, &WEBAUTHN_CHALLENGE, &response)
+                .is_ok()
+            {
+                assert_client_data(client, "webauthn.create", &WEBAUTHN_CHALLENGE);
+                let object: coset::cbor::value::Value =
+                    coset::cbor::de::from_reader(object).expect("accepted CBOR");
+                let auth_data = object
+                    .as_map()
+                    .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some("authData")))
+                    .and_then(|(_, v)| v.as_bytes())
+                    .expect("authData");
+                assert_flags(auth_data, 0x40);
+            }
+        }
+        _ => {
+            let (Some(client), Some(auth_data), Some(signature)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return;
+            };
+            let assertion = Assertion {
+                credential_id: fixture.device.credential_id_b64(),
+                authenticator_data: URL_SAFE_NO_PAD.encode(auth_data),
+                client_data_json: URL_SAFE_NO_PAD.encode(client),
+                signature: URL_SAFE_NO_PAD.encode(signature),
+            };
+            if let Ok(count) = assertion.verify(&fixture.rp, &fixture.key, WEBAUTHN_STATEMENT) {
+                assert_client_data(
+                    client,
+                    "webauthn.get",
+                    &crate::webauthn::statement_challenge(WEBAUTHN_STATEMENT),
+                );
+                assert_flags(auth_data, 0);
+                assert_eq!(count.to_be_bytes(), auth_data[33..37]);
+                use p256::ecdsa::signature::Verifier;
+                let SoftSigner::Es256(key) = &fixture.device.signer else {
+                    unreachable!("the fixture is ES256")
+                };
+                let mut signed = auth_data.to_vec();
+                signed.extend_from_slice(&Sha256::digest(client));
+                let signature = p256::ecdsa::Signature::from_der(signature).expect("DER");
+                assert!(key.verifying_key().verify(&signed, &signature).is_ok());
+            }
+        }
+    }
+}
+
+/// Splits `data` into parts that each follow their 2-byte length.
+fn length_prefixed(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (len, rest) = data.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_be_bytes(*len));
+        if rest.len() < len {
+            return None;
+        }
+        let (part, rest) = rest.split_at(len);
+        data = rest;
+        Some(part)
+    })
+}
+
+fn assert_client_data(json: &[u8], kind: &str, challenge: &[u8]) {
+    let data: serde_json::Value = serde_json::from_slice(json).expect("accepted JSON");
+    assert_eq!(data["type"], kind);
+    assert_eq!(data["challenge"], URL_SAFE_NO_PAD.encode(challenge));
+    let origin = data["origin"].as_str().expect("origin");
+    let port = origin
+        .strip_prefix("http://localhost")
+        .expect("a localhost origin");
+    assert!(port.is_empty() || port[1..].bytes().all(|b| b.is_ascii_digit()));
+    assert_ne!(data["crossOrigin"], true);
+    assert!(data.get("topOrigin").is_none());
+}
+
+fn assert_flags(auth_data: &[u8], also: u8) {
+    assert_eq!(auth_data[..32], Sha256::digest(b"localhost")[..]);
+    assert_eq!(auth_data[32] & (0x05 | also), 0x05 | also);
+}
+
+/// Seeds for the `webauthn` target: a registration and an assertion by
+/// the fixture authenticator, and its COSE key.
+pub fn webauthn_seeds() -> Vec<(String, Vec<u8>)> {
+    let fixture = webauthn_fixture();
+    let mut device = fixture.device.clone();
+    let registration = device.register(&WEBAUTHN_CHALLENGE);
+    let assertion = device.assert(WEBAUTHN_STATEMENT);
+    let raw = |b64: &str| URL_SAFE_NO_PAD.decode(b64).expect("b64");
+    let joined = |selector: u8, parts: &[Vec<u8>]| {
+        let mut out = vec![selector];
+        for part in parts {
+            out.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        out
+    };
+    vec![
+        ("cose-key".into(), [&[0u8][..], &device.cose_key()].concat()),
+        (
+            "registration".into(),
+            joined(
+                1,
+                &[
+                    raw(&registration.client_data_json),
+                    raw(&registration.attestation_object),
+                ],
+            ),
+        ),
+        (
+            "assertion".into(),
+            joined(
+                2,
+                &[
+                    raw(&assertion.client_data_json),
+                    raw(&assertion.authenticator_data),
+                    raw(&assertion.signature),
+                ],
+            ),
+        ),
+    ]
+}
+
 pub fn audit(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else {
         return;
@@ -1401,6 +1586,39 @@ mod tests {
         }
         request_state(b"\x01lease\0terminal.execute\0\x05");
         config(b"[database]\nrow_cap = 3\n");
+        for (_, seed) in webauthn_seeds() {
+            webauthn(&seed);
+        }
+    }
+
+    /// The `webauthn` seeds are ceremonies the server accepts, so the
+    /// fuzzer starts inside the checks rather than at their first refusal.
+    #[test]
+    fn the_webauthn_seeds_verify() {
+        let fixture = webauthn_fixture();
+        let seeds = webauthn_seeds();
+        let parts = |name: &str| -> Vec<Vec<u8>> {
+            let (_, seed) = seeds.iter().find(|(n, _)| n == name).expect("seed");
+            length_prefixed(&seed[1..]).map(<[u8]>::to_vec).collect()
+        };
+        let registration = parts("registration");
+        let response = crate::webauthn::RegistrationResponse {
+            client_data_json: URL_SAFE_NO_PAD.encode(&registration[0]),
+            attestation_object: URL_SAFE_NO_PAD.encode(&registration[1]),
+        };
+        crate::webauthn::verify_registration(&fixture.rp, &WEBAUTHN_CHALLENGE, &response)
+            .expect("the registration seed verifies");
+        let assertion = parts("assertion");
+        let assertion = crate::webauthn::Assertion {
+            credential_id: fixture.device.credential_id_b64(),
+            client_data_json: URL_SAFE_NO_PAD.encode(&assertion[0]),
+            authenticator_data: URL_SAFE_NO_PAD.encode(&assertion[1]),
+            signature: URL_SAFE_NO_PAD.encode(&assertion[2]),
+        };
+        assert_eq!(
+            assertion.verify(&fixture.rp, &fixture.key, WEBAUTHN_STATEMENT),
+            Ok(1)
+        );
     }
 
     /// Writes the seeds that need the fixtures' keys into `fuzz/corpus/`:
@@ -1416,6 +1634,9 @@ mod tests {
         };
         for (name, bytes) in audit_seeds() {
             write("audit", &name, &bytes);
+        }
+        for (name, bytes) in webauthn_seeds() {
+            write("webauthn", &name, &bytes);
         }
         let f = token_fixture();
         let far = 4_102_444_800u64;
@@ -1513,9 +1734,21 @@ enum SoftSigner {
 impl SoftAuthenticator {
     pub fn new(alg: i64, origin: &str, rp_id: &str) -> Self {
         let mut seed = [0u8; 32];
-        let mut credential_id = vec![0u8; 16];
+        let mut credential_id = [0u8; 16];
         getrandom::getrandom(&mut seed).expect("randomness");
         getrandom::getrandom(&mut credential_id).expect("randomness");
+        Self::from_seed(alg, seed, &credential_id, origin, rp_id)
+    }
+
+    /// The same authenticator every time, for fixtures and seeds.
+    pub fn from_seed(
+        alg: i64,
+        seed: [u8; 32],
+        credential_id: &[u8],
+        origin: &str,
+        rp_id: &str,
+    ) -> Self {
+        let credential_id = credential_id.to_vec();
         let signer = match alg {
             crate::webauthn::ES256 => {
                 SoftSigner::Es256(p256::ecdsa::SigningKey::from_slice(&seed).expect("scalar"))
