@@ -211,7 +211,8 @@ pub enum PasskeysCommand {
     /// passkey counts for its approver. Check the credential id with the
     /// approver first (the inbox shows it after registering).
     Confirm {
-        #[arg(long, value_name = "CREDENTIAL_ID")]
+        // A base64url id may begin with `-`.
+        #[arg(long, value_name = "CREDENTIAL_ID", allow_hyphen_values = true)]
         credential: String,
     },
     /// Print the approvers document (as `/.well-known/dualtrust-approvers.json`)
