@@ -5,7 +5,9 @@
 //! concurrency levels; and the time to verify an exported log of N receipts
 //! offline (`verify_log`: RFC 8785 hash, Ed25519 signature, chain and RFC
 //! 6962 tree per receipt); and the time to open a stored log of N receipts
-//! (its tree derived from the stored bytes). N defaults to 1,000,000; set BENCH_RECEIPTS to
+//! (its tree derived from the stored bytes); and the cost of counting one
+//! approval: an Ed25519 key signature, and a passkey (WebAuthn ES256 and
+//! EdDSA) assertion. N defaults to 1,000,000; set BENCH_RECEIPTS to
 //! change it and BENCH_APPEND_SECS for the append phase length. With
 //! BENCH_JSON=path the figures are also written there (tools/bench merges
 //! them into its table).
@@ -167,6 +169,83 @@ async fn load_time(receipts: Vec<Receipt>, key: Arc<KeyPair>) -> LoadTime {
     }
 }
 
+/// Microseconds per check of one approval by `ApproverRegistry::check`
+/// (what counting it at submission and at redemption costs), for a key
+/// signature and for ES256 and EdDSA passkey assertions.
+fn approval_checks(rounds: u32) -> Vec<(&'static str, f64)> {
+    use dualtrust::config::{Approver, PinnedPasskey, QuorumConfig};
+    use dualtrust::fuzzing::SoftAuthenticator;
+    use dualtrust::gate::quorum::{ApproverRegistry, Evidence, approval_message};
+    use dualtrust::webauthn::{EDDSA, ES256, RelyingParty};
+    let lease = dualtrust::store::Lease {
+        id: "0123456789abcdef0123456789abcdef".into(),
+        subject: "agent".into(),
+        tool: "db.query".into(),
+        args_digest: "ab".repeat(32),
+        scope: "db:admin".into(),
+        issued_at: 1,
+        expires_at: 4_000_000_000,
+        state: dualtrust::store::LeaseState::PendingApproval,
+        summary: String::new(),
+        args_json: "{}".into(),
+        quorum_k: 1,
+        requester_token: None,
+        requester_address: None,
+    };
+    let statement = approval_message(&lease);
+    let key = KeyPair::generate().expect("key");
+    let mut es256 = SoftAuthenticator::new(ES256, "http://localhost:8080", "localhost");
+    let mut eddsa = SoftAuthenticator::new(EDDSA, "http://localhost:8080", "localhost");
+    let pinned = |device: &SoftAuthenticator| PinnedPasskey {
+        credential_id: device.credential_id_b64(),
+        key: device.key(),
+    };
+    let approver = Approver {
+        id: "alice".into(),
+        key: Some(key.verifying_key()),
+        subject: None,
+        passkeys: vec![pinned(&es256), pinned(&eddsa)],
+    };
+    let registry = ApproverRegistry::new(
+        &[approver],
+        &QuorumConfig {
+            k: 1,
+            ..QuorumConfig::default()
+        },
+        &RelyingParty::default(),
+    );
+    let signature = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        key.sign(statement.as_bytes()),
+    );
+    let cases = [
+        ("Ed25519 key signature", Evidence::Key(signature)),
+        (
+            "passkey ES256 assertion",
+            Evidence::Passkey(es256.assert(&statement)),
+        ),
+        (
+            "passkey EdDSA assertion",
+            Evidence::Passkey(eddsa.assert(&statement)),
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, evidence)| {
+            let started = Instant::now();
+            for _ in 0..rounds {
+                registry
+                    .check(&lease, "alice", &evidence, None, &[])
+                    .expect("a valid approval");
+            }
+            (
+                name,
+                started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds),
+            )
+        })
+        .collect()
+}
+
 fn main() {
     let secs: u64 = std::env::var("BENCH_APPEND_SECS")
         .ok()
@@ -222,8 +301,13 @@ fn main() {
         "open a stored log of {} receipts: {:.2} s deriving every leaf from the receipt bytes (now); {:.2} s reading and decoding the leaf column (what opening did before)",
         load.receipts, load.derived_s, load.columns_s
     );
+    let checks = approval_checks(2_000);
+    for (name, micros) in &checks {
+        println!("check one approval, {name}: {micros:.1} µs");
+    }
     if let Ok(path) = std::env::var("BENCH_JSON") {
         let figures = serde_json::json!({
+            "approval_check_us": checks.iter().map(|(n, us)| (n.to_string(), serde_json::json!(us))).collect::<serde_json::Map<_, _>>(),
             "cores": cores,
             "appends": appends,
             "verify": {
