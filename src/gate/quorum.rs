@@ -5,11 +5,12 @@
 //! ([`approval_message`]): the lease id, tool, argument digest, requesting
 //! subject and expiry. It is made with the approver's Ed25519 key, or with
 //! one of their passkeys as a WebAuthn assertion whose challenge is the
-//! statement's SHA-256 ([`crate::webauthn::statement_challenge`]). Nothing a client sends names what is approved; a
-//! signature made for another lease, other arguments or another expiry does
-//! not verify. Stored approvals are verified again every time they are
-//! counted, so a row written into the store by hand counts for nothing
-//! without a valid signature.
+//! statement's SHA-256 ([`crate::webauthn::statement_challenge`]). Nothing
+//! a client sends names what is approved; a signature made for another
+//! lease, other arguments or another expiry does not verify. Stored
+//! approvals are verified again every time they are counted, so a row
+//! written into the store by hand counts for nothing without a valid
+//! signature.
 
 use std::collections::BTreeSet;
 

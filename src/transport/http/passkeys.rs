@@ -22,10 +22,7 @@ pub(super) async fn list_passkeys(
     };
     let passkeys = document["approvers"]
         .as_array()
-        .and_then(|all| {
-            all.iter()
-                .find(|a| Some(a["id"].as_str()) == Some(approver))
-        })
+        .and_then(|all| all.iter().find(|a| a["id"].as_str() == approver))
         .map_or(json!([]), |a| a["passkeys"].clone());
     json_response(
         StatusCode::OK,
