@@ -1,12 +1,14 @@
 -- Approvers' passkeys registered in the inbox: pending until an operator
--- confirms one (dualtrust passkeys confirm), only then counted.
+-- confirms one (dualtrust passkeys confirm), only then counted, until one
+-- revokes it (dualtrust passkeys revoke: a lost or retired authenticator).
 CREATE TABLE passkeys (
     credential_id TEXT PRIMARY KEY,
     approver_id TEXT NOT NULL,
     public_key TEXT NOT NULL,
     state TEXT NOT NULL,
     registered_at INTEGER NOT NULL,
-    confirmed_at INTEGER
+    confirmed_at INTEGER,
+    revoked_at INTEGER
 );
 CREATE INDEX passkeys_approver ON passkeys (approver_id);
 

@@ -63,6 +63,8 @@ pub enum Decision {
     PasskeyRegistered,
     /// An operator confirmed a registered passkey.
     PasskeyConfirmed,
+    /// An operator revoked a passkey; it counts no more.
+    PasskeyRevoked,
 }
 
 /// What the gate knows about a decision; the log adds position and time.

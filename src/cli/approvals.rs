@@ -446,9 +446,14 @@ pub async fn passkeys(config: &Config, command: super::PasskeysCommand) -> Resul
             for approver in document["approvers"].as_array().into_iter().flatten() {
                 for passkey in approver["passkeys"].as_array().into_iter().flatten() {
                     any = true;
-                    let state = match (passkey["source"].as_str(), passkey["confirmed"].as_bool()) {
-                        (Some("config"), _) => "pinned",
-                        (_, Some(true)) => "confirmed",
+                    let state = match (
+                        passkey["source"].as_str(),
+                        passkey["confirmed"].as_bool(),
+                        passkey["revoked_at"].is_u64(),
+                    ) {
+                        (Some("config"), _, _) => "pinned",
+                        (_, _, true) => "revoked",
+                        (_, Some(true), _) => "confirmed",
                         _ => "PENDING (dualtrust passkeys confirm --credential …)",
                     };
                     println!(
@@ -478,6 +483,17 @@ pub async fn passkeys(config: &Config, command: super::PasskeysCommand) -> Resul
                 .to_string();
             eprintln!(
                 "confirmed: {credential} now counts for approver {approver} (receipt {})",
+                receipt.hash
+            );
+        }
+        super::PasskeysCommand::Revoke { credential } => {
+            let receipt = desk
+                .gate
+                .revoke_passkey(credential.trim())
+                .await
+                .map_err(|e| format!("not revoked: {e}"))?;
+            eprintln!(
+                "revoked: {credential} counts for nothing from receipt {} on",
                 receipt.hash
             );
         }

@@ -215,6 +215,12 @@ pub enum PasskeysCommand {
         #[arg(long, value_name = "CREDENTIAL_ID", allow_hyphen_values = true)]
         credential: String,
     },
+    /// Revoke a registered passkey (a lost or retired authenticator): from
+    /// this receipt on it counts for nothing, even approvals it already gave.
+    Revoke {
+        #[arg(long, value_name = "CREDENTIAL_ID", allow_hyphen_values = true)]
+        credential: String,
+    },
     /// Print the approvers document (as `/.well-known/dualtrust-approvers.json`)
     /// for `audit verify --approvers`.
     Export,

@@ -1,7 +1,8 @@
 //! Re-checking, offline, every approval an exported log says a call ran
 //! with: each Ed25519 signature against the approver's published key, each
 //! passkey assertion against a credential pinned in the approvers document
-//! or registered and confirmed earlier in the same log.
+//! or registered and confirmed earlier in the same log (and not revoked
+//! since).
 
 use std::collections::BTreeMap;
 
@@ -76,6 +77,14 @@ pub fn verify_logged_approvals(
             )
         {
             confirmed.insert((approver.into(), id.into()), key.into());
+            continue;
+        }
+        if body.decision == Decision::PasskeyRevoked
+            && let Some(o) = outcome
+            && let (Some(approver), Some(id)) =
+                (o["approver"].as_str(), o["credential_id"].as_str())
+        {
+            confirmed.remove(&(approver.to_string(), id.to_string()));
             continue;
         }
         if !matches!(
@@ -170,4 +179,95 @@ pub fn verify_logged_approvals(
         }
     }
     Ok(checked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::ReceiptBody;
+    use crate::fuzzing::SoftAuthenticator;
+
+    fn receipt(seq: u64, decision: Decision, outcome: serde_json::Value) -> Receipt {
+        Receipt {
+            body: ReceiptBody {
+                kind: crate::audit::RECEIPT_TYPE.into(),
+                seq,
+                prev: crate::audit::GENESIS_PREV.into(),
+                ts_ms: 0,
+                kid: "k".into(),
+                subject: Some("agent".into()),
+                token_id: None,
+                transport: "http".into(),
+                tool: "db.query".into(),
+                class: Some("destructive".into()),
+                scope: None,
+                args_digest: Some("ab".repeat(32)),
+                lease: Some("0".repeat(32)),
+                decision,
+                reason: None,
+                outcome: Some(outcome),
+                trace_id: None,
+            },
+            hash: String::new(),
+            sig: String::new(),
+        }
+    }
+
+    /// A passkey counts offline only between the receipts that confirm and
+    /// revoke it, and only for the statement the receipt rebuilds.
+    #[test]
+    fn a_passkey_approval_verifies_only_while_the_log_says_it_was_confirmed() {
+        let mut device =
+            SoftAuthenticator::new(crate::webauthn::ES256, "http://localhost:1", "localhost");
+        let statement =
+            approval_statement(&"0".repeat(32), "db.query", &"ab".repeat(32), "agent", 99);
+        let approval = |assertion: Assertion| serde_json::json!({ "approvals": [{ "approver": "alice", "passkey": assertion, "expires_at": 99 }] });
+        let id = device.credential_id_b64();
+        let confirmed = receipt(
+            0,
+            Decision::PasskeyConfirmed,
+            serde_json::json!({ "approver": "alice", "credential_id": id, "public_key": URL_SAFE_NO_PAD.encode(device.cose_key()) }),
+        );
+        let ran = receipt(1, Decision::Intent, approval(device.assert(&statement)));
+        let revoked = receipt(
+            2,
+            Decision::PasskeyRevoked,
+            serde_json::json!({ "approver": "alice", "credential_id": id }),
+        );
+        let late = receipt(3, Decision::Intent, approval(device.assert(&statement)));
+        let document = ApproversDocument {
+            relying_party: RelyingParty::default(),
+            approvers: vec![DocumentApprover {
+                id: "alice".into(),
+                public_key: None,
+                passkeys: Vec::new(),
+            }],
+        };
+        let checked = verify_logged_approvals(&[confirmed.clone(), ran.clone()], &document);
+        assert_eq!(
+            checked,
+            Ok(ApprovalsChecked {
+                by_key: 0,
+                by_passkey: 1
+            })
+        );
+        assert_eq!(
+            verify_logged_approvals(std::slice::from_ref(&ran), &document).map_err(|(seq, _)| seq),
+            Err(1),
+            "never confirmed in this log"
+        );
+        assert_eq!(
+            verify_logged_approvals(&[confirmed.clone(), ran.clone(), revoked, late], &document)
+                .map_err(|(seq, _)| seq),
+            Err(3),
+            "used after its revocation"
+        );
+        let mut other = ran;
+        other.body.args_digest = Some("cd".repeat(32));
+        assert_eq!(
+            verify_logged_approvals(&[confirmed, other], &document).map_err(|(seq, _)| seq),
+            Err(1),
+            "an approval moved onto other arguments"
+        );
+    }
 }

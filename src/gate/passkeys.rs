@@ -198,6 +198,7 @@ impl Gate {
             confirmed: false,
             registered_at: self.clock.now_unix(),
             confirmed_at: None,
+            revoked_at: None,
         };
         match self
             .store
@@ -229,6 +230,35 @@ impl Gate {
             })
         });
         self.record_passkey(record, outcome, Decision::PasskeyConfirmed, &approver)
+            .await
+    }
+
+    /// An operator's revocation of a registered passkey (a lost or retired
+    /// authenticator): from its receipt on it counts for nothing, including
+    /// approvals it gave to calls that still wait.
+    pub async fn revoke_passkey(&self, credential_id: &str) -> Result<Receipt, ApprovalError> {
+        let mut record = CallRecord::new("cli", PASSKEY);
+        record.operator();
+        let result = match self
+            .store
+            .revoke_passkey(credential_id, self.clock.now_unix())
+            .await
+        {
+            Ok(Some(passkey)) => Ok(passkey),
+            Ok(None) => Err(ApprovalError::NoPasskeyToRevoke),
+            Err(_) => Err(ApprovalError::StoreUnavailable),
+        };
+        let approver = result
+            .as_ref()
+            .map(|p| p.approver_id.clone())
+            .unwrap_or_default();
+        let outcome = result.as_ref().map_err(|e| *e).map(|passkey| {
+            serde_json::json!({
+                "approver": passkey.approver_id,
+                "credential_id": passkey.credential_id,
+            })
+        });
+        self.record_passkey(record, outcome, Decision::PasskeyRevoked, &approver)
             .await
     }
 
@@ -312,6 +342,7 @@ impl Gate {
                         "confirmed": p.confirmed,
                         "registered_at": p.registered_at,
                         "confirmed_at": p.confirmed_at,
+                        "revoked_at": p.revoked_at,
                     })
                 }));
                 serde_json::json!({

@@ -141,6 +141,10 @@ pub enum ApprovalError {
     BadChallenge,
     #[error("no passkey registration with this credential id waits for confirmation")]
     NoPendingPasskey,
+    #[error(
+        "no registered passkey with this credential id is left to revoke (a pinned one is removed from the configuration)"
+    )]
+    NoPasskeyToRevoke,
     #[error("this approver has already approved this lease")]
     Duplicate,
     #[error("a rejection needs a reason of 1-500 printable characters on one line")]
@@ -168,6 +172,7 @@ impl ApprovalError {
             Self::Passkey(e) => e.code(),
             Self::BadChallenge => "bad_challenge",
             Self::NoPendingPasskey => "no_pending_passkey",
+            Self::NoPasskeyToRevoke => "no_passkey_to_revoke",
             Self::Duplicate => "duplicate_approval",
             Self::InvalidReason => "invalid_reason",
             Self::RateLimited => "rate_limited",
@@ -876,6 +881,7 @@ mod tests {
             confirmed,
             registered_at: 1,
             confirmed_at: None,
+            revoked_at: None,
         };
         let alice = Evidence::Passkey(pinned.assert(&statement));
         assert_eq!(

@@ -260,10 +260,11 @@ pub struct StoredPasskey {
     pub approver_id: String,
     /// The COSE_Key, base64url.
     pub public_key: String,
-    /// Counted only once an operator confirmed it.
+    /// Counted only once an operator confirmed it, and not once revoked.
     pub confirmed: bool,
     pub registered_at: u64,
     pub confirmed_at: Option<u64>,
+    pub revoked_at: Option<u64>,
 }
 
 /// What the store does, in domain rows. Every guarantee is the database's:
@@ -350,6 +351,13 @@ pub trait Backend: Send + Sync {
         credential_id: &'a str,
         now: u64,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Revokes a pending or confirmed registration: the passkey it was
+    /// before, if there was one to revoke.
+    fn revoke_passkey<'a>(
+        &'a self,
+        credential_id: &'a str,
+        now: u64,
+    ) -> BoxFuture<'a, Result<Option<StoredPasskey>, StoreError>>;
     /// Moves a credential's counter to `reported` if that is an advance
     /// ([`crate::webauthn::counter_advances`]), atomically across replicas:
     /// whether it advanced.
@@ -966,6 +974,7 @@ mod tests {
             confirmed: false,
             registered_at: 10,
             confirmed_at: None,
+            revoked_at: None,
         };
         store.register_passkey(&passkey, 3).await.expect("register");
         assert!(matches!(
@@ -1003,6 +1012,20 @@ mod tests {
                 .advance_passkey_counter("cred-1", 2)
                 .await
                 .expect("back")
+        );
+        let revoked = store.revoke_passkey("cred-1", 13).await.expect("revoke");
+        assert!(revoked.is_some_and(|p| p.confirmed));
+        assert_eq!(
+            store.revoke_passkey("cred-1", 14).await.expect("once"),
+            None
+        );
+        let listed = store.passkeys(None).await.expect("list");
+        assert!(!listed[0].confirmed && listed[0].revoked_at == Some(13));
+        assert!(
+            !store
+                .confirm_passkey("cred-1", 15)
+                .await
+                .expect("not again")
         );
         // A pinned credential's first use starts its row; a counter-less
         // authenticator keeps reporting zero.

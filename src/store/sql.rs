@@ -552,8 +552,17 @@ where
         approver_id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<StoredPasskey>, StoreError>> {
         Box::pin(async move {
-            let rows: Vec<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
-                "SELECT credential_id, approver_id, public_key, state, registered_at, confirmed_at \
+            type Row = (
+                String,
+                String,
+                String,
+                String,
+                i64,
+                Option<i64>,
+                Option<i64>,
+            );
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT credential_id, approver_id, public_key, state, registered_at, confirmed_at, revoked_at \
                  FROM passkeys WHERE $1 IS NULL OR approver_id = $1 ORDER BY registered_at, credential_id",
             )
             .bind(approver_id.map(String::from))
@@ -569,6 +578,7 @@ where
                         state,
                         registered_at,
                         confirmed_at,
+                        revoked_at,
                     )| {
                         Ok(StoredPasskey {
                             credential_id,
@@ -577,6 +587,7 @@ where
                             confirmed: state == "active",
                             registered_at: to_u64(registered_at)?,
                             confirmed_at: confirmed_at.map(to_u64).transpose()?,
+                            revoked_at: revoked_at.map(to_u64).transpose()?,
                         })
                     },
                 )
@@ -600,6 +611,30 @@ where
             .await
             .map_err(failed)?;
             Ok(DB::rows_affected(&result) == 1)
+        })
+    }
+
+    fn revoke_passkey<'a>(
+        &'a self,
+        credential_id: &'a str,
+        now: u64,
+    ) -> BoxFuture<'a, Result<Option<StoredPasskey>, StoreError>> {
+        Box::pin(async move {
+            let before = self
+                .passkeys(None)
+                .await?
+                .into_iter()
+                .find(|p| p.credential_id == credential_id);
+            let result = sqlx::query(
+                "UPDATE passkeys SET state = 'revoked', revoked_at = $2 \
+                 WHERE credential_id = $1 AND state IN ('pending', 'active')",
+            )
+            .bind(credential_id.to_string())
+            .bind(to_i64(now))
+            .execute(&self.pool)
+            .await
+            .map_err(failed)?;
+            Ok(before.filter(|_| DB::rows_affected(&result) == 1))
         })
     }
 

@@ -446,5 +446,47 @@ async fn destructive_calls_run_on_k_passkey_signatures_over_that_exact_call() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // Alice loses her authenticator: once revoked, her passkey counts for
+    // nothing, not even the approval it gave the call that still waits.
+    let before = api
+        .get(Some(&bob_token), &format!("/approvals/{lease}"))
+        .await;
+    assert_eq!(before["approved_by"], json!(["alice", "bob"]), "{before}");
+    cli_ok(
+        &data,
+        &[
+            "passkeys",
+            "revoke",
+            "--credential",
+            &alice.credential_id_b64(),
+        ],
+    );
+    let after = api
+        .get(Some(&bob_token), &format!("/approvals/{lease}"))
+        .await;
+    assert_eq!(after["approved_by"], json!(["bob"]), "{after}");
+    let (code, body) = api
+        .approve(&alice_token, "alice", &lease, &mut alice, &statement)
+        .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (403, Some("unknown_credential")),
+        "{body}"
+    );
+    assert!(cli_ok(&data, &["passkeys", "list"]).contains("revoked"));
+    let again = data.cli(&[
+        "passkeys",
+        "revoke",
+        "--credential",
+        &alice.credential_id_b64(),
+    ]);
+    assert!(!again.status.success(), "a revocation is made once");
+    assert!(
+        data.receipts()
+            .iter()
+            .any(|r| r["body"]["decision"] == "passkey_revoked"),
+        "the revocation is a receipt"
+    );
     agent.cancel().await.expect("close");
 }

@@ -97,7 +97,7 @@ def verify_passkey_approvals_independently(receipts: list, document: dict) -> in
     the receipt, the challenge its SHA-256, an allowed origin, the RP id's
     hash, user presence and verification, and the signature over
     authenticator data || SHA-256(client data), by a credential the log
-    confirmed earlier (or the document pins)."""
+    confirmed earlier and did not revoke since (or the document pins)."""
     rp = document["relying_party"]
     pinned = {(a["id"], p["credential_id"]): p["public_key"] for a in document["approvers"]
               for p in a["passkeys"] if p["source"] == "config"}
@@ -107,6 +107,9 @@ def verify_passkey_approvals_independently(receipts: list, document: dict) -> in
         outcome = body.get("outcome") or {}
         if body["decision"] == "passkey_confirmed":
             confirmed[(outcome["approver"], outcome["credential_id"])] = outcome["public_key"]
+            continue
+        if body["decision"] == "passkey_revoked":
+            confirmed.pop((outcome["approver"], outcome["credential_id"]), None)
             continue
         if body["decision"] not in ("intent", "allowed", "error"):
             continue

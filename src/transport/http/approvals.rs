@@ -258,7 +258,7 @@ fn approval_error(error: ApprovalError) -> Response {
         | ApprovalError::Passkey(crate::webauthn::WebauthnError::Malformed(_)) => {
             StatusCode::BAD_REQUEST
         }
-        ApprovalError::NoPendingPasskey => StatusCode::NOT_FOUND,
+        ApprovalError::NoPendingPasskey | ApprovalError::NoPasskeyToRevoke => StatusCode::NOT_FOUND,
         ApprovalError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         ApprovalError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::FORBIDDEN,

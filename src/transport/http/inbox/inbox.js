@@ -135,7 +135,10 @@ async function loadPasskeys() {
   session.passkeys = listing.passkeys;
   const items = listing.passkeys.map((p) => {
     const line = document.createElement('li');
-    const state = p.confirmed ? (p.source === 'config' ? 'pinned by configuration' : 'confirmed') : 'waiting for an operator to confirm it';
+    let state = 'waiting for an operator to confirm it';
+    if (p.revoked_at) state = 'revoked';
+    else if (p.source === 'config') state = 'pinned by configuration';
+    else if (p.confirmed) state = 'confirmed';
     line.textContent = `${p.credential_id} (${p.alg === -7 ? 'ES256' : 'EdDSA'}): ${state}`;
     line.dataset.credential = p.credential_id;
     return line;
