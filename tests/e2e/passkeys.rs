@@ -475,6 +475,35 @@ async fn destructive_calls_run_on_k_passkey_signatures_over_that_exact_call() {
         "{body}"
     );
     assert!(cli_ok(&data, &["passkeys", "list"]).contains("revoked"));
+
+    // Bob ends the call with his passkey over the rejection statement; an
+    // approval's assertion cannot stand for a rejection.
+    let reason = "not during the freeze";
+    let rejection = view["sign_to_reject"]
+        .as_str()
+        .expect("rejection statement")
+        .replace("<your reason>", reason);
+    let reject = |assertion: dualtrust::webauthn::Assertion| json!({ "lease_id": lease, "approver_id": "bob", "passkey": assertion, "reason": reason });
+    let (code, body) = api
+        .post(&bob_token, "/rejections", reject(bob.assert(&statement)))
+        .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (403, Some("passkey_challenge_mismatch")),
+        "{body}"
+    );
+    let (code, body) = api
+        .post(&bob_token, "/rejections", reject(bob.assert(&rejection)))
+        .await;
+    assert_eq!((code, body["ended"].clone()), (200, json!(true)), "{body}");
+    assert!(body["receipt"]["body"]["outcome"]["passkey"]["signature"].is_string());
+    let (refused, _) = call(
+        &agent,
+        "db.query",
+        json!({ "sql": "DELETE FROM orders", "lease_id": lease }),
+    )
+    .await;
+    assert!(refused.to_string().contains(reason), "{refused}");
     let again = data.cli(&[
         "passkeys",
         "revoke",
