@@ -1189,7 +1189,7 @@ impl Config {
             }
         }
         let inbox = validate_inbox(raw.inbox, raw.mode, &raw.scopes)?;
-        let passkeys = relying_party(&raw.passkeys, &raw.http)?;
+        let passkeys = relying_party(&raw.passkeys, &raw.http, raw.mode)?;
         positive(
             "notifications.attempts",
             u64::from(raw.notifications.attempts),
@@ -1531,11 +1531,28 @@ fn validate_quorum(raw: &FileConfig) -> Result<Vec<Approver>, ConfigError> {
                 key,
             });
         }
-        if key.is_none() && passkeys.is_empty() && approver.subject.is_none() {
+        // Passkey approvals arrive over HTTP, under the approver's subject.
+        if key.is_none() && approver.subject.is_none() {
             return Err(ConfigError::key(
                 &format!("approvers[{i}]"),
-                "needs a public_key, pinned passkeys, or a subject to register passkeys with",
+                "needs a public_key, or a subject to approve with passkeys under",
             ));
+        }
+        for (j, pinned) in passkeys.iter().enumerate() {
+            let taken = approvers
+                .iter()
+                .flat_map(|a: &Approver| &a.passkeys)
+                .chain(&passkeys[..j])
+                .any(|other| {
+                    other.credential_id == pinned.credential_id
+                        || other.key.cose() == pinned.key.cose()
+                });
+            if taken {
+                return Err(ConfigError::key(
+                    &format!("approvers[{i}].passkeys[{j}]"),
+                    "this credential is pinned already: one passkey belongs to one approver",
+                ));
+            }
         }
         approvers.push(Approver {
             id: approver.id.clone(),
@@ -1611,6 +1628,7 @@ fn validate_quorum(raw: &FileConfig) -> Result<Vec<Approver>, ConfigError> {
 fn relying_party(
     passkeys: &PasskeysConfig,
     http: &HttpConfig,
+    mode: Mode,
 ) -> Result<crate::webauthn::RelyingParty, ConfigError> {
     let public = match &http.public_url {
         Some(url) => Some(
@@ -1650,7 +1668,13 @@ fn relying_party(
     let origins = match (&passkeys.origins, &public) {
         (Some(origins), _) => origins.clone(),
         (None, Some(url)) if passkeys.rp_id.is_none() => vec![url.origin().ascii_serialization()],
-        (None, _) if id == "localhost" => vec!["http://localhost:*".into()],
+        // In development, the inbox on any loopback port; in production no
+        // page at all until its origin is named, as any local program could
+        // serve a lookalike inbox on another port.
+        (None, _) if id == "localhost" && mode != Mode::Production => {
+            vec!["http://localhost:*".into()]
+        }
+        (None, _) if id == "localhost" => Vec::new(),
         (None, _) => {
             return Err(ConfigError::key(
                 "passkeys.origins",
@@ -1665,6 +1689,12 @@ fn relying_party(
         // A browser only runs a ceremony for an RP id that is the page's
         // host or a suffix of it; any other origin could never succeed.
         let fits = host.is_some_and(|h| h == id || h.ends_with(&format!(".{id}")));
+        if mode == Mode::Production && origin.ends_with(":*") {
+            return Err(ConfigError::key(
+                &format!("passkeys.origins[{i}]"),
+                "production names the inbox's exact origin (no `:*`)",
+            ));
+        }
         if !fits {
             return Err(ConfigError::key(
                 &format!("passkeys.origins[{i}]"),
@@ -1942,6 +1972,18 @@ mod tests {
         let c = load("[http]\npublic_url = \"http://127.0.0.1:8080\"\n", &[])
             .expect("an IP public URL still starts");
         assert_eq!(c.passkeys, crate::webauthn::RelyingParty::default());
+        let production = "mode = \"production\"\n[identity]\ndev_tokens = false\njwks_url = \"https://idp.example/jwks\"\n";
+        let c = load(production, &[]).expect("production");
+        assert!(
+            c.passkeys.origins.is_empty(),
+            "production admits no page by default"
+        );
+        let err = load(
+            &format!("{production}[passkeys]\norigins = [\"http://localhost:*\"]\n"),
+            &[],
+        )
+        .expect_err("a wildcard origin in production");
+        assert!(err.to_string().contains("passkeys.origins[0]"), "{err}");
         for (text, key) in [
             ("[passkeys]\nrp_id = \"127.0.0.1\"\n", "passkeys.rp_id"),
             (
@@ -1964,7 +2006,7 @@ mod tests {
         let _ = device.register(&[0; 32]);
         let cose = URL_SAFE_NO_PAD.encode(device.cose_key());
         let pinned = format!(
-            "[[approvers]]\nid = \"alice\"\n[[approvers.passkeys]]\ncredential_id = \"{}\"\npublic_key = \"{cose}\"\n\
+            "[[approvers]]\nid = \"alice\"\nsubject = \"alice@idp\"\n[[approvers.passkeys]]\ncredential_id = \"{}\"\npublic_key = \"{cose}\"\n\
              [quorum]\nk = 1\npasskeys = 1\n",
             device.credential_id_b64()
         );
@@ -1981,6 +2023,20 @@ mod tests {
         assert!(err.to_string().contains("approvers[0]"), "{err}");
         let err = load(&pinned.replace("passkeys = 1", "passkeys = 2"), &[]).expect_err("p > k");
         assert!(err.to_string().contains("quorum.passkeys"), "{err}");
+        let err = load(&pinned.replace("subject = \"alice@idp\"\n", ""), &[])
+            .expect_err("no subject to submit under");
+        assert!(err.to_string().contains("approvers[0]"), "{err}");
+        let twice = pinned.replace(
+            "[quorum]",
+            &format!(
+                "[[approvers]]\nid = \"bob\"\nsubject = \"bob@idp\"\n[[approvers.passkeys]]\ncredential_id = \"b3RoZXI\"\npublic_key = \"{cose}\"\n[quorum]"
+            ),
+        );
+        let err = load(&twice, &[]).expect_err("one passkey, two approvers");
+        assert!(
+            err.to_string().contains("approvers[1].passkeys[0]"),
+            "{err}"
+        );
     }
 
     #[test]

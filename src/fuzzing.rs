@@ -1767,6 +1767,12 @@ impl SoftAuthenticator {
         }
     }
 
+    /// The same key under another credential id.
+    pub fn with_credential_id(mut self, id: &[u8]) -> Self {
+        self.credential_id = id.to_vec();
+        self
+    }
+
     pub fn credential_id(&self) -> Vec<u8> {
         self.credential_id.clone()
     }

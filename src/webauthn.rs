@@ -26,6 +26,8 @@ pub const EDDSA: i64 = -8;
 /// Authenticator data flags (WebAuthn section 6.1).
 const USER_PRESENT: u8 = 0x01;
 const USER_VERIFIED: u8 = 0x04;
+const BACKUP_ELIGIBLE: u8 = 0x08;
+const BACKED_UP: u8 = 0x10;
 const ATTESTED_CREDENTIAL: u8 = 0x40;
 const EXTENSIONS: u8 = 0x80;
 
@@ -169,15 +171,14 @@ impl CredentialKey {
             Some(Value::Integer(i)) => i64::try_from(*i).ok(),
             _ => None,
         };
+        // A credential public key names its algorithm (section 6.5.1.1).
         let alg = match &key.alg {
-            None => None,
-            Some(coset::Algorithm::Assigned(a)) => Some(a.to_i64()),
-            Some(_) => return Err(WebauthnError::UnsupportedAlgorithm),
+            Some(coset::Algorithm::Assigned(a)) => a.to_i64(),
+            _ => return Err(WebauthnError::UnsupportedAlgorithm),
         };
         let kind = match key.kty {
             KeyType::Assigned(iana::KeyType::EC2)
-                if curve == Some(iana::EllipticCurve::P_256.to_i64())
-                    && alg.is_none_or(|a| a == ES256) =>
+                if curve == Some(iana::EllipticCurve::P_256.to_i64()) && alg == ES256 =>
             {
                 let x = bytes_param(iana::Ec2KeyParameter::X.to_i64());
                 let y = bytes_param(iana::Ec2KeyParameter::Y.to_i64());
@@ -196,8 +197,7 @@ impl CredentialKey {
                 KeyKind::Es256(key)
             }
             KeyType::Assigned(iana::KeyType::OKP)
-                if curve == Some(iana::EllipticCurve::Ed25519.to_i64())
-                    && alg.is_none_or(|a| a == EDDSA) =>
+                if curve == Some(iana::EllipticCurve::Ed25519.to_i64()) && alg == EDDSA =>
             {
                 let x = bytes_param(iana::OkpKeyParameter::X.to_i64())
                     .and_then(|x| <[u8; 32]>::try_from(x).ok())
@@ -269,6 +269,10 @@ impl AuthenticatorData {
         let mut rp_id_hash = [0u8; 32];
         rp_id_hash.copy_from_slice(&head[..32]);
         let flags = head[32];
+        // Backed up implies backup eligible (section 6.1).
+        if flags & BACKED_UP != 0 && flags & BACKUP_ELIGIBLE == 0 {
+            return Err(BAD);
+        }
         let sign_count = u32::from_be_bytes([head[33], head[34], head[35], head[36]]);
         let attested = if flags & ATTESTED_CREDENTIAL != 0 {
             // AAGUID (16), credential id length (2), id, then one COSE_Key.
@@ -293,7 +297,10 @@ impl AuthenticatorData {
         };
         if flags & EXTENSIONS != 0 {
             let mut reader = rest;
-            let _: Value = coset::cbor::de::from_reader(&mut reader).map_err(|_| BAD)?;
+            let extensions: Value = coset::cbor::de::from_reader(&mut reader).map_err(|_| BAD)?;
+            if !extensions.is_map() {
+                return Err(BAD);
+            }
             rest = reader;
         }
         if !rest.is_empty() {
@@ -460,6 +467,10 @@ impl Assertion {
         )?;
         let auth_data = decode(&self.authenticator_data, "authenticator data")?;
         let data = AuthenticatorData::parse(&auth_data)?;
+        // An assertion carries no new credential (section 7.2).
+        if data.attested.is_some() {
+            return Err(WebauthnError::Malformed("authenticator data"));
+        }
         data.check(rp)?;
         let signature = decode(&self.signature, "signature")?;
         let mut signed = auth_data;
@@ -607,6 +618,62 @@ mod tests {
         );
         assert!(counter_advances(0, 0) && counter_advances(4, 5));
         assert!(!counter_advances(5, 5) && !counter_advances(5, 0) && !counter_advances(5, 4));
+    }
+
+    #[test]
+    fn what_the_specification_rules_out_is_refused() {
+        use coset::CborSerializable;
+        let unnamed = coset::CoseKeyBuilder::new_ec2_pub_key(
+            iana::EllipticCurve::P_256,
+            vec![1; 32],
+            vec![2; 32],
+        )
+        .build()
+        .to_vec()
+        .expect("cbor");
+        assert_eq!(
+            CredentialKey::from_cose(&unnamed).err(),
+            Some(WebauthnError::UnsupportedAlgorithm),
+            "a key without its algorithm"
+        );
+        let mut head = Sha256::digest(b"localhost").to_vec();
+        head.extend_from_slice(&[USER_PRESENT | USER_VERIFIED | BACKED_UP, 0, 0, 0, 1]);
+        assert!(
+            AuthenticatorData::parse(&head).is_err(),
+            "backed up but not eligible"
+        );
+        head[32] = USER_PRESENT | USER_VERIFIED | EXTENSIONS;
+        let mut with_list = head.clone();
+        with_list.push(0x80); // CBOR: an empty array
+        assert!(
+            AuthenticatorData::parse(&with_list).is_err(),
+            "extensions that are not a map"
+        );
+        with_list[37] = 0xa0; // CBOR: an empty map
+        assert!(AuthenticatorData::parse(&with_list).is_ok());
+
+        // A registration's authenticator data, offered as an assertion's.
+        let mut device = SoftAuthenticator::new(ES256, "http://localhost:8080", "localhost");
+        let registration = device.register(&[3; 32]);
+        let object: Value = coset::cbor::de::from_reader(
+            URL_SAFE_NO_PAD
+                .decode(&registration.attestation_object)
+                .expect("b64")
+                .as_slice(),
+        )
+        .expect("cbor");
+        let auth_data = object
+            .as_map()
+            .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some("authData")))
+            .and_then(|(_, v)| v.as_bytes())
+            .expect("authData")
+            .clone();
+        let mut assertion = device.assert(STATEMENT);
+        assertion.authenticator_data = URL_SAFE_NO_PAD.encode(auth_data);
+        assert_eq!(
+            assertion.verify(&rp(), &device.key(), STATEMENT),
+            Err(WebauthnError::Malformed("authenticator data"))
+        );
     }
 
     #[test]

@@ -135,20 +135,25 @@ impl Gate {
             Err(StoreError::Duplicate) => return Err(ApprovalError::Duplicate),
             Err(_) => return Err(ApprovalError::StoreUnavailable),
         }
-        let approvals = self
+        let counted = self
             .counted_approvals(&lease)
             .await
-            .map_err(|_| ApprovalError::StoreUnavailable)?
-            .len();
-        if approvals == lease.quorum_k as usize {
+            .map_err(|_| ApprovalError::StoreUnavailable)?;
+        let approvals = counted.len();
+        // The same test redemption applies (`Gate::quorum`).
+        let rule = self.policy.quorum_rule(&lease.tool);
+        let k = lease.quorum_k.max(rule.k);
+        let by_passkey = counted.iter().filter(|a| a.is_passkey()).count();
+        let complete = approvals >= k as usize && by_passkey >= rule.passkeys as usize;
+        if complete {
             self.metrics
                 .record_quorum_wait(now.saturating_sub(lease.issued_at) as f64);
         }
         Ok(ApprovalStatus {
             lease_id: lease_id.to_string(),
             approvals,
-            k: lease.quorum_k,
-            complete: approvals >= lease.quorum_k as usize,
+            k,
+            complete,
             receipt: None,
         })
     }

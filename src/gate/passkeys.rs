@@ -182,19 +182,29 @@ impl Gate {
             verify_registration(self.policy.approvers.relying_party(), &challenge, response)
                 .map_err(ApprovalError::Passkey)?;
         let credential_id = URL_SAFE_NO_PAD.encode(&registration.credential_id);
-        let pinned = self
-            .policy
-            .approvers
-            .all()
+        let public_key = registration.key.cose_b64();
+        // One passkey belongs to one approver: neither its id nor its public
+        // key (which anyone can copy from the approvers document) may be
+        // registered again, or one person's assertion could count twice.
+        let pinned = self.policy.approvers.all().iter().any(|a| {
+            a.passkeys
+                .iter()
+                .any(|p| p.credential_id == credential_id || p.key.cose_b64() == public_key)
+        });
+        let registered = self
+            .store
+            .passkeys(None)
+            .await
+            .map_err(|_| ApprovalError::StoreUnavailable)?
             .iter()
-            .any(|a| a.passkeys.iter().any(|p| p.credential_id == credential_id));
-        if pinned {
+            .any(|p| p.public_key == public_key);
+        if pinned || registered {
             return Err(ApprovalError::Duplicate);
         }
         let passkey = StoredPasskey {
             credential_id,
             approver_id: approver.to_string(),
-            public_key: registration.key.cose_b64(),
+            public_key,
             confirmed: false,
             registered_at: self.clock.now_unix(),
             confirmed_at: None,
@@ -216,7 +226,7 @@ impl Gate {
     pub async fn confirm_passkey(&self, credential_id: &str) -> Result<Receipt, ApprovalError> {
         let mut record = CallRecord::new("cli", PASSKEY);
         record.operator();
-        let result = self.check_confirmation(credential_id).await;
+        let result = self.pending_passkey(credential_id).await;
         let approver = result
             .as_ref()
             .map(|p| p.approver_id.clone())
@@ -229,13 +239,28 @@ impl Gate {
                 "confirmed": true,
             })
         });
-        self.record_passkey(record, outcome, Decision::PasskeyConfirmed, &approver)
+        // The receipt first, then the change: a passkey never counts
+        // without the receipt that lets an auditor count it too.
+        let receipt = self
+            .record_passkey(record, outcome, Decision::PasskeyConfirmed, &approver)
+            .await?;
+        match self
+            .store
+            .confirm_passkey(credential_id, self.clock.now_unix())
             .await
+        {
+            Ok(true) => Ok(receipt),
+            // Revoked in between: it stays revoked.
+            Ok(false) => Err(ApprovalError::NoPendingPasskey),
+            Err(_) => Err(ApprovalError::StoreUnavailable),
+        }
     }
 
     /// An operator's revocation of a registered passkey (a lost or retired
     /// authenticator): from its receipt on it counts for nothing, including
-    /// approvals it gave to calls that still wait.
+    /// approvals it gave to calls that still wait. The change comes before
+    /// its receipt, so a revoked passkey stops counting even when the log
+    /// cannot be written.
     pub async fn revoke_passkey(&self, credential_id: &str) -> Result<Receipt, ApprovalError> {
         let mut record = CallRecord::new("cli", PASSKEY);
         record.operator();
@@ -262,28 +287,15 @@ impl Gate {
             .await
     }
 
-    async fn check_confirmation(
-        &self,
-        credential_id: &str,
-    ) -> Result<StoredPasskey, ApprovalError> {
-        let unavailable = |_| ApprovalError::StoreUnavailable;
-        let passkey = self
-            .store
+    /// The registration `credential_id` names, if it waits for confirmation.
+    async fn pending_passkey(&self, credential_id: &str) -> Result<StoredPasskey, ApprovalError> {
+        self.store
             .passkeys(None)
             .await
-            .map_err(unavailable)?
+            .map_err(|_| ApprovalError::StoreUnavailable)?
             .into_iter()
-            .find(|p| p.credential_id == credential_id)
-            .ok_or(ApprovalError::NoPendingPasskey)?;
-        if !self
-            .store
-            .confirm_passkey(credential_id, self.clock.now_unix())
-            .await
-            .map_err(unavailable)?
-        {
-            return Err(ApprovalError::NoPendingPasskey);
-        }
-        Ok(passkey)
+            .find(|p| p.credential_id == credential_id && !p.confirmed && p.revoked_at.is_none())
+            .ok_or(ApprovalError::NoPendingPasskey)
     }
 
     async fn record_passkey(

@@ -592,8 +592,10 @@ impl ApproverRegistry {
         match evidence {
             Evidence::Key(signature_b64) => {
                 let key = approver.key.ok_or(ApprovalError::NoApproverKey)?;
+                // Decoded exactly as the offline verifier decodes it, so
+                // nothing counted here can fail an audit later.
                 let signature = URL_SAFE_NO_PAD
-                    .decode(signature_b64.trim())
+                    .decode(signature_b64)
                     .ok()
                     .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
                     .ok_or(ApprovalError::MalformedSignature)?;

@@ -180,6 +180,15 @@ async fn destructive_calls_run_on_k_passkey_signatures_over_that_exact_call() {
         (409, Some("duplicate_approval")),
         "the same credential twice: {body}"
     );
+    // Alice's public key (anyone can copy it from the approvers document)
+    // under another credential id: one passkey belongs to one approver.
+    let mut copy = alice.clone().with_credential_id(b"another-id");
+    let (code, body) = api.register(&bob_token, &mut copy).await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("duplicate_approval")),
+        "{body}"
+    );
     let (code, _) = api.register(&bob_token, &mut bob).await;
     assert_eq!(code, 200);
 
@@ -325,7 +334,18 @@ async fn destructive_calls_run_on_k_passkey_signatures_over_that_exact_call() {
     );
 
     // Bob's key file is not enough where the policy wants two passkeys.
-    assert!(data.approve(&lease, &bob_key).status.success());
+    let (code, body) = api
+        .post(
+            &bob_token,
+            "/approvals",
+            json!({ "lease_id": lease, "approver_id": "bob", "signature": data.sign(&bob_key, &statement) }),
+        )
+        .await;
+    assert_eq!(
+        (code, body["approvals"].clone(), body["complete"].clone()),
+        (200, json!(2), json!(false)),
+        "two approvals, one a passkey, where two passkeys are needed: {body}"
+    );
     let mut redeem = json!({ "sql": "DELETE FROM orders", "lease_id": lease });
     let (still, _) = call(&agent, "db.query", redeem.clone()).await;
     assert_eq!(status(&still), "approval_required", "{still}");

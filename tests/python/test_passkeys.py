@@ -71,11 +71,14 @@ class Authenticator:
 
 
 def origin_allowed(origins: list, origin: str) -> bool:
+    ascii_digits = set("0123456789")
     for allowed in origins:
         if allowed.endswith(":*"):
             prefix = allowed[:-2]
-            rest = origin[len(prefix):] if origin.lower().startswith(prefix.lower()) else None
-            if rest == "" or (rest and rest[0] == ":" and rest[1:].isdigit()):
+            if origin.lower() == prefix.lower():
+                return True
+            rest = origin[len(prefix):] if origin.startswith(prefix) else None
+            if rest and rest[0] == ":" and len(rest) > 1 and set(rest[1:]) <= ascii_digits:
                 return True
         elif allowed.lower() == origin.lower():
             return True

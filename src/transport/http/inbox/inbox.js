@@ -283,7 +283,9 @@ async function act(item, view, what, passkey) {
     } else {
       const reason = item.querySelector('.reason').value.trim();
       if (!reason) throw new Error('a rejection needs a reason');
-      const statement = view.sign_to_reject.replace(/reason=<your reason>\n$/, `reason=${reason}\n`);
+      // A replacer function: a string replacement would expand `$&` and
+      // the like in the reason, and sign something other than what is sent.
+      const statement = view.sign_to_reject.replace(/reason=<your reason>\n$/, () => `reason=${reason}\n`);
       const signed = await evidence(statement, passkey);
       status = await api('/rejections', { lease_id: view.lease_id, approver_id: session.approver, ...signed, reason });
       say(status.ended
