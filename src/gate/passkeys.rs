@@ -26,6 +26,10 @@ use super::{Gate, PASSKEY};
 const CHALLENGE_LABEL: &str = "dualtrust-passkey-registration-v1";
 /// How long a registration challenge may be answered.
 pub const CHALLENGE_TTL_S: u64 = 300;
+/// Registrations one approver may have waiting for an operator: beyond
+/// it, a token holder could grow the table every tally and the public
+/// approvers document read.
+pub const MAX_PENDING_PER_APPROVER: usize = 5;
 
 /// A registration challenge for one approver: its expiry, a nonce, and a
 /// MAC over both and the approver id, all inside the challenge bytes.
@@ -183,6 +187,18 @@ impl Gate {
                 .map_err(ApprovalError::Passkey)?;
         let credential_id = URL_SAFE_NO_PAD.encode(&registration.credential_id);
         let public_key = registration.key.cose_b64();
+        let known = self
+            .store
+            .passkeys(None)
+            .await
+            .map_err(|_| ApprovalError::StoreUnavailable)?;
+        let pending = known
+            .iter()
+            .filter(|p| p.approver_id == approver && !p.confirmed && p.revoked_at.is_none())
+            .count();
+        if pending >= MAX_PENDING_PER_APPROVER {
+            return Err(ApprovalError::TooManyPendingPasskeys);
+        }
         // One passkey belongs to one approver: neither its id nor its public
         // key (which anyone can copy from the approvers document) may be
         // registered again, or one person's assertion could count twice.
@@ -191,13 +207,7 @@ impl Gate {
                 .iter()
                 .any(|p| p.credential_id == credential_id || p.key.cose_b64() == public_key)
         });
-        let registered = self
-            .store
-            .passkeys(None)
-            .await
-            .map_err(|_| ApprovalError::StoreUnavailable)?
-            .iter()
-            .any(|p| p.public_key == public_key);
+        let registered = known.iter().any(|p| p.public_key == public_key);
         if pinned || registered {
             return Err(ApprovalError::Duplicate);
         }

@@ -145,6 +145,8 @@ pub enum ApprovalError {
         "no registered passkey with this credential id is left to revoke (a pinned one is removed from the configuration)"
     )]
     NoPasskeyToRevoke,
+    #[error("five passkey registrations of this approver already wait for an operator")]
+    TooManyPendingPasskeys,
     #[error("this approver has already approved this lease")]
     Duplicate,
     #[error("a rejection needs a reason of 1-500 printable characters on one line")]
@@ -173,6 +175,7 @@ impl ApprovalError {
             Self::BadChallenge => "bad_challenge",
             Self::NoPendingPasskey => "no_pending_passkey",
             Self::NoPasskeyToRevoke => "no_passkey_to_revoke",
+            Self::TooManyPendingPasskeys => "too_many_pending_passkeys",
             Self::Duplicate => "duplicate_approval",
             Self::InvalidReason => "invalid_reason",
             Self::RateLimited => "rate_limited",

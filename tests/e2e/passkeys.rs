@@ -191,6 +191,16 @@ async fn destructive_calls_run_on_k_passkey_signatures_over_that_exact_call() {
     );
     let (code, _) = api.register(&bob_token, &mut bob).await;
     assert_eq!(code, 200);
+    // Registrations nobody confirms cannot pile up.
+    for n in 0..5 {
+        let mut spare = SoftAuthenticator::new(ES256, &origin, "localhost");
+        let (code, body) = api.register(&bob_token, &mut spare).await;
+        let expected = if n < 4 { 200 } else { 429 };
+        assert_eq!(code, expected, "registration {n}: {body}");
+        if code == 429 {
+            assert_eq!(body["error"], "too_many_pending_passkeys");
+        }
+    }
 
     let agent = server
         .client(&data.token("agent", "db:read db:admin"))

@@ -260,7 +260,9 @@ fn approval_error(error: ApprovalError) -> Response {
         }
         ApprovalError::NoPendingPasskey | ApprovalError::NoPasskeyToRevoke => StatusCode::NOT_FOUND,
         ApprovalError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ApprovalError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ApprovalError::RateLimited | ApprovalError::TooManyPendingPasskeys => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         _ => StatusCode::FORBIDDEN,
     };
     json_response(
