@@ -71,7 +71,7 @@ impl Gate {
     /// happen, as far as its submitter is told.
     async fn record_submission(
         &self,
-        mut record: CallRecord,
+        record: CallRecord,
         outcome: Result<serde_json::Value, ApprovalError>,
         accepted: &'static str,
         decision: Decision,
@@ -81,6 +81,19 @@ impl Gate {
             Ok(_) => accepted,
             Err(e) => e.code(),
         });
+        self.record_decided(record, outcome, decision, approver_id)
+            .await
+    }
+
+    /// Records what was accepted as `decision`, or the refusal with its
+    /// code, naming the approver concerned.
+    pub(super) async fn record_decided(
+        &self,
+        mut record: CallRecord,
+        outcome: Result<serde_json::Value, ApprovalError>,
+        decision: Decision,
+        approver_id: &str,
+    ) -> Result<Receipt, ApprovalError> {
         match outcome {
             Ok(outcome) => {
                 record.outcome(outcome);

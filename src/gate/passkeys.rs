@@ -146,16 +146,12 @@ impl Gate {
             .check_registration(approver.as_deref(), challenge, response)
             .await;
         let approver = approver.unwrap_or_default();
-        let outcome = result.as_ref().map_err(|e| *e).map(|passkey| {
-            serde_json::json!({
-                "approver": passkey.approver_id,
-                "credential_id": passkey.credential_id,
-                "public_key": passkey.public_key,
-                "confirmed": false,
-            })
-        });
+        let outcome = result
+            .as_ref()
+            .map_err(|e| *e)
+            .map(|passkey| passkey_outcome(passkey, false));
         let receipt = self
-            .record_passkey(record, outcome, Decision::PasskeyRegistered, &approver)
+            .record_decided(record, outcome, Decision::PasskeyRegistered, &approver)
             .await?;
         let passkey = result?;
         let alg = crate::webauthn::CredentialKey::from_cose_b64(&passkey.public_key)
@@ -241,18 +237,14 @@ impl Gate {
             .as_ref()
             .map(|p| p.approver_id.clone())
             .unwrap_or_default();
-        let outcome = result.as_ref().map_err(|e| *e).map(|passkey| {
-            serde_json::json!({
-                "approver": passkey.approver_id,
-                "credential_id": passkey.credential_id,
-                "public_key": passkey.public_key,
-                "confirmed": true,
-            })
-        });
+        let outcome = result
+            .as_ref()
+            .map_err(|e| *e)
+            .map(|passkey| passkey_outcome(passkey, true));
         // The receipt first, then the change: a passkey never counts
         // without the receipt that lets an auditor count it too.
         let receipt = self
-            .record_passkey(record, outcome, Decision::PasskeyConfirmed, &approver)
+            .record_decided(record, outcome, Decision::PasskeyConfirmed, &approver)
             .await?;
         match self
             .store
@@ -293,7 +285,7 @@ impl Gate {
                 "credential_id": passkey.credential_id,
             })
         });
-        self.record_passkey(record, outcome, Decision::PasskeyRevoked, &approver)
+        self.record_decided(record, outcome, Decision::PasskeyRevoked, &approver)
             .await
     }
 
@@ -306,30 +298,6 @@ impl Gate {
             .into_iter()
             .find(|p| p.credential_id == credential_id && !p.confirmed && p.revoked_at.is_none())
             .ok_or(ApprovalError::NoPendingPasskey)
-    }
-
-    async fn record_passkey(
-        &self,
-        mut record: CallRecord,
-        outcome: Result<serde_json::Value, ApprovalError>,
-        decision: Decision,
-        approver: &str,
-    ) -> Result<Receipt, ApprovalError> {
-        match outcome {
-            Ok(outcome) => {
-                record.outcome(outcome);
-                self.record_approval(record, decision, None)
-                    .await
-                    .map_err(|_| ApprovalError::StoreUnavailable)
-            }
-            Err(e) => {
-                record.outcome(serde_json::json!({ "approver": approver }));
-                let _ = self
-                    .record_approval(record, Decision::Denied, Some(e.code()))
-                    .await;
-                Err(e)
-            }
-        }
     }
 
     /// Every approver's Ed25519 key and passkeys (pinned, and registered
@@ -380,6 +348,17 @@ impl Gate {
             "approvers": approvers,
         }))
     }
+}
+
+/// What a registration's or confirmation's receipt says of the passkey:
+/// enough for an auditor to check its approvals with the log alone.
+fn passkey_outcome(passkey: &StoredPasskey, confirmed: bool) -> serde_json::Value {
+    serde_json::json!({
+        "approver": passkey.approver_id,
+        "credential_id": passkey.credential_id,
+        "public_key": passkey.public_key,
+        "confirmed": confirmed,
+    })
 }
 
 /// The `type` of the approvers document (`/.well-known/dualtrust-approvers.json`).

@@ -347,6 +347,21 @@ impl DataDir {
     /// `audit export` + `audit verify` against this server's JWKS and the
     /// `checkpoints` given: Ok(stdout) or Err(stderr).
     pub fn offline_verify(&self, checkpoints: &[&Path]) -> Result<String, String> {
+        let mut extra = Vec::new();
+        for checkpoint in checkpoints {
+            extra.push("--checkpoint");
+            extra.push(checkpoint.to_str().expect("utf8"));
+        }
+        self.offline_verify_with(&extra)
+    }
+
+    /// The same, re-checking every approval against the approvers document
+    /// at `approvers` (`audit verify --approvers`).
+    pub fn offline_verify_approvals(&self, approvers: &Path) -> Result<String, String> {
+        self.offline_verify_with(&["--approvers", approvers.to_str().expect("utf8")])
+    }
+
+    fn offline_verify_with(&self, extra: &[&str]) -> Result<String, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let (log, jwks) = (dir.path().join("log.jsonl"), dir.path().join("jwks.json"));
         let out = self.cli(&["audit", "export", "--out", log.to_str().expect("utf8")]);
@@ -364,10 +379,7 @@ impl DataDir {
             "--jwks".into(),
             jwks.to_str().expect("utf8").into(),
         ];
-        for checkpoint in checkpoints {
-            args.push("--checkpoint".into());
-            args.push(checkpoint.to_str().expect("utf8").into());
-        }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.cli(&args);
         if out.status.success() {

@@ -267,33 +267,9 @@ async fn approvers_sign_held_calls_with_passkeys_in_the_inbox() {
     }
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let (log, jwks, doc) = (
-        dir.path().join("log.jsonl"),
-        dir.path().join("jwks.json"),
-        dir.path().join("approvers.json"),
-    );
-    assert!(
-        data.cli(&["audit", "export", "--out", log.to_str().expect("utf8")])
-            .status
-            .success()
-    );
-    std::fs::write(&jwks, data.cli(&["keys"]).stdout).expect("jwks");
+    let doc = dir.path().join("approvers.json");
     std::fs::write(&doc, data.cli(&["passkeys", "export"]).stdout).expect("doc");
-    let out = data.cli(&[
-        "audit",
-        "verify",
-        "--log",
-        log.to_str().expect("utf8"),
-        "--jwks",
-        jwks.to_str().expect("utf8"),
-        "--approvers",
-        doc.to_str().expect("utf8"),
-    ]);
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && said.contains("0 Ed25519, 4 passkey"),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let verified = data.offline_verify_approvals(&doc).expect("offline verify");
+    assert!(verified.contains("0 Ed25519, 4 passkey"), "{verified}");
     server.stop().await;
 }

@@ -426,56 +426,23 @@ async fn destructive_calls_run_on_k_passkey_signatures_over_that_exact_call() {
     // Offline: the exported log re-checks both passkey approvals against
     // credentials its own confirmation receipts name.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (log, jwks, doc) = (
-        dir.path().join("log.jsonl"),
-        dir.path().join("jwks.json"),
-        dir.path().join("approvers.json"),
-    );
-    cli_ok(
-        &data,
-        &["audit", "export", "--out", log.to_str().expect("utf8")],
-    );
-    std::fs::write(&jwks, cli_ok(&data, &["keys"])).expect("jwks");
     let published = api.get(None, "/.well-known/dualtrust-approvers.json").await;
     assert_eq!(published["relying_party"]["id"], "localhost");
+    let doc = dir.path().join("approvers.json");
     std::fs::write(&doc, published.to_string()).expect("doc");
-    let verify = |doc: &std::path::Path| {
-        data.cli(&[
-            "audit",
-            "verify",
-            "--log",
-            log.to_str().expect("utf8"),
-            "--jwks",
-            jwks.to_str().expect("utf8"),
-            "--approvers",
-            doc.to_str().expect("utf8"),
-        ])
-    };
-    let out = verify(&doc);
+    let verified = data.offline_verify_approvals(&doc).expect("offline verify");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("0 Ed25519, 4 passkey"),
-        "intent and result each carry both: {stdout}"
+        verified.contains("0 Ed25519, 4 passkey"),
+        "intent and result each carry both: {verified}"
     );
     let mut forged = published.clone();
     forged["relying_party"]["id"] = json!("evil.example");
     let forged_doc = dir.path().join("forged.json");
     std::fs::write(&forged_doc, forged.to_string()).expect("doc");
-    let out = verify(&forged_doc);
-    assert!(
-        !out.status.success(),
-        "a passkey approval is checked, not counted"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("relying party"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let refused = data
+        .offline_verify_approvals(&forged_doc)
+        .expect_err("a passkey approval is checked, not counted");
+    assert!(refused.contains("relying party"), "{refused}");
 
     // Alice loses her authenticator: once revoked, her passkey counts for
     // nothing, not even the approval it gave the call that still waits.
